@@ -1,0 +1,72 @@
+"""Entry point of the ``flowrt`` command: global options, command registry, error rendering."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from flowrt import __version__
+from flowrt.cli._context import CliContext
+from flowrt.errors import FlowrtError, render_chain
+from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
+
+
+class FlowrtGroup(click.Group):
+    """Turns every expected failure into a message, a hint and an exit code: no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowrtError as exc:
+            render_error(exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def render_error(exc: FlowrtError) -> None:
+    """``error: message`` (or the whole chain when there is one) and the hint beside it."""
+    if exc.__cause__ is not None:
+        click.echo("error: " + render_chain(exc), err=True)
+    else:
+        click.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+
+
+@click.group(cls=FlowrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="flowrt")
+@click.option(
+    "--tenant",
+    "tenant_dir",
+    metavar="DIR",
+    default=None,
+    help=f"Tenant directory (default: ${TENANT_ENV}, else ./.flowrt).",
+)
+@click.pass_context
+def cli(ctx: click.Context, tenant_dir: str | None) -> None:
+    """flowrt: run mail integration flows (IMAP/POP3 in, SMTP out) written in a small DSL."""
+    ctx.obj = CliContext(tenant_dir=resolve_tenant_dir(tenant_dir))
+
+
+def _register() -> None:
+    # Each command group lives in its own module; the import order is the help order.
+    from flowrt.cli import validate
+
+    for module in (validate,):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="flowrt")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Where a tenant keeps its things, and how commands find the tenant directory.
+
+A tenant is a directory (``--tenant DIR``, ``FLOWRT_HOME``, default ``./.flowrt``) holding the
+keystore, the credential store, the master key, the MPL database, the deployed flows and the
+runtime state. This module only knows the layout; the stores live in their own packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from flowrt.errors import TenantError
+
+DEFAULT_TENANT_DIR = ".flowrt"
+TENANT_ENV = "FLOWRT_HOME"
+MASTER_KEY_ENV = "FLOWRT_MASTER_KEY"
+MARKER = "tenant.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenant:
+    """The layout of one tenant directory."""
+
+    root: Path
+
+    @property
+    def marker_path(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.root / "keystore.p12"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.root / "credentials.enc"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.root / "master.key"
+
+    @property
+    def mpl_path(self) -> Path:
+        return self.root / "mpl.sqlite"
+
+    @property
+    def state_path(self) -> Path:
+        """Runtime state: deployed flow versions, locks, idempotency records, flow status."""
+        return self.root / "state.sqlite"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.root / "backups"
+
+    def exists(self) -> bool:
+        return self.marker_path.is_file()
+
+    def require(self) -> Tenant:
+        """Return self, or raise a TenantError that says how to create the tenant."""
+        if not self.root.exists():
+            raise TenantError(
+                f"no tenant at {self.root}",
+                hint=f"create one with `flowrt --tenant {self.root} init`, "
+                f"or point --tenant / {TENANT_ENV} at an existing tenant",
+            )
+        if not self.exists():
+            raise TenantError(
+                f"{self.root} is not a flowrt tenant (no {MARKER})",
+                hint=f"create one with `flowrt --tenant {self.root} init`",
+            )
+        return self
+
+
+def resolve_tenant_dir(explicit: str | os.PathLike[str] | None) -> Path:
+    """``--tenant`` wins, then ``FLOWRT_HOME``, then ``./.flowrt``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(TENANT_ENV)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_TENANT_DIR)
