@@ -291,9 +291,9 @@ def chain_levels(exc: BaseException) -> list[ChainLevel]:
 def render_chain(levels: Sequence[ChainLevel] | BaseException) -> str:
     """Render a chain the way operators know it from JavaMail::
 
-        MessagingException: Could not connect to SMTP host: h, port: 465;
-          nested exception is:
-        \tSSLHandshakeException: PKIX path building failed: ...
+    MessagingException: Could not connect to SMTP host: h, port: 465;
+      nested exception is:
+    \tSSLHandshakeException: PKIX path building failed: ...
     """
     if isinstance(levels, BaseException):
         levels = chain_levels(levels)

@@ -34,9 +34,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
         click.echo("(none)")
         return
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [
-        max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)
-    ]
+    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
     header = "  ".join(col.upper().ljust(widths[i]) for i, col in enumerate(columns))
     click.echo(header.rstrip())
     for line in cells:

@@ -1,0 +1,105 @@
+"""The flow DSL: text -> typed, frozen model with source positions, and its validation.
+
+Public surface::
+
+    result = flowrt.dsl.parse_file("flows/mail.flow")   # never raises for bad input
+    result.ok, result.flows, result.diagnostics
+    flow = flowrt.dsl.load_flow("flows/mail.flow")      # raises FlowError when invalid
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flowrt.dsl import model
+from flowrt.dsl._parse import SyntaxProblem, parse_raw
+from flowrt.dsl.build import build_flow
+from flowrt.dsl.diagnostics import Diagnostic, has_errors, render_all
+from flowrt.dsl.model import Flow, Pos
+from flowrt.dsl.spec import Report
+from flowrt.errors import FlowError, UsageError
+
+__all__ = [
+    "Diagnostic",
+    "Flow",
+    "ParseResult",
+    "load_flow",
+    "model",
+    "parse_file",
+    "parse_text",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseResult:
+    file: str
+    source: str
+    flows: tuple[Flow, ...]
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def render(self) -> str:
+        return render_all(self.diagnostics, {self.file: self.source})
+
+
+def parse_text(text: str, file: str = "<flow>") -> ParseResult:
+    """Parse and validate a flow file's text; every problem found is in ``diagnostics``."""
+    report = Report()
+    raws, problems = parse_raw(text, file)
+    for problem in problems:
+        code = "syntax" if isinstance(problem, SyntaxProblem) else problem.code
+        report.error(problem.pos, code, problem.message)
+    flows: list[Flow] = []
+    names: dict[str, Pos] = {}
+    for raw in raws:
+        if raw.name in names:
+            report.error(
+                raw.pos,
+                "repeated-flow",
+                f"flow {raw.name!r} is defined twice (first on line {names[raw.name].line})",
+            )
+            continue
+        names[raw.name] = raw.pos
+        flow = build_flow(raw, text, report)
+        if flow is not None:
+            flows.append(flow)
+    diagnostics = tuple(sorted(report.diagnostics, key=lambda d: (d.line, d.column)))
+    if has_errors(diagnostics):
+        flows = []
+    return ParseResult(file, text, tuple(flows), diagnostics)
+
+
+def parse_file(path: str | Path) -> ParseResult:
+    """Read and validate a flow file. A file that cannot be read is a UsageError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a flow file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        diag = Diagnostic(str(path), line, 1, "error", "encoding", "the file is not UTF-8 text")
+        return ParseResult(str(path), "", (), (diag,))
+    return parse_text(text, str(path))
+
+
+def load_flow(path: str | Path) -> Flow:
+    """The one flow in ``path``; a FlowError listing every problem when it is not valid."""
+    result = parse_file(path)
+    if not result.ok:
+        raise FlowError(
+            f"{path} is not a valid flow:\n{result.render()}", diagnostics=result.diagnostics
+        )
+    if len(result.flows) != 1:
+        raise FlowError(f"{path} holds {len(result.flows)} flows; expected exactly one")
+    return result.flows[0]

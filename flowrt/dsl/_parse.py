@@ -1,0 +1,436 @@
+"""Text -> raw flow: the lark parser, a Transformer, and syntax errors said in words.
+
+The raw flow keeps settings as written (values with positions); :mod:`flowrt.dsl.build`
+reads them through the specs. Steps and conditions are built into model objects here,
+because their shape is fixed by the grammar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from flowrt.dsl import model as m
+from flowrt.dsl.template import SpecError, parse_ref, parse_template, unescape
+from flowrt.dsl.values import RawValue, did_you_mean
+
+_GRAMMAR_PATHS = (
+    Path(__file__).resolve().parent / "flow.lark",
+    Path(__file__).resolve().parents[2] / "grammar" / "flow.lark",
+)
+
+_T = TypeVar("_T")
+
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "REF": "a reference such as header.Subject",
+    "NUMBER": "a number",
+    "STRING": "a quoted string",
+    "BARE": "a value",
+    "_NL": "the end of the line",
+    "$END": "the end of the file",
+}
+STEP_KEYWORDS = ("set", "remove", "filter", "route", "split", "script", "log", "mpl", "attachments")
+
+
+@functools.cache
+def parser() -> Lark:
+    for path in _GRAMMAR_PATHS:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            break
+    else:  # pragma: no cover - a broken installation
+        raise FileNotFoundError("grammar/flow.lark is missing from the installation")
+    return Lark(
+        text, parser="lalr", lexer="contextual", propagate_positions=False, maybe_placeholders=False
+    )
+
+
+# ----------------------------------------------------------------------------- raw tree
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSetting:
+    name: str
+    values: tuple[RawValue, ...]
+    pos: m.Pos
+
+
+@dataclasses.dataclass(frozen=True)
+class RawBlock:
+    keyword: str
+    args: tuple[RawValue, ...]
+    settings: tuple[RawSetting, ...]
+    pos: m.Pos
+
+
+@dataclasses.dataclass(frozen=True)
+class RawPipeline:
+    steps: tuple[m.Step, ...]
+    pos: m.Pos
+
+
+@dataclasses.dataclass(frozen=True)
+class RawFlow:
+    name: str
+    settings: tuple[RawSetting, ...]
+    blocks: tuple[RawBlock, ...]
+    pipelines: tuple[RawPipeline, ...]
+    pos: m.Pos
+
+
+class _SpecErrors(Exception):
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+
+
+class _ToRaw(Transformer[Token, list[RawFlow]]):
+    """Builds the raw tree. Step-level value errors are collected, not raised, so that every
+    bad step of a file is reported in one run."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+        self.errors: list[SpecError] = []
+
+    def pos(self, token: Token) -> m.Pos:
+        return m.Pos(self.file, token.line or 1, token.column or 1)
+
+    def _guard(self, fn: Callable[..., _T], *args: Any) -> _T | None:
+        try:
+            return fn(*args)
+        except SpecError as exc:
+            self.errors.append(exc)
+            return None
+
+    # structure
+    def start(self, flows: list[RawFlow]) -> list[RawFlow]:
+        return flows
+
+    def flow(self, items: list[Any]) -> RawFlow:
+        keyword, name = items[0], items[1]
+        body = items[3:-1]
+        return RawFlow(
+            name=str(name),
+            settings=tuple(i for i in body if isinstance(i, RawSetting)),
+            blocks=tuple(i for i in body if isinstance(i, RawBlock)),
+            pipelines=tuple(i for i in body if isinstance(i, RawPipeline)),
+            pos=self.pos(keyword),
+        )
+
+    def setting(self, items: list[Token]) -> RawSetting:
+        name = items[0]
+        values = tuple(RawValue.from_token(str(t), self.pos(t)) for t in items[1:])
+        return RawSetting(str(name), values, self.pos(name))
+
+    def block(self, items: list[Any]) -> RawBlock:
+        keyword = items[0]
+        brace = next(i for i, t in enumerate(items) if isinstance(t, Token) and t.type == "LBRACE")
+        args = tuple(RawValue.from_token(str(t), self.pos(t)) for t in items[1:brace])
+        settings = tuple(i for i in items[brace + 1 :] if isinstance(i, RawSetting))
+        return RawBlock(str(keyword), args, settings, self.pos(keyword))
+
+    def pipeline(self, items: list[Any]) -> RawPipeline:
+        steps = tuple(i for i in items if not isinstance(i, Token) and i is not None)
+        return RawPipeline(steps, self.pos(items[0]))
+
+    # steps
+    def set_step(self, items: list[Any]) -> m.SetStep | None:
+        target, value = items[1], items[3]
+        if target is None or value is None:
+            return None
+        return m.SetStep(target, value, self.pos(items[0]))
+
+    def remove_step(self, items: list[Any]) -> m.RemoveStep | None:
+        return None if items[1] is None else m.RemoveStep(items[1], self.pos(items[0]))
+
+    def filter_step(self, items: list[Any]) -> m.FilterStep | None:
+        return None if items[1] is None else m.FilterStep(items[1], self.pos(items[0]))
+
+    def route_step(self, items: list[Any]) -> m.RouteStep | None:
+        condition, receiver = items[2], items[4]
+        if condition is None:
+            return None
+        return m.RouteStep(condition, str(receiver), self.pos(receiver), self.pos(items[0]))
+
+    def route_otherwise(self, items: list[Any]) -> m.RouteStep:
+        receiver = items[3]
+        return m.RouteStep(None, str(receiver), self.pos(receiver), self.pos(items[0]))
+
+    def split_step(self, items: list[Token]) -> m.SplitStep:
+        return m.SplitStep(self.pos(items[0]))
+
+    def script_step(self, items: list[Token]) -> m.ScriptStep | None:
+        return self._guard(self._script, items)
+
+    def _script(self, items: list[Token]) -> m.ScriptStep:
+        ref = items[1]
+        text = unescape(str(ref)[1:-1])
+        match = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)", text)
+        if not match:
+            raise SpecError(
+                f'script: expected "module:function" (e.g. "transforms:enrich"), got {ref}',
+                self.pos(ref),
+            )
+        return m.ScriptStep(match.group(1), match.group(2), self.pos(items[0]))
+
+    def log_step(self, items: list[Token]) -> m.LogStep | None:
+        return self._guard(self._log, items)
+
+    def _log(self, items: list[Token]) -> m.LogStep:
+        level = items[1]
+        levels = [lv.value for lv in m.LogLevel]
+        if str(level) not in levels:
+            raise SpecError(
+                f"log: unknown level {str(level)!r}; expected one of {', '.join(levels)}"
+                + did_you_mean(str(level), levels),
+                self.pos(level),
+            )
+        text = parse_template(str(items[2]), self.pos(items[2]))
+        return m.LogStep(m.LogLevel(str(level)), text, self.pos(items[0]))
+
+    def mpl_step(self, items: list[Any]) -> m.MplPropertyStep | None:
+        name, value = items[2], items[4]
+        if name is None or value is None:
+            return None
+        return m.MplPropertyStep(name[0], value, self.pos(items[0]))
+
+    def attachments_step(self, items: list[Token]) -> m.AttachmentsStep | None:
+        return self._guard(self._attachments, items)
+
+    def _attachments(self, items: list[Token]) -> m.AttachmentsStep:
+        action = str(items[1])
+        if action not in ("keep", "drop"):
+            raise SpecError(
+                f"attachments: expected 'keep' or 'drop', got {action!r}"
+                + did_you_mean(action, ["keep", "drop"]),
+                self.pos(items[1]),
+            )
+        glob = unescape(str(items[2])[1:-1])
+        if not glob:
+            raise SpecError(
+                'attachments: the name pattern is empty (use "*" for all)', self.pos(items[2])
+            )
+        return m.AttachmentsStep(action, glob, self.pos(items[0]))  # type: ignore[arg-type]
+
+    # targets and fields
+    def field(self, items: list[Token]) -> tuple[str, m.Pos] | None:
+        token = items[0]
+        text = unescape(str(token)[1:-1]) if token.type == "STRING" else str(token)
+        if not text or any(c in text for c in " \t\r\n:"):
+            self.errors.append(
+                SpecError(
+                    f"bad name {token!s}: a header or property name "
+                    "has no spaces, colons or line breaks",
+                    self.pos(token),
+                )
+            )
+            return None
+        return text, self.pos(token)
+
+    def header_target(self, items: list[Any]) -> m.Target | None:
+        return None if items[1] is None else m.Target("header", items[1][0])
+
+    def property_target(self, items: list[Any]) -> m.Target | None:
+        return None if items[1] is None else m.Target("property", items[1][0])
+
+    def body_target(self, items: list[Token]) -> m.Target:
+        return m.Target("body", "")
+
+    # conditions
+    def operand(self, items: list[Token]) -> m.Operand | None:
+        return self._guard(self._operand, items[0])
+
+    def _operand(self, token: Token) -> m.Operand:
+        if token.type == "STRING":
+            return parse_template(str(token), self.pos(token))
+        if token.type == "NUMBER":
+            return m.Template((str(token),), str(token), self.pos(token))
+        return parse_ref(str(token), self.pos(token))
+
+    def _compare(self, op: str, items: list[Any]) -> m.Compare | None:
+        left, right = items[0], items[2]
+        if left is None or right is None:
+            return None
+        return m.Compare(op, left, right, _pos_of(left))  # type: ignore[arg-type]
+
+    def equals(self, items: list[Any]) -> m.Compare | None:
+        return self._compare("=", items)
+
+    def not_equals(self, items: list[Any]) -> m.Compare | None:
+        return self._compare("!=", items)
+
+    def contains(self, items: list[Any]) -> m.Compare | None:
+        return self._compare("contains", items)
+
+    def matches(self, items: list[Any]) -> m.Matches | None:
+        operand, pattern_token = items[0], items[2]
+        try:
+            pattern = re.compile(unescape(str(pattern_token)[1:-1]))
+        except re.error as exc:
+            self.errors.append(
+                SpecError(
+                    f"bad regular expression {pattern_token}: {exc.msg}",
+                    self.pos(pattern_token),
+                    "bad-condition",
+                )
+            )
+            return None
+        if operand is None:
+            return None
+        return m.Matches(operand, pattern, _pos_of(operand))
+
+    def exists(self, items: list[Any]) -> m.Exists | None:
+        if items[0] is None:
+            return None
+        if not isinstance(items[0], m.Ref):
+            self.errors.append(
+                SpecError(
+                    "exists needs a reference such as header.X, not a string",
+                    _pos_of(items[0]),
+                    "bad-condition",
+                )
+            )
+            return None
+        return m.Exists(items[0], _pos_of(items[0]))
+
+    def negation(self, items: list[Any]) -> m.Not | None:
+        return None if items[1] is None else m.Not(items[1], self.pos(items[0]))
+
+    def group(self, items: list[Any]) -> m.Condition | None:
+        result: m.Condition | None = items[1]
+        return result
+
+    def and_condition(self, items: list[Any]) -> m.And | None:
+        parts = items[::2]
+        if any(p is None for p in parts):
+            return None
+        return m.And(tuple(parts), _pos_of(parts[0]))
+
+    def or_condition(self, items: list[Any]) -> m.Or | None:
+        parts = items[::2]
+        if any(p is None for p in parts):
+            return None
+        return m.Or(tuple(parts), _pos_of(parts[0]))
+
+
+def _pos_of(node: Any) -> m.Pos:
+    return node.pos  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntaxProblem:
+    message: str
+    pos: m.Pos
+
+
+def parse_raw(text: str, file: str) -> tuple[list[RawFlow], list[SpecError | SyntaxProblem]]:
+    """Parse ``text``; a syntax error yields no flows and one problem said in words."""
+    try:
+        tree = parser().parse(text)
+    except UnexpectedInput as exc:
+        return [], [_explain(exc, text, file)]
+    to_raw = _ToRaw(file)
+    flows = to_raw.transform(tree)
+    return flows, list(to_raw.errors)
+
+
+def _describe_expected(names: set[str]) -> str:
+    words: list[str] = []
+    lark = parser()
+    for name in sorted(names):
+        if name in _TERMINAL_WORDS:
+            words.append(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = lark.get_terminal(name).pattern
+        except KeyError:
+            continue
+        if isinstance(pattern, PatternStr):
+            words.append(f"'{pattern.value}'")
+    words = sorted(set(words), key=lambda w: (not w.startswith("'"), w))
+    if not words:
+        return "something else"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _open_block(text: str, line: int, column: int) -> tuple[int, str] | None:
+    """The innermost '{' still open at (line, column): its line number and text."""
+    stack: list[tuple[int, str]] = []
+    lines = text.splitlines()
+    for number, content in enumerate(lines, start=1):
+        cleaned = re.sub(r'"(?:[^"\\\n]|\\.)*"', '""', content)
+        cleaned = cleaned.split("#", 1)[0]
+        limit = column - 1 if number == line else len(cleaned)
+        for ch in cleaned[:limit]:
+            if ch == "{":
+                stack.append((number, content.strip()))
+            elif ch == "}" and stack:
+                stack.pop()
+        if number >= line:
+            break
+    return stack[-1] if stack else None
+
+
+def _explain(exc: UnexpectedInput, text: str, file: str) -> SyntaxProblem:
+    line = exc.line if exc.line and exc.line > 0 else max(1, text.count("\n"))
+    column = exc.column if exc.column and exc.column > 0 else 1
+    pos = m.Pos(file, line, column)
+    if isinstance(exc, UnexpectedCharacters):
+        offset = exc.pos_in_stream or 0
+        char = text[offset] if offset < len(text) else ""
+        if char == '"':
+            return SyntaxProblem(
+                "unterminated string: the closing '\"' is missing on this line", pos
+            )
+        expected = _describe_expected(set(exc.allowed or ()))
+        return SyntaxProblem(f"unexpected character {char!r}; expected {expected}", pos)
+    if isinstance(exc, UnexpectedEOF) or (
+        isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+    ):
+        opened = _open_block(text, line + 1, 1)
+        if opened:
+            return SyntaxProblem(
+                f"the file ends before '}}' closes '{opened[1]}' (line {opened[0]})",
+                m.Pos(file, line, column),
+            )
+        return SyntaxProblem("unexpected end of the file", pos)
+    assert isinstance(exc, UnexpectedToken)
+    token = exc.token
+    expected_names = set(exc.expected)
+    got = str(token)
+    if token.type == "_NL":
+        return SyntaxProblem(
+            f"unexpected end of the line; expected {_describe_expected(expected_names)}", pos
+        )
+    step_starts = {"SET", "REMOVE", "FILTER", "ROUTE", "SPLIT", "SCRIPT", "LOG", "MPL"}
+    if step_starts <= expected_names:
+        return SyntaxProblem(
+            f"unknown step {got!r}; a step is one of {', '.join(STEP_KEYWORDS)}"
+            + did_you_mean(got, STEP_KEYWORDS),
+            pos,
+        )
+    if token.type in ("LBRACE", "PIPELINE"):
+        opened = _open_block(text, line, column)
+        if opened and opened[0] != line:
+            return SyntaxProblem(
+                f"a block cannot start inside '{opened[1]}' (line {opened[0]}): "
+                "is its closing '}' missing?",
+                pos,
+            )
+    if token.type == "RBRACE" and "EQ" in expected_names:
+        return SyntaxProblem("expected '=' and a value", pos)
+    return SyntaxProblem(f"unexpected {got!r}; expected {_describe_expected(expected_names)}", pos)

@@ -1,0 +1,1 @@
+"""The message-processing engine: exchange, compiled expressions, steps, pipeline runner."""
