@@ -8,8 +8,10 @@ runtime state. This module only knows the layout; the stores live in their own p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from flowrt.errors import TenantError
 
@@ -51,8 +53,29 @@ class Tenant:
         return self.root / "state.sqlite"
 
     @property
+    def locations_path(self) -> Path:
+        """On-premise location IDs and the SOCKS5 connector address each one goes through."""
+        return self.root / "locations.json"
+
+    @property
+    def security_lock_path(self) -> Path:
+        """Held while the keystore, credential store or locations are changed."""
+        return self.root / ".security.lock"
+
+    @property
     def backups_dir(self) -> Path:
         return self.root / "backups"
+
+    def read_marker(self) -> dict[str, Any]:
+        """The marker's content, as written by `flowrt init` (the tenant must exist)."""
+        self.require()
+        try:
+            data = json.loads(self.marker_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TenantError(f"cannot read the tenant marker {self.marker_path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise TenantError(f"the tenant marker {self.marker_path} is not a JSON object")
+        return data
 
     def exists(self) -> bool:
         return self.marker_path.is_file()

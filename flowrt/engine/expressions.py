@@ -66,16 +66,14 @@ def compile_ref(ref: m.Ref) -> Value:
     return _FIXED[(ref.kind, ref.name)]
 
 
+def _constant(text: str) -> Value:
+    return lambda ex: text
+
+
 def compile_template(template: m.Template) -> Value:
     if template.is_literal:
-        text = template.literal
-        return lambda ex: text
-    parts: list[Value] = []
-    for part in template.parts:
-        if isinstance(part, str):
-            parts.append(lambda ex, _text=part: _text)
-        else:
-            parts.append(compile_ref(part))
+        return _constant(template.literal)
+    parts = [_constant(p) if isinstance(p, str) else compile_ref(p) for p in template.parts]
     if len(parts) == 1:
         return parts[0]
     return lambda ex: "".join(p(ex) for p in parts)
