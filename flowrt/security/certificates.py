@@ -1,0 +1,273 @@
+"""Certificates in and out: reading certificate files, describing certificates, making keys.
+
+Files are recognised by content, not by extension: PEM (one or more ``CERTIFICATE`` blocks, or
+a ``PKCS7`` block), DER X.509 (``.cer``/``.crt``) or DER PKCS#7 (``.p7b``). Anything that is
+not one of those is a KeystoreError naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from flowrt.errors import KeystoreError
+from flowrt.security import _pkcs12
+from flowrt.security._pkcs12 import PrivateKey
+
+KEY_SPECS = ("rsa:3072", "rsa:2048", "ec:p256", "ec:p384")
+DEFAULT_KEY_SPEC = "rsa:3072"
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
+_CERT_BLOCKS = {b"CERTIFICATE", b"X509 CERTIFICATE"}
+_PKCS7_BLOCKS = {b"PKCS7", b"CERTIFICATE CHAIN"}
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_certificate_file(path: Path) -> list[x509.Certificate]:
+    """Every certificate in ``path``, in file order (at least one)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeystoreError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot read {path}: {exc.strerror}") from exc
+    return load_certificates(data, str(path))
+
+
+def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
+    """Parse DER or PEM certificates or a PKCS#7 bundle; ``source`` names the input in errors."""
+    if not data.strip():
+        raise KeystoreError(f"{source} is empty")
+    if b"-----BEGIN" in data:
+        return _load_pem(data, source)
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        pass
+    try:
+        certs = pkcs7.load_der_pkcs7_certificates(data)
+    except ValueError:
+        certs = []
+    if certs:
+        return list(certs)
+    raise KeystoreError(
+        f"{source} is not a certificate: neither DER X.509, PEM nor a PKCS#7 (.p7b) bundle, "
+        "or it is truncated or corrupt",
+        hint="a certificate file is a .cer/.crt/.pem/.p7b; for a key pair in a .p12 use "
+        "`flowrt keystore import-key`",
+    )
+
+
+def _load_pem(data: bytes, source: str) -> list[x509.Certificate]:
+    blocks = _PEM_BLOCK.findall(data)
+    if data.count(b"-----BEGIN") != len(blocks):
+        raise KeystoreError(f"{source}: a PEM block has no matching END line (truncated file?)")
+    certs: list[x509.Certificate] = []
+    for number, (label, body) in enumerate(blocks, start=1):
+        if b"PRIVATE KEY" in label:
+            raise KeystoreError(
+                f"{source} contains a private key; `keystore add` takes certificates only",
+                hint="import a key pair from a .p12 with `flowrt keystore import-key`",
+            )
+        if label not in _CERT_BLOCKS | _PKCS7_BLOCKS:
+            continue
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+            if label in _CERT_BLOCKS:
+                certs.append(x509.load_der_x509_certificate(der))
+            else:
+                certs.extend(pkcs7.load_der_pkcs7_certificates(der))
+        except (binascii.Error, ValueError) as exc:
+            raise KeystoreError(
+                f"{source}: PEM block {number} ({label.decode()}) is not a valid "
+                f"certificate ({exc})"
+            ) from exc
+    if not certs:
+        raise KeystoreError(f"{source} holds no certificate (no CERTIFICATE or PKCS7 block)")
+    return certs
+
+
+def load_key_pair_file(
+    path: Path, password: str
+) -> tuple[PrivateKey, tuple[x509.Certificate, ...]]:
+    """The private key and its chain (end-entity first) from a PKCS#12 file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeystoreError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        loaded = pkcs12.load_pkcs12(data, password.encode("utf-8"))
+    except ValueError:
+        if _pkcs12.is_pfx(data):
+            raise KeystoreError(
+                f"cannot open {path}: wrong password, or the file is truncated or modified",
+                hint="give the password the .p12 was exported with on stdin",
+            ) from None
+        raise KeystoreError(f"{path} is not a PKCS#12 (.p12/.pfx) file") from None
+    key = loaded.key
+    if key is None:
+        raise KeystoreError(
+            f"{path} holds no private key",
+            hint="add certificates with `flowrt keystore add`",
+        )
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise KeystoreError(
+            f"{path}: the private key is {describe_key(key.public_key())}; "
+            "flowrt takes RSA or EC keys"
+        )
+    if loaded.cert is None:
+        raise KeystoreError(f"{path} has a private key but not its certificate")
+    others = [c.certificate for c in loaded.additional_certs]
+    return key, _pkcs12.order_chain(loaded.cert.certificate, others)
+
+
+# ----------------------------------------------------------------------------- describing
+
+
+def fingerprint(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> str:
+    return cert.fingerprint(algorithm).hex(":").upper()
+
+
+def describe_key(public_key: object) -> str:
+    """``RSA 3072``, ``EC secp256r1 (256)``, ``Ed25519``..."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA {public_key.key_size}"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"EC {public_key.curve.name} ({public_key.curve.key_size})"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(public_key, ed448.Ed448PublicKey):
+        return "Ed448"
+    return type(public_key).__name__
+
+
+def signature_algorithm(cert: x509.Certificate) -> str:
+    return cert.signature_algorithm_oid._name
+
+
+def subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+def issuer(cert: x509.Certificate) -> str:
+    return cert.issuer.rfc4514_string()
+
+
+def certificate_details(cert: x509.Certificate) -> dict[str, str]:
+    """What `keystore show` prints for one certificate."""
+    return {
+        "subject": subject(cert),
+        "issuer": issuer(cert),
+        "serial": format(cert.serial_number, "X"),
+        "key": describe_key(cert.public_key()),
+        "signature_algorithm": signature_algorithm(cert),
+        "valid_from": cert.not_valid_before_utc.isoformat(),
+        "valid_until": cert.not_valid_after_utc.isoformat(),
+        "sha1": fingerprint(cert, hashes.SHA1()),  # a fingerprint, as keytool shows it
+        "sha256": fingerprint(cert, hashes.SHA256()),
+    }
+
+
+# ----------------------------------------------------------------------------- making
+
+
+def parse_subject(text: str) -> x509.Name:
+    """``CN=mail client,O=Example`` (RFC 4514) to a Name; at least one attribute."""
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise KeystoreError(
+            f"the subject {text!r} is not a distinguished name ({exc})",
+            hint='write it like "CN=flowrt client,O=Example,C=DE"',
+        ) from exc
+    if not list(name):
+        raise KeystoreError("the subject is empty", hint='write it like "CN=flowrt client"')
+    return name
+
+
+def generate_key(spec: str) -> PrivateKey:
+    if spec == "rsa:3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    if spec == "rsa:2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if spec == "ec:p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if spec == "ec:p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    raise KeystoreError(f"unknown key type {spec!r}; choose one of {', '.join(KEY_SPECS)}")
+
+
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def self_signed(subject_name: x509.Name, key: PrivateKey, *, days: int) -> x509.Certificate:
+    """A self-signed end-entity certificate for TLS client (and server) authentication."""
+    if not 1 <= days <= 36500:
+        raise KeystoreError(f"--days must be between 1 and 36500, not {days}")
+    now = datetime.datetime.now(datetime.UTC)
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject_name)
+        .issuer_name(subject_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        # A little slack for clocks that are behind.
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    return builder.sign(key, _hash_for(key))
+
+
+def csr_for(key: PrivateKey, cert: x509.Certificate) -> x509.CertificateSigningRequest:
+    """A CSR with the certificate's subject, signed by its key."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(cert.subject)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        builder = builder.add_extension(san.value, critical=san.critical)
+    except x509.ExtensionNotFound:
+        pass
+    return builder.sign(key, _hash_for(key))
+
+
+def to_pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
