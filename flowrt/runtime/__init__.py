@@ -1,0 +1,1 @@
+"""The runtime: deployed flows, the runtime process, its status, locks and idempotency."""

@@ -1,0 +1,153 @@
+"""Deployed flows: each a versioned copy of its flow file in the tenant.
+
+Layout under ``<tenant>/deployed/``::
+
+    NAME.json            {"name", "version", "sha256", "file", "deployed_at"}: the current one
+    NAME.flow            the flow file's text as validated at deploy time
+    history/NAME/N.flow  every version ever deployed
+    generation           a counter bumped by every deploy and undeploy
+
+The runtime watches ``generation`` (one stat a poll) and reloads what changed. Every file is
+written atomically, the current ``.flow`` before its ``.json``, so a reader never sees a
+version whose text is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from flowrt._fs import atomic_write
+from flowrt.dsl import Flow, parse_text
+from flowrt.errors import FlowError, TenantError
+from flowrt.tenant import Tenant
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    name: str
+    version: int
+    sha256: str
+    file: str
+    deployed_at: str
+    source: str
+
+    def load(self) -> Flow:
+        """The deployed flow, parsed again from the stored text (it was valid when stored)."""
+        result = parse_text(self.source, self.file)
+        for flow in result.flows:
+            if flow.name == self.name:
+                return flow
+        raise FlowError(
+            f"deployed flow {self.name} version {self.version} no longer validates:\n"
+            + result.render(),
+            diagnostics=result.diagnostics,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployOutcome:
+    name: str
+    version: int
+    changed: bool
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Deployments:
+    """The deployed flows of one tenant."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.root = tenant.root / "deployed"
+
+    def _meta(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def _ensure(self) -> None:
+        try:
+            (self.root / "history").mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:
+            raise TenantError(
+                f"the tenant directory {self.root.parent} is read-only: cannot deploy",
+                hint="check the permissions of the tenant directory",
+            ) from exc
+
+    def generation(self) -> int:
+        try:
+            return int((self.root / "generation").read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _bump(self) -> None:
+        atomic_write(self.root / "generation", f"{self.generation() + 1}\n".encode(), mode=0o644)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.json"))
+
+    def get(self, name: str) -> Deployment | None:
+        try:
+            meta: dict[str, Any] = json.loads(self._meta(name).read_text(encoding="utf-8"))
+            source = (self.root / f"{name}.flow").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise TenantError(f"deployment {name} cannot be read: {exc}") from exc
+        return Deployment(
+            name=meta["name"],
+            version=int(meta["version"]),
+            sha256=meta["sha256"],
+            file=meta["file"],
+            deployed_at=meta["deployed_at"],
+            source=source,
+        )
+
+    def all(self) -> list[Deployment]:
+        return [d for d in (self.get(n) for n in self.names()) if d is not None]
+
+    def deploy(self, flow: Flow) -> DeployOutcome:
+        """Store ``flow`` (its whole file text) as the next version; unchanged -> no-op."""
+        if not _NAME.fullmatch(flow.name):
+            raise FlowError(f"flow name {flow.name!r} cannot be deployed")
+        self._ensure()
+        digest = _sha256(flow.source + "\0" + flow.name)
+        current = self.get(flow.name)
+        if current is not None and current.sha256 == digest:
+            return DeployOutcome(flow.name, current.version, changed=False)
+        version = 1 if current is None else current.version + 1
+        history = self.root / "history" / flow.name
+        history.mkdir(parents=True, exist_ok=True)
+        data = flow.source.encode("utf-8")
+        atomic_write(history / f"{version}.flow", data, mode=0o644)
+        atomic_write(self.root / f"{flow.name}.flow", data, mode=0o644)
+        meta = {
+            "name": flow.name,
+            "version": version,
+            "sha256": digest,
+            "file": os.path.abspath(flow.file),
+            "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write(self._meta(flow.name), json.dumps(meta, indent=2).encode(), mode=0o644)
+        self._bump()
+        return DeployOutcome(flow.name, version, changed=True)
+
+    def undeploy(self, name: str) -> Deployment:
+        current = self.get(name)
+        if current is None:
+            known = ", ".join(self.names()) or "none"
+            raise FlowError(f"no deployed flow named {name!r} (deployed: {known})")
+        self._meta(name).unlink()
+        (self.root / f"{name}.flow").unlink(missing_ok=True)
+        self._bump()
+        return current

@@ -1,0 +1,136 @@
+"""The runtime's report of itself: which flows run, in which state, with which counts.
+
+``flowrt run`` writes ``<tenant>/runtime/status.json`` atomically whenever something changes
+and at least every heartbeat; ``flowrt deploy`` and ``flowrt status`` read it. A status whose
+heartbeat is older than :data:`STALE_AFTER` belongs to a runtime that is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import IO, Any
+
+from flowrt._fs import atomic_write
+from flowrt.errors import TenantError
+from flowrt.tenant import Tenant
+
+HEARTBEAT = 1.0
+STALE_AFTER = dt.timedelta(seconds=5)
+
+# flow states
+STARTING = "STARTING"
+STARTED = "STARTED"
+ERROR = "ERROR"
+STOPPED = "STOPPED"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclasses.dataclass
+class FlowStatus:
+    name: str
+    version: int
+    state: str = STARTING
+    reason: str = ""
+    last_poll: str = ""
+    last_success: str = ""
+    completed: int = 0
+    failed: int = 0
+    last_error: str = ""
+    consecutive_failures: int = 0
+    updated: str = dataclasses.field(default_factory=now_iso)
+
+
+@dataclasses.dataclass
+class RuntimeStatus:
+    pid: int
+    host: str
+    started_at: str
+    heartbeat_at: str
+    flows: dict[str, FlowStatus] = dataclasses.field(default_factory=dict)
+    stopping: bool = False
+
+    def alive(self, now: dt.datetime | None = None) -> bool:
+        now = now or dt.datetime.now(dt.UTC)
+        beat = dt.datetime.fromisoformat(self.heartbeat_at)
+        return not self.stopping and now - beat < STALE_AFTER
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=2).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuntimeStatus:
+        flows = {name: FlowStatus(**value) for name, value in data.get("flows", {}).items()}
+        return cls(
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+            started_at=str(data["started_at"]),
+            heartbeat_at=str(data["heartbeat_at"]),
+            flows=flows,
+            stopping=bool(data.get("stopping", False)),
+        )
+
+
+def status_path(tenant: Tenant) -> Path:
+    return tenant.root / "runtime" / "status.json"
+
+
+def read_status(tenant: Tenant) -> RuntimeStatus | None:
+    try:
+        return RuntimeStatus.from_json(json.loads(status_path(tenant).read_text("utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a status from an older version or a torn disk: treat as no runtime
+
+
+def write_status(tenant: Tenant, status: RuntimeStatus) -> None:
+    status.heartbeat_at = now_iso()
+    atomic_write(status_path(tenant), status.to_json(), mode=0o644)
+
+
+class RuntimeLock:
+    """One ``flowrt run`` per tenant: an exclusive flock held for the runtime's lifetime."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.path = tenant.root / "runtime" / "runtime.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except PermissionError as exc:
+            raise TenantError(
+                f"the tenant directory {self.path.parent.parent} is read-only",
+                hint="the runtime writes its status, the MPL and its state there",
+            ) from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise TenantError(
+                f"another flowrt run is already running on this tenant ({holder})",
+                hint="stop it first, or use another tenant with --tenant",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
