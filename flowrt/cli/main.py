@@ -53,9 +53,25 @@ def cli(ctx: click.Context, tenant_dir: str | None) -> None:
 
 def _register() -> None:
     # Each command group lives in its own module; the import order is the help order.
-    from flowrt.cli import credentials, deploy, init, keystore, locations, validate
+    from flowrt.cli import (
+        credentials,
+        deploy,
+        init,
+        keystore,
+        locations,
+        mpl,
+        validate,
+    )
 
-    for module in (init, validate, deploy, keystore, credentials, locations):
+    for module in (
+        init,
+        validate,
+        deploy,
+        keystore,
+        credentials,
+        locations,
+        mpl,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 

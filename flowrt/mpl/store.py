@@ -1,0 +1,504 @@
+"""The MPL store: one SQLite database per tenant (``Tenant.mpl_path``).
+
+Why SQLite in WAL mode with ``synchronous=NORMAL``: the runtime writes while ``flowrt mpl``
+reads, and neither blocks the other; a commit costs no fsync (only checkpoints do), and a
+process killed at any moment leaves a database that opens and reads, losing at most the last
+transactions. Every failure of the database is raised as :class:`~flowrt.errors.MplError`.
+
+One :class:`MplStore` owns one connection, which may be used from several threads (a
+recorder's writer thread and its owner); a lock serialises them. Separate processes open
+their own stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flowrt.errors import ChainLevel, MplError
+from flowrt.mpl import _schema
+from flowrt.mpl._time import format_duration, from_epoch, from_epoch_us, to_epoch
+from flowrt.mpl.model import (
+    ErrorInfo,
+    LogLevel,
+    LogLine,
+    MplEntry,
+    MplStatus,
+    MplSummary,
+    Run,
+    Step,
+    StepContent,
+    StepStatus,
+)
+
+__all__ = ["DEFAULT_LIMIT", "DEFAULT_RETENTION", "MIN_PREFIX", "MplStore"]
+
+DEFAULT_RETENTION = timedelta(days=30)
+DEFAULT_LIMIT = 50
+MIN_PREFIX = 8
+"""Shortest message-ID prefix accepted where a full ID is expected."""
+
+_RETENTION_KEY = "retention_seconds"
+_UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
+_SUMMARY_COLUMNS = (
+    "id, message_id, correlation_id, application_id, flow, flow_version, status, "
+    "log_start, log_end, simulation, failed_step"
+)
+_ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
+_ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
+_CHUNK_ROWS = 500
+
+
+class MplStore:
+    """Open (and create or migrate) the MPL database at ``path``.
+
+    ``create=False`` refuses a missing file instead of creating one, for commands that only
+    read. ``timeout`` is how long to wait for another process's write lock.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise MplError(f"no MPL database at {self.path}")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise MplError(f"cannot open the MPL database {self.path}: {exc}") from exc
+        self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        try:
+            with self._guard("open"):
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        # No `PRAGMA optimize` here: it may need the write lock, and a reader (`mpl list`)
+        # would then wait for the runtime's writes. The query plans need no statistics.
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> MplStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and turn any sqlite3 error into an MplError naming the database."""
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise MplError(
+                    f"MPL database {self.path}: {action} failed: {exc}", hint=_hint_for(exc)
+                ) from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._guard(action) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self._user_version()
+        if version == _schema.SCHEMA_VERSION:
+            return
+        if version > _schema.SCHEMA_VERSION:
+            raise MplError(
+                f"the MPL database {self.path} has schema version {version}; this flowrt "
+                f"knows up to {_schema.SCHEMA_VERSION}",
+                hint="use the flowrt version that wrote it, or a newer one",
+            )
+        with self._transaction("migrate") as conn:
+            # Another process may have migrated while we waited for the write lock.
+            for target in range(self._user_version(), _schema.SCHEMA_VERSION):
+                for statement in _schema.MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+
+    def _user_version(self) -> int:
+        value = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        return int(value)
+
+    @property
+    def schema_version(self) -> int:
+        with self._guard("read schema version"):
+            return self._user_version()
+
+    # ------------------------------------------------------------------ writing
+
+    def write_batch(
+        self,
+        entries: Sequence[Sequence[Any]],
+        properties: Sequence[Sequence[Any]] = (),
+        contents: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        """Upsert entry rows (columns as :data:`_schema.ENTRY_COLUMNS`), add property rows
+        ``(message_id, seq, name, value)`` and content rows ``(message_id, run, step, headers
+        JSON, body, truncated, size)``, all in one transaction.
+
+        This is the recorder's write path; an entry row written again replaces the earlier
+        state of that message (it keeps its row id, which ``tail`` relies on).
+        """
+        with self._transaction("write") as conn:
+            self._insert(
+                conn,
+                _schema.INSERT_ENTRIES,
+                len(_schema.ENTRY_COLUMNS),
+                entries,
+                _schema.UPSERT_ENTRIES_TAIL,
+            )
+            self._insert(conn, _schema.INSERT_PROPERTIES, _schema.PROPERTY_WIDTH, properties)
+            self._insert(conn, _schema.INSERT_CONTENTS, _schema.CONTENT_WIDTH, contents)
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        head: str,
+        width: int,
+        rows: Sequence[Sequence[Any]],
+        tail: str = "",
+    ) -> None:
+        """Multi-row inserts of up to :data:`_CHUNK_ROWS` rows (see ``_schema`` for why)."""
+        per = max(1, min(_CHUNK_ROWS, self._max_variables // width))
+        group = "(" + ",".join("?" * width) + ")"
+        for i in range(0, len(rows), per):
+            chunk = rows[i : i + per]
+            sql = head + ",".join([group] * len(chunk)) + tail
+            conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+
+    # ------------------------------------------------------------------ listing
+
+    def list_entries(
+        self,
+        *,
+        flow: str | None = None,
+        status: MplStatus | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        message_id: str | None = None,
+        properties: Iterable[tuple[str, str]] = (),
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[MplSummary]:
+        """Entries matching every given filter, newest (by log start) first.
+
+        ``message_id`` matches as a prefix (a full ID is its own prefix); ``properties``
+        are ``(name, value)`` pairs that must all be present; ``since``/``until`` bound the
+        log start (inclusive). ``limit=None`` means no limit.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if flow is not None:
+            where.append("flow = ?")
+            args.append(flow)
+        if status is not None:
+            where.append("status = ?")
+            args.append(MplStatus(status).value)
+        if since is not None:
+            where.append("log_start >= ?")
+            args.append(to_epoch(since))
+        if until is not None:
+            where.append("log_start <= ?")
+            args.append(to_epoch(until))
+        if message_id:
+            where.append("message_id >= ? AND message_id < ?")
+            args += [message_id, message_id + _ID_MAX]
+        for name, value in properties:
+            where.append(
+                "message_id IN (SELECT message_id FROM properties WHERE name = ? AND value = ?)"
+            )
+            args += [name, value]
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY log_start DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._guard("list") as conn:
+            return [_summary(row) for row in conn.execute(sql, args)]
+
+    # ------------------------------------------------------------------ one entry
+
+    def find(self, message_id: str) -> MplEntry | None:
+        """The entry with exactly this message ID, or None."""
+        with self._guard("read entry") as conn:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return None if row is None else self._entry(conn, row)
+
+    def get(self, id_or_prefix: str) -> MplEntry:
+        """The entry with this message ID, or with the one ID starting with this prefix of at
+        least :data:`MIN_PREFIX` characters; MplError if there is none or more than one."""
+        entry = self.find(id_or_prefix)
+        if entry is not None:
+            return entry
+        if len(id_or_prefix) < MIN_PREFIX:
+            raise MplError(
+                f"no MPL entry with message ID {id_or_prefix!r}",
+                hint=f"give the full message ID or a prefix of at least {MIN_PREFIX} characters "
+                "(see `flowrt mpl list`)",
+            )
+        with self._guard("read entry") as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT message_id FROM entries WHERE message_id >= ? AND message_id < ? "
+                    "ORDER BY message_id LIMIT 3",
+                    (id_or_prefix, id_or_prefix + _ID_MAX),
+                )
+            ]
+        if not ids:
+            raise MplError(
+                f"no MPL entry with message ID {id_or_prefix!r}",
+                hint="see `flowrt mpl list` for the IDs that are stored",
+            )
+        if len(ids) > 1:
+            shown = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
+            raise MplError(
+                f"message ID prefix {id_or_prefix!r} matches more than one entry ({shown})",
+                hint="give more characters of the message ID",
+            )
+        found = self.find(ids[0])
+        if found is None:  # purged between the two reads
+            raise MplError(f"no MPL entry with message ID {id_or_prefix!r}")
+        return found
+
+    def _entry(self, conn: sqlite3.Connection, row: Sequence[Any]) -> MplEntry:
+        values = dict(zip(_schema.ENTRY_COLUMNS, row, strict=True))
+        message_id = values["message_id"]
+        props: dict[str, list[str]] = {}
+        for name, value in conn.execute(
+            "SELECT name, value FROM properties WHERE message_id = ? ORDER BY seq", (message_id,)
+        ):
+            props.setdefault(name, []).append(value)
+        contents = {
+            (run, step): StepContent(
+                headers=tuple((str(n), str(v)) for n, v in json.loads(headers)),
+                body=body,
+                truncated=bool(truncated),
+                size=size,
+            )
+            for run, step, headers, body, truncated, size in conn.execute(
+                "SELECT run, step, headers, body, truncated, size FROM contents "
+                "WHERE message_id = ?",
+                (message_id,),
+            )
+        }
+        error = None
+        if values["error_chain"] is not None:
+            error = ErrorInfo(
+                chain=values["error_chain"],
+                levels=tuple(
+                    ChainLevel(level=i, type=t, message=m)
+                    for i, (t, m) in enumerate(json.loads(values["error_levels"] or "[]"))
+                ),
+                hint=values["error_hint"],
+                failed_step=values["failed_step"],
+            )
+        return MplEntry(
+            message_id=message_id,
+            correlation_id=values["correlation_id"],
+            application_id=values["application_id"],
+            flow=values["flow"],
+            flow_version=values["flow_version"],
+            sender=values["sender"],
+            receivers=tuple(json.loads(values["receivers"])),
+            status=MplStatus(values["status"]),
+            log_start=from_epoch(values["log_start"]),
+            log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
+            log_level=LogLevel(values["log_level"]),
+            simulation=bool(values["simulation"]),
+            custom_properties={k: tuple(v) for k, v in props.items()},
+            error=error,
+            filter_note=values["filter_note"],
+            runs=tuple(_run(r, contents) for r in json.loads(values["runs"])),
+            log=tuple(
+                LogLine(time=from_epoch_us(t), level=lvl, text=text)
+                for t, lvl, text in json.loads(values["log_lines"])
+            ),
+        )
+
+    # ------------------------------------------------------------------ following (tail)
+
+    def last_row_id(self) -> int:
+        with self._guard("read") as conn:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+
+    def rows_after(
+        self, row_id: int, *, flow: str | None = None, limit: int = 1000
+    ) -> list[tuple[int, MplSummary]]:
+        """Entries first written after row ``row_id``, oldest first, with their row ids."""
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries WHERE id > ?"
+        args: list[Any] = [row_id]
+        if flow is not None:
+            sql += " AND flow = ?"
+            args.append(flow)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        with self._guard("read") as conn:
+            return [(int(row[0]), _summary(row)) for row in conn.execute(sql, args)]
+
+    def unfinished(self, *, flow: str | None = None) -> list[MplSummary]:
+        """Entries still PROCESSING or in RETRY."""
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries WHERE status IN (?, ?)"
+        args: list[Any] = list(_UNFINISHED)
+        if flow is not None:
+            sql += " AND flow = ?"
+            args.append(flow)
+        with self._guard("read") as conn:
+            return [_summary(row) for row in conn.execute(sql, args)]
+
+    def summaries(self, message_ids: Iterable[str]) -> dict[str, MplSummary]:
+        """The current summary of each of these messages that is still stored."""
+        ids = list(message_ids)
+        found: dict[str, MplSummary] = {}
+        with self._guard("read") as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ", ".join("?" for _ in chunk)
+                sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries WHERE message_id IN ({marks})"
+                for row in conn.execute(sql, chunk):
+                    summary = _summary(row)
+                    found[summary.message_id] = summary
+        return found
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, older_than: datetime, *, batch_size: int = 5000) -> int:
+        """Delete entries that ended before ``older_than``, and entries that never ended
+        (left behind by a killed process) that started before it. Deletes in batches of
+        ``batch_size``, each its own short transaction so that recording can go on
+        meanwhile. Returns how many entries were removed."""
+        cutoff = to_epoch(older_than)
+        removed = 0
+        while True:
+            with self._transaction("purge") as conn:
+                rows = conn.execute(
+                    "SELECT id, message_id FROM entries "
+                    "WHERE log_start < ?1 AND (log_end < ?1 OR log_end IS NULL) LIMIT ?2",
+                    (cutoff, batch_size),
+                ).fetchall()
+                ids = [(r[1],) for r in rows]
+                conn.executemany("DELETE FROM properties WHERE message_id = ?", ids)
+                conn.executemany("DELETE FROM contents WHERE message_id = ?", ids)
+                conn.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in rows])
+            removed += len(rows)
+            if len(rows) < batch_size:
+                return removed
+
+    def retention(self) -> timedelta:
+        """How long entries are kept by :meth:`purge_expired` (default 30 days)."""
+        stored = self.stored_retention()
+        return DEFAULT_RETENTION if stored is None else stored
+
+    def stored_retention(self) -> timedelta | None:
+        """The retention that was set, or None while the default applies."""
+        value = self.get_setting(_RETENTION_KEY)
+        return None if value is None else timedelta(seconds=float(value))
+
+    def set_retention(self, value: timedelta) -> None:
+        if value.total_seconds() <= 0:
+            raise MplError(f"retention must be positive, not {format_duration(value)}")
+        self.set_setting(_RETENTION_KEY, repr(value.total_seconds()))
+
+    def purge_expired(self, *, now: datetime | None = None) -> int:
+        """Apply the retention setting: purge what ended longer ago than the retention.
+        The runtime calls this periodically; ``flowrt mpl purge`` without
+        ``--older-than`` calls it too."""
+        moment = now if now is not None else datetime.now(UTC)
+        return self.purge(moment - self.retention())
+
+    def get_setting(self, name: str) -> str | None:
+        with self._guard("read setting") as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self._transaction("write setting") as conn:
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def count(self) -> int:
+        with self._guard("count") as conn:
+            return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+
+def _hint_for(exc: sqlite3.Error) -> str | None:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "another process holds the MPL database's write lock; try again"
+    if "not a database" in text or "malformed" in text:
+        return "the file is damaged: move it away, and a new MPL database is created"
+    if "full" in text:
+        return "free disk space where the tenant lives"
+    return None
+
+
+def _summary(row: Sequence[Any]) -> MplSummary:
+    return MplSummary(
+        message_id=row[1],
+        correlation_id=row[2],
+        application_id=row[3],
+        flow=row[4],
+        flow_version=row[5],
+        status=MplStatus(row[6]),
+        log_start=from_epoch(row[7]),
+        log_end=None if row[8] is None else from_epoch(row[8]),
+        simulation=bool(row[9]),
+        failed_step=row[10],
+    )
+
+
+def _run(data: Sequence[Any], contents: dict[tuple[int, int], StepContent]) -> Run:
+    """A run from its JSON form: ``[number, start µs, stop µs, status, steps]`` where a step is
+    ``[step_id, model_step_id, branch, status, start offset µs from the run start, duration µs,
+    error]``."""
+    number, start, stop, status, steps = data
+    return Run(
+        number=number,
+        start=from_epoch_us(start),
+        stop=None if stop is None else from_epoch_us(stop),
+        status=MplStatus(status),
+        steps=tuple(
+            Step(
+                step_id=s[0],
+                model_step_id=s[1],
+                branch=s[2],
+                status=StepStatus(s[3]),
+                start=from_epoch_us(start + s[4]),
+                stop=from_epoch_us(start + s[4] + s[5]),
+                error=s[6],
+                content=contents.get((number, i)),
+            )
+            for i, s in enumerate(steps)
+        ),
+    )
