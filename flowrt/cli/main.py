@@ -60,12 +60,14 @@ def _register() -> None:
         keystore,
         locations,
         mpl,
+        test,
         validate,
     )
 
     for module in (
         init,
         validate,
+        test,
         deploy,
         keystore,
         credentials,

@@ -1,0 +1,196 @@
+"""``flowrt test smtp|imap|pop3 HOST[:PORT]``: connectivity tests, stage by stage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import hashes
+
+from flowrt._fs import atomic_write
+from flowrt.cli._context import CliContext, pass_cli
+from flowrt.cli._output import format_option, print_json
+from flowrt.connectivity import CheckOptions, ConnectivityReport
+from flowrt.connectivity.chain import chain_zip, default_alias, to_import
+from flowrt.connectivity.target import parse_target
+from flowrt.dsl.values import parse_duration
+from flowrt.errors import FlowrtError, UsageError
+from flowrt.security import TenantSecurity, edit_keystore
+
+Check = Callable[[CheckOptions, TenantSecurity, ConnectivityReport], Coroutine[Any, Any, None]]
+PROTECTIONS = {
+    "smtp": ["off", "starttls-mandatory", "starttls-optional", "smtps"],
+    "imap": ["off", "starttls-mandatory", "starttls-optional", "imaps"],
+    "pop3": ["off", "starttls-mandatory", "starttls-optional", "pop3s"],
+}
+
+
+def _common(protocol: str, default: str) -> Callable[[Any], Any]:
+    def decorate(func: Any) -> Any:
+        options = [
+            click.argument("target", metavar="HOST[:PORT]"),
+            click.option(
+                "--protection",
+                type=click.Choice(PROTECTIONS[protocol]),
+                default=default,
+                show_default=True,
+            ),
+            click.option(
+                "--auth",
+                type=click.Choice(["none", "plain", "encrypted"]),
+                default="none" if protocol == "smtp" else "plain",
+                show_default=True,
+            ),
+            click.option("--credential", metavar="NAME", help="User credential to log in with."),
+            click.option(
+                "--proxy",
+                type=click.Choice(["internet", "on-premise"]),
+                default="internet",
+                show_default=True,
+            ),
+            click.option("--location", metavar="ID", help="Location ID for --proxy on-premise."),
+            click.option("--timeout", default="30s", show_default=True, metavar="DURATION"),
+            click.option(
+                "--no-validate",
+                is_flag=True,
+                help="Do not validate the server's certificate (only shows the chain).",
+            ),
+            click.option("--allow-plaintext-auth", is_flag=True),
+            click.option(
+                "--download",
+                type=click.Path(dir_okay=False),
+                metavar="FILE.zip",
+                help="Save the server's chain as .cer files in a zip.",
+            ),
+            click.option(
+                "--import",
+                "import_prefix",
+                is_flag=False,
+                flag_value="",
+                default=None,
+                metavar="[PREFIX]",
+                help="Add the chain's root and intermediates to the keystore.",
+            ),
+            format_option,
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
+    host, port = parse_target(protocol, target, kw["protection"])
+    timeout = parse_duration(kw["timeout"])
+    if timeout is None or timeout.total_seconds() <= 0:
+        raise UsageError(f"--timeout: bad duration {kw['timeout']!r} (e.g. 30s)")
+    if kw["auth"] != "none" and not kw["credential"]:
+        raise UsageError(f"--auth {kw['auth']} needs --credential NAME")
+    if kw["proxy"] == "on-premise" and not kw["location"]:
+        raise UsageError("--proxy on-premise needs --location ID")
+    return CheckOptions(
+        protocol=protocol,
+        host=host,
+        port=port,
+        protection=kw["protection"],
+        auth=kw["auth"],
+        credential=kw["credential"],
+        location=kw["location"] if kw["proxy"] == "on-premise" else None,
+        timeout=timeout.total_seconds(),
+        validate=not kw["no_validate"],
+        allow_plaintext_auth=kw["allow_plaintext_auth"],
+        mail_from=kw.get("mail_from"),
+        rcpt_to=tuple(kw.get("rcpt_to") or ()),
+        list_folders=kw.get("list_folders", False),
+        check_mailbox=kw.get("check_mailbox"),
+    )
+
+
+def _run(cli: CliContext, opts: CheckOptions, check: Check, kw: dict[str, Any]) -> None:
+    tenant = cli.tenant
+    security = TenantSecurity.open(tenant)
+    text = kw["fmt"] == "text"
+    report = _attempt(opts, check, security, text)
+    if kw["import_prefix"] is not None and not report.ok and report.chain:
+        imported = _import(tenant, report, kw["import_prefix"])
+        if text:
+            click.echo(f"imported {', '.join(imported)} into the keystore; testing again")
+        report = _attempt(opts, check, TenantSecurity.open(tenant), text)
+        report.imported = imported
+    elif kw["import_prefix"] is not None and report.ok and text:
+        click.echo("the keystore already trusts this server: nothing imported")
+    if kw["download"] and report.chain:
+        atomic_write(Path(kw["download"]), chain_zip([c.cert for c in report.chain]), mode=0o644)
+        if text:
+            click.echo(f"saved the chain ({len(report.chain)} certificates) to {kw['download']}")
+    if text:
+        if not report.ok:
+            click.echo(report.render_failure(), err=True)
+        click.echo(report.verdict())
+    else:
+        print_json(report.to_dict())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _attempt(
+    opts: CheckOptions, check: Check, security: TenantSecurity, text: bool
+) -> ConnectivityReport:
+    click_echo = (lambda stage: click.echo(stage.render())) if text else None
+    report = ConnectivityReport(opts.title, on_stage=click_echo)
+    if text:
+        click.echo(f"flowrt test {opts.title}")
+    try:
+        asyncio.run(check(opts, security, report))
+    except FlowrtError as exc:
+        if report.error is None:
+            report.fail("test", exc)
+    return report
+
+
+def _import(tenant: Any, report: ConnectivityReport, prefix: str) -> list[str]:
+    certificates = to_import([c.cert for c in report.chain])
+    alias = prefix or default_alias(certificates[0])
+    with edit_keystore(tenant) as keystore:
+        added = keystore.add_certificates(alias, certificates)
+    return [
+        f"{e.alias} (SHA-256 {e.certificate.fingerprint(hashes.SHA256()).hex()[:16]}…)"
+        for e in added
+    ]
+
+
+@click.group("test")
+def test_group() -> None:
+    """Connectivity tests: reach a mail server the way a flow would, stage by stage."""
+
+
+@test_group.command("smtp")
+@_common("smtp", "starttls-mandatory")
+@click.option(
+    "--from",
+    "mail_from",
+    metavar="ADDRESS",
+    help="Check that the server accepts this sender (nothing is sent).",
+)
+@click.option(
+    "--to",
+    "rcpt_to",
+    multiple=True,
+    metavar="ADDRESS",
+    help="Check that the server accepts this recipient (with --from).",
+)
+@pass_cli
+def test_smtp(cli: CliContext, /, target: str, **kw: Any) -> None:
+    """Test an SMTP server: TLS, certificate chain, AUTH, and optionally addresses."""
+    from flowrt.connectivity import smtp
+
+    if kw["rcpt_to"] and not kw["mail_from"]:
+        raise UsageError("--to needs --from")
+    _run(cli, _options("smtp", target, kw), smtp.check, kw)
+
+
+COMMANDS: list[click.Command] = [test_group]
