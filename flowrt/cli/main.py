@@ -54,6 +54,7 @@ def cli(ctx: click.Context, tenant_dir: str | None) -> None:
 def _register() -> None:
     # Each command group lives in its own module; the import order is the help order.
     from flowrt.cli import (
+        connector,
         credentials,
         deploy,
         init,
@@ -72,6 +73,7 @@ def _register() -> None:
         keystore,
         credentials,
         locations,
+        connector,
         mpl,
     ):
         for command in module.COMMANDS:
