@@ -22,6 +22,7 @@ The tree::
     │   │   ├── MailConnectException
     │   │   ├── FolderNotFoundException
     │   │   └── StoreClosedException
+    │   ├── MessageFormatException       a mail that cannot be read (not retryable)
     │   └── IOException                  the causes: what went wrong on the wire
     │       ├── SSLHandshakeException
     │       ├── ConnectException
@@ -53,6 +54,7 @@ __all__ = [
     "IOException",
     "KeystoreError",
     "MailConnectException",
+    "MessageFormatException",
     "MessagingException",
     "MplError",
     "ProcessingError",
@@ -200,6 +202,16 @@ class StoreClosedException(MessagingException):
     """The mailbox connection was closed by the server while in use."""
 
     retryable = True
+
+
+class MessageFormatException(ProcessingError):
+    """A mail that cannot be read at all (empty, or not a mail, such as a PDF file).
+
+    Trying again reads the same bytes, so it is never retryable. Broken but readable MIME is
+    not an error: it is recovered and its defects are listed on the exchange.
+    """
+
+    retryable = False
 
 
 class IOException(ProcessingError):
