@@ -61,6 +61,7 @@ def _register() -> None:
         keystore,
         locations,
         mpl,
+        simulate,
         test,
         validate,
     )
@@ -68,6 +69,7 @@ def _register() -> None:
     for module in (
         init,
         validate,
+        simulate,
         test,
         deploy,
         keystore,

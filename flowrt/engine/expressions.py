@@ -19,8 +19,7 @@ Predicate = Callable[[Exchange], bool]
 
 def _header(name: str) -> Value:
     def value(ex: Exchange) -> str:
-        values = ex.headers.get_all(name)
-        return values[0] if len(values) == 1 else ", ".join(values)
+        return ex.headers.joined(name)
 
     return value
 

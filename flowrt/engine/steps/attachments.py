@@ -1,6 +1,14 @@
 """``attachments keep|drop "GLOB"``: narrow the message's attachments by name."""
 
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from flowrt.dsl.model import AttachmentsStep
 from flowrt.dsl.spec import StepSpec
+from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
+from flowrt.engine.exchange import Exchange
 
 SPEC = StepSpec(
     name="attachments",
@@ -9,3 +17,17 @@ SPEC = StepSpec(
     "(case-insensitive shell patterns such as *.pdf).",
     example='attachments keep "*.pdf"',
 )
+
+
+def compile(step: AttachmentsStep, ctx: CompileContext) -> CompiledStep:
+    # Case-insensitive on every platform: mail clients write INVOICE.PDF as often as invoice.pdf.
+    matches = re.compile(fnmatch.translate(step.glob), re.IGNORECASE | re.DOTALL).match
+    keep = step.action == "keep"
+
+    def run(ex: Exchange, log: MessageLog) -> None:
+        kept = [a for a in ex.attachments if (matches(a.name) is not None) is keep]
+        ex.attachments = kept
+        if ex.attachment is not None and ex.attachment not in kept:
+            ex.attachment = None  # a split branch whose attachment was just dropped
+
+    return CompiledStep(run, f'attachments {step.action} "{step.glob}"', line_of(step.pos))

@@ -1,6 +1,12 @@
 """``mpl property NAME = VALUE``: a custom header property, searchable in the MPL."""
 
+from __future__ import annotations
+
+from flowrt.dsl.model import MplPropertyStep
 from flowrt.dsl.spec import StepSpec
+from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
+from flowrt.engine.exchange import Exchange
+from flowrt.engine.expressions import compile_operand
 
 SPEC = StepSpec(
     name="mpl",
@@ -9,3 +15,13 @@ SPEC = StepSpec(
     "`flowrt mpl list --property NAME=VALUE`.",
     example='mpl property "customer" = header.From',
 )
+
+
+def compile(step: MplPropertyStep, ctx: CompileContext) -> CompiledStep:
+    name = step.name
+    value = compile_operand(step.value)
+
+    def run(ex: Exchange, log: MessageLog) -> None:
+        log.custom_property(name, value(ex))
+
+    return CompiledStep(run, f"mpl property {name}", line_of(step.pos))

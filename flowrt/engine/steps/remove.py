@@ -1,6 +1,11 @@
 """``remove header|property "NAME"`` and ``remove body``."""
 
+from __future__ import annotations
+
+from flowrt.dsl.model import RemoveStep
 from flowrt.dsl.spec import StepSpec
+from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
+from flowrt.engine.exchange import Exchange
 
 SPEC = StepSpec(
     name="remove",
@@ -8,3 +13,25 @@ SPEC = StepSpec(
     summary="Removes a header (every occurrence), a property, or empties the body.",
     example='remove header "Received"',
 )
+
+
+def compile(step: RemoveStep, ctx: CompileContext) -> CompiledStep:
+    name = step.target.name
+    kind = step.target.kind
+
+    if kind == "header":
+
+        def run(ex: Exchange, log: MessageLog) -> None:
+            ex.headers.remove(name)
+
+    elif kind == "property":
+
+        def run(ex: Exchange, log: MessageLog) -> None:
+            ex.properties.pop(name, None)
+
+    else:
+
+        def run(ex: Exchange, log: MessageLog) -> None:
+            ex.body = b""
+
+    return CompiledStep(run, f"remove {kind} {name}".rstrip(), line_of(step.pos))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowrt.dsl.model import RouteStep
 from flowrt.dsl.spec import Report, StepSpec
 from flowrt.dsl.values import did_you_mean
+from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Routed, line_of
+from flowrt.engine.exchange import Exchange
+from flowrt.engine.expressions import Predicate, compile_condition
 
 
 def check(step: RouteStep, receivers: Mapping[str, Any], report: Report) -> None:
@@ -31,3 +34,32 @@ SPEC = StepSpec(
     example='route when header.Subject contains "urgent" to oncall',
     check=check,
 )
+
+
+def compile(step: RouteStep, ctx: CompileContext) -> CompiledStep:
+    return compile_router((step,), ctx)
+
+
+def compile_router(routes: Sequence[RouteStep], ctx: CompileContext) -> CompiledStep:
+    """Consecutive route steps as one step: the first that matches decides.
+
+    Why one step and not one per route: "first match wins" then needs no state between steps,
+    and the MPL shows one router step whose model step ID is the line of the route that won.
+    """
+    choices: list[tuple[Predicate | None, Routed]] = [
+        (
+            None if r.condition is None else compile_condition(r.condition),
+            Routed((r.receiver,), line_of(r.pos), f"to {r.receiver} (line {r.pos.line})"),
+        )
+        for r in routes
+    ]
+    first = line_of(routes[0].pos)
+    no_match = Routed((), first, f"no route matched (line {first})")
+
+    def run(ex: Exchange, log: MessageLog) -> Routed:
+        for holds, routed in choices:
+            if holds is None or holds(ex):
+                return routed
+        return no_match
+
+    return CompiledStep(run, "route", first)

@@ -1,6 +1,11 @@
 """``split attachments``: one branch per attachment."""
 
+from __future__ import annotations
+
+from flowrt.dsl.model import SplitStep
 from flowrt.dsl.spec import StepSpec
+from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Split, line_of
+from flowrt.engine.exchange import Exchange
 
 SPEC = StepSpec(
     name="split",
@@ -10,3 +15,24 @@ SPEC = StepSpec(
     "A message without attachments completes here.",
     example="split attachments",
 )
+
+
+def compile(step: SplitStep, ctx: CompileContext) -> CompiledStep:
+    nothing = Split((), "no attachments: nothing to split, nothing is sent")
+
+    def run(ex: Exchange, log: MessageLog) -> Split:
+        attachments = ex.attachments
+        if not attachments:
+            return nothing
+        prefix = f"{ex.branch}/" if ex.branch else ""
+        branches = []
+        for index, attachment in enumerate(attachments, 1):
+            branch = ex.copy()
+            branch.attachments = [attachment]
+            branch.attachment = attachment
+            branch.branch = f"{prefix}attachment-{index}"
+            branches.append(branch)
+        count = len(branches)
+        return Split(tuple(branches), f"{count} branch{'es' * (count != 1)}")
+
+    return CompiledStep(run, "split attachments", line_of(step.pos))

@@ -1,0 +1,591 @@
+"""``flowrt simulate FLOW --message FILE.eml``: run a flow on a sample mail, send nothing.
+
+The mail becomes an exchange exactly as the mail sender makes it (``mail_to_exchange`` with the
+sender's ``headers``/``attachments``/``keep-original``), runs through the same compiled
+pipeline and runner as in production, and each receiver composes its mail with the same
+``MailComposer``; only the last hop differs: the mail is written to ``--out`` as ``.eml``
+instead of being sent, and a retry does not wait. The MPL entry is recorded in the tenant,
+marked as a simulation, when there is a tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email
+import email.policy
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+from flowrt._fs import atomic_write
+from flowrt.adapters.mail.mime_in import DEFECTS_PROPERTY, mail_to_exchange
+from flowrt.adapters.mail.mime_out import MailComposer, OutgoingMail
+from flowrt.cli._context import CliContext, pass_cli
+from flowrt.cli._output import format_option, print_json
+from flowrt.dsl import load_flow
+from flowrt.dsl.model import Flow
+from flowrt.engine.exchange import Exchange
+from flowrt.engine.pipeline import Pipeline, compile_flow
+from flowrt.engine.runner import Result, Runner, StepEvent
+from flowrt.errors import (
+    MessageFormatException,
+    MplError,
+    UsageError,
+    chain_levels,
+    find_hint,
+    render_chain,
+)
+from flowrt.mpl.model import MplEntry
+from flowrt.mpl.recorder import MplRecorder
+from flowrt.mpl.store import MplStore
+from flowrt.security import TenantSecurity
+from flowrt.tenant import Tenant
+
+_VERSION = "simulation"
+_PREVIEW_CHARS = 300
+_PREVIEW_LINES = 6
+_NOT_A_MAIL_HINT = (
+    "--message takes a mail as a mail client saves it (.eml, RFC 5322: header lines, a blank "
+    "line, the body)"
+)
+
+
+# ----------------------------------------------------------------------------- what happened
+
+
+@dataclasses.dataclass
+class TracedStep:
+    """A step as the observer heard it, with the log lines it wrote."""
+
+    event: StepEvent
+    log: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Output:
+    """One mail a receiver would have sent."""
+
+    receiver: str
+    branch: str
+    mail: OutgoingMail
+    path: Path | None = None
+
+
+class Trace:
+    """Collects what the runner reports: steps (with their log lines), retry waits and the
+    mails composed. It is the runner's observer, sleep and delivery at once."""
+
+    def __init__(self, flow: Flow, keystore: object | None = None) -> None:
+        self.flow = flow
+        self._keystore = keystore
+        self.steps: list[TracedStep] = []
+        self.waits: list[tuple[int, float]] = []  # (after run, seconds)
+        self.outputs: list[Output] = []
+        self._pending_log: list[tuple[str, str]] = []
+        self._composers: dict[str, MailComposer] = {}
+
+    def observe(self, event: StepEvent) -> None:
+        self.steps.append(TracedStep(event, self._pending_log))
+        self._pending_log = []
+
+    async def sleep(self, seconds: float) -> None:
+        run = self.steps[-1].event.run if self.steps else 0
+        self.waits.append((run, seconds))
+
+    async def deliver(self, name: str, exchange: Exchange) -> None:
+        composer = self._composers.get(name)
+        if composer is None:  # made on first use, so that a receiver it rejects is recorded
+            receiver = self.flow.receiver(name)
+            composer = MailComposer(receiver, keystore=self._keystore)
+            self._composers[name] = composer
+        self.outputs.append(Output(name, exchange.branch, composer.compose(exchange)))
+
+    def capture_log(self, logger: Any, method: str, event_dict: Mapping[str, Any]) -> Any:
+        """A structlog processor: the ``log`` steps' lines go into the trace, not to a
+        terminal, so that ``--format json`` stays one JSON document."""
+        self._pending_log.append((method, str(event_dict.get("event", ""))))
+        raise structlog.DropEvent
+
+    def logger(self) -> Any:
+        return structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            processors=[self.capture_log],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        )
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def _pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", ctx=ctx, param=param)
+        pairs.append((name.strip(), rest))
+    return pairs
+
+
+@click.command("simulate")
+@click.argument("flow_file", metavar="FLOW", type=click.Path(dir_okay=False))
+@click.option(
+    "--message",
+    "message_file",
+    required=True,
+    metavar="FILE.eml",
+    type=click.Path(dir_okay=False),
+    help="The sample mail (RFC 5322, as saved by a mail client).",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="K=V",
+    callback=_pairs,
+    help="Set a message header after reading the mail (repeatable).",
+)
+@click.option(
+    "--property",
+    "properties",
+    multiple=True,
+    metavar="K=V",
+    callback=_pairs,
+    help="Set a message property before the pipeline runs (repeatable).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write each mail a receiver would send as DIR/<receiver>-<n>.eml.",
+)
+@format_option
+@pass_cli
+def simulate(
+    cli: CliContext,
+    flow_file: str,
+    message_file: str,
+    headers: list[tuple[str, str]],
+    properties: list[tuple[str, str]],
+    out_dir: str | None,
+    fmt: str,
+) -> None:
+    """Run FLOW on a sample mail; nothing is sent.
+
+    Prints each step (line, status, time, what a filter or route decided) and the mails the
+    receivers would send. Retries do not wait. The MPL entry is kept in the tenant, marked as
+    a simulation, when there is one. Exit 0 when the message completed (also when it was
+    filtered), 1 when it failed or was escalated, 2 for usage errors.
+    """
+    flow = load_flow(flow_file)
+    raw = _read_message(Path(message_file))
+    out = _prepare_out(Path(out_dir)) if out_dir else None
+    tenant = cli.tenant_layout
+    trace = Trace(flow, _keystore(flow, tenant))
+    pipeline = compile_flow(flow, logger=trace.logger())
+    with ExitStack() as stack:
+        recorder, store_path, mpl_problem = _open_recorder(tenant, stack, pipeline)
+        runner = Runner(
+            pipeline,
+            recorder,
+            trace.deliver,
+            version=_VERSION,
+            simulation=True,
+            sleep=trace.sleep,
+            observer=trace.observe,
+        )
+        try:
+            source, result = _run(runner, pipeline, raw, headers, properties)
+        finally:
+            closing_problem = _close(recorder)
+        mpl_problem = mpl_problem or closing_problem
+        entry = _read_back(store_path, result.message_id)
+    _write_outputs(trace.outputs, out)
+    report = _report(
+        flow,
+        Path(message_file),
+        source,
+        result,
+        trace,
+        entry,
+        mpl=_mpl_note(tenant, result.message_id, mpl_problem),
+    )
+    if fmt == "json":
+        print_json(report)
+    else:
+        _print_text(report)
+    if not result.ok:
+        click.get_current_context().exit(1)
+
+
+def _read_message(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a mail file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _prepare_out(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot create the directory ({exc.strerror})") from None
+    return path
+
+
+def _keystore(flow: Flow, tenant: Tenant) -> TenantSecurity | None:
+    """The tenant's keys, opened only when a receiver signs or encrypts (S/MIME)."""
+    if not tenant.exists() or all(r.sign is None and r.encrypt is None for r in flow.receivers):
+        return None
+    return TenantSecurity.open(tenant)
+
+
+def _open_recorder(
+    tenant: Tenant, stack: ExitStack, pipeline: Pipeline
+) -> tuple[MplRecorder, Path, str | None]:
+    """A recorder on the tenant's MPL, or (no tenant, or its MPL cannot be opened) on a
+    throw-away database, so that the runner works the same either way."""
+    problem = None
+    if tenant.exists():
+        try:
+            store = MplStore(tenant.mpl_path)
+            return MplRecorder(store, level=pipeline.level, owns_store=True), tenant.mpl_path, None
+        except MplError as exc:
+            problem = str(exc)
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowrt-simulate-"))
+    path = Path(folder) / "mpl.sqlite"
+    return MplRecorder(MplStore(path), level=pipeline.level, owns_store=True), path, problem
+
+
+def _close(recorder: MplRecorder) -> str | None:
+    try:
+        recorder.close()
+    except MplError as exc:
+        return str(exc)
+    return None
+
+
+def _run(
+    runner: Runner,
+    pipeline: Pipeline,
+    raw: bytes,
+    headers: list[tuple[str, str]],
+    properties: list[tuple[str, str]],
+) -> tuple[dict[str, Any] | None, Result]:
+    """The mail as read (summarised before the pipeline changes it) and how it ended."""
+    sender = pipeline.flow.sender
+    try:
+        exchange = mail_to_exchange(
+            raw,
+            headers=None if sender is None else sender.headers,
+            attachments="keep" if sender is None else sender.attachments,
+            keep_original=False if sender is None else sender.keep_original,
+        )
+    except MessageFormatException as exc:
+        exc.hint = exc.hint or _NOT_A_MAIL_HINT
+        return None, runner.record_unreadable(exc)
+    except Exception as exc:  # a reader bug must still end in a clear result, not a traceback
+        error = MessageFormatException(
+            "the mail could not be read", hint="this is a flowrt bug: please report it"
+        )
+        error.__cause__ = exc
+        return None, runner.record_unreadable(error)
+    for name, value in headers:
+        exchange.headers.set(name, value)
+    for name, value in properties:
+        exchange.properties[name] = value
+    summary = _input(exchange)
+    return summary, asyncio.run(runner.process(exchange))
+
+
+def _read_back(path: Path, message_id: str) -> MplEntry | None:
+    try:
+        with MplStore(path, create=False) as store:
+            return store.find(message_id)
+    except MplError:
+        return None
+
+
+def _write_outputs(outputs: list[Output], out: Path | None) -> None:
+    if out is None:
+        return
+    counts: dict[str, int] = {}
+    for output in outputs:
+        counts[output.receiver] = number = counts.get(output.receiver, 0) + 1
+        path = out / f"{output.receiver}-{number}.eml"
+        try:
+            atomic_write(path, output.mail.data, mode=0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path} ({exc.strerror})") from None
+        output.path = path
+
+
+def _mpl_note(tenant: Tenant, message_id: str, problem: str | None) -> dict[str, Any]:
+    if problem is not None:
+        return {"recorded": False, "tenant": str(tenant.root), "reason": problem}
+    if not tenant.exists():
+        return {"recorded": False, "tenant": None, "reason": f"no tenant at {tenant.root}"}
+    return {"recorded": True, "tenant": str(tenant.root), "message_id": message_id}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _report(
+    flow: Flow,
+    message_file: Path,
+    source: dict[str, Any] | None,
+    result: Result,
+    trace: Trace,
+    entry: MplEntry | None,
+    *,
+    mpl: dict[str, Any],
+) -> dict[str, Any]:
+    """The stable JSON document (``--format json``); the text output renders the same."""
+    error = None
+    if result.error is not None:
+        error = {
+            "chain": render_chain(result.error),
+            "levels": [level.to_dict() for level in chain_levels(result.error)],
+            "hint": find_hint(result.error),
+            "failed_step": result.failed_step,
+        }
+    return {
+        "flow": flow.name,
+        "file": flow.file,
+        "message_file": str(message_file),
+        "message_id": result.message_id,
+        "status": result.status.value,
+        "runs": result.runs,
+        "note": result.note,
+        "input": source,
+        "steps": [_step(traced) for traced in trace.steps],
+        "waits": [{"after_run": run, "seconds": seconds} for run, seconds in trace.waits],
+        "custom_properties": {}
+        if entry is None
+        else {name: list(values) for name, values in entry.custom_properties.items()},
+        "error": error,
+        "outputs": [_output(output) for output in trace.outputs],
+        "mpl": mpl,
+    }
+
+
+def _input(exchange: Exchange) -> dict[str, Any]:
+    defects = exchange.properties.get(DEFECTS_PROPERTY) or []
+    return {
+        "headers": [list(pair) for pair in exchange.headers.items()],
+        "content_type": exchange.content_type,
+        "charset": exchange.charset,
+        "body_size": len(exchange.body),
+        "attachments": [
+            {"name": a.name, "content_type": a.content_type, "size": a.size}
+            for a in exchange.attachments
+        ],
+        "defects": [str(d) for d in defects],
+    }
+
+
+def _step(traced: TracedStep) -> dict[str, Any]:
+    event = traced.event
+    return {
+        "run": event.run,
+        "step_id": event.step_id,
+        "line": event.line,
+        "branch": event.branch,
+        "status": event.status.value,
+        "duration_ms": round(event.duration_ms, 3),
+        "note": event.note or None,
+        "log": [{"level": level, "text": text} for level, text in traced.log],
+        "error": None if event.error is None else f"{type(event.error).__name__}: {event.error}",
+    }
+
+
+def _output(output: Output) -> dict[str, Any]:
+    # policy.default gives an EmailMessage: decoded headers, get_body, iter_attachments
+    parsed = email.message_from_bytes(output.mail.data, policy=email.policy.default)
+    return {
+        "receiver": output.receiver,
+        "branch": output.branch,
+        "file": None if output.path is None else str(output.path),
+        "sender": output.mail.sender,
+        "recipients": list(output.mail.recipients),
+        "size": len(output.mail.data),
+        "headers": [[name, _header_text(value)] for name, value in parsed.items()],
+        "body_preview": _preview(parsed),
+        "attachments": list(_attachments(parsed)),
+    }
+
+
+def _header_text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # a header the parser could not decode: show it as it is on the wire
+        return repr(value)
+
+
+def _preview(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    try:
+        text = str(part.get_content())
+    except (LookupError, ValueError, AssertionError):
+        payload = part.get_payload(decode=True)
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    lines = text.strip().splitlines()[:_PREVIEW_LINES]
+    preview = "\n".join(lines)
+    return preview if len(preview) <= _PREVIEW_CHARS else preview[:_PREVIEW_CHARS] + "…"
+
+
+def _attachments(message: EmailMessage) -> Iterator[dict[str, Any]]:
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        yield {
+            "name": part.get_filename(),
+            "content_type": part.get_content_type(),
+            "size": len(payload) if isinstance(payload, bytes) else 0,
+        }
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _print_text(report: dict[str, Any]) -> None:
+    echo: Callable[[str], None] = click.echo
+    echo(f"simulating flow {report['flow']} ({report['file']}) on {report['message_file']}")
+    echo("nothing is sent")
+    source = report["input"]
+    if source is not None:
+        count = len(source["attachments"])
+        echo(
+            f"mail: {len(source['headers'])} headers, body {_size(source['body_size'])} "
+            f"{source['content_type']} ({source['charset']}), "
+            f"{count} attachment{'s' * (count != 1)}"
+        )
+        for defect in source["defects"]:
+            echo(f"  recovered: {defect}")
+    _print_steps(report)
+    if report["custom_properties"]:
+        echo("")
+        echo("custom header properties:")
+        for name, values in report["custom_properties"].items():
+            for value in values:
+                echo(f"  {name} = {value}")
+    echo("")
+    runs = report["runs"]
+    status = f"status: {report['status']} after {runs} run{'s' * (runs != 1)}"
+    if report["note"]:
+        status += f"; nothing sent: {report['note']}"
+    echo(status)
+    if report["error"] is not None and report["status"] != "COMPLETED":
+        where = report["error"]["failed_step"]
+        echo(f"error{f' in {where}' if where else ''}:")
+        echo(report["error"]["chain"])
+        if report["error"]["hint"]:
+            echo(f"hint: {report['error']['hint']}")
+    for output in report["outputs"]:
+        _print_output(output)
+    mpl = report["mpl"]
+    echo("")
+    if mpl["recorded"]:
+        echo(
+            f"MPL: recorded in {mpl['tenant']} as a simulation; see "
+            f"`flowrt mpl show {mpl['message_id']}`"
+        )
+    else:
+        echo(f"MPL: not recorded ({mpl['reason']})")
+
+
+def _print_steps(report: dict[str, Any]) -> None:
+    steps = report["steps"]
+    if not steps:
+        return
+    rows = [
+        [
+            step["line"] or "-",
+            step["step_id"],
+            step["branch"] or "-",
+            step["status"],
+            f"{step['duration_ms']:.3f} ms",
+            _note(step),
+        ]
+        for step in steps
+    ]
+    header = ["LINE", "STEP", "BRANCH", "STATUS", "TIME", "NOTE"]
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(5)]
+    waits = {wait["after_run"]: wait["seconds"] for wait in report["waits"]}
+    total = report["runs"]
+    current = 0
+    for step, row in zip(steps, rows, strict=True):
+        if step["run"] != current:
+            if current in waits:
+                _print_wait(current, total, waits[current])
+            current = step["run"]
+            click.echo("")
+            click.echo(f"run {current}")
+            cells = [h.ljust(w) for h, w in zip(header, widths, strict=False)]
+            click.echo("  " + "  ".join(cells) + "  " + header[5])
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo(("  " + "  ".join(cells) + "  " + row[5]).rstrip())
+        for entry in step["log"]:
+            click.echo(f"        {entry['level']}: {entry['text']}")
+    if current in waits:
+        _print_wait(current, total, waits[current])
+
+
+def _print_wait(run: int, total: int, seconds: float) -> None:
+    click.echo(f"  retry {run} of {total - 1}: would wait {_seconds(seconds)}")
+
+
+def _note(step: dict[str, Any]) -> str:
+    return str(step["error"] or step["note"] or "")
+
+
+def _print_output(output: dict[str, Any]) -> None:
+    click.echo("")
+    where = f" -> {output['file']}" if output["file"] else " (not written: no --out)"
+    branch = f" [{output['branch']}]" if output["branch"] else ""
+    click.echo(f"mail from receiver {output['receiver']}{branch}{where}")
+    click.echo(f"  envelope: {output['sender']} -> {', '.join(output['recipients'])}")
+    for name, value in output["headers"]:
+        click.echo(f"  {name}: {value}")
+    preview = output["body_preview"]
+    if preview:
+        click.echo("  body:")
+        for line in preview.splitlines():
+            click.echo(f"    {line}")
+    for item in output["attachments"]:
+        name = item["name"] or "(no name)"
+        click.echo(f"  attachment: {name} ({item['content_type']}, {_size(item['size'])})")
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+COMMANDS: list[click.Command] = [simulate]
