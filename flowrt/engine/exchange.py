@@ -123,6 +123,9 @@ class Exchange:
     flow_version: str = ""
     branch: str = ""
     attachment: Attachment | None = None
+    # lower-case names of the headers the flow set: receivers write these into the mail,
+    # while the headers the incoming mail brought (Received, DKIM-Signature...) stay behind
+    flow_headers: set[str] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.correlation_id:
@@ -153,4 +156,5 @@ class Exchange:
         clone.headers = self.headers.copy()
         clone.properties = dict(self.properties)
         clone.attachments = list(self.attachments)
+        clone.flow_headers = set(self.flow_headers)
         return clone

@@ -179,3 +179,9 @@ def test_every_problem_of_a_file_is_listed_with_its_line() -> None:
         (line_of(text, "charset latin-1"), "bad-value"),
         (line_of(text, "auth plain"), "missing-credential"),
     ]
+
+
+def test_setting_a_receiver_header_is_a_warning() -> None:
+    text = flow(steps='set header "Subject" = "x"\nset header "X-Ok" = "y"')
+    assert codes(text) == []
+    assert [c for _, c, _ in warnings(text)] == ["receiver-header"]

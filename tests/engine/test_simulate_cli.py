@@ -105,6 +105,8 @@ def test_plain_text(sim: Sim) -> None:
     mail = sim.eml()
     assert mail["Subject"] == "Fwd: Invoice 4711"
     assert mail["From"] == "integration@example.com" and mail["To"] == "accounting@example.com"
+    assert mail["X-Forwarded-By"] == "flowrt"  # set by the flow, so written into the mail
+    assert "Received" not in mail  # brought by the incoming mail, so left behind
     assert mail.get_content_type() == "text/plain" and mail.get_content_charset() == "utf-8"
     assert "Amount: 120.00 EUR" in body_text(mail)
     out = result.stdout

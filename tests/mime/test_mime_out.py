@@ -94,11 +94,29 @@ def test_addresses_from_the_message() -> None:
     assert "Cc" not in parse(mail)  # an empty cc is no cc
 
 
-def test_trace_header_and_no_flow_headers() -> None:
-    ex = exchange(X_Forwarded_By="flowrt")
+def test_trace_header_and_only_the_headers_the_flow_set() -> None:
+    ex = exchange(Received="from relay.example", X_Forwarded_By="incoming value")
     message = parse(composer(BASIC).compose(ex))
     assert message["X-Flowrt-Message-Id"] == ex.message_id
-    assert "X-Forwarded-By" not in message
+    assert "X-Forwarded-By" not in message  # brought by the incoming mail: stays behind
+    assert "Received" not in message
+
+    ex.headers.set("X-Forwarded-By", "flowrt")
+    ex.flow_headers.add("x-forwarded-by")
+    ex.headers.set("Subject", "set by the flow")  # a receiver header: settings win
+    ex.flow_headers.add("subject")
+    message = parse(composer(BASIC + 'subject "From the receiver"').compose(ex))
+    assert message["X-Forwarded-By"] == "flowrt"
+    assert message["Subject"] == "From the receiver"
+    assert "Received" not in message
+
+
+def test_flow_header_with_a_line_break_is_refused() -> None:
+    ex = exchange()
+    ex.headers.set("X-Note", "a\r\nBcc: victim@example.com")
+    ex.flow_headers.add("x-note")
+    with pytest.raises(MessagingException, match="line break"):
+        composer(BASIC).compose(ex)
 
 
 def test_default_subject_and_body_come_from_the_message() -> None:

@@ -5,7 +5,9 @@ renders them for one exchange and returns an :class:`OutgoingMail`: the envelope
 recipients) and the complete RFC 5322 message, serialized once with CRLF line endings, ready
 for SMTP DATA (every retry sends these same bytes) or for an ``.eml`` file.
 
-The receiver defines the mail: headers the flow set on the exchange are not copied; only
+The receiver defines the mail. Of the exchange's headers only those the flow set with
+``set header`` are written (not what the incoming mail brought, such as Received); the
+receiver's own headers (From, To, Subject...) always come from its settings, and
 ``X-Flowrt-Message-Id`` ties the mail to its MPL entry. Values that come from the message never
 reach the headers with a line break in them (header injection): that is an error.
 """
@@ -32,6 +34,7 @@ from flowrt.adapters.mail import smime
 from flowrt.dsl.model import Pos, Receiver, Ref, Template
 from flowrt.engine.exchange import Attachment, Exchange
 from flowrt.engine.expressions import Value, compile_template
+from flowrt.engine.steps.set import RECEIVER_HEADERS
 from flowrt.errors import MessagingException
 
 __all__ = ["MailComposer", "OutgoingMail"]
@@ -312,6 +315,10 @@ class MailComposer:
         head["Message-ID"] = message_id
         head["MIME-Version"] = "1.0"
         head["X-Flowrt-Message-Id"] = trace
+        for name, value in exchange.headers:
+            if name.lower() in exchange.flow_headers and name.lower() not in RECEIVER_HEADERS:
+                safe = self._no_line_break(f"header {name}", value)
+                head[name] = _EncodedHeader(name, safe, self.receiver.charset)
         # Written by the same policy the generator uses; the entity (Content-Type and the
         # rest) follows, so the header block ends where the entity's begins.
         return b"".join(SMTP.fold_binary(name, value) for name, value in head.raw_items())

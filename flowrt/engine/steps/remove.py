@@ -18,11 +18,13 @@ SPEC = StepSpec(
 def compile(step: RemoveStep, ctx: CompileContext) -> CompiledStep:
     name = step.target.name
     kind = step.target.kind
+    key = name.lower()
 
     if kind == "header":
 
         def run(ex: Exchange, log: MessageLog) -> None:
             ex.headers.remove(name)
+            ex.flow_headers.discard(key)
 
     elif kind == "property":
 

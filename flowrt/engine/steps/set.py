@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flowrt.dsl.model import SetStep
-from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.spec import Report, StepSpec
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_operand
+
+# Headers a receiver writes from its own settings; setting them on the message does not
+# change the mail, which the validator says.
+RECEIVER_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "x-flowrt-message-id",
+    }
+)
+
+
+def check(step: SetStep, receivers: Mapping[str, Any], report: Report) -> None:
+    if step.target.kind == "header" and step.target.name.lower() in RECEIVER_HEADERS:
+        report.warning(
+            step.pos,
+            "receiver-header",
+            f"set header {step.target.name!r} changes the message, not the sent mail: a "
+            "receiver writes that header from its own settings (from, to, subject...)",
+        )
+
 
 SPEC = StepSpec(
     name="set",
     syntax='set header "NAME" = VALUE | set property "NAME" = VALUE | set body = VALUE',
     summary="Sets a header, a property or the body. VALUE is a quoted string with ${...} "
-    "expressions, or a reference such as header.From.",
+    "expressions, or a reference such as header.From. Headers set here are written into "
+    "the mail that receivers send.",
     example='set header "X-Forwarded-By" = "flowrt"',
+    check=check,
 )
 
 
@@ -21,11 +56,13 @@ def compile(step: SetStep, ctx: CompileContext) -> CompiledStep:
     value = compile_operand(step.value)
     name = step.target.name
     kind = step.target.kind
+    key = name.lower()
 
     if kind == "header":
 
         def run(ex: Exchange, log: MessageLog) -> None:
             ex.headers.set(name, value(ex))
+            ex.flow_headers.add(key)
 
     elif kind == "property":
 
