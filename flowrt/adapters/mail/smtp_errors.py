@@ -1,0 +1,181 @@
+"""SMTP failures in the chain's words: what the receiver raises, built in one place.
+
+aiosmtplib, ``ssl`` and the connection layer each fail in their own way; this module turns
+them into the JavaMail names operators know (``MessagingException``,
+``AuthenticationFailedException``, ``SendFailedException``, ``MailConnectException``) with the
+cause kept below and a hint beside. A reply from the server *is* the message (``535 5.7.8
+...``), so the aiosmtplib exception that carried it is not kept as a level of its own: its
+``str`` is a tuple repr that would only repeat the reply.
+
+Retryability follows the reply class: 4xx is temporary and may be retried, 5xx is not.
+"""
+
+from __future__ import annotations
+
+from flowrt.adapters.mail.smtp_target import SmtpTarget
+from flowrt.errors import (
+    IOException,
+    MailConnectException,
+    MessagingException,
+    SendFailedException,
+    SocketTimeoutException,
+)
+
+
+def temporary(code: int) -> bool:
+    """A 4xx reply: the server asks to try again later."""
+    return 400 <= code < 500
+
+
+def reply_text(code: int, message: str) -> str:
+    """``550 5.1.1 <x@y>: Recipient address rejected``, on one line."""
+    return f"{code} {' '.join(message.split())}".strip()
+
+
+def could_not_connect(target: SmtpTarget, *, hint: str | None = None) -> MessagingException:
+    """The outer level of a failed TLS handshake or refused session (JavaMail's text)."""
+    return MessagingException(
+        f"Could not connect to SMTP host: {target.host}, port: {target.port};",
+        hint=hint,
+        retryable=False,
+    )
+
+
+def couldnt_connect(target: SmtpTarget, cause: IOException) -> MailConnectException:
+    """The outer level of a TCP or SOCKS failure; retryable as its cause says."""
+    return MailConnectException(
+        f"Couldn't connect to host, port: {target.host}, {target.port}; "
+        f"timeout {target.timeout_ms}",
+        retryable=cause.retryable,
+    )
+
+
+def greeting_refused(target: SmtpTarget, code: int, message: str) -> MailConnectException:
+    reply = reply_text(code, message)
+    hint = (
+        f"{target.address} does not take mail now ({reply}); the message is retried"
+        if temporary(code)
+        else f"{target.address} refuses SMTP sessions from this machine ({reply}); ask its "
+        "operator, or check the address and port"
+    )
+    return MailConnectException(
+        f"Could not connect to SMTP host: {target.host}, port: {target.port}, response: {reply}",
+        hint=hint,
+        retryable=temporary(code),
+    )
+
+
+def dropped(target: SmtpTarget, during: str, *, reply: str | None = None) -> MailConnectException:
+    """The server closed the connection while ``during`` (raise it from an IOException)."""
+    said = f" ({reply})" if reply else ""
+    return MailConnectException(
+        f"Connection to SMTP host: {target.host}, port: {target.port} closed during {during}{said}",
+        hint=f"{target.address} closed the connection; check the server's log (behind a "
+        "connector, also the connector's log)",
+        retryable=True,
+    )
+
+
+def connection_dropped_cause() -> IOException:
+    # The text operators know from the platform's connector troubleshooting.
+    return IOException("Connection dropped by server?")
+
+
+def read_timeout(target: SmtpTarget, waiting_for: str) -> tuple[MessagingException, IOException]:
+    """(outer, cause) for a reply that did not come within the timeout."""
+    outer = MessagingException(
+        f"Exception reading response from SMTP host: {target.host}, port: {target.port}",
+        hint=f"{target.address} did not answer within {target.timeout:g}s; raise `timeout` in "
+        "the receiver if the server is just slow",
+        retryable=True,
+    )
+    cause = SocketTimeoutException(
+        f"Read timed out after {target.timeout:g}s waiting for the reply to {waiting_for}"
+    )
+    return outer, cause
+
+
+def refused_reply(
+    target: SmtpTarget, what: str, code: int, message: str, *, hint: str | None = None
+) -> MessagingException:
+    """A command the session needs (EHLO, STARTTLS) was refused."""
+    return MessagingException(
+        f"{what} refused by {target.address}: {reply_text(code, message)}",
+        hint=hint,
+        retryable=temporary(code),
+    )
+
+
+def all_recipients_refused(replies: dict[str, str], codes: dict[str, int]) -> SendFailedException:
+    every_temporary = all(temporary(c) for c in codes.values())
+    listed = "; ".join(f"{a} ({r})" for a, r in replies.items())
+    tail = (
+        " - every refusal was temporary (4xx), so the message is retried" if every_temporary else ""
+    )
+    return SendFailedException(
+        f"Invalid Addresses: {listed}{tail}",
+        invalid=list(replies),
+        replies=replies,
+        hint="the server accepted none of the recipients; check the to/cc/bcc addresses"
+        if not every_temporary
+        else "the server refused the recipients for now (mailbox full, too many recipients, "
+        "rate limit); the retry policy tries again",
+        retryable=every_temporary,
+    )
+
+
+def some_recipients_refused(refused: dict[str, str], sent: list[str]) -> SendFailedException:
+    listed = "; ".join(f"{a} ({r})" for a, r in refused.items())
+    return SendFailedException(
+        f"Invalid Addresses: {listed}; the mail was sent to the other recipients "
+        f"({', '.join(sent)}) and is not retried, since a retry would send it to them again",
+        invalid=list(refused),
+        valid_sent=sent,
+        replies=refused,
+        hint="fix or remove the refused addresses; the accepted recipients already have the mail",
+        retryable=False,
+    )
+
+
+def sender_refused(
+    sender: str, recipients: list[str], code: int, message: str
+) -> SendFailedException:
+    reply = reply_text(code, message)
+    return SendFailedException(
+        f"{reply} (MAIL FROM:<{sender}> refused)",
+        valid_unsent=recipients,
+        replies={sender: reply},
+        hint=f"the server does not accept {sender} as sender for this login; check `from` "
+        "and which addresses the account may send as"
+        if not temporary(code)
+        else None,
+        retryable=temporary(code),
+    )
+
+
+def data_refused(
+    accepted: list[str], refused: dict[str, str], code: int, message: str
+) -> SendFailedException:
+    reply = reply_text(code, message)
+    return SendFailedException(
+        f"{reply} (the message was refused after DATA; not sent to {', '.join(accepted)})",
+        invalid=list(refused),
+        valid_unsent=accepted,
+        replies=refused,
+        hint="the server refused the content (size, policy, spam or virus check); see its reply"
+        if not temporary(code)
+        else None,
+        retryable=temporary(code),
+    )
+
+
+def too_large(
+    target: SmtpTarget, recipients: list[str], size: int, limit: int
+) -> SendFailedException:
+    return SendFailedException(
+        f"the mail has {size} bytes, more than {target.address} takes (SIZE {limit}); not sent",
+        valid_unsent=recipients,
+        hint="send fewer or smaller attachments, or ask the server's operator for a higher "
+        "message size limit",
+        retryable=False,
+    )
