@@ -292,11 +292,23 @@ def _message_of(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _shown_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The levels a person is shown. An IOException is where a wire error was translated
+    (socket, ssl, SOCKS library); what the library raised stays attached as its cause, for
+    the runtime log, but is not repeated below it. Anything else, such as a script's own
+    ValueError under a StepException, is shown."""
+    for e in _iter_chain(exc):
+        yield e
+        cause = e.__cause__ if e.__cause__ is not None else e.__context__
+        if isinstance(e, IOException) and not isinstance(cause, FlowrtError):
+            return
+
+
 def chain_levels(exc: BaseException) -> list[ChainLevel]:
     """The chain from ``exc`` down to its root cause, one :class:`ChainLevel` each."""
     return [
         ChainLevel(level=i, type=type(e).__name__, message=_message_of(e))
-        for i, e in enumerate(_iter_chain(exc))
+        for i, e in enumerate(_shown_chain(exc))
     ]
 
 

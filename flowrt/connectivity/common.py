@@ -99,8 +99,7 @@ async def explain_tls(
         peer=chain[0] if chain else None,
         fix_command=opts.fix_command,
     )
-    # the chain ends here: OpenSSL's own text ("_ssl.c:1006") says nothing more to a person
-    cause.__suppress_context__ = True
+    cause.__cause__ = failed.cause  # kept for logs; the rendered chain stops at the IOException
     error = connect_failure(opts, cause)
     report.fail("tls", error)
     return error

@@ -252,3 +252,26 @@ async def test_plain_port_with_implicit_tls() -> None:
             )
     failure = tls_failure(info.value, host="127.0.0.1", port=1, peer=None, fix_command="x")
     assert "STARTTLS" in (failure.hint or "") or "handshake" in failure.message
+
+
+def test_library_causes_stay_attached_but_are_not_repeated_in_the_chain() -> None:
+    from flowrt.errors import MailConnectException, StepException, chain_levels
+
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 25)")
+        except OSError as low:
+            try:
+                raise ConnectException("Connection refused") from low
+            except ConnectException as mapped:
+                raise MailConnectException("Couldn't connect to host, port: h, 25") from mapped
+    except MailConnectException as exc:
+        assert [lv.type for lv in chain_levels(exc)] == ["MailConnectException", "ConnectException"]
+        assert isinstance(exc.__cause__.__cause__, ConnectionRefusedError)  # kept for logs
+    try:
+        try:
+            raise ValueError("bad customer number")
+        except ValueError as own:
+            raise StepException("script transforms:enrich failed (line 23)") from own
+    except StepException as exc:
+        assert [lv.type for lv in chain_levels(exc)] == ["StepException", "ValueError"]
