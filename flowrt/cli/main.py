@@ -60,6 +60,7 @@ def _register() -> None:
         init,
         keystore,
         locations,
+        locks,
         mpl,
         simulate,
         test,
@@ -76,6 +77,7 @@ def _register() -> None:
         credentials,
         locations,
         connector,
+        locks,
         mpl,
     ):
         for command in module.COMMANDS:

@@ -1,0 +1,201 @@
+"""An IMAP folder as the poller's :class:`~flowrt.adapters.mail.sender_mailbox.Mailbox`.
+
+Efficiency: one UID SEARCH for the candidates, one UID FETCH (RFC822.SIZE) to plan batches
+that bound memory, then UID FETCH (BODY.PEEK[]) per batch, the next batch fetched while the
+current one is being processed. BODY.PEEK leaves \\Seen alone: a mail is marked only by
+post-processing, after the flow finished with it. Post-processing is batched into one
+command per action (UID STORE / UID MOVE / UID EXPUNGE with a UID set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from flowrt.adapters.mail.imap_client import ImapClient
+from flowrt.adapters.mail.imap_parse import response_code, response_text
+from flowrt.adapters.mail.imap_session import open_imap
+from flowrt.adapters.mail.sender_connection import MailEndpoint
+from flowrt.adapters.mail.sender_mailbox import Candidate, plan_batches
+from flowrt.dsl.model import PostProcess
+from flowrt.errors import FolderNotFoundException, MessagingException
+
+__all__ = ["ImapMailbox"]
+
+
+class ImapMailbox:
+    """A selected IMAP folder; open with :meth:`open`."""
+
+    supports_idle = True
+    complete_listing = False
+
+    def __init__(
+        self,
+        client: ImapClient,
+        endpoint: MailEndpoint,
+        *,
+        folder: str,
+        selection: str,
+        post_process: PostProcess,
+    ) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.folder = folder
+        self.selection = selection
+        self.post_process = post_process
+        self.uidvalidity = client.selected.uidvalidity if client.selected else 0
+        self.scope = f"imap:{endpoint.login.user}@{endpoint.host}/{folder}"
+        self.generation = str(self.uidvalidity)
+
+    @classmethod
+    async def open(
+        cls, endpoint: MailEndpoint, *, folder: str, selection: str, post_process: PostProcess
+    ) -> ImapMailbox:
+        client = await open_imap(endpoint)
+        try:
+            await _select(client, endpoint, folder)
+            if post_process.action == "archive" and post_process.folder:
+                await _check_archive(client, endpoint, post_process.folder)
+        except BaseException:
+            await client.logout()
+            raise
+        return cls(client, endpoint, folder=folder, selection=selection, post_process=post_process)
+
+    # -- listing and fetching
+
+    async def candidates(self) -> list[Candidate]:
+        criteria = ("UNSEEN", "UNDELETED") if self.selection == "unread" else ("UNDELETED",)
+        uids = await self.client.uid_search(*criteria)
+        prefix = f"uid:{self.uidvalidity}:"
+        return [Candidate(uid, f"{prefix}{uid}") for uid in uids]
+
+    async def batches(
+        self, todo: Sequence[Candidate]
+    ) -> AsyncGenerator[list[tuple[Candidate, bytes]], None]:
+        if not todo:
+            return
+        by_uid = {c.ref: c for c in todo}
+        for uid, size in (await self.client.sizes(list(by_uid))).items():
+            if uid in by_uid:
+                by_uid[uid].size = size
+        plan = plan_batches([c for c in todo if c.ref in by_uid])
+        pending: asyncio.Task[Any] | None = None
+        try:
+            pending = asyncio.ensure_future(self.client.fetch_mails([c.ref for c in plan[0]]))
+            for index in range(len(plan)):
+                assert pending is not None
+                mails = await pending
+                pending = None
+                if index + 1 < len(plan):  # fetch the next batch while this one is processed
+                    pending = asyncio.ensure_future(
+                        self.client.fetch_mails([c.ref for c in plan[index + 1]])
+                    )
+                # a mail deleted by another client meanwhile is simply not in the answer
+                yield [(by_uid[m.uid], m.raw) for m in mails if m.uid in by_uid]
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    def properties(self, candidate: Candidate) -> dict[str, Any]:
+        return {
+            "mail.protocol": "imap",
+            "mail.host": self.endpoint.host,
+            "mail.user": self.endpoint.login.user,
+            "mail.folder": self.folder,
+            "mail.uid": candidate.ref,
+            "mail.uidvalidity": self.uidvalidity,
+        }
+
+    # -- post-processing
+
+    async def finish(self, done: Sequence[Candidate]) -> None:
+        """Change the mailbox for mails the flow finished with, one command per action."""
+        uids = sorted({c.ref for c in done})
+        if not uids:
+            return
+        post = self.post_process
+        if post.action == "keep":
+            return
+        if post.action == "mark-read" or (post.action == "archive" and post.mark_read):
+            await self.client.uid_store(uids, "+", "\\Seen")
+        if post.action == "delete":
+            await self.client.uid_store(uids, "+", "\\Deleted")
+            await self.client.uid_expunge(uids)
+        elif post.action == "archive" and post.folder:
+            await self._move(uids, post.folder)
+
+    async def _move(self, uids: list[int], folder: str) -> None:
+        if self.client.has("MOVE"):
+            response = await self.client.uid_move(uids, folder)
+        else:  # RFC 6851 section 3.3: COPY, mark deleted, expunge those
+            response = await self.client.uid_copy(uids, folder)
+            if response.result == "OK":
+                await self.client.uid_store(uids, "+", "\\Deleted")
+                await self.client.uid_expunge(uids)
+        if response.result != "OK":
+            if response_code(response) in ("TRYCREATE", "NONEXISTENT"):
+                raise _archive_missing(self.endpoint, folder, response_text(response))
+            raise MessagingException(
+                f"moving mails to {folder!r} failed: {response_text(response)}"
+            )
+
+    # -- IDLE
+
+    def clear_new_mail(self) -> None:
+        self.client.protocol.new_mail.clear()
+
+    def new_mail_pending(self) -> bool:
+        return self.client.protocol.new_mail.is_set()
+
+    async def wait_for_mail(self, wait: float, interrupt: asyncio.Event | None) -> bool:
+        return await self.client.idle(wait, interrupt=interrupt)
+
+    # -- closing
+
+    async def close(self) -> None:
+        await self.client.logout()
+
+    def abort(self) -> None:
+        self.client.abort()
+
+
+async def _select(client: ImapClient, endpoint: MailEndpoint, folder: str) -> None:
+    response = await client.select(folder)
+    if response.result == "OK":
+        return
+    text = response_text(response)
+    if response_code(response) == "NONEXISTENT" or response.result == "NO":
+        raise FolderNotFoundException(
+            f"folder {folder!r} not found in the mailbox of {endpoint.login.user} on "
+            f"{endpoint.host}:{endpoint.port}: {text}",
+            hint=_list_hint(endpoint),
+        )
+    raise MessagingException(f"SELECT {folder!r} failed: {response.result} {text}")
+
+
+async def _check_archive(client: ImapClient, endpoint: MailEndpoint, folder: str) -> None:
+    """Fail before any mail is processed rather than after: an archive folder that does not
+    exist would leave every processed mail unmoved."""
+    if not any(name == folder for name, _ in await client.list_folders(folder)):
+        raise _archive_missing(endpoint, folder, "no such folder")
+
+
+def _archive_missing(endpoint: MailEndpoint, folder: str, text: str) -> FolderNotFoundException:
+    return FolderNotFoundException(
+        f"archive folder {folder!r} not found in the mailbox of {endpoint.login.user} on "
+        f"{endpoint.host}:{endpoint.port}: {text}",
+        hint=f"create the folder {folder!r} in the mailbox, or fix post-process archive; "
+        + _list_hint(endpoint),
+    )
+
+
+def _list_hint(endpoint: MailEndpoint) -> str:
+    credential = endpoint.login.credential or "NAME"
+    return (
+        f"list the folders with `flowrt test imap {endpoint.host}:{endpoint.port} "
+        f"--protection {endpoint.protection} --credential {credential} --list-folders`"
+    )

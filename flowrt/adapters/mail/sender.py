@@ -1,0 +1,519 @@
+"""The mail sender: polls an IMAP folder or a POP3 maildrop and hands each mail, as an
+exchange, to ``handle``; the runtime wires ``handle`` to the engine.
+
+    poller = MailPoller(sender, endpoint, handle, state)
+    result = await poller.poll_once()       # one poll; raises the chain when it fails
+    await poller.run(stop)                  # poll every / daily at / idle, until stop is set
+    poller.health                           # last success, last error, consecutive failures
+
+The rules it keeps (design: "at-least-once without loss, and no duplicates"):
+
+1. The mailbox is changed (mark read, delete, move) only after the flow has finished with a
+   mail: ``handle`` returned True. A mail whose handling failed (False, or it raised, or it
+   is not a mail at all) stays as it was and is tried again on the next poll; its attempts
+   are counted in the state DB and given to the flow as ``mail.attempt``.
+2. Right after ``handle`` returned True, and before the mailbox is changed, an idempotency
+   record (UIDVALIDITY+UID, or UIDL; the Message-ID as a fallback across UIDVALIDITY
+   changes) is committed. A crash between the two leaves a record for an unchanged mail:
+   the next poll does not hand it over again, it only post-processes it.
+3. One broken mail never blocks the others; ``max-messages`` counts mails handed over.
+4. One poller per mailbox: a lease lock (user + host + folder) in the state DB, renewed while
+   the poll (or the IDLE session) runs and released at its end. A second poller skips and
+   says who holds the lock; a lease that is not renewed expires, so a dead runtime does not
+   block the mailbox for good (and `flowrt locks release` ends it at once).
+5. Every wait is bounded; a poll that fails (server restarted, half-open connection) is
+   retried with backoff, and IDLE reconnects the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import random
+import time
+import zoneinfo
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+
+from flowrt.adapters.mail.mime_in import mail_to_exchange
+from flowrt.adapters.mail.sender_connection import MailEndpoint
+from flowrt.adapters.mail.sender_mailbox import Candidate, Mailbox, content_key, message_id_of
+from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
+from flowrt.engine.exchange import Exchange
+from flowrt.errors import FlowrtError, find_hint, render_chain
+from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
+
+__all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
+
+Handle = Callable[[Exchange], Awaitable[bool]]
+"""True: the flow finished with the mail (completed, or filtered out); False: it failed."""
+
+MailboxOpener = Callable[[], Awaitable[Mailbox]]
+
+IDLE_REFRESH = 25 * 60.0  # servers may drop an IDLE after 30 minutes (RFC 2177)
+DAILY_RETRY_CAP = 15 * 60.0
+LOCK_TTL = 120.0
+RECORD_RETENTION = 30 * 86400.0  # records of mails that left the mailbox's selection
+PURGE_EVERY = 86400.0
+
+_log = structlog.get_logger("flowrt.sender")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays between failed attempts: ``initial * factor**(n-1)``, at most ``maximum``,
+    with some jitter so that pollers of one server do not reconnect in step."""
+
+    initial: float = 1.0
+    maximum: float = 300.0
+    factor: float = 2.0
+    jitter: float = 0.1
+
+    def delay(self, failures: int) -> float:
+        base = min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+
+@dataclasses.dataclass
+class PollResult:
+    handled: int = 0  # handed over, and the flow finished with them
+    failed: int = 0  # handed over (or unreadable), and the flow failed: left in the mailbox
+    skipped: int = 0  # done before (an idempotency record): not handed over again
+    recovered: int = 0  # done before, but the mailbox was not changed yet: changed now
+    post_processed: int = 0  # mails whose mailbox change this poll confirmed
+    more: bool = False  # max-messages left candidates for the next poll
+    busy: str = ""  # the poll did not run: another poller holds the mailbox's lock
+    lock_lost: bool = False  # our lease was taken away during the poll: it stopped early
+
+
+class _RecordFailed(Exception):
+    def __init__(self, error: FlowrtError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Busy(Exception):
+    def __init__(self, holder: LockInfo) -> None:
+        super().__init__(holder.key)
+        self.holder = holder
+
+
+class MailPoller:
+    """Polls one mailbox for one flow; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        endpoint: MailEndpoint,
+        handle: Handle,
+        state: StateDB,
+        *,
+        name: str | None = None,
+        owner: str | None = None,
+        lock_ttl: float = LOCK_TTL,
+        backoff: Backoff | None = None,
+        idle_refresh: float = IDLE_REFRESH,
+        opener: MailboxOpener | None = None,
+    ) -> None:
+        self.sender = sender
+        self.endpoint = endpoint
+        self.handle = handle
+        self.state = state
+        folder = sender.folder if sender.protocol == "imap" else "INBOX"
+        self.lock_key = f"{endpoint.login.user}@{endpoint.host}/{folder}"
+        self.name = name or f"{sender.protocol}:{self.lock_key}"
+        self.owner = owner or default_owner()
+        self.lock_ttl = lock_ttl
+        self.backoff = backoff or Backoff()
+        self.idle_refresh = idle_refresh
+        self._opener = opener or self._open_mailbox
+        self._health = self._saved_health()
+        self._lost = asyncio.Event()  # our lease was taken away: stop at once
+        self._purged = 0.0
+        self._log = _log.bind(poller=self.name)
+
+    @property
+    def health(self) -> PollerHealth:
+        return dataclasses.replace(self._health)
+
+    def _saved_health(self) -> PollerHealth:
+        # a restarted runtime goes on counting where it stopped (failures in a row, totals)
+        try:
+            saved = self.state.health(self.name)
+        except FlowrtError:
+            saved = []
+        if saved:
+            return dataclasses.replace(saved[0], mailbox=self.lock_key)
+        return PollerHealth(self.name, mailbox=self.lock_key)
+
+    # ------------------------------------------------------------------ one poll
+
+    async def poll_once(self) -> PollResult:
+        """Connect, take the lock, process up to max-messages mails, post-process, close.
+
+        Returns a result with ``busy`` set (and does nothing) when another poller holds the
+        lock; raises the MessagingException chain when the poll fails.
+        """
+        try:
+            async with self._lease():
+                mailbox = await self._opener()
+                try:
+                    result = await self._poll(mailbox)
+                except BaseException:
+                    mailbox.abort()
+                    raise
+                await mailbox.close()
+        except _Busy as busy:
+            return self._skipped(busy.holder)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._succeeded(result)
+        return result
+
+    async def _open_mailbox(self) -> Mailbox:
+        if self.sender.protocol == "pop3":
+            from flowrt.adapters.mail.pop3_mailbox import Pop3Mailbox
+
+            return await Pop3Mailbox.open(self.endpoint, post_process=self.sender.post_process)
+        from flowrt.adapters.mail.imap_mailbox import ImapMailbox
+
+        return await ImapMailbox.open(
+            self.endpoint,
+            folder=self.sender.folder,
+            selection=self.sender.selection,
+            post_process=self.sender.post_process,
+        )
+
+    async def _poll(self, mailbox: Mailbox) -> PollResult:
+        result = PollResult()
+        candidates = await mailbox.candidates()
+        records = self.state.records(mailbox.scope, [c.key for c in candidates if c.key])
+        if mailbox.complete_listing:
+            self._forget_gone(mailbox, {c.key for c in candidates})
+        finish: list[Candidate] = []
+        todo: list[Candidate] = []
+        attempts: dict[str, int] = {}
+        for candidate in candidates:
+            record = records.get(candidate.key)
+            if record is None or not record.done:
+                todo.append(candidate)
+                attempts[candidate.key] = record.attempts if record else 0
+            elif not record.post_processed:
+                finish.append(candidate)  # crashed between "done" and the mailbox change
+                result.recovered += 1
+            else:
+                result.skipped += 1  # kept mail (post-process keep), already done
+        result.more = len(todo) > self.sender.max_messages
+        todo = todo[: self.sender.max_messages]
+        state_error: FlowrtError | None = None
+        async with contextlib.aclosing(mailbox.batches(todo)) as batches:
+            async for batch in batches:
+                for candidate, raw in batch:
+                    if self._lost.is_set():
+                        break
+                    try:
+                        if await self._process(mailbox, candidate, raw, attempts, result):
+                            finish.append(candidate)
+                    except _RecordFailed as failed:  # see _process
+                        finish.append(candidate)
+                        state_error = state_error or failed.error
+                if self._lost.is_set():
+                    result.lock_lost = True
+                    self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
+                    break
+        await mailbox.finish(finish)
+        if finish:
+            self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
+            result.post_processed = len(finish)
+        if state_error is not None:
+            raise state_error
+        self._purge_now_and_then(mailbox.scope)
+        return result
+
+    def _purge_now_and_then(self, scope: str) -> None:
+        # once a day: records of mails that were marked, moved or deleted long ago (records
+        # of kept mails stay: they are what keeps those mails from being handed over again)
+        now = time.time()
+        if now - self._purged < PURGE_EVERY:
+            return
+        self._purged = now
+        try:
+            self.state.purge_records(now - RECORD_RETENTION, mailbox=scope)
+        except FlowrtError as exc:
+            self._log.warning("could not purge old mail records", error=_first_line(exc))
+
+    async def _process(
+        self,
+        mailbox: Mailbox,
+        candidate: Candidate,
+        raw: bytes,
+        attempts: dict[str, int],
+        result: PollResult,
+    ) -> bool:
+        """Hand one mail over; True when the mailbox is to be changed for it.
+
+        When the record cannot be written after the flow finished, _RecordFailed says so:
+        the mail is post-processed all the same (leaving it would hand it over a second
+        time), and the poll then fails with the state DB's error."""
+        message_id = message_id_of(raw)
+        if not candidate.key:  # POP3 without UIDL: known only now
+            candidate.key = content_key(raw)
+            found = self.state.records(mailbox.scope, [candidate.key]).get(candidate.key)
+            if found is not None and found.done:
+                if not found.post_processed:
+                    result.recovered += 1
+                    return True
+                result.skipped += 1
+                return self.sender.post_process.action != "keep"  # a delete that did not stick
+            attempts[candidate.key] = found.attempts if found else 0
+        earlier = self.state.find_by_message_id(
+            mailbox.scope, message_id, other_generation_than=mailbox.generation
+        )
+        if earlier is not None:
+            # the same mail, done under another UIDVALIDITY: record it under its new key
+            self.state.record_done(
+                mailbox.scope,
+                candidate.key,
+                generation=mailbox.generation,
+                message_id=message_id,
+                action=self.sender.post_process.action,
+            )
+            result.recovered += 1
+            return True
+        attempt = attempts.get(candidate.key, 0) + 1
+        verdict, error = await self._hand_over(mailbox, candidate, raw, attempt)
+        if not verdict:
+            result.failed += 1
+            count = self.state.record_failure(
+                mailbox.scope,
+                candidate.key,
+                error=error,
+                generation=mailbox.generation,
+                message_id=message_id,
+            )
+            self._log.warning(
+                "mail not processed; left in the mailbox",
+                key=candidate.key,
+                attempts=count,
+                error=error,
+            )
+            return False
+        result.handled += 1
+        try:
+            self.state.record_done(
+                mailbox.scope,
+                candidate.key,
+                generation=mailbox.generation,
+                message_id=message_id,
+                action=self.sender.post_process.action,
+            )
+        except FlowrtError as exc:
+            raise _RecordFailed(exc) from exc
+        return True
+
+    async def _hand_over(
+        self, mailbox: Mailbox, candidate: Candidate, raw: bytes, attempt: int
+    ) -> tuple[bool, str]:
+        sender = self.sender
+        try:
+            exchange = mail_to_exchange(
+                raw,
+                headers=sender.headers,
+                attachments=sender.attachments,
+                keep_original=sender.keep_original,
+            )
+        except Exception as exc:  # not a mail at all; a parser bug must not stop the poll
+            return False, _first_line(exc)
+        exchange.properties.update(mailbox.properties(candidate))
+        exchange.properties["mail.attempt"] = attempt
+        try:
+            return bool(await self.handle(exchange)), "the flow did not complete"
+        except Exception as exc:
+            return False, _first_line(exc)
+
+    def _forget_gone(self, mailbox: Mailbox, present: set[str]) -> None:
+        # POP3 lists the whole maildrop: records of mails no longer there are done with
+        gone = [key for key in self.state.keys(mailbox.scope) if key not in present]
+        if gone:
+            self.state.forget(mailbox.scope, gone)
+
+    # ------------------------------------------------------------------ the schedule
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Poll as the flow's ``poll`` setting says until ``stop`` is set (or cancelled).
+        Failures are recorded in the health and retried with backoff; never raises them."""
+        stop = stop or asyncio.Event()
+        if isinstance(self.sender.poll, PollIdle):
+            await self._run_idle(stop)
+            return
+        while not stop.is_set():
+            started = time.time()
+            try:
+                await self.poll_once()
+                delay = self._until_next_poll(started)
+            except Exception:
+                cap = (
+                    self.sender.poll.interval.total_seconds()
+                    if isinstance(self.sender.poll, PollEvery)
+                    else DAILY_RETRY_CAP
+                )
+                delay = min(self.backoff.delay(self._health.consecutive_failures), cap)
+            if await _sleep(stop, delay):
+                return
+
+    def _until_next_poll(self, started: float) -> float:
+        poll = self.sender.poll
+        if isinstance(poll, PollEvery):
+            return max(0.0, started + poll.interval.total_seconds() - time.time())
+        if isinstance(poll, PollDaily):
+            now = dt.datetime.now(dt.UTC)
+            return (next_daily_run(now, poll) - now).total_seconds()
+        return 0.0
+
+    async def _run_idle(self, stop: asyncio.Event) -> None:
+        """One connection, held with the lock: poll, IDLE until mail comes (or the refresh
+        interval passes: the next poll doubles as the keepalive), poll again. A drop or a
+        half-open connection reconnects with backoff."""
+        while not stop.is_set():
+            delay = 0.0
+            try:
+                async with self._lease():
+                    mailbox = await self._opener()
+                    try:
+                        await self._idle_session(mailbox, stop)
+                    except BaseException:
+                        mailbox.abort()
+                        raise
+                    await mailbox.close()
+            except _Busy as busy:
+                self._skipped(busy.holder)
+                delay = min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                delay = self.backoff.delay(self._health.consecutive_failures)
+            if delay and await _sleep(stop, delay):
+                return
+
+    async def _idle_session(self, mailbox: Mailbox, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()  # stop, or the lease lost: IDLE must end now, not in minutes
+        relays = [asyncio.ensure_future(_relay(event, wake)) for event in (stop, self._lost)]
+        try:
+            while not wake.is_set():
+                mailbox.clear_new_mail()  # an EXISTS from now on means: poll again
+                result = await self._poll(mailbox)
+                self._succeeded(result)
+                if result.more or result.lock_lost or mailbox.new_mail_pending():
+                    continue
+                await mailbox.wait_for_mail(self.idle_refresh, wake)
+        finally:
+            for relay in relays:
+                relay.cancel()
+
+    # ------------------------------------------------------------------ lock
+
+    @contextlib.asynccontextmanager
+    async def _lease(self) -> AsyncIterator[None]:
+        taken, holder = self.state.acquire_lock(
+            self.lock_key, self.owner, self.lock_ttl, info=self.name
+        )
+        if not taken:
+            raise _Busy(holder)
+        self._lost.clear()
+        renewer = asyncio.ensure_future(self._renew())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(FlowrtError):
+                self.state.release_lock(self.lock_key, self.owner)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            try:
+                kept = self.state.renew_lock(self.lock_key, self.owner, self.lock_ttl)
+            except FlowrtError as exc:  # try again next time; the lease has slack
+                self._log.warning("could not renew the lock", error=_first_line(exc))
+                continue
+            if not kept:
+                self._lost.set()
+                return
+
+    # ------------------------------------------------------------------ health
+
+    def _succeeded(self, result: PollResult) -> None:
+        h = self._health
+        h.last_poll = h.last_success = time.time()
+        h.consecutive_failures = 0
+        h.handled += result.handled
+        h.failed += result.failed
+        h.note = "lease lost during the poll" if result.lock_lost else ""
+        self._save_health()
+
+    def _failed(self, exc: BaseException) -> None:
+        h = self._health
+        h.last_poll = h.last_error_at = time.time()
+        h.last_error = _first_line(exc)
+        h.consecutive_failures += 1
+        h.note = ""
+        self._save_health()
+        self._log.error(
+            "poll failed",
+            error=render_chain(exc),
+            hint=find_hint(exc),
+            consecutive_failures=h.consecutive_failures,
+        )
+
+    def _skipped(self, holder: LockInfo) -> PollResult:
+        until = dt.datetime.fromtimestamp(holder.expires, dt.UTC).isoformat(timespec="seconds")
+        reason = (
+            f"mailbox {self.lock_key} is being polled by {holder.describe()}; lease until "
+            f"{until}; skipping this poll (if that runtime is gone: `flowrt locks release "
+            f"{holder.key}`)"
+        )
+        self._health.note = reason
+        self._save_health()
+        self._log.warning("poll skipped: mailbox locked", reason=reason)
+        return PollResult(busy=reason)
+
+    def _save_health(self) -> None:
+        try:
+            self.state.save_health(self._health)
+        except FlowrtError as exc:  # health is a report; never fail a poll over it
+            self._log.warning("could not save the poller health", error=_first_line(exc))
+
+
+def next_daily_run(now: dt.datetime, poll: PollDaily) -> dt.datetime:
+    """The next ``daily at HH:MM [tz]`` after ``now`` (an aware datetime)."""
+    zone = zoneinfo.ZoneInfo(poll.tz) if poll.tz else dt.UTC
+    local = now.astimezone(zone)
+    candidate = dt.datetime.combine(local.date(), poll.at, tzinfo=zone)
+    if candidate <= local:
+        candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), poll.at, tzinfo=zone)
+    return candidate.astimezone(dt.UTC)
+
+
+async def _sleep(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep ``delay`` seconds or until ``stop``; True when stopped."""
+    if stop.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+    return stop.is_set()
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def _first_line(exc: BaseException) -> str:
+    return render_chain(exc).splitlines()[0]

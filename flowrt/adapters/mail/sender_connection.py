@@ -1,0 +1,298 @@
+"""Where and how a mail sender connects: the resolved endpoint (address, protection, login,
+TLS context, route) and the failures that every protocol maps the same way.
+
+The runtime builds a :class:`MailEndpoint` from a flow's ``sender`` block and the tenant
+(:func:`endpoint_from_tenant`); tests build one directly. Secrets stay in
+:class:`~flowrt.security.Secret` values until the protocol client puts them on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from cryptography import x509
+
+from flowrt.dsl.model import Sender
+from flowrt.errors import (
+    AuthenticationFailedException,
+    CredentialError,
+    FlowrtError,
+    MailConnectException,
+    MessagingException,
+    is_retryable,
+)
+from flowrt.net import ProxyRoute, open_stream, resolve_route, tls_failure
+from flowrt.security.secret import Secret
+
+if TYPE_CHECKING:
+    from flowrt.adapters.mail.oauth2 import OAuth2Tokens
+    from flowrt.security import TenantSecurity
+
+
+StartTlsDialog = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+NAMES = {"imap": "IMAP", "pop3": "POP3"}
+
+
+class TokenSource(Protocol):
+    """Gives OAuth2 access tokens for XOAUTH2: ``(token, fetched_now)``; ``refresh`` asks for
+    a new one (a cached token was refused). :class:`flowrt.adapters.mail.oauth2.TokenSource`
+    is one."""
+
+    async def token(self, *, refresh: bool = False) -> tuple[Secret, bool]: ...
+
+
+class TokenFunction:
+    """A :class:`TokenSource` from a plain ``async () -> token`` callable (tests, custom
+    providers): every call is a fresh token."""
+
+    def __init__(self, provider: Callable[[], Awaitable[str | Secret]]) -> None:
+        self._provider = provider
+
+    async def token(self, *, refresh: bool = False) -> tuple[Secret, bool]:
+        value = await self._provider()
+        return (value if isinstance(value, Secret) else Secret(value)), True
+
+
+@dataclasses.dataclass(frozen=True)
+class MailLogin:
+    """Who logs in: a user with a password, or with an OAuth2 token source."""
+
+    user: str
+    password: Secret | None = None
+    token: TokenSource | None = None
+    credential: str = ""  # its name in the credential store, for hints
+
+    async def access_token(self, *, refresh: bool = False) -> tuple[Secret, bool]:
+        if self.token is None:
+            raise AuthenticationFailedException(
+                f"auth oauth2 needs an access token, but credential '{self.credential}' gives none",
+                hint="use an oauth2-client-credentials credential for auth oauth2",
+            )
+        return await self.token.token(refresh=refresh)
+
+
+@dataclasses.dataclass(frozen=True)
+class MailEndpoint:
+    """A mailbox server as the sender reaches it."""
+
+    protocol: Literal["imap", "pop3"]
+    host: str
+    port: int
+    protection: str  # off, starttls-mandatory, starttls-optional, imaps, pop3s
+    auth: Literal["plain", "encrypted", "oauth2"]
+    login: MailLogin
+    tls: ssl.SSLContext | None = None  # verifying context; required unless protection off
+    route: ProxyRoute | None = None
+    timeout: float = 30.0
+    allow_plaintext_auth: bool = False
+
+    @classmethod
+    def for_sender(
+        cls,
+        sender: Sender,
+        *,
+        login: MailLogin,
+        tls: ssl.SSLContext | None,
+        route: ProxyRoute | None = None,
+    ) -> MailEndpoint:
+        c = sender.connection
+        if c.auth.method == "none":
+            raise MessagingException("a mail sender needs a login (auth none is not possible)")
+        return cls(
+            protocol=sender.protocol,
+            host=c.address.host,
+            port=c.address.port,
+            protection=c.protection,
+            auth=c.auth.method,
+            login=login,
+            tls=tls,
+            route=route,
+            timeout=c.timeout.total_seconds(),
+            allow_plaintext_auth=c.allow_plaintext_auth,
+        )
+
+    @property
+    def name(self) -> str:
+        return NAMES[self.protocol]
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.protection in ("imaps", "pop3s")
+
+    @property
+    def starttls(self) -> bool:
+        return self.protection.startswith("starttls")
+
+    def context(self) -> ssl.SSLContext:
+        if self.tls is None:
+            raise MessagingException(
+                f"protection {self.protection} needs a TLS context, and none was given"
+            )
+        return self.tls
+
+    def describe(self) -> str:
+        via = f" via {self.route.describe()}" if self.route else ""
+        return f"{self.protocol} {self.login.user}@{self.host}:{self.port}{via}"
+
+    @property
+    def connect_text(self) -> str:
+        """The JavaMail wording operators know from the platform."""
+        return f"Could not connect to {self.name} host: {self.host}, port: {self.port}"
+
+    @property
+    def fix_command(self) -> str:
+        return (
+            f"flowrt test {self.protocol} {self.host}:{self.port} "
+            f"--protection {self.protection} --import"
+        )
+
+    def credential_hint(self) -> str:
+        name = self.login.credential or "NAME"
+        return (
+            f"check the user and password of credential '{name}' (user {self.login.user}); "
+            f"change them with `flowrt credentials add {name} --user USER --password-stdin "
+            "--replace`"
+        )
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def connect_failure(endpoint: MailEndpoint, exc: FlowrtError) -> MessagingException:
+    """``MailConnectException: Could not connect to IMAP host: h, port: p`` over a cause from
+    :mod:`flowrt.net`; as retryable as its cause (a refused SOCKS rule does not heal)."""
+    error = MailConnectException(endpoint.connect_text, retryable=is_retryable(exc))
+    error.__cause__ = exc
+    return error
+
+
+def tls_error(
+    endpoint: MailEndpoint, exc: ssl.SSLError | ConnectionError, peer: x509.Certificate | None
+) -> MessagingException:
+    """The chain for a failed handshake: MessagingException over SSLHandshakeException (with
+    the fix command as hint) over the ssl error."""
+    cause = tls_failure(
+        exc, host=endpoint.host, port=endpoint.port, peer=peer, fix_command=endpoint.fix_command
+    )
+    cause.__cause__ = exc
+    error = MessagingException(endpoint.connect_text, retryable=False)
+    error.__cause__ = cause
+    return error
+
+
+async def peer_certificate(
+    endpoint: MailEndpoint, dialog: StartTlsDialog | None
+) -> x509.Certificate | None:
+    """The server's certificate, read on a second connection without validation, only to
+    name its issuer in the error. ``dialog`` does the plaintext part before STARTTLS."""
+    from flowrt.security.tls import unverified_context
+
+    try:
+        async with asyncio.timeout(endpoint.timeout):
+            implicit = unverified_context() if endpoint.implicit_tls else None
+            reader, writer = await open_stream(
+                endpoint.host,
+                endpoint.port,
+                route=endpoint.route,
+                timeout=endpoint.timeout,
+                tls=implicit,
+            )
+            try:
+                if implicit is None and dialog is not None:
+                    await dialog(reader, writer)
+                    await writer.start_tls(unverified_context(), server_hostname=endpoint.host)
+                ssl_object = writer.get_extra_info("ssl_object")
+                der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                return x509.load_der_x509_certificate(der) if der else None
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+    except (FlowrtError, OSError, ssl.SSLError, ValueError, TimeoutError, EOFError):
+        return None
+
+
+def keepalive(sock: socket.socket) -> None:
+    """TCP keepalive: a dead peer behind an idle (IDLE) connection shows up within about two
+    minutes, even before the next IDLE refresh; bounded timeouts cover the rest."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+
+def ssl_cause(exc: BaseException) -> ssl.SSLError | ConnectionError | None:
+    """The ssl error (or the connection reset during a handshake) inside ``exc``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` of the outermost level: what health and logs show."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- from a tenant
+
+
+def endpoint_from_tenant(
+    sender: Sender,
+    security: TenantSecurity,
+    *,
+    tokens: OAuth2Tokens | None = None,
+    oauth2_user: str | None = None,
+) -> MailEndpoint:
+    """Resolve a sender's credential, TLS context (tenant keystore only) and route.
+
+    ``auth oauth2`` takes an oauth2-client-credentials credential; its grant names no
+    mailbox, so XOAUTH2 logs in as ``oauth2_user`` (the mailbox address). ``tokens`` shares
+    cached tokens between pollers and receivers.
+    """
+    from flowrt.adapters.mail.oauth2 import OAuth2Tokens
+    from flowrt.security.credentials import OAuth2ClientCredentials, UserCredential
+
+    c = sender.connection
+    name = c.auth.credential or ""
+    credential = security.credential(name)
+    if c.auth.method == "oauth2":
+        if not isinstance(credential, OAuth2ClientCredentials):
+            raise CredentialError(
+                f"auth oauth2 needs an oauth2-client-credentials credential, but '{name}' is "
+                f"of kind {credential.kind}"
+            )
+        if not oauth2_user:
+            raise CredentialError(
+                f"auth oauth2 with credential '{name}': the client-credentials grant names no "
+                "mailbox, and no mailbox address was given to log in as"
+            )
+        source = (tokens or OAuth2Tokens()).source(
+            credential, tls=security.client_context, timeout=c.timeout.total_seconds()
+        )
+        login = MailLogin(oauth2_user, None, source, name)
+    elif isinstance(credential, UserCredential):
+        login = MailLogin(credential.user, credential.password, None, name)
+    else:
+        raise CredentialError(
+            f"auth {c.auth.method} needs a user credential (user and password), but '{name}' "
+            f"is of kind {credential.kind}"
+        )
+    tls = security.client_context() if c.protection != "off" else None
+    route = resolve_route(
+        c.proxy, locations=security.locations(), credentials=security.credentials()
+    )
+    return MailEndpoint.for_sender(sender, login=login, tls=tls, route=route)

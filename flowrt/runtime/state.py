@@ -1,0 +1,490 @@
+"""The tenant's runtime state database (``<tenant>/state.sqlite``): idempotency records of
+polled mails, lease locks on mailboxes, and the health of each poller.
+
+Why a database and not files: the sender writes one idempotency record per mail, right after
+the flow finished with it and before the mailbox is changed, and a crash must find it on
+restart. SQLite in WAL mode makes each of those writes one small transaction that survives a
+killed process (``synchronous = NORMAL``: durable against process crashes, which is what the
+records guard against), and lets several runtime processes and ``flowrt locks`` share the
+file safely.
+
+Three tables::
+
+    mail_records   (mailbox, key) -> status done|failed, attempts, Message-ID, generation,
+                   post_processed: one row per mail a poller has seen through to a verdict
+    locks          key -> owner, host, pid, acquired, renewed, expires: lease locks
+    poller_health  poller -> last poll, last success, last error, consecutive failures
+
+A *mailbox* is a scope string such as ``imap:user@host/INBOX``; a *key* identifies a mail in
+it (``uid:UIDVALIDITY:UID``, ``uidl:UIDL``, ``message-id:ID``). A *generation* is the scope's
+UID epoch (the UIDVALIDITY for IMAP): a record from another generation is only found through
+its Message-ID (:meth:`StateDB.find_by_message_id`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from flowrt.errors import TenantError
+from flowrt.tenant import Tenant
+
+__all__ = [
+    "LockInfo",
+    "MailRecord",
+    "PollerHealth",
+    "StateDB",
+]
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE mail_records (
+        mailbox        TEXT    NOT NULL,
+        key            TEXT    NOT NULL,
+        generation     TEXT    NOT NULL DEFAULT '',
+        message_id     TEXT    NOT NULL DEFAULT '',
+        status         TEXT    NOT NULL CHECK (status IN ('done', 'failed')),
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT    NOT NULL DEFAULT '',
+        action         TEXT    NOT NULL DEFAULT '',
+        post_processed INTEGER NOT NULL DEFAULT 0,
+        created        REAL    NOT NULL,
+        updated        REAL    NOT NULL,
+        PRIMARY KEY (mailbox, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX mail_records_by_message_id ON mail_records (mailbox, message_id)
+        WHERE message_id != '';
+    CREATE TABLE locks (
+        key      TEXT PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        host     TEXT NOT NULL,
+        pid      INTEGER NOT NULL,
+        info     TEXT NOT NULL DEFAULT '',
+        acquired REAL NOT NULL,
+        renewed  REAL NOT NULL,
+        expires  REAL NOT NULL
+    );
+    CREATE TABLE poller_health (
+        poller               TEXT PRIMARY KEY,
+        mailbox              TEXT NOT NULL DEFAULT '',
+        last_poll            REAL,
+        last_success         REAL,
+        last_error           TEXT NOT NULL DEFAULT '',
+        last_error_at        REAL,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        handled              INTEGER NOT NULL DEFAULT 0,
+        failed               INTEGER NOT NULL DEFAULT 0,
+        note                 TEXT NOT NULL DEFAULT '',
+        updated              REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+_CHUNK = 500  # keys per IN (...) query: well below SQLite's variable limit
+
+
+@dataclasses.dataclass(frozen=True)
+class MailRecord:
+    """What the state DB knows about one mail of one mailbox."""
+
+    mailbox: str
+    key: str
+    generation: str
+    message_id: str
+    status: str  # "done" | "failed"
+    attempts: int
+    last_error: str
+    action: str
+    post_processed: bool
+    created: float
+    updated: float
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    key: str
+    owner: str
+    host: str
+    pid: int
+    info: str
+    acquired: float
+    renewed: float
+    expires: float
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires
+
+    def describe(self) -> str:
+        return f"{self.owner} (pid {self.pid} on {self.host})"
+
+
+@dataclasses.dataclass
+class PollerHealth:
+    """How a poller is doing; kept in memory by the poller and saved after every poll."""
+
+    poller: str
+    mailbox: str = ""
+    last_poll: float | None = None
+    last_success: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    handled: int = 0
+    failed: int = 0
+    note: str = ""  # e.g. why the last poll was skipped
+
+    @property
+    def healthy(self) -> bool:
+        return self.consecutive_failures == 0
+
+
+def default_owner() -> str:
+    """An owner ID unique to this process: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class StateDB:
+    """The runtime state database of a tenant. Safe to share between threads of a process
+    and between processes; every method is one short transaction."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise TenantError(f"no runtime state database at {self.path}")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise TenantError(f"cannot open the runtime state database {self.path}: {exc}") from exc
+        try:
+            with self._guard("open"):
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open(cls, tenant: Tenant, *, create: bool = True) -> StateDB:
+        return cls(tenant.state_path, create=create)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise TenantError(
+                    f"runtime state database {self.path}: {action} failed: {exc}",
+                    hint="another process may hold a long write lock; if the file is damaged, "
+                    "stop the runtime and move it away (idempotency records are lost then)",
+                ) from exc
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._guard(action) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        if self._user_version() == SCHEMA_VERSION:
+            return
+        if self._user_version() > SCHEMA_VERSION:
+            raise TenantError(
+                f"the runtime state database {self.path} has schema version "
+                f"{self._user_version()}; this flowrt knows up to {SCHEMA_VERSION}",
+                hint="use the flowrt version that wrote it, or a newer one",
+            )
+        with self._transaction("migrate") as conn:
+            # another process may have migrated while we waited for the write lock
+            for target in range(self._user_version(), SCHEMA_VERSION):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------------ idempotency records
+
+    def records(self, mailbox: str, keys: Iterable[str]) -> dict[str, MailRecord]:
+        """The records of ``keys`` in ``mailbox`` that exist, by key."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, MailRecord] = {}
+        with self._guard("read mail records") as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM mail_records "
+                    f"WHERE mailbox = ? AND key IN ({marks})",
+                    (mailbox, *chunk),
+                )
+                for row in rows:
+                    record = _record(row)
+                    found[record.key] = record
+        return found
+
+    def find_by_message_id(
+        self, mailbox: str, message_id: str, *, other_generation_than: str
+    ) -> MailRecord | None:
+        """A ``done`` record of the same mail from another generation (say, before the
+        mailbox was rebuilt and UIDVALIDITY changed), found through its Message-ID."""
+        if not message_id:
+            return None
+        with self._guard("read mail records") as conn:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM mail_records WHERE mailbox = ? AND "
+                "message_id = ? AND generation != ? AND status = 'done' LIMIT 1",
+                (mailbox, message_id, other_generation_than),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def record_done(
+        self,
+        mailbox: str,
+        key: str,
+        *,
+        generation: str = "",
+        message_id: str = "",
+        action: str = "",
+    ) -> None:
+        """The flow finished with this mail. Committed before returning: this is what stops a
+        resend when the process dies before the mailbox was changed."""
+        now = time.time()
+        with self._transaction("write a mail record") as conn:
+            conn.execute(
+                "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
+                "attempts, action, post_processed, created, updated) "
+                "VALUES (?, ?, ?, ?, 'done', 1, ?, 0, ?, ?) "
+                "ON CONFLICT (mailbox, key) DO UPDATE SET status = 'done', "
+                "attempts = attempts + 1, generation = excluded.generation, "
+                "message_id = excluded.message_id, action = excluded.action, "
+                "post_processed = 0, updated = excluded.updated",
+                (mailbox, key, generation, message_id, action, now, now),
+            )
+
+    def record_failure(
+        self,
+        mailbox: str,
+        key: str,
+        *,
+        error: str,
+        generation: str = "",
+        message_id: str = "",
+    ) -> int:
+        """The flow failed with this mail (it stays in the mailbox as it was); returns how
+        many times it has failed so far. A ``done`` record is never turned back."""
+        now = time.time()
+        with self._transaction("write a mail record") as conn:
+            conn.execute(
+                "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
+                "attempts, last_error, created, updated) "
+                "VALUES (?, ?, ?, ?, 'failed', 1, ?, ?, ?) "
+                "ON CONFLICT (mailbox, key) DO UPDATE SET attempts = attempts + 1, "
+                "last_error = excluded.last_error, updated = excluded.updated "
+                "WHERE status = 'failed'",
+                (mailbox, key, generation, message_id, error, now, now),
+            )
+            row = conn.execute(
+                "SELECT attempts FROM mail_records WHERE mailbox = ? AND key = ?",
+                (mailbox, key),
+            ).fetchone()
+        return int(row[0]) if row else 1
+
+    def mark_post_processed(self, mailbox: str, keys: Sequence[str]) -> None:
+        """The mailbox was changed for these mails (marked, deleted, moved, or kept)."""
+        now = time.time()
+        with self._transaction("update mail records") as conn:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start : start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                conn.execute(
+                    f"UPDATE mail_records SET post_processed = 1, updated = ? "
+                    f"WHERE mailbox = ? AND key IN ({marks})",
+                    (now, mailbox, *chunk),
+                )
+
+    def forget(self, mailbox: str, keys: Sequence[str]) -> int:
+        """Drop the records of ``keys`` (mails that are gone from the mailbox)."""
+        removed = 0
+        with self._transaction("delete mail records") as conn:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start : start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                cursor = conn.execute(
+                    f"DELETE FROM mail_records WHERE mailbox = ? AND key IN ({marks})",
+                    (mailbox, *chunk),
+                )
+                removed += cursor.rowcount
+        return removed
+
+    def keys(self, mailbox: str) -> list[str]:
+        with self._guard("read mail records") as conn:
+            rows = conn.execute("SELECT key FROM mail_records WHERE mailbox = ?", (mailbox,))
+            return [str(row[0]) for row in rows]
+
+    def purge_records(self, older_than: float, *, mailbox: str | None = None) -> int:
+        """Drop post-processed records not touched since ``older_than`` (a UNIX time), except
+        those of kept mails: a kept mail is still in the mailbox, and only its record stops
+        it from being processed again."""
+        sql = (
+            "DELETE FROM mail_records WHERE updated < ? AND "
+            "((status = 'done' AND post_processed = 1 AND action != 'keep') "
+            "OR status = 'failed')"
+        )
+        args: list[Any] = [older_than]
+        if mailbox is not None:
+            sql += " AND mailbox = ?"
+            args.append(mailbox)
+        with self._transaction("purge mail records") as conn:
+            return conn.execute(sql, args).rowcount
+
+    # ------------------------------------------------------------------ lease locks
+
+    def acquire_lock(
+        self, key: str, owner: str, ttl: float, *, info: str = ""
+    ) -> tuple[bool, LockInfo]:
+        """Take (or renew) the lease ``key`` for ``ttl`` seconds.
+
+        Returns ``(True, lease)`` when ``owner`` holds it now, or ``(False, holder)`` when
+        another owner holds a lease that has not expired. An expired lease is taken over:
+        its holder is gone or stuck, and the lease is what lets the mailbox heal by itself.
+        So is the lease of a process on this host that no longer exists: a runtime that
+        crashed and was restarted polls again at once instead of after the lease expired.
+        """
+        now = time.time()
+        with self._transaction("take a lock") as conn:
+            row = conn.execute(
+                f"SELECT {_LOCK_COLUMNS} FROM locks WHERE key = ?", (key,)
+            ).fetchone()
+            if row is not None:
+                holder = _lock(row)
+                if holder.owner != owner and not holder.expired(now) and not _dead(holder):
+                    return False, holder
+            acquired = now
+            if row is not None and _lock(row).owner == owner:
+                acquired = _lock(row).acquired
+            lease = LockInfo(
+                key, owner, socket.gethostname(), os.getpid(), info, acquired, now, now + ttl
+            )
+            conn.execute(
+                f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                dataclasses.astuple(lease),
+            )
+        return True, lease
+
+    def renew_lock(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend our lease; False when it is not ours any more (released by `flowrt locks
+        release`, or taken over after it expired): the holder must stop at once."""
+        now = time.time()
+        with self._transaction("renew a lock") as conn:
+            cursor = conn.execute(
+                "UPDATE locks SET renewed = ?, expires = ? WHERE key = ? AND owner = ?",
+                (now, now + ttl, key, owner),
+            )
+            return cursor.rowcount == 1
+
+    def release_lock(self, key: str, owner: str) -> bool:
+        with self._transaction("release a lock") as conn:
+            cursor = conn.execute("DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner))
+            return cursor.rowcount == 1
+
+    def force_release(self, key: str) -> LockInfo | None:
+        """Remove the lock ``key`` whoever holds it; the removed lock, or None if none."""
+        with self._transaction("release a lock") as conn:
+            row = conn.execute(
+                f"SELECT {_LOCK_COLUMNS} FROM locks WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM locks WHERE key = ?", (key,))
+        return _lock(row)
+
+    def locks(self) -> list[LockInfo]:
+        with self._guard("read locks") as conn:
+            rows = conn.execute(f"SELECT {_LOCK_COLUMNS} FROM locks ORDER BY key").fetchall()
+        return [_lock(row) for row in rows]
+
+    # ------------------------------------------------------------------ poller health
+
+    def save_health(self, health: PollerHealth) -> None:
+        row = dataclasses.astuple(health)
+        with self._transaction("save poller health") as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO poller_health ({_HEALTH_COLUMNS}, updated) "
+                f"VALUES ({','.join('?' * len(row))}, ?)",
+                (*row, time.time()),
+            )
+
+    def health(self, poller: str | None = None) -> list[PollerHealth]:
+        sql = f"SELECT {_HEALTH_COLUMNS} FROM poller_health"
+        args: tuple[str, ...] = ()
+        if poller is not None:
+            sql += " WHERE poller = ?"
+            args = (poller,)
+        with self._guard("read poller health") as conn:
+            rows = conn.execute(sql + " ORDER BY poller", args).fetchall()
+        return [PollerHealth(*row) for row in rows]
+
+
+_RECORD_COLUMNS = ", ".join(f.name for f in dataclasses.fields(MailRecord))
+_LOCK_COLUMNS = ", ".join(f.name for f in dataclasses.fields(LockInfo))
+_HEALTH_COLUMNS = ", ".join(f.name for f in dataclasses.fields(PollerHealth))
+
+
+def _record(row: Sequence[Any]) -> MailRecord:
+    values = list(row)
+    values[8] = bool(values[8])
+    return MailRecord(*values)
+
+
+def _lock(row: Sequence[Any]) -> LockInfo:
+    return LockInfo(*row)
+
+
+def _dead(holder: LockInfo) -> bool:
+    """Whether the holder is a process of this host that is gone."""
+    if holder.host != socket.gethostname() or holder.pid == os.getpid() or holder.pid <= 0:
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user
+        return False
+    return False
