@@ -1,0 +1,219 @@
+"""One deployed flow at work: its compiled pipeline, its receivers, and its mail poller.
+
+The poller hands each mail to :meth:`FlowInstance.handle`, which runs it through the engine;
+the mailbox is changed only when that returns True (the flow finished with the mail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from flowrt.adapters.mail.oauth2 import OAuth2Tokens
+from flowrt.adapters.mail.sender import MailPoller, PollResult
+from flowrt.adapters.mail.sender_connection import endpoint_from_tenant
+from flowrt.adapters.mail.smtp_pool import SmtpPool
+from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.dsl.model import Flow
+from flowrt.engine.exchange import Exchange
+from flowrt.engine.pipeline import compile_flow
+from flowrt.engine.runner import Runner
+from flowrt.errors import FlowError, FlowrtError, chain_levels, find_hint
+from flowrt.mpl.model import MplStatus
+from flowrt.mpl.recorder import MplRecorder
+from flowrt.runtime.deployments import Deployment
+from flowrt.runtime.state import StateDB
+from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
+from flowrt.security import TenantSecurity
+
+_log = structlog.get_logger("flowrt.runtime")
+
+
+def first_line(exc: BaseException) -> str:
+    """What a status line shows of an error: the innermost message of its chain."""
+    levels = chain_levels(exc)
+    return f"{levels[0].type}: {levels[-1].message}".splitlines()[0] if levels else str(exc)
+
+
+class FlowInstance:
+    """A deployment brought to life; ``start`` may fail (the flow is then in ERROR)."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        security: TenantSecurity,
+        recorder: MplRecorder,
+        state: StateDB,
+        pool: SmtpPool,
+        tokens: OAuth2Tokens,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.deployment = deployment
+        self.status = FlowStatus(deployment.name, deployment.version)
+        self._security = security
+        self._recorder = recorder
+        self._state = state
+        self._pool = pool
+        self._tokens = tokens
+        self._on_change = on_change
+        self._receivers: dict[str, SmtpReceiver] = {}
+        self._poller: MailPoller | None = None
+        self._runner: Runner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._in_flight = 0
+        self._start_failed = False
+        self._log = _log.bind(flow=deployment.name, version=deployment.version)
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> bool:
+        """Build everything the flow needs; False (and state ERROR) when that fails."""
+        self._set(STARTING)
+        try:
+            flow = self.deployment.load()
+            self._build(flow)
+        except FlowrtError as exc:
+            self._start_failed = True
+            self._set(ERROR, reason=first_line(exc), hint=find_hint(exc))
+            self._log.error("flow failed to start", error=first_line(exc), hint=find_hint(exc))
+            return False
+        self._set(STARTED)
+        self._log.info("flow started")
+        return True
+
+    def _build(self, flow: Flow) -> None:
+        if flow.sender is None:  # the validator requires one; a deployment always has it
+            raise FlowError(f"flow {flow.name} has no sender")
+        folder = Path(self.deployment.file).parent
+        pipeline = compile_flow(flow, folder=folder)
+        self._receivers = {
+            r.name: SmtpReceiver(r, self._security, pool=self._pool, tokens=self._tokens)
+            for r in flow.receivers
+        }
+        self._runner = Runner(
+            pipeline, self._recorder, self._deliver, version=str(self.deployment.version)
+        )
+        oauth2_user = flow.sender.connection.auth.credential if False else None
+        endpoint = endpoint_from_tenant(
+            flow.sender, self._security, tokens=self._tokens, oauth2_user=oauth2_user
+        )
+        self._poller = MailPoller(
+            flow.sender,
+            endpoint,
+            self.handle,
+            self._state,
+            name=f"{flow.name}:{flow.sender.protocol}",
+        )
+
+    def run(self) -> None:
+        """Start polling on the flow's schedule (in the background)."""
+        if self._poller is None or self._task is not None:
+            return
+        self._task = asyncio.ensure_future(self._poller.run(self._stop))
+
+    async def poll_once(self) -> PollResult | None:
+        if self._poller is None:
+            return None
+        try:
+            return await self._poller.poll_once()
+        except FlowrtError as exc:
+            self.status.last_error = first_line(exc)
+            self._log.error("poll failed", error=first_line(exc), hint=find_hint(exc))
+            return None
+        finally:
+            self._refresh_health()
+
+    async def stop(self, grace: float) -> None:
+        """Stop polling; let the mail in hand finish within ``grace`` seconds, then cancel it
+        (the runner marks it ABANDONED, the mailbox keeps it unmarked)."""
+        self._stop.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._log.warning(
+                    "grace period over: handing back the mail in flight", grace_seconds=grace
+                )
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for receiver in self._receivers.values():
+            with contextlib.suppress(Exception):
+                await receiver.aclose()
+        if self.status.state != ERROR:
+            self._set(STOPPED)
+
+    # ------------------------------------------------------------------ per message
+
+    async def handle(self, exchange: Exchange) -> bool:
+        """Run one mail through the flow; True when the flow finished with it."""
+        assert self._runner is not None
+        self._in_flight += 1
+        try:
+            result = await self._runner.process(exchange)
+        finally:
+            self._in_flight -= 1
+        ok = result.status is MplStatus.COMPLETED
+        if ok:
+            self.status.completed += 1
+        else:
+            self.status.failed += 1
+            if result.error is not None:
+                self.status.last_error = first_line(result.error)
+        self._refresh_health()
+        return ok
+
+    async def _deliver(self, receiver: str, exchange: Exchange) -> None:
+        await self._receivers[receiver].deliver(exchange)
+
+    # ------------------------------------------------------------------ status
+
+    def _refresh_health(self) -> None:
+        if self._poller is not None:
+            health = self._poller.health
+            if health.last_poll:
+                self.status.last_poll = _iso(health.last_poll)
+            if health.last_success:
+                self.status.last_success = _iso(health.last_success)
+            self.status.consecutive_failures = health.consecutive_failures
+            if health.last_error and health.consecutive_failures:
+                self.status.last_error = health.last_error
+            # polls that keep failing put a running flow in ERROR (it retries with backoff);
+            # the next good poll brings it back
+            if self.status.state in (STARTED, ERROR) and not self._start_failed:
+                if health.consecutive_failures:
+                    self.status.state = ERROR
+                    self.status.reason = (
+                        f"{health.consecutive_failures} poll(s) failed in a row: "
+                        f"{health.last_error}"
+                    )
+                else:
+                    self.status.state = STARTED
+                    self.status.reason = ""
+        self.status.updated = now_iso()
+        self._on_change()
+
+    def refresh(self) -> None:
+        self._refresh_health()
+
+    def _set(self, state: str, *, reason: str = "", hint: str | None = None) -> None:
+        self.status.state = state
+        self.status.reason = reason + (f" (hint: {hint})" if hint else "")
+        if reason:
+            self.status.last_error = reason
+        self.status.updated = now_iso()
+        self._on_change()
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
