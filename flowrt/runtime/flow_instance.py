@@ -69,6 +69,7 @@ class FlowInstance:
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._start_failed = False
+        self._hard_cap = 65.0
         self._log = _log.bind(flow=deployment.name, version=deployment.version)
 
     @property
@@ -108,6 +109,10 @@ class FlowInstance:
         endpoint = endpoint_from_tenant(
             flow.sender, self._security, tokens=self._tokens, oauth2_user=oauth2_user
         )
+        timeouts = [flow.sender.connection.timeout.total_seconds()] + [
+            r.connection.timeout.total_seconds() for r in flow.receivers
+        ]
+        self._hard_cap = 2 * max(timeouts) + 5
         self._poller = MailPoller(
             flow.sender,
             endpoint,
@@ -135,15 +140,25 @@ class FlowInstance:
             self._refresh_health()
 
     async def stop(self, grace: float) -> None:
-        """Stop polling; let the mail in hand finish within ``grace`` seconds, then cancel it
-        (the runner marks it ABANDONED, the mailbox keeps it unmarked)."""
+        """Stop polling and hand back every mail not yet started (the mailbox keeps it
+        unmarked); the mail in flight may finish within ``grace`` seconds.
+
+        A mail still in flight after that is cancelled only past a hard cap: cancelling it
+        between "the SMTP server accepted it" and "the sender recorded that" would send it
+        twice after a restart, so it gets its receivers' timeouts to finish first.
+        """
         self._stop.set()
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=grace)
-            if not done:
+            if not done and self._in_flight:
                 self._log.warning(
-                    "grace period over: handing back the mail in flight", grace_seconds=grace
+                    "grace period over; letting the mail in flight finish",
+                    grace_seconds=grace,
+                    cap_seconds=self._hard_cap,
                 )
+                done, _ = await asyncio.wait({self._task}, timeout=self._hard_cap)
+            if not done:
+                self._log.warning("handing back the mail in flight (ABANDONED)")
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
@@ -158,6 +173,8 @@ class FlowInstance:
     async def handle(self, exchange: Exchange) -> bool:
         """Run one mail through the flow; True when the flow finished with it."""
         assert self._runner is not None
+        if self._stop.is_set():
+            return False  # stopping: handed back, unmarked, for the next runtime to take
         self._in_flight += 1
         try:
             result = await self._runner.process(exchange)
