@@ -28,6 +28,7 @@ import structlog
 from flowrt._fs import atomic_write
 from flowrt.adapters.mail.mime_in import DEFECTS_PROPERTY, mail_to_exchange
 from flowrt.adapters.mail.mime_out import MailComposer, OutgoingMail
+from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.dsl import load_flow
@@ -77,20 +78,29 @@ class Output:
     branch: str
     mail: OutgoingMail
     path: Path | None = None
+    sent: str | None = None  # with --live: what the server answered
 
 
 class Trace:
     """Collects what the runner reports: steps (with their log lines), retry waits and the
     mails composed. It is the runner's observer, sleep and delivery at once."""
 
-    def __init__(self, flow: Flow, keystore: object | None = None) -> None:
+    def __init__(
+        self, flow: Flow, keystore: object | None = None, *, live: TenantSecurity | None = None
+    ) -> None:
         self.flow = flow
         self._keystore = keystore
+        self._live = live  # with --live: send through the real receivers
+        self._smtp: dict[str, SmtpReceiver] = {}
         self.steps: list[TracedStep] = []
         self.waits: list[tuple[int, float]] = []  # (after run, seconds)
         self.outputs: list[Output] = []
         self._pending_log: list[tuple[str, str]] = []
         self._composers: dict[str, MailComposer] = {}
+
+    @property
+    def live(self) -> bool:
+        return self._live is not None
 
     def observe(self, event: StepEvent) -> None:
         self.steps.append(TracedStep(event, self._pending_log))
@@ -106,7 +116,19 @@ class Trace:
             receiver = self.flow.receiver(name)
             composer = MailComposer(receiver, keystore=self._keystore)
             self._composers[name] = composer
-        self.outputs.append(Output(name, exchange.branch, composer.compose(exchange)))
+        output = Output(name, exchange.branch, composer.compose(exchange))
+        self.outputs.append(output)
+        if self._live is not None:
+            smtp = self._smtp.get(name)
+            if smtp is None:
+                smtp = SmtpReceiver(self.flow.receiver(name), self._live)
+                self._smtp[name] = smtp
+            report = await smtp.send(output.mail, exchange=exchange)
+            output.sent = f"sent to {report.server}: {report.data_reply}"
+
+    async def close(self) -> None:
+        for receiver in self._smtp.values():
+            await receiver.aclose()
 
     def capture_log(self, logger: Any, method: str, event_dict: Mapping[str, Any]) -> Any:
         """A structlog processor: the ``log`` steps' lines go into the trace, not to a
@@ -170,6 +192,11 @@ def _pairs(
     type=click.Path(file_okay=False),
     help="Write each mail a receiver would send as DIR/<receiver>-<n>.eml.",
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Send for real through the receivers (tenant credentials, keystore, locations).",
+)
 @format_option
 @pass_cli
 def simulate(
@@ -179,9 +206,10 @@ def simulate(
     headers: list[tuple[str, str]],
     properties: list[tuple[str, str]],
     out_dir: str | None,
+    live: bool,
     fmt: str,
 ) -> None:
-    """Run FLOW on a sample mail; nothing is sent.
+    """Run FLOW on a sample mail; nothing is sent unless --live.
 
     Prints each step (line, status, time, what a filter or route decided) and the mails the
     receivers would send. Retries do not wait. The MPL entry is kept in the tenant, marked as
@@ -191,8 +219,9 @@ def simulate(
     flow = load_flow(flow_file)
     raw = _read_message(Path(message_file))
     out = _prepare_out(Path(out_dir)) if out_dir else None
-    tenant = cli.tenant_layout
-    trace = Trace(flow, _keystore(flow, tenant))
+    tenant = cli.tenant if live else cli.tenant_layout
+    security = TenantSecurity.open(tenant) if live else None
+    trace = Trace(flow, security or _keystore(flow, tenant), live=security)
     pipeline = compile_flow(flow, logger=trace.logger())
     with ExitStack() as stack:
         recorder, store_path, mpl_problem = _open_recorder(tenant, stack, pipeline)
@@ -206,7 +235,7 @@ def simulate(
             observer=trace.observe,
         )
         try:
-            source, result = _run(runner, pipeline, raw, headers, properties)
+            source, result = _run(runner, pipeline, raw, headers, properties, trace)
         finally:
             closing_problem = _close(recorder)
         mpl_problem = mpl_problem or closing_problem
@@ -286,6 +315,7 @@ def _run(
     raw: bytes,
     headers: list[tuple[str, str]],
     properties: list[tuple[str, str]],
+    trace: Trace,
 ) -> tuple[dict[str, Any] | None, Result]:
     """The mail as read (summarised before the pipeline changes it) and how it ended."""
     sender = pipeline.flow.sender
@@ -310,7 +340,14 @@ def _run(
     for name, value in properties:
         exchange.properties[name] = value
     summary = _input(exchange)
-    return summary, asyncio.run(runner.process(exchange))
+
+    async def process() -> Result:
+        try:
+            return await runner.process(exchange)
+        finally:
+            await trace.close()
+
+    return summary, asyncio.run(process())
 
 
 def _read_back(path: Path, message_id: str) -> MplEntry | None:
@@ -382,6 +419,7 @@ def _report(
         "error": error,
         "outputs": [_output(output) for output in trace.outputs],
         "mpl": mpl,
+        "live": trace.live,
     }
 
 
@@ -428,6 +466,7 @@ def _output(output: Output) -> dict[str, Any]:
         "headers": [[name, _header_text(value)] for name, value in parsed.items()],
         "body_preview": _preview(parsed),
         "attachments": list(_attachments(parsed)),
+        "sent": output.sent,
     }
 
 
@@ -468,7 +507,7 @@ def _attachments(message: EmailMessage) -> Iterator[dict[str, Any]]:
 def _print_text(report: dict[str, Any]) -> None:
     echo: Callable[[str], None] = click.echo
     echo(f"simulating flow {report['flow']} ({report['file']}) on {report['message_file']}")
-    echo("nothing is sent")
+    echo("LIVE: the receivers send for real" if report["live"] else "nothing is sent")
     source = report["input"]
     if source is not None:
         count = len(source["attachments"])
@@ -562,6 +601,8 @@ def _print_output(output: dict[str, Any]) -> None:
     branch = f" [{output['branch']}]" if output["branch"] else ""
     click.echo(f"mail from receiver {output['receiver']}{branch}{where}")
     click.echo(f"  envelope: {output['sender']} -> {', '.join(output['recipients'])}")
+    if output.get("sent"):
+        click.echo(f"  {output['sent']}")
     for name, value in output["headers"]:
         click.echo(f"  {name}: {value}")
     preview = output["body_preview"]

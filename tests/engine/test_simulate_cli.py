@@ -299,7 +299,9 @@ def test_json_document(sim: Sim) -> None:
         "error",
         "outputs",
         "mpl",
+        "live",
     ]
+    assert doc["live"] is False
     assert doc["status"] == "COMPLETED" and doc["error"] is None and doc["waits"] == []
     assert [s["step_id"] for s in doc["steps"]] == [
         "set header X-Forwarded-By",
