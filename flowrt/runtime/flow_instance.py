@@ -22,7 +22,7 @@ from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.pipeline import compile_flow
-from flowrt.engine.runner import Runner
+from flowrt.engine.runner import Result, Runner
 from flowrt.errors import FlowError, FlowrtError, chain_levels, find_hint
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
@@ -177,7 +177,13 @@ class FlowInstance:
             return False  # stopping: handed back, unmarked, for the next runtime to take
         self._in_flight += 1
         try:
-            result = await self._runner.process(exchange)
+            # every log line while this mail is processed (steps, receivers) names it
+            with structlog.contextvars.bound_contextvars(
+                flow=self.name, message_id=exchange.message_id
+            ):
+                started = time.monotonic()
+                result = await self._runner.process(exchange)
+                self._log_result(result, time.monotonic() - started)
         finally:
             self._in_flight -= 1
         ok = result.status is MplStatus.COMPLETED
@@ -189,6 +195,26 @@ class FlowInstance:
                 self.status.last_error = first_line(result.error)
         self._refresh_health()
         return ok
+
+    def _log_result(self, result: Result, seconds: float) -> None:
+        fields = {
+            "status": result.status.value,
+            "runs": result.runs,
+            "sent": result.sent,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if result.note:
+            fields["note"] = result.note
+        if result.error is None:
+            self._log.info("message processed", **fields)
+        else:
+            self._log.error(
+                "message processed",
+                **fields,
+                failed_step=result.failed_step,
+                error=first_line(result.error),
+                hint=find_hint(result.error),
+            )
 
     async def _deliver(self, receiver: str, exchange: Exchange) -> None:
         await self._receivers[receiver].deliver(exchange)

@@ -6,8 +6,10 @@ read the mailboxes with an independent IMAP client.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import json
 import os
 import signal
 import subprocess
@@ -235,6 +237,19 @@ def test_mail_goes_from_the_source_mailbox_to_the_target_mailbox(
     assert runtime.stop() == 0
     listing = flowrt(tenant, "mpl", "list", "--flow", "forward", "--status", "COMPLETED")
     assert listing.output.count("forward") == 1
+
+    # the runtime log: one JSON object per line; lines about the message name it and the
+    # flow; no password in the log, the MPL or any other file of the tenant
+    lines = [json.loads(line) for line in runtime.log.read_text().splitlines()]
+    about_message = [line for line in lines if "message_id" in line]
+    assert about_message and all(line["flow"] == "forward" for line in about_message)
+    secrets = [source.password, dovecot.password("accounting@example.com")]
+    files = [runtime.log, *(p for p in tenant.rglob("*") if p.is_file())]
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, path
+            assert base64.b64encode(secret.encode()) not in data, path
 
 
 def test_deploy_while_running_picks_up_the_new_version(
