@@ -41,8 +41,12 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
             click.option(
                 "--auth",
                 type=click.Choice(["none", "plain", "encrypted"]),
-                default="none" if protocol == "smtp" else "plain",
-                show_default=True,
+                default="none" if protocol == "smtp" else None,
+                show_default=protocol == "smtp",
+                help=None
+                if protocol == "smtp"
+                else "Login: plain (LOGIN/USER) or encrypted (CRAM-MD5). Default: plain with "
+                "--credential, else none (connection and TLS only).",
             ),
             click.option("--credential", metavar="NAME", help="User credential to log in with."),
             click.option(
@@ -88,8 +92,15 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
     timeout = parse_duration(kw["timeout"])
     if timeout is None or timeout.total_seconds() <= 0:
         raise UsageError(f"--timeout: bad duration {kw['timeout']!r} (e.g. 30s)")
-    if kw["auth"] != "none" and not kw["credential"]:
-        raise UsageError(f"--auth {kw['auth']} needs --credential NAME")
+    auth = kw["auth"] or ("plain" if kw["credential"] else "none")
+    if auth != "none" and not kw["credential"]:
+        raise UsageError(f"--auth {auth} needs --credential NAME")
+    list_folders, check_mailbox = kw.get("list_folders", False), kw.get("check_mailbox")
+    if list_folders and check_mailbox:
+        raise UsageError("--list-folders and --check-mailbox: give one of them")
+    if (list_folders or check_mailbox) and auth == "none":
+        what = "--list-folders" if list_folders else "--check-mailbox"
+        raise UsageError(f"{what} needs a login: add --credential NAME")
     if kw["proxy"] == "on-premise" and not kw["location"]:
         raise UsageError("--proxy on-premise needs --location ID")
     return CheckOptions(
@@ -97,16 +108,16 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
         host=host,
         port=port,
         protection=kw["protection"],
-        auth=kw["auth"],
-        credential=kw["credential"],
+        auth=auth,
+        credential=kw["credential"] if auth != "none" else None,
         location=kw["location"] if kw["proxy"] == "on-premise" else None,
         timeout=timeout.total_seconds(),
         validate=not kw["no_validate"],
         allow_plaintext_auth=kw["allow_plaintext_auth"],
         mail_from=kw.get("mail_from"),
         rcpt_to=tuple(kw.get("rcpt_to") or ()),
-        list_folders=kw.get("list_folders", False),
-        check_mailbox=kw.get("check_mailbox"),
+        list_folders=list_folders,
+        check_mailbox=check_mailbox,
     )
 
 
@@ -191,6 +202,38 @@ def test_smtp(cli: CliContext, /, target: str, **kw: Any) -> None:
     if kw["rcpt_to"] and not kw["mail_from"]:
         raise UsageError("--to needs --from")
     _run(cli, _options("smtp", target, kw), smtp.check, kw)
+
+
+@test_group.command("imap")
+@_common("imap", "starttls-mandatory")
+@click.option("--list-folders", is_flag=True, help="List the mailbox's folders.")
+@click.option(
+    "--check-mailbox",
+    metavar="FOLDER",
+    help="Count the messages and unread messages in FOLDER (read-only, nothing changes).",
+)
+@pass_cli
+def test_imap(cli: CliContext, /, target: str, **kw: Any) -> None:
+    """Test an IMAP server: TLS, certificate chain, login, and folders or one mailbox."""
+    from flowrt.connectivity import imap
+
+    _run(cli, _options("imap", target, kw), imap.check, kw)
+
+
+@test_group.command("pop3")
+@_common("pop3", "starttls-mandatory")
+@click.option(
+    "--check-mailbox",
+    is_flag=True,
+    help="Count the messages in the mailbox (STAT; nothing is deleted).",
+)
+@pass_cli
+def test_pop3(cli: CliContext, /, target: str, **kw: Any) -> None:
+    """Test a POP3 server: TLS, certificate chain, login, and the mailbox's count."""
+    from flowrt.connectivity import pop3
+
+    kw["check_mailbox"] = "INBOX" if kw["check_mailbox"] else None
+    _run(cli, _options("pop3", target, kw), pop3.check, kw)
 
 
 COMMANDS: list[click.Command] = [test_group]

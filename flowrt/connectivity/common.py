@@ -1,22 +1,41 @@
-"""What every protocol's connectivity test shares: route, connect, TLS and chain stages."""
+"""What every protocol's connectivity test shares: route, connect, TLS and chain stages, the
+second connection that fetches the chain when validation failed, and the rules a flow follows
+(STARTTLS mandatory means mandatory, no plain password over a clear link)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import difflib
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from cryptography import x509
 
+from flowrt.adapters.mail.sender_connection import MailEndpoint, MailLogin
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.connectivity.target import CheckOptions
 from flowrt.dsl.model import Pos, Proxy, Template
-from flowrt.errors import FlowrtError, MessagingException, SSLHandshakeException
+from flowrt.errors import (
+    FlowrtError,
+    IOException,
+    MessagingException,
+    SSLHandshakeException,
+    StoreClosedException,
+)
 from flowrt.net import ProxyRoute, connect, resolve_route, tls_failure
-from flowrt.security import TenantSecurity
+from flowrt.security import TenantSecurity, unverified_context
 
 NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3"}
+IMPLICIT_TLS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s"}
+
+Session = Callable[[ssl.SSLContext, ProxyRoute | None], Awaitable[None]]
+"""One test session: with the TLS context to use and the route; raises TlsFailed."""
+ChainFetch = Callable[[ProxyRoute | None], Awaitable[list[x509.Certificate]]]
+"""A second session without validation, only to read the server's chain."""
 
 
 class TlsFailed(Exception):
@@ -25,6 +44,18 @@ class TlsFailed(Exception):
     def __init__(self, cause: ssl.SSLError | ConnectionError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl error inside ``exc`` (a library's wrapper around a failed handshake), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def route_for(opts: CheckOptions, security: TenantSecurity) -> ProxyRoute | None:
@@ -40,6 +71,72 @@ def connect_failure(opts: CheckOptions, exc: FlowrtError) -> MessagingException:
     )
     error.__cause__ = exc
     return error
+
+
+async def run_check(
+    opts: CheckOptions,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+    session: Session,
+    unverified_chain: ChainFetch,
+) -> None:
+    """Run ``session`` with the keystore's TLS context (any chain with ``--no-validate``).
+    When the handshake fails, a second connection without validation reads the server's
+    chain, which is shown (marked against the keystore) and named in the error."""
+    try:
+        route = route_for(opts, security)
+    except FlowrtError as exc:  # an unknown location ID
+        error = connect_failure(opts, exc)
+        report.fail("connect", error)
+        raise error from exc
+    context = security.client_context() if opts.validate else unverified_context()
+    try:
+        await session(context, route)
+    except TlsFailed as failed:
+        chain = await fetch_chain(opts, unverified_chain, route)
+        error = await explain_tls(report, opts, failed, chain, security)
+        raise error from error.__cause__
+    except (OSError, EOFError) as exc:  # a library let a wire error through unmapped
+        error = connect_failure(opts, IOException(f"connection lost: {exc}"))
+        if report.error is None:
+            report.fail(report.stages[-1].name if report.stages else "connect", error)
+        raise error from exc
+
+
+async def fetch_chain(
+    opts: CheckOptions, fetch: ChainFetch, route: ProxyRoute | None
+) -> list[x509.Certificate]:
+    """The chain read by ``fetch``; empty when that fails too (best effort: it only
+    explains a failure that is reported anyway)."""
+    try:
+        async with asyncio.timeout(opts.timeout):
+            return await fetch(route)
+    except Exception:
+        return []
+
+
+@contextlib.contextmanager
+def failing(
+    report: ConnectivityReport, name: str, *, connecting: CheckOptions | None = None
+) -> Iterator[None]:
+    """Record a FlowrtError raised inside as the failure of stage ``name``. With
+    ``connecting``, a connection dropped before the login is a connect failure, as in a
+    flow ("Could not connect to IMAP host ...")."""
+    try:
+        yield
+    except (StoreClosedException, IOException) as exc:
+        error: FlowrtError = exc
+        if connecting is not None:
+            error = connect_failure(connecting, exc)
+        if report.error is None:
+            report.fail(name, error)
+        if error is exc:
+            raise
+        raise error from exc
+    except FlowrtError as exc:
+        if report.error is None:
+            report.fail(name, exc)
+        raise
 
 
 async def connect_stage(
@@ -103,3 +200,64 @@ async def explain_tls(
     error = connect_failure(opts, cause)
     report.fail("tls", error)
     return error
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> MessagingException:
+    """``starttls-mandatory`` against a server that does not offer it: never a fallback."""
+    name = "STARTTLS" if command == "STARTTLS" else f"STARTTLS ({command})"
+    return MessagingException(
+        f"{opts.host}:{opts.port} does not offer {name}; starttls-mandatory refuses to "
+        "continue in clear text",
+        hint="a stripped STARTTLS capability can be an attack; use starttls-optional only if "
+        f"the server really has no TLS, or the implicit TLS port (--protection "
+        f"{IMPLICIT_TLS[opts.protocol]})",
+    )
+
+
+def refuse_plaintext(opts: CheckOptions, encrypted: bool) -> None:
+    """``auth plain`` over a link that is not encrypted is refused unless allowed."""
+    if opts.auth == "plain" and not encrypted and not opts.allow_plaintext_auth:
+        raise MessagingException(
+            "refusing auth plain over a connection that is not encrypted",
+            hint=f"use --protection starttls-mandatory or {IMPLICIT_TLS[opts.protocol]}, or "
+            "--auth encrypted, or --allow-plaintext-auth (on a trusted network only)",
+        )
+
+
+def mail_login(opts: CheckOptions, security: TenantSecurity) -> MailLogin:
+    """The user and password of ``--credential``; the password stays a Secret."""
+    assert opts.credential is not None
+    credential = security.user_credential(opts.credential)
+    return MailLogin(credential.user, credential.password, None, opts.credential)
+
+
+def mail_endpoint(
+    opts: CheckOptions, login: MailLogin, context: ssl.SSLContext, route: ProxyRoute | None
+) -> MailEndpoint:
+    """The endpoint a flow's sender would have, for the adapters' login code."""
+    assert opts.protocol in ("imap", "pop3")
+    return MailEndpoint(
+        protocol="imap" if opts.protocol == "imap" else "pop3",
+        host=opts.host,
+        port=opts.port,
+        protection=opts.protection,
+        auth="encrypted" if opts.auth == "encrypted" else "plain",
+        login=login,
+        tls=context,
+        route=route,
+        timeout=opts.timeout,
+        allow_plaintext_auth=opts.allow_plaintext_auth,
+    )
+
+
+def similar(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
+    """Candidates that look like ``name``: same letters in another case first, then close."""
+    names = list(candidates)
+    same = [c for c in names if c.lower() == name.lower() and c != name]
+    close = difflib.get_close_matches(name, names, n=limit, cutoff=0.5)
+    folded = difflib.get_close_matches(name.lower(), [c.lower() for c in names], n=limit)
+    close += [c for c in names if c.lower() in folded]
+    return list(dict.fromkeys(same + close))[:limit]

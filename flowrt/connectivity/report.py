@@ -34,6 +34,7 @@ class ConnectivityReport:
         self.error: FlowrtError | None = None
         self.imported: list[str] = []
         self.notes: list[str] = []
+        self.results: dict[str, Any] = {}  # what was found: folders, mailbox counts
         self._on_stage = on_stage
 
     def stage(
@@ -74,6 +75,7 @@ class ConnectivityReport:
             "chain": [c.to_dict() for c in self.chain],
             "imported": self.imported,
             "notes": self.notes,
+            "results": self.results,
             "error": None
             if self.error is None
             else {

@@ -7,32 +7,31 @@ import ssl
 import aiosmtplib
 from cryptography import x509
 
-from flowrt.connectivity.common import TlsFailed, connect_stage, explain_tls, route_for, tls_stage
+from flowrt.connectivity.chain import peer_chain
+from flowrt.connectivity.common import (
+    TlsFailed,
+    connect_stage,
+    refuse_plaintext,
+    run_check,
+    ssl_cause,
+    starttls_missing,
+    tls_stage,
+)
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.connectivity.target import CheckOptions
 from flowrt.errors import AuthenticationFailedException, FlowrtError, MessagingException
-from flowrt.net import ProxyRoute
+from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
 
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | ConnectionError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 async def check(opts: CheckOptions, security: TenantSecurity, report: ConnectivityReport) -> None:
-    route = route_for(opts, security)
-    context = security.client_context() if opts.validate else unverified_context()
-    try:
+    async def session(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
         await _session(opts, context, route, security, report)
-    except TlsFailed as failed:
-        chain = await _fetch_chain(opts, route)
-        error = await explain_tls(report, opts, failed, chain, security)
-        raise error from error.__cause__
+
+    async def unverified_chain(route: ProxyRoute | None) -> list[x509.Certificate]:
+        return await _fetch_chain(opts, route)
+
+    await run_check(opts, security, report, session, unverified_chain)
 
 
 async def _open(
@@ -44,8 +43,6 @@ async def _open(
     if report is not None:
         sock = await connect_stage(report, opts, route)
     else:
-        from flowrt.net import connect
-
         sock = await connect(opts.host, opts.port, route=route, timeout=opts.timeout)
     client = aiosmtplib.SMTP(
         hostname=opts.host,  # for TLS: SNI and the certificate's name check
@@ -58,7 +55,7 @@ async def _open(
     try:
         greeting = await client.connect()
     except aiosmtplib.SMTPException as exc:
-        cause = _ssl_cause(exc)
+        cause = ssl_cause(exc)
         if cause is not None:
             raise TlsFailed(cause) from exc
         raise MessagingException(f"no SMTP greeting from {opts.host}:{opts.port}: {exc}") from exc
@@ -75,17 +72,12 @@ async def _starttls(client: aiosmtplib.SMTP, opts: CheckOptions, context: ssl.SS
         return False
     if not client.supports_extension("starttls"):
         if opts.protection == "starttls-mandatory":
-            raise MessagingException(
-                f"{opts.host}:{opts.port} does not offer STARTTLS; starttls-mandatory refuses "
-                "to continue in clear text",
-                hint="a stripped STARTTLS capability can be an attack; use starttls-optional "
-                "only if the server really has no TLS",
-            )
+            raise starttls_missing(opts)
         return False
     try:
         await client.starttls(tls_context=context, server_hostname=opts.host)
     except (aiosmtplib.SMTPException, ssl.SSLError, ConnectionError) as exc:
-        cause = _ssl_cause(exc) or (exc if isinstance(exc, ConnectionError) else None)
+        cause = ssl_cause(exc) or (exc if isinstance(exc, ConnectionError) else None)
         if cause is not None:
             raise TlsFailed(cause) from exc
         raise MessagingException(f"STARTTLS failed: {exc}") from exc
@@ -133,13 +125,11 @@ async def _authenticate(
 ) -> None:
     assert opts.credential is not None
     login = security.user_credential(opts.credential)
-    if opts.auth == "plain" and not encrypted and not opts.allow_plaintext_auth:
-        error = MessagingException(
-            "refusing auth plain over a connection that is not encrypted",
-            hint="use --protection starttls-mandatory or smtps, or --allow-plaintext-auth",
-        )
-        report.fail("auth", error)
-        raise error
+    try:
+        refuse_plaintext(opts, encrypted)
+    except MessagingException as refused:
+        report.fail("auth", refused)
+        raise
     try:
         if opts.auth == "encrypted":
             response = await client.auth_crammd5(login.user, login.password.reveal())
@@ -185,17 +175,12 @@ async def _addresses(
 
 async def _fetch_chain(opts: CheckOptions, route: ProxyRoute | None) -> list[x509.Certificate]:
     """A second connection without validation, only to read the server's chain."""
-    from flowrt.connectivity.chain import peer_chain
-
+    client = await _open(opts, unverified_context(), route, None)
     try:
-        client = await _open(opts, unverified_context(), route, None)
-        try:
-            await client.ehlo()
-            if opts.protection.startswith("starttls") and client.supports_extension("starttls"):
-                await client.starttls(tls_context=unverified_context(), server_hostname=opts.host)
-            transport = client.transport
-            return peer_chain(transport.get_extra_info("ssl_object") if transport else None)
-        finally:
-            client.close()
-    except (FlowrtError, aiosmtplib.SMTPException, OSError, TlsFailed):
-        return []
+        await client.ehlo()
+        if opts.protection.startswith("starttls") and client.supports_extension("starttls"):
+            await client.starttls(tls_context=unverified_context(), server_hostname=opts.host)
+        transport = client.transport
+        return peer_chain(transport.get_extra_info("ssl_object") if transport else None)
+    finally:
+        client.close()

@@ -15,6 +15,7 @@ _UNTRUSTED = {2, 18, 19, 20, 21, 27}
 _EXPIRED = 10
 _NOT_YET_VALID = 9
 _HOSTNAME_MISMATCH = 62
+_IP_MISMATCH = 64
 _PKIX = "PKIX path building failed: unable to find valid certification path to requested target"
 
 
@@ -67,7 +68,7 @@ def tls_failure(
                 else f"the tenant keystore does not trust the server's chain; run `{fix_command}`"
             )
             return SSLHandshakeException(f"{_PKIX}{where}", hint=hint)
-        if code == _HOSTNAME_MISMATCH:
+        if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
             names = describe_certificate(peer)["names"] if peer is not None else ""
             hint = (
                 f"the server's certificate is for {names}; use one of these names in the "

@@ -275,3 +275,12 @@ def test_library_causes_stay_attached_but_are_not_repeated_in_the_chain() -> Non
             raise StepException("script transforms:enrich failed (line 23)") from own
     except StepException as exc:
         assert [lv.type for lv in chain_levels(exc)] == ["StepException", "ValueError"]
+
+
+async def test_ip_address_mismatch_is_explained_like_a_name_mismatch(ca: trustme.CA) -> None:
+    server = server_with(ca.issue_cert("mail.other.example"))
+    client = client_trusting(ca)
+    exc, peer = await tls_error(server, client, "127.0.0.1")
+    failure = tls_failure(exc, host="127.0.0.1", port=993, peer=peer, fix_command="x")
+    assert "No subject alternative names matching 127.0.0.1" in failure.message
+    assert "mail.other.example" in (failure.hint or "")

@@ -51,7 +51,7 @@ async def open_imap(endpoint: MailEndpoint) -> ImapClient:
     client = await _connect(endpoint)
     try:
         await _secure(client, endpoint)
-        await _authenticate(client, endpoint)
+        await authenticate(client, endpoint)
     except StoreClosedException as exc:  # dropped or silent before we were logged in
         client.abort()
         raise connect_failure(endpoint, exc) from exc
@@ -136,7 +136,7 @@ async def _starttls_dialog(reader: asyncio.StreamReader, writer: asyncio.StreamW
             return
 
 
-async def _authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
+async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
     login = endpoint.login
     if client.state == "AUTH":  # PREAUTH: the server knows us already
         return

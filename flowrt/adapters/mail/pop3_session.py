@@ -53,7 +53,7 @@ async def open_pop3(endpoint: MailEndpoint) -> Pop3Client:
     client = await _start(sock, endpoint)
     try:
         await _secure(client, endpoint)
-        await _authenticate(client, endpoint)
+        await authenticate(client, endpoint)
     except StoreClosedException as exc:  # dropped or silent before we were logged in
         await client.close()
         raise connect_failure(endpoint, exc) from exc
@@ -118,7 +118,7 @@ async def _stls_dialog(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         raise EOFError("STLS refused")
 
 
-async def _authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
+async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
     login = endpoint.login
     encrypted = client.tls_active
     if endpoint.auth in ("plain", "oauth2") and not encrypted and not endpoint.allow_plaintext_auth:

@@ -1,0 +1,258 @@
+"""``flowrt test imap``: greeting, capabilities, STARTTLS or IMAPS, login, then the folder
+list or one mailbox's counts, and LOGOUT.
+
+The protocol is the sender's own client (:class:`~flowrt.adapters.mail.imap_client.ImapClient`)
+and the login is the sender's own code, so that the test fails where a flow would and says
+the same. Nothing in the mailbox is changed: counts come from STATUS, which selects nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+
+from aioimaplib.aioimaplib import Command, quoted
+from cryptography import x509
+
+from flowrt.adapters.mail.imap_client import ImapClient
+from flowrt.adapters.mail.imap_parse import encode_folder, response_code, response_text
+
+# The sender's login (LOGIN / AUTHENTICATE PLAIN / CRAM-MD5, and its error mapping), reused
+# as it is rather than written twice.
+from flowrt.adapters.mail.imap_session import authenticate
+from flowrt.adapters.mail.sender_connection import MailLogin
+from flowrt.connectivity.chain import peer_chain
+from flowrt.connectivity.common import (
+    TlsFailed,
+    connect_stage,
+    failing,
+    mail_endpoint,
+    mail_login,
+    refuse_plaintext,
+    run_check,
+    similar,
+    starttls_missing,
+    tls_stage,
+)
+from flowrt.connectivity.report import ConnectivityReport
+from flowrt.connectivity.target import CheckOptions
+from flowrt.errors import (
+    FolderNotFoundException,
+    IOException,
+    MessagingException,
+    SocketTimeoutException,
+)
+from flowrt.net import ProxyRoute, connect
+from flowrt.security import TenantSecurity, unverified_context
+
+_STATUS = re.compile(r"\((?P<items>[^)]*)\)\s*$")
+
+
+async def check(opts: CheckOptions, security: TenantSecurity, report: ConnectivityReport) -> None:
+    login: MailLogin | None = None
+    if opts.auth != "none":
+        with failing(report, "credential"):
+            login = mail_login(opts, security)
+
+    async def session(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
+        await _session(opts, context, route, security, report, login)
+
+    async def unverified_chain(route: ProxyRoute | None) -> list[x509.Certificate]:
+        return await _fetch_chain(opts, route)
+
+    await run_check(opts, security, report, session, unverified_chain)
+
+
+async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None) -> ImapClient:
+    """The client over ``sock`` (implicit TLS first with ``tls``), greeting read."""
+    try:
+        return await ImapClient.start(
+            sock, host=opts.host, port=opts.port, timeout=opts.timeout, tls=tls
+        )
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        if tls is None:
+            raise IOException(f"connection dropped: {exc}") from exc
+        raise TlsFailed(exc) from exc
+    except OSError as exc:  # reset or aborted before anything was said
+        raise IOException(f"connection lost: {exc}") from exc
+
+
+async def _session(
+    opts: CheckOptions,
+    context: ssl.SSLContext,
+    route: ProxyRoute | None,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+    login: MailLogin | None,
+) -> None:
+    implicit = opts.protection == "imaps"
+    sock = await connect_stage(report, opts, route)
+    with failing(report, "greeting", connecting=opts):
+        client = await _start(opts, sock, context if implicit else None)
+    try:
+        if implicit:
+            tls_stage(report, client.ssl_object(), security)
+        greeting = client.greeting.decode("utf-8", "replace").strip()
+        with failing(report, "greeting"):
+            if client.state == "LOGOUT":
+                raise _refused(opts, greeting)
+        report.stage("greeting", greeting)
+        with failing(report, "capabilities", connecting=opts):
+            await client.capability()
+        report.stage("capabilities", _capabilities(client))
+        with failing(report, "starttls", connecting=opts):
+            encrypted = await _starttls(client, opts, context)
+        if encrypted and not implicit:
+            tls_stage(report, client.ssl_object(), security)
+            report.stage("capabilities", _capabilities(client))
+        if login is not None:
+            with failing(report, "auth", connecting=opts):
+                refuse_plaintext(opts, encrypted)
+                how = _mechanism(client, opts, login)
+                await authenticate(client, mail_endpoint(opts, login, context, route))
+            report.stage("auth", f"{how} as {login.user}")
+            if opts.list_folders:
+                with failing(report, "folders"):
+                    await _list_folders(client, report)
+            elif opts.check_mailbox:
+                with failing(report, "mailbox"):
+                    await _check_mailbox(client, opts, login, report)
+        await client.logout()
+        report.stage("logout", "LOGOUT")
+    finally:
+        client.abort()
+
+
+def _refused(opts: CheckOptions, greeting: str) -> MessagingException:
+    if greeting.upper().startswith("* BYE"):
+        return MessagingException(f"the server refused the session: {greeting}")
+    return MessagingException(
+        f"not an IMAP greeting: {greeting[:80]}",
+        hint=f"is {opts.host}:{opts.port} an IMAP port? (IMAP 143, IMAPS 993)",
+    )
+
+
+def _capabilities(client: ImapClient) -> str:
+    return " ".join(sorted(client.capabilities))
+
+
+async def _starttls(client: ImapClient, opts: CheckOptions, context: ssl.SSLContext) -> bool:
+    """True when the link is encrypted afterwards."""
+    if opts.protection == "imaps":
+        return True
+    if opts.protection == "off":
+        return False
+    if not client.has("STARTTLS"):
+        if opts.protection == "starttls-mandatory":
+            raise starttls_missing(opts)
+        return False
+    try:
+        await client.starttls(context)
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        raise TlsFailed(exc) from exc
+    except TimeoutError as exc:
+        raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
+    return True
+
+
+def _mechanism(client: ImapClient, opts: CheckOptions, login: MailLogin) -> str:
+    """What the sender's login will say (for the stage line only)."""
+    if client.state == "AUTH":
+        return "PREAUTH"
+    if opts.auth == "encrypted":
+        return "AUTHENTICATE CRAM-MD5"
+    password = login.password.reveal() if login.password is not None else ""
+    if client.has("AUTH=PLAIN") and (
+        client.has("LOGINDISABLED") or not (login.user.isascii() and password.isascii())
+    ):
+        return "AUTHENTICATE PLAIN"
+    return "LOGIN"
+
+
+async def _list_folders(client: ImapClient, report: ConnectivityReport) -> None:
+    folders = sorted(await client.list_folders("*"), key=lambda f: (f[0] != "INBOX", f[0]))
+    report.results["folders"] = [
+        {"name": name, "attributes": list(flags)} for name, flags in folders
+    ]
+    details = [f"{name}  ({' '.join(flags)})" if flags else name for name, flags in folders]
+    report.stage("folders", f"{len(folders)} folder(s)", details)
+
+
+async def _check_mailbox(
+    client: ImapClient, opts: CheckOptions, login: MailLogin, report: ConnectivityReport
+) -> None:
+    folder = opts.check_mailbox
+    assert folder is not None
+    command = Command(
+        "STATUS",
+        client.protocol.new_tag(),
+        quoted(encode_folder(folder)),
+        "(MESSAGES UNSEEN UIDVALIDITY)",
+        loop=asyncio.get_running_loop(),
+    )
+    response = await client.execute(command, f"STATUS {folder}")
+    if response.result != "OK":
+        text = f"{response.result} {response_text(response)}".strip()
+        if response_code(response) == "NONEXISTENT" or response.result == "NO":
+            names = [name for name, _ in await client.list_folders("*")]
+            raise FolderNotFoundException(
+                f"folder {folder!r} not found in the mailbox of {login.user} on "
+                f"{opts.host}:{opts.port}: {text}",
+                hint=_folder_hint(folder, names),
+            )
+        raise MessagingException(f"STATUS {folder!r} failed: {text}")
+    counts = _status_items(response.lines[:-1])
+    total, unread = counts.get("MESSAGES", 0), counts.get("UNSEEN", 0)
+    report.results["mailbox"] = {
+        "folder": folder,
+        "total": total,
+        "unread": unread,
+        "uidvalidity": counts.get("UIDVALIDITY"),
+    }
+    report.stage("mailbox", f"{folder}: {total} message(s), {unread} unread (STATUS, read-only)")
+
+
+def _status_items(lines: list[object]) -> dict[str, int]:
+    """``STATUS "INBOX" (MESSAGES 3 UNSEEN 1)`` -> {"MESSAGES": 3, "UNSEEN": 1}."""
+    out: dict[str, int] = {}
+    for line in lines:
+        if not isinstance(line, bytes | bytearray):
+            continue
+        match = _STATUS.search(bytes(line).decode("utf-8", "replace"))
+        if match is None:
+            continue
+        words = match.group("items").split()
+        for key, value in zip(words[::2], words[1::2], strict=False):
+            if value.isdigit():
+                out[key.upper()] = int(value)
+    return out
+
+
+def _folder_hint(folder: str, names: list[str]) -> str:
+    close = similar(folder, names)
+    if close:
+        return f"the mailbox has no folder {folder!r}; similar folders: {', '.join(close)}"
+    shown = ", ".join(sorted(names)[:20]) or "none"
+    return f"the mailbox has no folder {folder!r}; its folders: {shown}"
+
+
+async def _fetch_chain(opts: CheckOptions, route: ProxyRoute | None) -> list[x509.Certificate]:
+    """A second connection without validation, only to read the server's chain."""
+    implicit = opts.protection == "imaps"
+    context = unverified_context()
+    sock = await connect(opts.host, opts.port, route=route, timeout=opts.timeout)
+    client = await ImapClient.start(
+        sock,
+        host=opts.host,
+        port=opts.port,
+        timeout=opts.timeout,
+        tls=context if implicit else None,
+    )
+    try:
+        if not implicit:
+            await client.starttls(context)
+        return peer_chain(client.ssl_object())
+    finally:
+        client.abort()

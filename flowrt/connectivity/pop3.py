@@ -1,0 +1,176 @@
+"""``flowrt test pop3``: greeting, CAPA, STLS or POP3S, login, the mailbox's count (STAT), and
+QUIT. Nothing is deleted: no DELE is ever sent, so QUIT has nothing to apply.
+
+The protocol is the sender's own client (:class:`~flowrt.adapters.mail.pop3_client.Pop3Client`)
+and the login is the sender's own code, so that the test fails where a flow would.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from cryptography import x509
+
+from flowrt.adapters.mail.pop3_client import Pop3Client, Pop3ErrorReply
+
+# The sender's login (USER/PASS, AUTH PLAIN, CRAM-MD5 or APOP, and its error mapping),
+# reused as it is rather than written twice.
+from flowrt.adapters.mail.pop3_session import authenticate
+from flowrt.adapters.mail.sender_connection import MailLogin
+from flowrt.connectivity.chain import peer_chain
+from flowrt.connectivity.common import (
+    TlsFailed,
+    connect_stage,
+    failing,
+    mail_endpoint,
+    mail_login,
+    refuse_plaintext,
+    run_check,
+    starttls_missing,
+    tls_stage,
+)
+from flowrt.connectivity.report import ConnectivityReport
+from flowrt.connectivity.target import CheckOptions
+from flowrt.errors import IOException, MessagingException, SocketTimeoutException
+from flowrt.net import ProxyRoute, connect
+from flowrt.security import TenantSecurity, unverified_context
+
+
+async def check(opts: CheckOptions, security: TenantSecurity, report: ConnectivityReport) -> None:
+    login: MailLogin | None = None
+    if opts.auth != "none":
+        with failing(report, "credential"):
+            login = mail_login(opts, security)
+
+    async def session(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
+        await _session(opts, context, route, security, report, login)
+
+    async def unverified_chain(route: ProxyRoute | None) -> list[x509.Certificate]:
+        return await _fetch_chain(opts, route)
+
+    await run_check(opts, security, report, session, unverified_chain)
+
+
+async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None) -> Pop3Client:
+    """The client over ``sock`` (implicit TLS first with ``tls``), greeting read."""
+    try:
+        return await Pop3Client.start(
+            sock, host=opts.host, port=opts.port, timeout=opts.timeout, tls=tls
+        )
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        if tls is None:
+            raise IOException(f"connection dropped: {exc}") from exc
+        raise TlsFailed(exc) from exc
+    except OSError as exc:  # reset or aborted before anything was said
+        raise IOException(f"connection lost: {exc}") from exc
+    except Pop3ErrorReply as exc:
+        if exc.reply.startswith("-ERR"):
+            raise MessagingException(f"the server refused the session: {exc.reply}") from None
+        raise MessagingException(
+            f"not a POP3 greeting: {exc.reply[:80]}",
+            hint=f"is {opts.host}:{opts.port} a POP3 port? (POP3 110, POP3S 995)",
+        ) from None
+
+
+async def _session(
+    opts: CheckOptions,
+    context: ssl.SSLContext,
+    route: ProxyRoute | None,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+    login: MailLogin | None,
+) -> None:
+    implicit = opts.protection == "pop3s"
+    sock = await connect_stage(report, opts, route)
+    with failing(report, "greeting", connecting=opts):
+        client = await _start(opts, sock, context if implicit else None)
+    try:
+        if implicit:
+            tls_stage(report, client.ssl_object(), security)
+        report.stage("greeting", client.greeting)
+        with failing(report, "capabilities", connecting=opts):
+            await client.capa()
+        report.stage("capabilities", _capabilities(client))
+        with failing(report, "starttls", connecting=opts):
+            encrypted = await _stls(client, opts, context)
+        if encrypted and not implicit:
+            tls_stage(report, client.ssl_object(), security)
+            report.stage("capabilities", _capabilities(client))
+        if login is not None:
+            with failing(report, "auth", connecting=opts):
+                refuse_plaintext(opts, encrypted)
+                how = _mechanism(client, opts)
+                await authenticate(client, mail_endpoint(opts, login, context, route))
+            report.stage("auth", f"{how} as {login.user}")
+            if opts.check_mailbox:
+                with failing(report, "mailbox"):
+                    total, size = await client.stat()
+                report.results["mailbox"] = {"folder": "INBOX", "total": total, "size": size}
+                report.stage(
+                    "mailbox", f"{total} message(s), {size} octets (STAT; nothing deleted)"
+                )
+        with failing(report, "logout"):
+            await client.quit()
+        report.stage("logout", "QUIT")
+    finally:
+        await client.close()
+
+
+def _capabilities(client: Pop3Client) -> str:
+    if not client.capabilities:
+        return "(no CAPA)"
+    return " ".join(
+        f"{name}({' '.join(args)})" if args else name
+        for name, args in sorted(client.capabilities.items())
+    )
+
+
+async def _stls(client: Pop3Client, opts: CheckOptions, context: ssl.SSLContext) -> bool:
+    """True when the link is encrypted afterwards."""
+    if opts.protection == "pop3s":
+        return True
+    if opts.protection == "off":
+        return False
+    if not client.has("STLS"):
+        if opts.protection == "starttls-mandatory":
+            raise starttls_missing(opts, "STLS")
+        return False
+    try:
+        await client.stls(context)
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        raise TlsFailed(exc) from exc
+    except TimeoutError as exc:
+        raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
+    except Pop3ErrorReply as exc:
+        raise MessagingException(f"STLS refused: -ERR {exc.reply}") from None
+    return True
+
+
+def _mechanism(client: Pop3Client, opts: CheckOptions) -> str:
+    """What the sender's login will say (for the stage line only)."""
+    if opts.auth == "encrypted":
+        return "AUTH CRAM-MD5" if client.sasl("CRAM-MD5") else "APOP"
+    if client.capabilities and not client.has("USER") and client.sasl("PLAIN"):
+        return "AUTH PLAIN"
+    return "USER/PASS"
+
+
+async def _fetch_chain(opts: CheckOptions, route: ProxyRoute | None) -> list[x509.Certificate]:
+    """A second connection without validation, only to read the server's chain."""
+    implicit = opts.protection == "pop3s"
+    context = unverified_context()
+    sock = await connect(opts.host, opts.port, route=route, timeout=opts.timeout)
+    client = await Pop3Client.start(
+        sock,
+        host=opts.host,
+        port=opts.port,
+        timeout=opts.timeout,
+        tls=context if implicit else None,
+    )
+    try:
+        if not implicit:
+            await client.stls(context)
+        return peer_chain(client.ssl_object())
+    finally:
+        await client.close()
