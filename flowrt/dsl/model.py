@@ -242,6 +242,8 @@ class Proxy:
 class Auth:
     method: Literal["none", "plain", "encrypted", "oauth2"]
     credential: str | None = None
+    # oauth2 only: the mailbox to log in as (a client-credentials grant names none)
+    user: str | None = None
 
 
 Protection = Literal["off", "starttls-mandatory", "starttls-optional", "smtps", "imaps", "pop3s"]

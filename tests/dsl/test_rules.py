@@ -185,3 +185,17 @@ def test_setting_a_receiver_header_is_a_warning() -> None:
     text = flow(steps='set header "Subject" = "x"\nset header "X-Ok" = "y"')
     assert codes(text) == []
     assert [c for _, c, _ in warnings(text)] == ["receiver-header"]
+
+
+def test_oauth2_user() -> None:
+    sender = SENDER.replace('plain credential "in"', 'oauth2 credential "o365"') % ""
+    assert codes(flow(sender=sender)) == ["missing-user"]
+    with_user = (
+        SENDER.replace('plain credential "in"', 'oauth2 credential "o365" user "plant@example.com"')
+        % ""
+    )
+    assert codes(flow(sender=with_user)) == []
+    assert codes(flow(receiver_extra='auth oauth2 credential "o365"')) == []
+    assert codes(flow(receiver_extra='auth plain credential "c" user "x@example.com"')) == [
+        "bad-value"
+    ]

@@ -300,3 +300,10 @@ def test_comments_blank_lines_and_tabs() -> None:
         "    ", "\t"
     )
     assert only_flow(text).sender.connection.timeout == dt.timedelta(seconds=5)
+
+
+def test_oauth2_auth_with_user() -> None:
+    text = flow(receiver_extra='auth oauth2 credential "o365" user "robot@example.com"')
+    assert only_flow(text).receivers[0].connection.auth == m.Auth(
+        "oauth2", "o365", "robot@example.com"
+    )

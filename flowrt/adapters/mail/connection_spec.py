@@ -73,8 +73,19 @@ def _auth(r: ValueReader) -> Auth:
         credential = name.text
         if method == "none":
             raise r.fail(name, "auth none takes no credential")
+    user: str | None = None
+    if r.maybe_keyword("user"):
+        value = r.string('the mailbox address to log in as, such as "plant@example.com"')
+        if method != "oauth2":
+            raise r.fail(
+                value,
+                "user goes with auth oauth2; for plain and encrypted the credential holds the user",
+            )
+        if not value.text.strip() or any(c.isspace() for c in value.text):
+            raise r.fail(value, f"bad user {value.shown()}")
+        user = value.text
     r.end()
-    return Auth(method, credential)  # type: ignore[arg-type]
+    return Auth(method, credential, user)  # type: ignore[arg-type]
 
 
 def _timeout(r: ValueReader) -> dt.timedelta:
@@ -113,9 +124,11 @@ def connection_settings(default_auth: str | None) -> tuple[SettingSpec, ...]:
         ),
         SettingSpec(
             "auth",
-            'none | plain | encrypted | oauth2 [credential "NAME"]',
+            'none | plain | encrypted | oauth2 [credential "NAME"] [user "ADDRESS"]',
             "How to log in: plain user/password (only over TLS), encrypted (CRAM-MD5), or "
-            "OAuth2 (XOAUTH2); the credential is a name in the tenant credential store.",
+            "OAuth2 (XOAUTH2); the credential is a name in the tenant credential store. "
+            "With oauth2, user is the mailbox to log in as (required on a sender; a "
+            "receiver logs in as its from address unless told).",
             _auth,
             default=auth_default,
             example='auth encrypted credential "smtp-out"',
@@ -165,6 +178,13 @@ def build_connection(
                 s.where("auth"),
                 "missing-credential",
                 f'auth {auth.method} needs a credential: auth {auth.method} credential "NAME"',
+            )
+        if auth.method == "oauth2" and protocol != "smtp" and auth.user is None:
+            report.error(
+                s.where("auth"),
+                "missing-user",
+                "auth oauth2 on a sender needs the mailbox to log in as: auth oauth2 "
+                'credential "NAME" user "mailbox@example.com"',
             )
         if auth.method == "none" and protocol != "smtp":
             report.error(

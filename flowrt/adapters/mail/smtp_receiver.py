@@ -320,12 +320,13 @@ class SmtpReceiver:
         if auth.method == "oauth2":
             if not isinstance(credential, OAuth2ClientCredentials):
                 raise self._wrong_kind(name, credential, "oauth2-client-credentials")
-            # The client-credentials grant names no mailbox; XOAUTH2 logs in as the sender.
+            # The client-credentials grant names no mailbox: XOAUTH2 logs in as the flow's
+            # `user`, else as the envelope sender.
             source = self.tokens.source(credential, tls=self._tls, timeout=self._timeout)
             return Login(
                 "oauth2",
                 name,
-                sender,
+                auth.user or sender,
                 token=source,
                 allow_plaintext=connection.allow_plaintext_auth,
             )
