@@ -154,23 +154,25 @@ def _socks_error(exc: ProxyError, host: str, port: int, route: ProxyRoute) -> So
         text = str(exc)
         if "authentication" in text.lower():
             return SocksException(
-                "SOCKS authentication failed",
-                hint=f"{where} refused the access token; check the credential of the "
-                "location (`flowrt locations list`, `flowrt credentials show`)",
-                retryable=False,
+                "SOCKS authentication failed", hint=_auth_hint(route), retryable=False
             )
         return SocksException(text, hint=f"{where} answered with a SOCKS5 protocol error")
     text = SOCKS_REPLIES.get(code, f"SOCKS5 reply {code:#04x}")
     hints = {
+        0x01: (
+            f"the connector for location {route.location} could not complete the connection "
+            f"to {target}; `flowrt connector check` on the connector host shows why (a tcp-tls "
+            "back end whose certificate its truststore does not trust, a TLS handshake "
+            "failure, or max_connections reached)"
+            if route.location
+            else f"the proxy could not complete the connection to {target}; its log says why"
+        ),
         0x02: (
             f"add a mapping for {target} in {where}"
             if route.location
             else f"the proxy's rules do not allow {target}"
         ),
-        0x03: (
-            f"the connector does not serve location ID {route.location!r}; check the "
-            "location ID in the flow and in `flowrt locations list`"
-        ),
+        0x03: _location_hint(route),
         0x04: (
             f"the mapping for {target} exists, but the connector cannot reach the "
             "internal host; check that it is up (`flowrt connector check`)"
@@ -182,3 +184,46 @@ def _socks_error(exc: ProxyError, host: str, port: int, route: ProxyRoute) -> So
     }
     retryable = code in (0x01, 0x04, 0x05, 0x06)
     return SocksException(text, reply_code=code, hint=hints.get(code), retryable=retryable)
+
+
+def _location_hint(route: ProxyRoute) -> str:
+    """Reply 0x03 from a connector: it serves another location ID than the one asked for."""
+    connector = f"the connector at {route.host}:{route.port}"
+    if route.location and route.username and route.username != route.location:
+        name = f"credential '{route.credential}'" if route.credential else "the credential"
+        return (
+            f"{connector} does not serve location ID {route.username!r}, the user of {name}; "
+            f"the user must be the location ID {route.location!r}"
+        )
+    return (
+        f"{connector} does not serve location ID {route.location!r}; the location ID in the "
+        "flow and in `flowrt locations list` must be the connector's location_id"
+    )
+
+
+def _auth_hint(route: ProxyRoute) -> str:
+    """Why a connector refuses the login: user = location ID, password = its access token."""
+    location, credential = route.location, route.credential
+    if not location:
+        return "the proxy refused the user name and password"
+    if route.password is None:
+        return (
+            f"location {location} has no access token; give it a credential whose user is "
+            f"{location} and whose password is the connector's token (`flowrt locations add "
+            f"{location} --proxy {route.host}:{route.port} --credential NAME --replace`)"
+        )
+    name = f"credential '{credential}'" if credential else "the location's credential"
+    if route.username != location:
+        return (
+            f"the connector for location {location} refused the login: the user of {name} is "
+            f"{route.username!r}, but it must be the location ID {location!r}"
+        )
+    fix = (
+        f" (`flowrt credentials add {credential} --user {location} --password-stdin --replace`)"
+        if credential
+        else ""
+    )
+    return (
+        f"the connector for location {location} refused the access token: the password of "
+        f"{name} must be the connector's token{fix}"
+    )

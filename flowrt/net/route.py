@@ -14,13 +14,15 @@ from flowrt.errors import SocksException
 @dataclasses.dataclass(frozen=True)
 class ProxyRoute:
     """A SOCKS5 hop. For an on-premise location the user is the location ID and the password
-    its access token; ``location`` names the location for errors and hints."""
+    its access token; ``location`` and ``credential`` (the name of the location's credential)
+    are for errors and hints."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
     location: str | None = None
+    credential: str | None = None
 
     def describe(self) -> str:
         where = f"{self.host}:{self.port}"
@@ -70,7 +72,14 @@ def resolve_route(
     if location.credential and credentials is not None:
         credential = credentials.get(location.credential)
         username, password = _user_and_secret(credential, location_id)
-    return ProxyRoute(location.proxy_host, location.proxy_port, username, password, location_id)
+    return ProxyRoute(
+        location.proxy_host,
+        location.proxy_port,
+        username,
+        password,
+        location_id,
+        location.credential,
+    )
 
 
 def _user_and_secret(credential: Any, location_id: str) -> tuple[str, str | None]:

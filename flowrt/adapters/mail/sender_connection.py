@@ -148,9 +148,13 @@ class MailEndpoint:
 
     @property
     def fix_command(self) -> str:
+        """The connectivity test that imports the server's chain, over the flow's route."""
+        via = ""
+        if self.route is not None and self.route.location:
+            via = f" --proxy on-premise --location {self.route.location}"
         return (
             f"flowrt test {self.protocol} {self.host}:{self.port} "
-            f"--protection {self.protection} --import"
+            f"--protection {self.protection}{via} --import"
         )
 
     def credential_hint(self) -> str:
@@ -239,12 +243,6 @@ def ssl_cause(exc: BaseException) -> ssl.SSLError | ConnectionError | None:
             return current
         current = current.__cause__ or current.__context__
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: message`` of the outermost level: what health and logs show."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- from a tenant

@@ -25,8 +25,13 @@ class SmtpTarget:
 
     @property
     def fix_command(self) -> str:
-        """The connectivity test that shows the server's chain and imports it."""
-        return f"flowrt test smtp {self.address} --protection {self.protection} --import"
+        """The connectivity test that shows the server's chain and imports it (through the
+        same connector when the receiver goes through one: the virtual host resolves only
+        there)."""
+        via = ""
+        if self.route is not None and self.route.location:
+            via = f" --proxy on-premise --location {self.route.location}"
+        return f"flowrt test smtp {self.address} --protection {self.protection}{via} --import"
 
     @property
     def timeout_ms(self) -> int:
