@@ -72,6 +72,7 @@ __all__ = [
     "find_hint",
     "is_retryable",
     "render_chain",
+    "summary",
 ]
 
 
@@ -329,6 +330,20 @@ def render_chain(levels: Sequence[ChainLevel] | BaseException) -> str:
         else:
             parts.append(f"  nested exception is:\n\t{line}")
     return "\n".join(parts)
+
+
+def summary(exc: BaseException) -> str:
+    """One line for status and log fields: the chain's first line, and its root cause when
+    there is one, e.g. ``MailConnectException: Could not connect to IMAP host: h, port: 993;
+    caused by SocksException: Connection not allowed by ruleset``."""
+    levels = chain_levels(exc)
+    if not levels:
+        return type(exc).__name__
+    first = f"{levels[0].type}: {levels[0].message}".splitlines()[0]
+    if len(levels) == 1:
+        return first
+    root = f"{levels[-1].type}: {levels[-1].message}".splitlines()[0]
+    return f"{first.rstrip(';')}; caused by {root}"
 
 
 def find_hint(exc: BaseException) -> str | None:

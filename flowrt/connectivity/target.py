@@ -33,9 +33,10 @@ class CheckOptions:
 
     @property
     def fix_command(self) -> str:
+        via = f" --proxy on-premise --location {self.location}" if self.location else ""
         return (
             f"flowrt test {self.protocol} {self.host}:{self.port} "
-            f"--protection {self.protection} --import"
+            f"--protection {self.protection}{via} --import"
         )
 
 

@@ -23,7 +23,7 @@ from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.pipeline import compile_flow
 from flowrt.engine.runner import Result, Runner
-from flowrt.errors import FlowError, FlowrtError, chain_levels, find_hint
+from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
@@ -32,12 +32,6 @@ from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus,
 from flowrt.security import TenantSecurity
 
 _log = structlog.get_logger("flowrt.runtime")
-
-
-def first_line(exc: BaseException) -> str:
-    """What a status line shows of an error: the innermost message of its chain."""
-    levels = chain_levels(exc)
-    return f"{levels[0].type}: {levels[-1].message}".splitlines()[0] if levels else str(exc)
 
 
 class FlowInstance:
@@ -86,8 +80,8 @@ class FlowInstance:
             self._build(flow)
         except FlowrtError as exc:
             self._start_failed = True
-            self._set(ERROR, reason=first_line(exc), hint=find_hint(exc))
-            self._log.error("flow failed to start", error=first_line(exc), hint=find_hint(exc))
+            self._set(ERROR, reason=summary(exc), hint=find_hint(exc))
+            self._log.error("flow failed to start", error=summary(exc), hint=find_hint(exc))
             return False
         self._set(STARTED)
         self._log.info("flow started")
@@ -133,8 +127,8 @@ class FlowInstance:
         try:
             return await self._poller.poll_once()
         except FlowrtError as exc:
-            self.status.last_error = first_line(exc)
-            self._log.error("poll failed", error=first_line(exc), hint=find_hint(exc))
+            self.status.last_error = summary(exc)
+            self._log.error("poll failed", error=summary(exc), hint=find_hint(exc))
             return None
         finally:
             self._refresh_health()
@@ -192,7 +186,7 @@ class FlowInstance:
         else:
             self.status.failed += 1
             if result.error is not None:
-                self.status.last_error = first_line(result.error)
+                self.status.last_error = summary(result.error)
         self._refresh_health()
         return ok
 
@@ -212,7 +206,7 @@ class FlowInstance:
                 "message processed",
                 **fields,
                 failed_step=result.failed_step,
-                error=first_line(result.error),
+                error=summary(result.error),
                 hint=find_hint(result.error),
             )
 

@@ -43,7 +43,7 @@ from flowrt.adapters.mail.sender_connection import MailEndpoint
 from flowrt.adapters.mail.sender_mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
-from flowrt.errors import FlowrtError, find_hint, render_chain
+from flowrt.errors import FlowrtError, find_hint, render_chain, summary
 from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
 
 __all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
@@ -244,7 +244,7 @@ class MailPoller:
         try:
             self.state.purge_records(now - RECORD_RETENTION, mailbox=scope)
         except FlowrtError as exc:
-            self._log.warning("could not purge old mail records", error=_first_line(exc))
+            self._log.warning("could not purge old mail records", error=summary(exc))
 
     async def _process(
         self,
@@ -327,13 +327,13 @@ class MailPoller:
                 keep_original=sender.keep_original,
             )
         except Exception as exc:  # not a mail at all; a parser bug must not stop the poll
-            return False, _first_line(exc)
+            return False, summary(exc)
         exchange.properties.update(mailbox.properties(candidate))
         exchange.properties["mail.attempt"] = attempt
         try:
             return bool(await self.handle(exchange)), "the flow did not complete"
         except Exception as exc:
-            return False, _first_line(exc)
+            return False, summary(exc)
 
     def _forget_gone(self, mailbox: Mailbox, present: set[str]) -> None:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
@@ -441,7 +441,7 @@ class MailPoller:
             try:
                 kept = self.state.renew_lock(self.lock_key, self.owner, self.lock_ttl)
             except FlowrtError as exc:  # try again next time; the lease has slack
-                self._log.warning("could not renew the lock", error=_first_line(exc))
+                self._log.warning("could not renew the lock", error=summary(exc))
                 continue
             if not kept:
                 self._lost.set()
@@ -461,7 +461,7 @@ class MailPoller:
     def _failed(self, exc: BaseException) -> None:
         h = self._health
         h.last_poll = h.last_error_at = time.time()
-        h.last_error = _first_line(exc)
+        h.last_error = summary(exc)
         h.consecutive_failures += 1
         h.note = ""
         self._save_health()
@@ -488,7 +488,7 @@ class MailPoller:
         try:
             self.state.save_health(self._health)
         except FlowrtError as exc:  # health is a report; never fail a poll over it
-            self._log.warning("could not save the poller health", error=_first_line(exc))
+            self._log.warning("could not save the poller health", error=summary(exc))
 
 
 def next_daily_run(now: dt.datetime, poll: PollDaily) -> dt.datetime:
@@ -513,7 +513,3 @@ async def _sleep(stop: asyncio.Event, delay: float) -> bool:
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
-
-
-def _first_line(exc: BaseException) -> str:
-    return render_chain(exc).splitlines()[0]
