@@ -10,14 +10,27 @@ The receiver defines the mail. Of the exchange's headers only those the flow set
 receiver's own headers (From, To, Subject...) always come from its settings, and
 ``X-Flowrt-Message-Id`` ties the mail to its MPL entry. Values that come from the message never
 reach the headers with a line break in them (header injection): that is an error.
+
+Speed: the stdlib ``email`` package defines the bytes (its SMTP policy folds and encodes the
+headers, its generator writes the MIME structure), but going through it costs about 750 µs a
+mail, mostly in parsing the same From/To addresses again and again. So the common shapes are
+written directly: addresses are parsed once per distinct text (a literal ``from``/``to`` once
+per receiver), header lines that fit on one line are written as the policy would write them,
+part headers that depend only on the receiver's settings are made once by the package and
+reused, and bodies are encoded with ``base64``/``binascii``. Whatever is not plainly one of
+those shapes (a long or non-ASCII header, a quoted display name, an RFC 2231 file name...) is
+still made by the package, piece by piece, and a test compares the bytes of both ways over many
+generated mails (``tests/mime/test_mime_out_fast.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -26,7 +39,7 @@ from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, Policy
-from email.utils import make_msgid
+from email.utils import format_datetime, make_msgid
 from io import BytesIO
 from typing import Any
 
@@ -57,6 +70,22 @@ _INJECTION_HINT = (
     "it with a set step before the receiver"
 )
 
+# What the fast pieces recognise (anything else goes through the email package):
+_FOLD_AT: int = SMTP.max_line_length or 78  # a header line up to this long is written as it is
+_CACHE_SIZE = 256  # entries per cache of parsed addresses and folded lines
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+# addr-spec, or a display name of plain words and <addr-spec>: what needs no quoting
+_SIMPLE_MAILBOX = re.compile(
+    rf"(?:({_ATEXT}(?: {_ATEXT})*) <)?({_DOT_ATOM})@([A-Za-z0-9.-]+)(?(1)>)"
+)
+_MESSAGE_ID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+_PLAIN_VALUE = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, single spaces
+_PARAM_VALUE = re.compile(r"[!#-\[\]-~]+(?: [!#-\[\]-~]+)*")  # the same without " and \
+# The line breaks the generator writes as CRLF (email.generator.NLCRE, on bytes)
+_NLCRE = re.compile(rb"\r\n|\r|\n")
+
 
 @dataclasses.dataclass(frozen=True)
 class OutgoingMail:
@@ -65,6 +94,18 @@ class OutgoingMail:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+
+
+class _Addresses:
+    """The checked addresses of a setting, and the text a header writes for them; ``simple``
+    when that text is plain ASCII words (nothing quoted or encoded)."""
+
+    __slots__ = ("addresses", "simple", "text")
+
+    def __init__(self, addresses: list[Address], text: str, *, simple: bool) -> None:
+        self.addresses = addresses
+        self.text = text
+        self.simple = simple
 
 
 def _now() -> dt.datetime:
@@ -106,6 +147,18 @@ class MailComposer:
             (spec, compile_template(spec.name), _content_source(spec.source, spec.source_name))
             for spec in receiver.attach
         ]
+        # False: every piece goes through the email package, as the fast pieces are checked
+        # against in the tests.
+        self._fast = True
+        self._parsed: dict[tuple[str, str], _Addresses] = {}  # (setting, text) -> addresses
+        self._folds: dict[tuple[str, str], bytes] = {}  # (header, value) -> folded line
+        self._body_heads: dict[str, tuple[bytes, str]] = {}  # cte -> (part head, charset)
+        self._part_heads: dict[tuple[str, str | None, str, bool], bytes] = {}
+        self._mixed_heads: dict[int, tuple[bytes, bytes]] = {}  # see _mixed_head
+        self._parse_literal("from", [receiver.from_])
+        self._parse_literal("to", receiver.to)
+        self._parse_literal("cc", receiver.cc)
+        self._parse_literal("bcc", receiver.bcc)
 
     # -- the one public operation
 
@@ -117,21 +170,27 @@ class MailComposer:
         charset cannot hold, or an S/MIME key that cannot be used.
         """
         sender = self._addresses("from", self._from, exchange, required=True)
-        if len(sender) != 1:
-            shown = ", ".join(a.addr_spec for a in sender)
-            raise self._error(f"from must be one address, not {len(sender)}: {shown!r}")
+        if len(sender.addresses) != 1:
+            shown = ", ".join(a.addr_spec for a in sender.addresses)
+            raise self._error(f"from must be one address, not {len(sender.addresses)}: {shown!r}")
         to = self._addresses("to", self._to, exchange, required=True)
         cc = self._addresses("cc", self._cc, exchange, required=False)
         bcc = self._addresses("bcc", self._bcc, exchange, required=False)
         subject = self._no_line_break("subject", self._subject(exchange))
         now = self._clock()
-        domain = sender[0].domain.strip("[]")
+        first = sender.addresses[0]
+        domain = first.domain.strip("[]")
         message_id = self._no_line_break("Message-ID", self._make_message_id(domain))
-        entity = self._secure(_serialize(self._entity(exchange, message_id)), now)
-        headers = self._headers(sender[0], to, cc, subject, now, message_id, exchange)
+        if self._fast:
+            entity = self._entity_bytes(exchange, message_id)
+        else:
+            entity = _serialize(self._entity(exchange, message_id))
+        entity = self._secure(entity, now)
+        headers = self._headers(sender, to, cc, subject, now, message_id, exchange)
+        recipients = [*to.addresses, *cc.addresses, *bcc.addresses]
         return OutgoingMail(
-            sender=sender[0].addr_spec,
-            recipients=_unique(a.addr_spec for a in [*to, *cc, *bcc]),
+            sender=first.addr_spec,
+            recipients=_unique(a.addr_spec for a in recipients),
             data=headers + entity,
         )
 
@@ -139,7 +198,7 @@ class MailComposer:
 
     def _addresses(
         self, setting: str, templates: list[_Compiled], exchange: Exchange, *, required: bool
-    ) -> list[Address]:
+    ) -> _Addresses:
         """The addresses of one setting. In ``from`` and ``to`` each entry must give an
         address; in ``cc`` and ``bcc`` an entry that renders empty (``${header.Cc}`` of a
         mail without Cc) is left out."""
@@ -153,10 +212,38 @@ class MailComposer:
         # Parsed as one list: the DSL splits literal text at commas, which would cut a quoted
         # display name such as "Doe, John" <j@example.com> in two.
         text = ", ".join(rendered)
-        addresses = [self._checked(setting, a, text) for a in self._parse_list(setting, text)]
-        if not addresses and required:
+        found = self._parsed.get((setting, text)) if self._fast else None
+        if found is None:
+            found = self._parse_checked(setting, text)
+            if self._fast:
+                if len(self._parsed) >= _CACHE_SIZE:
+                    self._parsed.clear()
+                self._parsed[(setting, text)] = found
+        if not found.addresses and required:
             raise self._error(f"{setting} has no address: {text!r}")
-        return addresses
+        return found
+
+    def _parse_literal(self, setting: str, templates: Iterable[Template]) -> None:
+        """Parse a setting whose entries are all literal once, now (an error is left for
+        :meth:`compose` to raise, with its message)."""
+        templates = list(templates)
+        if not all(t.is_literal for t in templates):
+            return
+        text = ", ".join(v for v in (t.literal.strip() for t in templates) if v)
+        if not text or _LINE_BREAK.search(text):
+            return
+        with contextlib.suppress(MessagingException):
+            self._parsed[(setting, text)] = self._parse_checked(setting, text)
+
+    def _parse_checked(self, setting: str, text: str) -> _Addresses:
+        """The addresses of ``text``, checked: the plain forms (``a@example.com``, ``Name
+        <a@example.com>``) directly, anything else by the stdlib's parser."""
+        if self._fast:
+            simple = _simple_addresses(text)
+            if simple is not None:
+                return simple
+        addresses = [self._checked(setting, a, text) for a in self._parse_list(setting, text)]
+        return _Addresses(addresses, ", ".join(str(a) for a in addresses), simple=False)
 
     def _parse_list(self, setting: str, text: str) -> list[Address]:
         """Parse with the stdlib's RFC 5322 parser; any defect makes the list invalid."""
@@ -191,6 +278,7 @@ class MailComposer:
     # -- the MIME entity (body and attachments, before S/MIME)
 
     def _entity(self, exchange: Exchange, message_id: str) -> EmailMessage:
+        """The entity as the email package builds it (see :meth:`_entity_bytes`)."""
         body = self._body_part(self._body(exchange))
         attachments = [self._attachment_part(a) for a in self._attachments(exchange)]
         if not attachments:
@@ -202,18 +290,75 @@ class MailComposer:
             mixed.attach(part)
         return mixed
 
-    def _body_part(self, text: str) -> EmailMessage:
-        receiver = self.receiver
+    def _entity_bytes(self, exchange: Exchange, message_id: str) -> bytes:
+        """The entity's bytes, written directly: what ``BytesGenerator`` makes of
+        :meth:`_entity`. Parts are (bytes, the text a boundary must not occur in)."""
+        data, cte = self._body_data(self._body(exchange))
+        head, charset = self._body_head(cte)
+        body = head + _lines_crlf(_payload(data, cte))
+        check = None if cte in ("base64", "quoted-printable") else _payload_text(data, charset)
+        parts = [(body, check)]
+        parts.extend(self._attachment_bytes(a) for a in self._attachments(exchange))
+        if len(parts) == 1:
+            return body
+        boundary = _pick_boundary(message_id, [text for _, text in parts if text is not None])
+        marker = boundary.encode("ascii")
+        separator = b"\r\n--" + marker + b"\r\n"
+        return b"".join(
+            [
+                self._mixed_head(boundary),
+                separator[2:],
+                separator.join([part for part, _ in parts]),
+                b"\r\n--" + marker + b"--\r\n",
+            ]
+        )
+
+    def _mixed_head(self, boundary: str) -> bytes:
+        """The multipart/mixed headers and blank line. Made by the package once per length
+        of boundary and kept as the halves around it: a boundary is hex digits and
+        underscores, so only its length decides how the line is folded."""
+        marker = boundary.encode("ascii")
+        halves = self._mixed_heads.get(len(marker))
+        if halves is not None:
+            return halves[0] + marker + halves[1]
+        mixed = EmailMessage(policy=SMTP)
+        mixed["Content-Type"] = "multipart/mixed"
+        mixed.set_boundary(boundary)
+        head = _head_bytes(mixed)
+        start, found, end = head.partition(marker)
+        if found and marker not in end:  # else (split up as RFC 2231 sections) made each time
+            self._mixed_heads[len(marker)] = (start, end)
+        return head
+
+    def _body_data(self, text: str) -> tuple[bytes, str]:
+        """The body in the receiver's charset and its transfer encoding (checked)."""
         data = self._encode_text(_normalize_newlines(text))
-        cte = receiver.transfer_encoding
+        cte = self.receiver.transfer_encoding
         if cte == "auto":
             cte = _choose_encoding(data)
         else:
             self._check_encoding(cte, data)
+        return data, cte
+
+    def _body_head(self, cte: str) -> tuple[bytes, str]:
+        """The body part's headers and blank line for ``cte`` (made once by the package), and
+        the charset its payload reads as."""
+        found = self._body_heads.get(cte)
+        if found is None:
+            part = self._body_mime(cte)
+            found = self._body_heads[cte] = (_head_bytes(part), part.get_content_charset("ascii"))
+        return found
+
+    def _body_mime(self, cte: str) -> EmailMessage:
         part = EmailMessage(policy=SMTP)
-        part["Content-Type"] = receiver.body_type
-        part.set_param("charset", receiver.charset)
+        part["Content-Type"] = self.receiver.body_type
+        part.set_param("charset", self.receiver.charset)
         part["Content-Transfer-Encoding"] = cte
+        return part
+
+    def _body_part(self, text: str) -> EmailMessage:
+        data, cte = self._body_data(text)
+        part = self._body_mime(cte)
         part.set_payload(_transfer_encode(data, cte))
         return part
 
@@ -261,7 +406,8 @@ class MailComposer:
             found.append(Attachment(name(exchange), content_type, content))
         return found
 
-    def _attachment_part(self, attachment: Attachment) -> EmailMessage:
+    def _attachment_meta(self, attachment: Attachment) -> tuple[str, str, str | None]:
+        """(name, content type, charset) as the attachment part declares them."""
         name = self._no_line_break("attachment name", attachment.name).strip()
         full_type = self._no_line_break("attachment type", attachment.content_type)
         content_type, _, params = full_type.partition(";")
@@ -269,56 +415,149 @@ class MailComposer:
         if not _MIME_TYPE.fullmatch(content_type) or _is_structure(content_type):
             content_type = "application/octet-stream"
         charset = _CHARSET_PARAM.search(params)
+        if charset and content_type.startswith("text/"):
+            return name, content_type, charset.group(1)
+        return name, content_type, None
+
+    def _attachment_mime(
+        self, name: str, content_type: str, charset: str | None, embedded: bool
+    ) -> EmailMessage:
         part = EmailMessage(policy=SMTP)
         part["Content-Type"] = content_type
-        if charset and content_type.startswith("text/"):
-            part.set_param("charset", charset.group(1))
+        if charset is not None:
+            part.set_param("charset", charset)
         # Both names: old clients read Content-Type name, the rest the disposition. The
         # policy writes a non-ASCII name in RFC 2231 form.
         part["Content-Disposition"] = "attachment"
         if name:
             part.set_param("name", name)
             part.set_param("filename", name, header="Content-Disposition")
+        part["Content-Transfer-Encoding"] = "7bit" if embedded else "base64"
+        return part
+
+    def _attachment_part(self, attachment: Attachment) -> EmailMessage:
+        name, content_type, charset = self._attachment_meta(attachment)
         embedded = _embeddable(attachment.data) if content_type == "message/rfc822" else None
+        part = self._attachment_mime(name, content_type, charset, embedded is not None)
         if embedded is not None:
             # A mail inside a mail should not be base64 (RFC 2046 5.2.1): embed it as it is.
-            part["Content-Transfer-Encoding"] = "7bit"
             part.set_payload(embedded.decode("ascii"))
         else:
-            part["Content-Transfer-Encoding"] = "base64"
             encoded = base64.encodebytes(attachment.data).decode("ascii")
             if content_type.startswith("message/"):  # the generator writes these unconverted
                 encoded = encoded.replace("\n", "\r\n")
             part.set_payload(encoded)
         return part
 
+    def _attachment_bytes(self, attachment: Attachment) -> tuple[bytes, str | None]:
+        """An attachment part's bytes, and its text when a boundary must be checked against
+        it (see :meth:`_attachment_part`: the same part, written directly)."""
+        name, content_type, charset = self._attachment_meta(attachment)
+        embedded = _embeddable(attachment.data) if content_type == "message/rfc822" else None
+        key = (content_type, charset, name, embedded is not None)
+        head = self._part_heads.get(key)
+        if head is None:
+            head = _simple_part_head(*key)
+            if head is None:
+                head = _head_bytes(
+                    self._attachment_mime(name, content_type, charset, embedded is not None)
+                )
+                if len(self._part_heads) >= _CACHE_SIZE:
+                    self._part_heads.clear()
+                self._part_heads[key] = head
+        if embedded is not None:
+            return head + embedded, embedded.decode("ascii")
+        return head + _base64_crlf(attachment.data), None
+
     # -- headers
 
     def _headers(
         self,
-        sender: Address,
-        to: list[Address],
-        cc: list[Address],
+        sender: _Addresses,
+        to: _Addresses,
+        cc: _Addresses,
         subject: str,
         now: dt.datetime,
         message_id: str,
         exchange: Exchange,
     ) -> bytes:
         trace = self._no_line_break("X-Flowrt-Message-Id", exchange.message_id)
+        flow = [
+            (name, value)
+            for name, value in exchange.headers
+            if name.lower() in exchange.flow_headers and name.lower() not in RECEIVER_HEADERS
+        ]
+        fast = self._fast and isinstance(now, dt.datetime)
+        if fast:
+            counts: dict[str, int] = {}
+            for name, value in flow:
+                self._no_line_break(f"header {name}", value)
+                lower = name.lower()
+                counts[lower] = counts.get(lower, 0) + 1
+                limit = _max_count(lower)
+                if not _HEADER_NAME.fullmatch(name) or (limit and counts[lower] > limit):
+                    fast = False  # the package refuses it (or writes it its own way)
+                    break
+        if not fast:
+            return self._headers_email(sender, to, cc, subject, now, message_id, trace, flow)
+        charset = self.receiver.charset
+        lines = [
+            self._address_line("From", sender),
+            self._address_line("To", to),
+        ]
+        if cc.addresses:
+            lines.append(self._address_line("Cc", cc))
+        lines.append(_encoded_line("Subject", subject, charset))
+        lines.append(b"Date: " + format_datetime(now).encode("ascii") + b"\r\n")
+        line = _plain_line("Message-ID", message_id) if _MESSAGE_ID.fullmatch(message_id) else None
+        lines.append(line or _folded("Message-ID", message_id))
+        lines.append(b"MIME-Version: 1.0\r\n")
+        lines.append(
+            _plain_line("X-Flowrt-Message-Id", trace) or _folded("X-Flowrt-Message-Id", trace)
+        )
+        lines.extend(_encoded_line(name, value, charset) for name, value in flow)
+        return b"".join(lines)
+
+    def _address_line(self, name: str, found: _Addresses) -> bytes:
+        if found.simple:
+            line = _plain_line(name, found.text)
+            if line is not None:
+                return line
+        key = (name, found.text)
+        line = self._folds.get(key)
+        if line is None:
+            value = found.addresses[0] if name == "From" else found.addresses
+            line = _folded(name, value)
+            if len(self._folds) >= _CACHE_SIZE:
+                self._folds.clear()
+            self._folds[key] = line
+        return line
+
+    def _headers_email(
+        self,
+        sender: _Addresses,
+        to: _Addresses,
+        cc: _Addresses,
+        subject: str,
+        now: dt.datetime,
+        message_id: str,
+        trace: str,
+        flow: list[tuple[str, str]],
+    ) -> bytes:
+        """The header block as an EmailMessage holds it and the SMTP policy folds it."""
         head = EmailMessage(policy=SMTP)
-        head["From"] = sender
-        head["To"] = to
-        if cc:
-            head["Cc"] = cc
+        head["From"] = sender.addresses[0]
+        head["To"] = to.addresses
+        if cc.addresses:
+            head["Cc"] = cc.addresses
         head["Subject"] = _EncodedHeader("Subject", subject, self.receiver.charset)
         head["Date"] = now
         head["Message-ID"] = message_id
         head["MIME-Version"] = "1.0"
         head["X-Flowrt-Message-Id"] = trace
-        for name, value in exchange.headers:
-            if name.lower() in exchange.flow_headers and name.lower() not in RECEIVER_HEADERS:
-                safe = self._no_line_break(f"header {name}", value)
-                head[name] = _EncodedHeader(name, safe, self.receiver.charset)
+        for name, value in flow:
+            safe = self._no_line_break(f"header {name}", value)
+            head[name] = _EncodedHeader(name, safe, self.receiver.charset)
         # Written by the same policy the generator uses; the entity (Content-Type and the
         # rest) follows, so the header block ends where the entity's begins.
         return b"".join(SMTP.fold_binary(name, value) for name, value in head.raw_items())
@@ -439,7 +678,7 @@ def _normalize_newlines(text: str) -> str:
 
 
 def _longest_line(data: bytes) -> int:
-    return max((len(line) for line in data.split(b"\n")), default=0)
+    return max(map(len, data.split(b"\n")), default=0)
 
 
 def _choose_encoding(data: bytes) -> str:
@@ -453,22 +692,33 @@ def _choose_encoding(data: bytes) -> str:
 
 def _transfer_encode(data: bytes, cte: str) -> str:
     """The body as the payload string the generator writes ("\\n" becomes CRLF)."""
+    return _payload(data, cte).decode("ascii", "surrogateescape")
+
+
+def _payload(data: bytes, cte: str) -> bytes:
+    """The body in its transfer encoding, line breaks as they are."""
     if cte == "base64":  # text is base64-encoded in its canonical form, with CRLF
-        return base64.encodebytes(data.replace(b"\n", b"\r\n")).decode("ascii")
+        return base64.encodebytes(data.replace(b"\n", b"\r\n"))
     if cte == "quoted-printable":
-        return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).decode("ascii")
-    return data.decode("ascii", "surrogateescape")  # 7bit, 8bit: the bytes as they are
+        return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return data  # 7bit, 8bit: the bytes as they are
 
 
 def _boundary(message_id: str, parts: list[EmailMessage]) -> str:
-    """A boundary derived from the Message-ID (unique per mail, fixed when a test fixes the
-    ID). '=_' occurs neither in base64 nor in quoted-printable; other parts are checked."""
-    boundary = "=_flowrt_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    """The boundary of a multipart entity of ``parts`` (see :func:`_pick_boundary`)."""
     texts = [
         str(p.get_payload())
         for p in parts
         if p.get("Content-Transfer-Encoding") not in ("base64", "quoted-printable")
     ]
+    return _pick_boundary(message_id, texts)
+
+
+def _pick_boundary(message_id: str, texts: list[str]) -> str:
+    """A boundary derived from the Message-ID (unique per mail, fixed when a test fixes the
+    ID). '=_' occurs neither in base64 nor in quoted-printable; ``texts``, the parts in other
+    encodings, are checked."""
+    boundary = "=_flowrt_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
     while any(boundary in text for text in texts):
         boundary += "_"
     return boundary
@@ -478,6 +728,103 @@ def _serialize(entity: EmailMessage) -> bytes:
     buffer = BytesIO()
     BytesGenerator(buffer, policy=SMTP).flatten(entity)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- fast pieces
+# Each writes what the email package writes for one piece, for the shapes it recognises.
+
+
+def _simple_addresses(text: str) -> _Addresses | None:
+    """``a@example.com, Some Name <b@example.org>``: addresses that need no parser (what
+    ``_parse_list`` and ``_checked`` make of them), or None for anything else."""
+    if "=?" in text:  # the parser decodes encoded words, even in odd places
+        return None
+    addresses: list[Address] = []
+    if text:
+        for item in text.split(","):
+            match = _SIMPLE_MAILBOX.fullmatch(item.strip(" \t"))
+            if match is None:
+                return None
+            display, local, domain = match.groups()
+            if _ascii_domain(domain) != domain:
+                return None
+            addresses.append(Address(display or "", local, domain))
+    return _Addresses(addresses, ", ".join(str(a) for a in addresses), simple=True)
+
+
+def _plain_line(name: str, value: str) -> bytes | None:
+    """``Name: value`` CRLF, as the SMTP policy writes a header that fits on one line and
+    holds printable ASCII words only (so nothing is encoded or refolded), or None."""
+    if (
+        len(name) + 2 + len(value) <= _FOLD_AT
+        and "=?" not in value
+        and _PLAIN_VALUE.fullmatch(value)
+    ):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return None
+
+
+def _folded(name: str, value: object) -> bytes:
+    """One header as an ``EmailMessage`` stores it (``msg[name] = value``) and the SMTP
+    policy writes it."""
+    return SMTP.fold_binary(*SMTP.header_store_parse(name, value))
+
+
+def _encoded_line(name: str, value: str, charset: str) -> bytes:
+    """A header encoded in the receiver's charset (see :class:`_EncodedHeader`)."""
+    return _plain_line(name, value) or _folded(name, _EncodedHeader(name, value, charset))
+
+
+@functools.cache
+def _max_count(lower_name: str) -> int | None:
+    """How often the policy lets a message hold this header (None: any number)."""
+    limit: int | None = SMTP.header_max_count(lower_name)
+    return limit
+
+
+def _head_bytes(part: EmailMessage) -> bytes:
+    """A part's headers and the blank line after them, as ``BytesGenerator`` writes them."""
+    return b"".join(SMTP.fold_binary(name, value) for name, value in part.raw_items()) + b"\r\n"
+
+
+def _simple_part_head(
+    content_type: str, charset: str | None, name: str, embedded: bool
+) -> bytes | None:
+    """An attachment part's headers (see ``MailComposer._attachment_mime``) when each fits
+    on a line and the name needs no quoting or encoding, else None."""
+    value = content_type if charset is None else f'{content_type}; charset="{charset}"'
+    disposition = "attachment"
+    if name:
+        if "=?" in name or not _PARAM_VALUE.fullmatch(name):
+            return None
+        value += f'; name="{name}"'
+        disposition += f'; filename="{name}"'
+    first = _plain_line("Content-Type", value)
+    second = _plain_line("Content-Disposition", disposition)
+    if first is None or second is None:
+        return None
+    cte = b"7bit" if embedded else b"base64"
+    return first + second + b"Content-Transfer-Encoding: " + cte + b"\r\n\r\n"
+
+
+def _lines_crlf(data: bytes) -> bytes:
+    """A payload with its line breaks as the generator writes them: CRLF."""
+    return data.replace(b"\n", b"\r\n") if b"\r" not in data else _NLCRE.sub(b"\r\n", data)
+
+
+def _base64_crlf(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _payload_text(data: bytes, charset: str) -> str:
+    """What ``get_payload()`` gives for a 7bit or 8bit body part: its text, read in the
+    part's charset when it has 8-bit bytes."""
+    if data.isascii():
+        return data.decode("ascii")
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        return data.decode("ascii", "replace")
 
 
 class _EncodedHeader:
