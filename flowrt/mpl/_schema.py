@@ -47,6 +47,15 @@ ENTRY_COLUMNS = (
     #          [step_id, model_step_id, branch, status, start offset µs, duration µs, error]
     "log_lines",  # JSON [[epoch µs, level, text], ...]
 )
+NULLABLE_COLUMNS = (
+    "application_id",
+    "log_end",
+    "filter_note",
+    "error_chain",
+    "error_levels",
+    "error_hint",
+    "failed_step",
+)
 
 # Writes are multi-row ``INSERT ... VALUES (...), (...)`` statements: the store appends one
 # ``(?, ...)`` group per row. One statement per few hundred rows (instead of executemany's one

@@ -14,14 +14,23 @@ Usage, for one message::
     recorder.close()                       # flushes everything still buffered
 
 Why it is shaped like this: the engine's goal is tens of thousands of messages per second on
-one core, so a call only touches plain Python objects (a step is one tuple appended to a list;
-times are ``time.time()`` floats). Handles are marked "dirty" in an in-memory buffer, and dirty
-handles are turned into rows and written in one transaction (multi-row statements) when
-``batch_size`` of them are waiting, by the call that fills the batch, or else every
-``flush_interval`` seconds by a timer thread, so a PROCESSING entry shows in ``flowrt mpl
-list`` within the interval even when nothing else happens. A message that begins and ends
-between two flushes costs one row write. Under load, the call that fills a batch pays for the
-write (about 15 ms per 1000 entries at ``info``): that is the cheapest place on a busy core.
+one core, so a call only touches plain Python objects (a step is one short string, its JSON
+form, appended to a list; times are ``time.time()`` floats). Handles are marked "dirty" in an
+in-memory buffer, and dirty entries are turned into rows and written in one transaction
+(multi-row statements) when ``batch_size`` of them are waiting, by the call that fills the
+batch, or else every ``flush_interval`` seconds by a timer thread, so a PROCESSING entry shows
+in ``flowrt mpl list`` within the interval even when nothing else happens. A message that
+begins and ends between two flushes costs one row write. Under load, the call that fills a
+batch pays for the write (about 6 ms per 1000 entries at ``info``): that is the cheapest place
+on a busy core.
+
+What the buffer holds is kept small on purpose. An entry that reaches a final status is turned
+into its row (a tuple of strings and numbers) at once, and the buffer keeps only that row, not
+the handles: the engine drops them when the message is done, so they are freed right away
+instead of surviving, hundreds at a time, into the garbage collector's older generations, whose
+full passes (over every live object of the process) cost more than the recording itself did.
+Custom properties and trace content go to the recorder's own pending lists as rows when they are
+recorded; a flush writes them in the same transaction as the entries marked before it.
 
 Threading: the recorder (``begin``, ``flush``, ``close``) may be used from any thread. One
 entry handle and its runs belong to one thread at a time: the engine's loop thread, in
@@ -36,6 +45,7 @@ information), so a failure is never invisible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -84,7 +94,8 @@ class RunHandle:
         self.start = start
         self.stop: float | None = None
         self.status = MplStatus.PROCESSING
-        self.steps: list[tuple[Any, ...]] = []
+        self.steps: list[str] = []
+        """Each step as the JSON array the store keeps (see :data:`_schema.ENTRY_COLUMNS`)."""
 
     def step(
         self,
@@ -104,22 +115,24 @@ class RunHandle:
         ``trace`` (see :attr:`EntryHandle.traces`), capped at the recorder's content limit."""
         if not self._on:
             return
-        if not isinstance(status, StepStatus):
+        if status.__class__ is not StepStatus:
             status = StepStatus(status)
-        if error is not None and not isinstance(error, str):
-            error = f"{type(error).__name__}: {error}"
-        # Stored as integer microseconds (offset from the run start, duration): integers
-        # encode to JSON several times faster than floats, and the text is shorter.
+        if error is None:
+            end = "null]"
+        else:
+            if not isinstance(error, str):
+                error = f"{type(error).__name__}: {error}"
+            end = _encode(error) + "]"
+        key = (step_id, model_step_id, branch)
+        prefix = _step_prefixes.get(key)
+        if prefix is None:
+            prefix = _step_prefix(key)
+        # Written as its JSON text right away: [step_id, model_step_id, branch, status, start
+        # offset µs from the run start, duration µs, error]. Integer microseconds, as JSON
+        # has them; a string costs the garbage collector nothing, a tuple of enums would.
         self.steps.append(
-            (
-                step_id,
-                model_step_id,
-                branch,
-                status,
-                int((start - self.start) * 1e6),
-                int((stop - start) * 1e6),
-                error,
-            )
+            f'{prefix},"{status._value_}",{int((start - self.start) * 1e6)},'
+            f"{int((stop - start) * 1e6)},{end}"
         )
         if content is not None and self._traces:
             entry = self._entry()
@@ -144,14 +157,14 @@ class EntryHandle:
 
     :meth:`MplRecorder.begin`, :meth:`RunHandle.finish`, :meth:`fail` and :meth:`complete`
     mark the entry for writing; steps, log lines and properties recorded in between are
-    written with it (so a PROCESSING entry shows its steps once a run finishes).
+    written with it (so a PROCESSING entry shows its steps once a run finishes). A final
+    status (:meth:`complete`, :meth:`fail` or :meth:`filtered`) should come last: the entry is
+    turned into its row then, and a later change is written only if the entry is marked again
+    (properties and trace content are rows of their own, written at the next flush anyway).
     """
 
     __slots__ = (
         "__weakref__",
-        "_content_written",
-        "_contents",
-        "_props_written",
         "_recorder",
         "_steps_on",
         "application_id",
@@ -207,9 +220,6 @@ class EntryHandle:
         self.runs: list[RunHandle] = []
         self.log_lines: list[tuple[int, str, str]] = []  # (epoch µs, level, text)
         self.properties: list[tuple[str, str]] = []
-        self._contents: list[tuple[Any, ...]] = []
-        self._props_written = 0
-        self._content_written = 0
         self._steps_on = level is not LogLevel.NONE
         self.traces = level is LogLevel.TRACE
 
@@ -230,7 +240,10 @@ class EntryHandle:
     def custom_property(self, name: str, value: str) -> None:
         """A custom header property (``mpl property NAME = EXPR``); a name may repeat.
         Kept at every level: these are what operators search by."""
-        self.properties.append((name, str(value)))
+        value = str(value)
+        seq = len(self.properties)
+        self.properties.append((name, value))
+        self._recorder._add_property((self.message_id, seq, name, value))
 
     def set_application_id(self, application_id: str | None) -> None:
         """The application ID, when the flow learns it while processing."""
@@ -264,27 +277,29 @@ class EntryHandle:
     ) -> None:
         """Set the entry's status. A final status (everything but PROCESSING and RETRY) sets
         the log end and finishes any run still open with the same status."""
-        if not isinstance(status, MplStatus):
+        if status.__class__ is not MplStatus:
             status = MplStatus(status)
         self.status = status
-        if status.is_final:
-            now = time.time() if end is None else end
-            for run in self.runs:
-                if run.stop is None:
-                    run.stop = now
-                    run.status = status
-            self.log_end = now
-        self._recorder._mark(self)
+        if status is _PROCESSING or status is _RETRY:
+            self._recorder._mark(self)
+            return
+        now = time.time() if end is None else end
+        for run in self.runs:
+            if run.stop is None:
+                run.stop = now
+                run.status = self.status
+        self.log_end = now
+        # Final: the row is all that is left to write; the buffer keeps it, not the handle.
+        self._recorder._put(self.message_id, self._row())
 
     def _add_content(self, run: int, step: int, content: tuple[Headers, str | bytes]) -> None:
         headers, body = content
-        self._contents.append(
+        self._recorder._add_content(
             (self.message_id, run, step, *_capture(headers, body, self._recorder.content_limit))
         )
 
     def _row(self) -> tuple[Any, ...]:
-        """The entries row for the state right now (called by the writer)."""
-        error = self.error or (None, None, None, None)
+        """The entries row for the state right now (a tuple of strings and numbers only)."""
         return (
             self.message_id,
             self.correlation_id,
@@ -293,15 +308,15 @@ class EntryHandle:
             self.version,
             self.sender,
             _receivers_json(self.receivers),
-            self.status.value,
+            self.status._value_,
             self.log_start,
             self.log_end,
-            self.level.value,
+            self.level._value_,
             1 if self.simulation else 0,
             self.filter_note,
-            *error,
-            _encode([[r.number, _us(r.start), _us(r.stop), r.status, r.steps] for r in self.runs]),
-            _encode(self.log_lines),
+            *(self.error or _NO_ERROR),
+            _runs_json(self.runs) if self.runs else "[]",
+            _encode(self.log_lines) if self.log_lines else "[]",
         )
 
 
@@ -335,14 +350,21 @@ class MplRecorder:
         self._interval = flush_interval
         self._max_pending = max(max_pending, batch_size)
         self._owns_store = owns_store
-        self._lock = threading.Lock()  # guards _dirty
+        self._lock = threading.Lock()  # guards _dirty, _props and _contents
         self._flush_lock = threading.Lock()  # one flush at a time: writes stay in order
-        self._dirty: dict[EntryHandle, None] = {}
+        # By message ID, in the order first marked: an open entry's handle (its row is made
+        # when it is written), or the row of an entry that reached a final status.
+        self._dirty: dict[str, EntryHandle | tuple[Any, ...]] = {}
+        self._props: list[tuple[Any, ...]] = []  # property rows not written yet
+        self._contents: list[tuple[Any, ...]] = []  # content rows not written yet
         self._retry_at = 0.0  # after a failed write, when callers may try again
         self._closed = False
         self._stop = threading.Event()
         self.written = 0
         """How many entry rows were written (a rewritten entry counts again)."""
+        # Checkpoints (the WAL copied into the database file) in the timer thread, beside the
+        # engine's thread, not in the call that happens to commit past 1000 pages.
+        self.store.set_checkpointing(background=True)
         self._timer = threading.Thread(target=self._timer_loop, name="flowrt-mpl", daemon=True)
         self._timer.start()
 
@@ -369,20 +391,24 @@ class MplRecorder:
         ``flowrt simulate``; ``start`` defaults to now (``time.time()``)."""
         if self._closed:
             raise MplError("the MPL recorder is closed")
+        if level is None:
+            level = self.level
+        elif level.__class__ is not LogLevel:
+            level = LogLevel(level)
         entry = EntryHandle(
             self,
             message_id,
             correlation_id,
             flow,
-            str(version),
+            version if version.__class__ is str else str(version),
             sender,
-            tuple(receivers),
+            receivers if receivers.__class__ is tuple else tuple(receivers),
             application_id,
             simulation,
-            self.level if level is None else LogLevel(level),
+            level,
             time.time() if start is None else start,
         )
-        self._mark(entry)
+        self._put(message_id, entry)
         return entry
 
     def flush(self) -> None:
@@ -401,6 +427,9 @@ class MplRecorder:
         finally:
             if self._owns_store:
                 self.store.close()
+            else:
+                with contextlib.suppress(MplError):
+                    self.store.set_checkpointing(background=False)
 
     def __enter__(self) -> MplRecorder:
         return self
@@ -416,11 +445,22 @@ class MplRecorder:
     # ------------------------------------------------------------------ buffering
 
     def _mark(self, entry: EntryHandle) -> None:
+        self._put(entry.message_id, entry)
+
+    def _put(self, message_id: str, entry: EntryHandle | tuple[Any, ...]) -> None:
         with self._lock:
-            self._dirty[entry] = None
+            self._dirty[message_id] = entry
             pending = len(self._dirty)
         if pending >= self._batch_size and not self._closed:
             self._flush_full(pending)
+
+    def _add_property(self, row: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._props.append(row)
+
+    def _add_content(self, row: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._contents.append(row)
 
     def _flush_full(self, pending: int) -> None:
         """Write a full batch in the calling thread.
@@ -446,30 +486,32 @@ class MplRecorder:
                 raise
 
     def _timer_loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        # A steady cadence: what the flush and the checkpoint take comes out of the wait, so
+        # an entry still shows within the interval (plus one write).
+        due = time.monotonic() + self._interval
+        while not self._stop.wait(max(due - time.monotonic(), 0.0)):
+            due = time.monotonic() + self._interval
             try:
                 self._flush()
             except MplError as exc:
                 _log.warning("MPL write failed, will retry: %s", exc)
+            try:
+                self.store.checkpoint()
+            except MplError as exc:  # the writes checkpoint themselves past a safety limit
+                _log.warning("MPL checkpoint failed, will retry: %s", exc)
 
     def _flush(self) -> None:
         with self._flush_lock:
             with self._lock:
-                if not self._dirty:
+                if not self._dirty and not self._props and not self._contents:
                     return
                 batch, self._dirty = self._dirty, {}
-            entries: list[tuple[Any, ...]] = []
-            props: list[tuple[Any, ...]] = []
-            contents: list[tuple[Any, ...]] = []
-            marks: list[tuple[EntryHandle, int, int]] = []
-            for entry in batch:
-                entries.append(entry._row())
-                n_props, n_contents = len(entry.properties), len(entry._contents)
-                mid = entry.message_id
-                for seq in range(entry._props_written, n_props):
-                    props.append((mid, seq, *entry.properties[seq]))
-                contents.extend(entry._contents[entry._content_written : n_contents])
-                marks.append((entry, n_props, n_contents))
+                props, self._props = self._props, []
+                contents, self._contents = self._contents, []
+            entries = [
+                entry if entry.__class__ is tuple else entry._row()  # type: ignore[union-attr]
+                for entry in batch.values()
+            ]
             try:
                 self.store.write_batch(entries, props, contents)
             except MplError:
@@ -477,16 +519,45 @@ class MplRecorder:
                     # Keep what was not written, ahead of newer changes, for the next flush.
                     batch.update(self._dirty)
                     self._dirty = batch
+                    self._props = props + self._props
+                    self._contents = contents + self._contents
                 raise
-            for entry, n_props, n_contents in marks:
-                entry._props_written = n_props
-                entry._content_written = n_contents
             self.written += len(entries)
             self._retry_at = 0.0
 
 
-def _us(seconds: float | None) -> int | None:
-    return None if seconds is None else int(seconds * 1e6)
+_PROCESSING = MplStatus.PROCESSING
+_RETRY = MplStatus.RETRY
+_NO_ERROR = (None, None, None, None)
+
+
+def _runs_json(runs: list[RunHandle]) -> str:
+    """``[[number, start µs, stop µs, status, [step, ...]], ...]``: the JSON the store reads,
+    joined from the steps' ready-made JSON texts."""
+    return (
+        "["
+        + ",".join(
+            [
+                f"[{r.number},{int(r.start * 1e6)},"
+                f"{'null' if r.stop is None else int(r.stop * 1e6)},"
+                f'"{r.status._value_}",[{",".join(r.steps)}]]'
+                for r in runs
+            ]
+        )
+        + "]"
+    )
+
+
+_step_prefixes: dict[tuple[str, str, str], str] = {}
+
+
+def _step_prefix(key: tuple[str, str, str]) -> str:
+    """``["step_id","model_step_id","branch"``: how a step's JSON starts. A flow has a few of
+    these, and they are encoded once."""
+    if len(_step_prefixes) > 4096:
+        _step_prefixes.clear()
+    prefix = _step_prefixes[key] = _encode(key)[:-1]
+    return prefix
 
 
 _receivers_cache: dict[tuple[str, ...], str] = {}

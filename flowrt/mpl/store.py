@@ -8,13 +8,21 @@ transactions. Every failure of the database is raised as :class:`~flowrt.errors.
 One :class:`MplStore` owns one connection, which may be used from several threads (a
 recorder's writer thread and its owner); a lock serialises them. Separate processes open
 their own stores.
+
+Checkpoints (copying what the WAL holds into the database file, the only step that waits for
+the disk) are done by SQLite in whichever call commits when the WAL passes 1000 pages. A
+recorder moves them off its writing calls: :meth:`MplStore.set_checkpointing` leaves them to
+:meth:`MplStore.checkpoint`, which its timer thread calls on a second connection while the
+engine's thread goes on (SQLite runs a passive checkpoint beside a writer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,7 +61,14 @@ _SUMMARY_COLUMNS = (
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
-_CHUNK_ROWS = 500
+_CHUNK_SIZES = (256, 64, 16, 4, 1)
+_DEFAULT_CHECKPOINT_PAGES = 1000  # SQLite's wal_autocheckpoint default
+_BACKGROUND_SAFETY_PAGES = 10_000  # about 40 MB of WAL
+# The nullable entry columns, read out of a row at once (C speed) to see which are None.
+_NULLABLE = operator.itemgetter(
+    *(i for i, col in enumerate(_schema.ENTRY_COLUMNS) if col in _schema.NULLABLE_COLUMNS)
+)
+_NULLABLE_SET = frozenset(_schema.NULLABLE_COLUMNS)
 
 
 class MplStore:
@@ -75,6 +90,10 @@ class MplStore:
         except sqlite3.Error as exc:
             raise MplError(f"cannot open the MPL database {self.path}: {exc}") from exc
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._sql: dict[tuple[str, str, int, str], str] = {}  # multi-row INSERT texts
+        self._checkpointer: sqlite3.Connection | None = None  # see checkpoint()
+        self._checkpoint_lock = threading.Lock()
+        self._timeout = timeout
         try:
             with self._guard("open"):
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -89,8 +108,40 @@ class MplStore:
     def close(self) -> None:
         # No `PRAGMA optimize` here: it may need the write lock, and a reader (`mpl list`)
         # would then wait for the runtime's writes. The query plans need no statistics.
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             self._conn.close()
+
+    def set_checkpointing(self, *, background: bool) -> None:
+        """``background=True``: this store's writes leave checkpoints to :meth:`checkpoint`,
+        called by another thread (a recorder's timer), and checkpoint themselves only as a
+        safety net, once the WAL holds :data:`_BACKGROUND_SAFETY_PAGES` pages. ``False``: back
+        to SQLite's default (the committing call checkpoints at 1000 pages)."""
+        pages = _BACKGROUND_SAFETY_PAGES if background else _DEFAULT_CHECKPOINT_PAGES
+        with self._guard("set checkpointing") as conn:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+
+    def checkpoint(self) -> None:
+        """A passive checkpoint on a connection of its own: copies what it can of the WAL into
+        the database file without waiting for readers or blocking the writer, so that the
+        WAL is restarted by a later write instead of growing."""
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(
+                        self.path,
+                        timeout=self._timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                raise MplError(
+                    f"MPL database {self.path}: checkpoint failed: {exc}", hint=_hint_for(exc)
+                ) from exc
 
     def __enter__(self) -> MplStore:
         return self
@@ -165,15 +216,28 @@ class MplStore:
         state of that message (it keeps its row id, which ``tail`` relies on).
         """
         with self._transaction("write") as conn:
-            self._insert(
-                conn,
-                _schema.INSERT_ENTRIES,
-                len(_schema.ENTRY_COLUMNS),
-                entries,
-                _schema.UPSERT_ENTRIES_TAIL,
-            )
+            self._insert_entries(conn, entries)
             self._insert(conn, _schema.INSERT_PROPERTIES, _schema.PROPERTY_WIDTH, properties)
             self._insert(conn, _schema.INSERT_CONTENTS, _schema.CONTENT_WIDTH, contents)
+
+    def _insert_entries(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Entry rows, with a NULL written into the SQL text for each nullable column that is
+        None (binding a None parameter costs sqlite3 about three times what a short string
+        does: it goes through the adapter lookup). Consecutive rows with the same columns None share
+        statements; the order of the rows, and so of their new row ids, is kept."""
+        start = 0
+        count = len(rows)
+        while start < count:
+            shape = tuple(map(type, _NULLABLE(rows[start])))
+            stop = start + 1
+            while stop < count and tuple(map(type, _NULLABLE(rows[stop]))) == shape:
+                stop += 1
+            keep = _keep_mask(shape)
+            group = "(" + ",".join("?" if k else "NULL" for k in keep) + ")"
+            head, tail = _schema.INSERT_ENTRIES, _schema.UPSERT_ENTRIES_TAIL
+            bound = None if all(keep) else keep
+            self._insert(conn, head, sum(keep), rows[start:stop], tail, group, bound)
+            start = stop
 
     def _insert(
         self,
@@ -182,14 +246,35 @@ class MplStore:
         width: int,
         rows: Sequence[Sequence[Any]],
         tail: str = "",
+        group: str = "",
+        keep: tuple[bool, ...] | None = None,
     ) -> None:
-        """Multi-row inserts of up to :data:`_CHUNK_ROWS` rows (see ``_schema`` for why)."""
-        per = max(1, min(_CHUNK_ROWS, self._max_variables // width))
-        group = "(" + ",".join("?" * width) + ")"
-        for i in range(0, len(rows), per):
-            chunk = rows[i : i + per]
-            sql = head + ",".join([group] * len(chunk)) + tail
-            conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+        """Multi-row inserts (see ``_schema`` for why) of ``width`` parameters a row. A batch
+        is cut into statements of :data:`_CHUNK_SIZES` rows, largest first, so that the few
+        SQL texts there are stay prepared in sqlite3's statement cache. ``keep`` says which
+        values of a row are bound (the others are in ``group`` as literals)."""
+        group = group or "(" + ",".join("?" * width) + ")"
+        done = 0
+        count = len(rows)
+        for size in _CHUNK_SIZES:
+            if size * width > self._max_variables and size > 1:
+                continue
+            if count - done < size:
+                continue
+            key = (head, group, size, tail)
+            sql = self._sql.get(key)
+            if sql is None:
+                sql = self._sql[key] = head + ",".join([group] * size) + tail
+            while count - done >= size:
+                chunk = rows[done : done + size]
+                if keep is None:
+                    params = list(itertools.chain.from_iterable(chunk))
+                else:
+                    params = list(
+                        itertools.chain.from_iterable(itertools.compress(r, keep) for r in chunk)
+                    )
+                conn.execute(sql, params)
+                done += size
 
     # ------------------------------------------------------------------ listing
 
@@ -502,3 +587,11 @@ def _run(data: Sequence[Any], contents: dict[tuple[int, int], StepContent]) -> R
             for i, s in enumerate(steps)
         ),
     )
+
+
+@functools.cache
+def _keep_mask(shape: tuple[type, ...]) -> tuple[bool, ...]:
+    """For the types of a row's nullable columns: which of all entry columns are bound
+    (True) and which are written as NULL."""
+    nulls = iter(kind is type(None) for kind in shape)
+    return tuple(not next(nulls) if col in _NULLABLE_SET else True for col in _schema.ENTRY_COLUMNS)
