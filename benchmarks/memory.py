@@ -80,7 +80,7 @@ def main() -> None:
 
     def stdlib_read() -> bytes:
         message = BytesParser(policy=email.policy.default).parsebytes(raw)
-        (part,) = message.iter_attachments()  # type: ignore[attr-defined]
+        (part,) = message.iter_attachments()
         return bytes(part.get_content())
 
     data, stdlib_read_peak = peak(stdlib_read)
