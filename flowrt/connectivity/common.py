@@ -1,6 +1,8 @@
 """What every protocol's connectivity test shares: route, connect, TLS and chain stages, the
 second connection that fetches the chain when validation failed, and the rules a flow follows
-(STARTTLS mandatory means mandatory, no plain password over a clear link)."""
+(STARTTLS mandatory means mandatory, no plain password over a clear link). IMAP and POP3
+also share the frame of their check (the login first), the start of their client and their
+STARTTLS (STLS) stage."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TypeVar
 
 from cryptography import x509
 
+from flowrt.adapters.mail.mail_client import StartClient
 from flowrt.adapters.mail.sender_connection import MailEndpoint, MailLogin
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
@@ -23,6 +27,7 @@ from flowrt.errors import (
     FlowrtError,
     IOException,
     MessagingException,
+    SocketTimeoutException,
     SSLHandshakeException,
     StoreClosedException,
 )
@@ -36,6 +41,21 @@ Session = Callable[[ssl.SSLContext, ProxyRoute | None], Awaitable[None]]
 """One test session: with the TLS context to use and the route; raises TlsFailed."""
 ChainFetch = Callable[[ProxyRoute | None], Awaitable[list[x509.Certificate]]]
 """A second session without validation, only to read the server's chain."""
+MailSession = Callable[
+    [
+        CheckOptions,
+        ssl.SSLContext,
+        ProxyRoute | None,
+        TenantSecurity,
+        ConnectivityReport,
+        MailLogin | None,
+    ],
+    Awaitable[None],
+]
+"""An IMAP or POP3 test session: a :data:`Session` with the login of ``--credential``."""
+MailChainFetch = Callable[[CheckOptions, ProxyRoute | None], Awaitable[list[x509.Certificate]]]
+
+C = TypeVar("C")
 
 
 class TlsFailed(Exception):
@@ -101,6 +121,44 @@ async def run_check(
         if report.error is None:
             report.fail(report.stages[-1].name if report.stages else "connect", error)
         raise error from exc
+
+
+async def check_mailbox_server(
+    opts: CheckOptions,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+    session: MailSession,
+    unverified_chain: MailChainFetch,
+) -> None:
+    """An IMAP or POP3 check: the login of ``--credential`` first (unless ``--auth none``),
+    then :func:`run_check` with the protocol's ``session`` and ``unverified_chain``."""
+    login: MailLogin | None = None
+    if opts.auth != "none":
+        with failing(report, "credential"):
+            login = mail_login(opts, security)
+
+    async def with_login(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
+        await session(opts, context, route, security, report, login)
+
+    async def chain(route: ProxyRoute | None) -> list[x509.Certificate]:
+        return await unverified_chain(opts, route)
+
+    await run_check(opts, security, report, with_login, chain)
+
+
+async def start_client(
+    start: StartClient[C], opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None
+) -> C:
+    """The client ``start`` gives over ``sock`` (implicit TLS first with ``tls``), greeting
+    read; a failed handshake is TlsFailed, a dropped connection IOException."""
+    try:
+        return await start(sock, host=opts.host, port=opts.port, timeout=opts.timeout, tls=tls)
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        if tls is None:
+            raise IOException(f"connection dropped: {exc}") from exc
+        raise TlsFailed(exc) from exc
+    except OSError as exc:  # reset or aborted before anything was said
+        raise IOException(f"connection lost: {exc}") from exc
 
 
 async def fetch_chain(
@@ -203,6 +261,31 @@ async def explain_tls(
 
 
 # ----------------------------------------------------------------------------- the rules
+
+
+async def starttls(
+    opts: CheckOptions,
+    command: str,
+    offered: bool,
+    upgrade: Callable[[], Awaitable[None]],
+) -> bool:
+    """STARTTLS (IMAP) or STLS (POP3) as ``--protection`` says; True when the link is
+    encrypted afterwards. A server that has not ``offered`` it fails starttls-mandatory."""
+    if opts.protection == IMPLICIT_TLS[opts.protocol]:
+        return True
+    if opts.protection == "off":
+        return False
+    if not offered:
+        if opts.protection == "starttls-mandatory":
+            raise starttls_missing(opts, command)
+        return False
+    try:
+        await upgrade()
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        raise TlsFailed(exc) from exc
+    except TimeoutError as exc:
+        raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
+    return True
 
 
 def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> MessagingException:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
 
 from aioimaplib.aioimaplib import Command, quoted
@@ -25,25 +24,19 @@ from flowrt.adapters.mail.imap_session import authenticate
 from flowrt.adapters.mail.sender_connection import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.common import (
-    TlsFailed,
+    check_mailbox_server,
     connect_stage,
     failing,
     mail_endpoint,
-    mail_login,
     refuse_plaintext,
-    run_check,
     similar,
-    starttls_missing,
+    start_client,
+    starttls,
     tls_stage,
 )
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.connectivity.target import CheckOptions
-from flowrt.errors import (
-    FolderNotFoundException,
-    IOException,
-    MessagingException,
-    SocketTimeoutException,
-)
+from flowrt.errors import FolderNotFoundException, MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
@@ -51,32 +44,7 @@ _STATUS = re.compile(r"\((?P<items>[^)]*)\)\s*$")
 
 
 async def check(opts: CheckOptions, security: TenantSecurity, report: ConnectivityReport) -> None:
-    login: MailLogin | None = None
-    if opts.auth != "none":
-        with failing(report, "credential"):
-            login = mail_login(opts, security)
-
-    async def session(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
-        await _session(opts, context, route, security, report, login)
-
-    async def unverified_chain(route: ProxyRoute | None) -> list[x509.Certificate]:
-        return await _fetch_chain(opts, route)
-
-    await run_check(opts, security, report, session, unverified_chain)
-
-
-async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None) -> ImapClient:
-    """The client over ``sock`` (implicit TLS first with ``tls``), greeting read."""
-    try:
-        return await ImapClient.start(
-            sock, host=opts.host, port=opts.port, timeout=opts.timeout, tls=tls
-        )
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        if tls is None:
-            raise IOException(f"connection dropped: {exc}") from exc
-        raise TlsFailed(exc) from exc
-    except OSError as exc:  # reset or aborted before anything was said
-        raise IOException(f"connection lost: {exc}") from exc
+    await check_mailbox_server(opts, security, report, _session, _fetch_chain)
 
 
 async def _session(
@@ -90,7 +58,7 @@ async def _session(
     implicit = opts.protection == "imaps"
     sock = await connect_stage(report, opts, route)
     with failing(report, "greeting", connecting=opts):
-        client = await _start(opts, sock, context if implicit else None)
+        client = await start_client(ImapClient.start, opts, sock, context if implicit else None)
     try:
         if implicit:
             tls_stage(report, client.ssl_object(), security)
@@ -103,7 +71,9 @@ async def _session(
             await client.capability()
         report.stage("capabilities", _capabilities(client))
         with failing(report, "starttls", connecting=opts):
-            encrypted = await _starttls(client, opts, context)
+            encrypted = await starttls(
+                opts, "STARTTLS", client.has("STARTTLS"), lambda: client.starttls(context)
+            )
         if encrypted and not implicit:
             tls_stage(report, client.ssl_object(), security)
             report.stage("capabilities", _capabilities(client))
@@ -136,25 +106,6 @@ def _refused(opts: CheckOptions, greeting: str) -> MessagingException:
 
 def _capabilities(client: ImapClient) -> str:
     return " ".join(sorted(client.capabilities))
-
-
-async def _starttls(client: ImapClient, opts: CheckOptions, context: ssl.SSLContext) -> bool:
-    """True when the link is encrypted afterwards."""
-    if opts.protection == "imaps":
-        return True
-    if opts.protection == "off":
-        return False
-    if not client.has("STARTTLS"):
-        if opts.protection == "starttls-mandatory":
-            raise starttls_missing(opts)
-        return False
-    try:
-        await client.starttls(context)
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        raise TlsFailed(exc) from exc
-    except TimeoutError as exc:
-        raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
-    return True
 
 
 def _mechanism(client: ImapClient, opts: CheckOptions, login: MailLogin) -> str:

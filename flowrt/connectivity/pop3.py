@@ -20,50 +20,30 @@ from flowrt.adapters.mail.pop3_session import authenticate
 from flowrt.adapters.mail.sender_connection import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.common import (
-    TlsFailed,
+    check_mailbox_server,
     connect_stage,
     failing,
     mail_endpoint,
-    mail_login,
     refuse_plaintext,
-    run_check,
-    starttls_missing,
+    start_client,
+    starttls,
     tls_stage,
 )
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.connectivity.target import CheckOptions
-from flowrt.errors import IOException, MessagingException, SocketTimeoutException
+from flowrt.errors import MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
 
 async def check(opts: CheckOptions, security: TenantSecurity, report: ConnectivityReport) -> None:
-    login: MailLogin | None = None
-    if opts.auth != "none":
-        with failing(report, "credential"):
-            login = mail_login(opts, security)
-
-    async def session(context: ssl.SSLContext, route: ProxyRoute | None) -> None:
-        await _session(opts, context, route, security, report, login)
-
-    async def unverified_chain(route: ProxyRoute | None) -> list[x509.Certificate]:
-        return await _fetch_chain(opts, route)
-
-    await run_check(opts, security, report, session, unverified_chain)
+    await check_mailbox_server(opts, security, report, _session, _fetch_chain)
 
 
 async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None) -> Pop3Client:
     """The client over ``sock`` (implicit TLS first with ``tls``), greeting read."""
     try:
-        return await Pop3Client.start(
-            sock, host=opts.host, port=opts.port, timeout=opts.timeout, tls=tls
-        )
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        if tls is None:
-            raise IOException(f"connection dropped: {exc}") from exc
-        raise TlsFailed(exc) from exc
-    except OSError as exc:  # reset or aborted before anything was said
-        raise IOException(f"connection lost: {exc}") from exc
+        return await start_client(Pop3Client.start, opts, sock, tls)
     except Pop3ErrorReply as exc:
         if exc.reply.startswith("-ERR"):
             raise MessagingException(f"the server refused the session: {exc.reply}") from None
@@ -128,23 +108,10 @@ def _capabilities(client: Pop3Client) -> str:
 
 async def _stls(client: Pop3Client, opts: CheckOptions, context: ssl.SSLContext) -> bool:
     """True when the link is encrypted afterwards."""
-    if opts.protection == "pop3s":
-        return True
-    if opts.protection == "off":
-        return False
-    if not client.has("STLS"):
-        if opts.protection == "starttls-mandatory":
-            raise starttls_missing(opts, "STLS")
-        return False
     try:
-        await client.stls(context)
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        raise TlsFailed(exc) from exc
-    except TimeoutError as exc:
-        raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
+        return await starttls(opts, "STLS", client.has("STLS"), lambda: client.stls(context))
     except Pop3ErrorReply as exc:
         raise MessagingException(f"STLS refused: -ERR {exc.reply}") from None
-    return True
 
 
 def _mechanism(client: Pop3Client, opts: CheckOptions) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import ssl
@@ -44,6 +43,7 @@ from collections.abc import Mapping as MappingABC
 from pathlib import Path
 from typing import Any, Literal
 
+from flowrt._hosts import is_host
 from flowrt.connector.socks5 import normalize_host
 from flowrt.dsl.values import parse_duration, split_host_port
 from flowrt.errors import ConnectorError
@@ -72,7 +72,6 @@ TOKEN_MAX = 255  # an RFC 1929 password is at most 255 bytes
 TOKEN_MIN = 16  # shorter is guessable; `flowrt connector new-token` makes 43 characters
 
 _LOCATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _TOKEN_CHARS = frozenset(string.printable) - frozenset(string.whitespace)
 _TOP_KEYS = {
@@ -309,7 +308,7 @@ def _mapping(reader: _Reader, item: dict[str, Any], where: str) -> Mapping:
     if tls_name is not None:
         if protocol != "tcp-tls":
             reader.fail(f"{where}.tls_name", "only a tcp-tls mapping checks a TLS name")
-        if not _is_host(tls_name):
+        if not is_host(tls_name):
             reader.fail(f"{where}.tls_name", f"{tls_name!r} is not a host name or IP address")
     return Mapping(
         virtual_host=normalize_host(v_host),
@@ -406,17 +405,6 @@ def _truststore_context(reader: _Reader, truststore: Path) -> ssl.SSLContext:
     return context
 
 
-def _is_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    if len(host) > 253:
-        return False
-    return all(_HOST_LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
-
-
 class _Reader:
     """Typed access to the TOML values; every failure names the file and the key."""
 
@@ -460,7 +448,7 @@ class _Reader:
             self.fail(key, f"{text!r} is not HOST:PORT ({exc})")
         if parsed is None:
             self.fail(key, f"{text!r} has no port; write HOST:PORT, e.g. mail.plant.example:143")
-        if not _is_host(host):
+        if not is_host(host):
             self.fail(key, f"{host!r} is not a host name or IP address")
         assert parsed is not None
         return host, parsed if port < 0 else port

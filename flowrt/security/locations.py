@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from flowrt._fs import atomic_write
+from flowrt._hosts import is_host
 from flowrt.errors import ConnectorError, UsageError
 from flowrt.security._lock import security_lock
 from flowrt.tenant import Tenant
 
 ID_MAX = 100
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
 FORMAT_VERSION = 1
 
 
@@ -60,20 +59,9 @@ def parse_proxy(text: str) -> tuple[str, int]:
     port = int(match.group(2) or match.group(4))
     if not 1 <= port <= 65535:
         raise UsageError(f"the proxy port {port} is not between 1 and 65535", hint=hint)
-    if not _valid_host(host):
+    if not is_host(host):
         raise UsageError(f"the proxy host {host!r} is not a host name or IP address", hint=hint)
     return host, port
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    if len(host) > 253:
-        return False
-    return all(_HOST_LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
 
 
 class Locations:

@@ -1,16 +1,12 @@
-"""Helpers shared by the IMAP and POP3 connectivity tests: logins, trust, stage names, and a
-Dovecot whose certificate is for another name (hostname mismatch)."""
+"""Helpers shared by the IMAP and POP3 connectivity tests: a mail, reading a text report's
+stages, and looking for a leaked password."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.connectivity.conftest import Run
-from tests.servers import DovecotServer, ServerStartError, ServerUnavailable, TestCA
+MAIL = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: %s\r\n\r\nbody\r\n"
 
 STAGE_NAMES = (
     "connect",
@@ -23,18 +19,6 @@ STAGE_NAMES = (
     "mailbox",
     "logout",
 )
-
-
-def add_login(flowrt: Run, name: str, user: str, password: str) -> None:
-    result = flowrt("credentials", "add", name, "--user", user, "--password-stdin", input=password)
-    assert result.exit_code == 0, result.output
-
-
-def trust(flowrt: Run, test_ca: TestCA, tmp_path: Path) -> None:
-    root = tmp_path / "root.pem"
-    root.write_bytes(test_ca.cert_pem)
-    result = flowrt("keystore", "add", "test-root", str(root))
-    assert result.exit_code == 0, result.output
 
 
 def stages(output: str) -> list[str]:
@@ -70,17 +54,3 @@ def assert_no_secret(tenant: Path, outputs: list[str], needles: list[bytes]) -> 
         assert not any(n in data for n in needles), path
     for output in outputs:
         assert not any(n.decode() in output for n in needles), output
-
-
-@pytest.fixture(scope="session")
-def wrong_name_dovecot(test_intermediate_ca: TestCA) -> Iterator[DovecotServer]:
-    """A Dovecot (with TLS) whose certificate names only wrong.example, on 127.0.0.1."""
-    cert = test_intermediate_ca.issue_server_cert(["wrong.example"])
-    try:
-        server = DovecotServer(cert=cert).start()
-    except (ServerUnavailable, ServerStartError) as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.close()

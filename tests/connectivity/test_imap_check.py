@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+import pytest
 
-from tests.connectivity.conftest import Run
+from tests.connectivity.conftest import Run, add_login, trust
 from tests.connectivity.mail_helpers import (
-    add_login,
+    MAIL,
     assert_no_secret,
     failed_stage,
     secret_forms,
     stages,
-    trust,
-    wrong_name_dovecot,  # noqa: F401  (a fixture)
 )
 from tests.servers import DanteServer, DovecotServer, MailboxUser, TestCA, free_port
 
-MAIL = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: %s\r\n\r\nbody\r\n"
 
-
-def mailbox(
-    flowrt: Run, new_mailbox_user: Callable[..., MailboxUser], name: str = "box"
-) -> MailboxUser:
-    user: MailboxUser = new_mailbox_user()
-    add_login(flowrt, name, user.address, user.password)
-    return user
-
-
-def test_empty_keystore_fails_then_import_fixes_it(
-    flowrt: Run, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
-) -> None:
-    mailbox(flowrt, new_mailbox_user)
+@pytest.mark.usefixtures("box")
+def test_empty_keystore_fails_then_import_fixes_it(flowrt: Run, dovecot: DovecotServer) -> None:
     target = f"127.0.0.1:{dovecot.imap_port}"
     args = ("test", "imap", target, "--credential", "box", "--list-folders")
     first = flowrt(*args)
@@ -67,17 +50,12 @@ def test_empty_keystore_fails_then_import_fixes_it(
     assert "mailroot" in flowrt("keystore", "list", "--format", "json").output
 
 
+@pytest.mark.usefixtures("trusted")
 def test_starttls_login_lists_folders(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    dovecot.create_folder(user.address, "Archive")
-    dovecot.create_folder(user.address, "Processed")
+    dovecot.create_folder(box.address, "Archive")
+    dovecot.create_folder(box.address, "Processed")
     result = flowrt(
         "test", "imap", f"127.0.0.1:{dovecot.imap_port}", "--credential", "box", "--list-folders"
     )
@@ -96,7 +74,7 @@ def test_starttls_login_lists_folders(
     lines = result.output.splitlines()
     before, after = [line for line in lines if line.split()[:1] == ["capabilities"]]
     assert "STARTTLS" in before and "STARTTLS" not in after  # asked again after TLS
-    assert f"LOGIN as {user.address}" in result.output
+    assert f"LOGIN as {box.address}" in result.output
     assert "3 folder(s)" in result.output
     for name in ("INBOX", "Archive", "Processed"):
         assert any(line.split()[:1] == [name] for line in lines), name
@@ -105,19 +83,14 @@ def test_starttls_login_lists_folders(
     )
 
 
+@pytest.mark.usefixtures("trusted")
 def test_imaps_cram_md5_checks_a_mailbox_without_changing_it(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    dovecot.append(user.address, "Invoices", MAIL % b"one")
-    dovecot.append(user.address, "Invoices", MAIL % b"two", flags=["\\Seen"])
-    dovecot.append(user.address, "Invoices", MAIL % b"three")
-    before = dovecot.messages(user.address, "Invoices")
+    dovecot.append(box.address, "Invoices", MAIL % b"one")
+    dovecot.append(box.address, "Invoices", MAIL % b"two", flags=["\\Seen"])
+    dovecot.append(box.address, "Invoices", MAIL % b"three")
+    before = dovecot.messages(box.address, "Invoices")
     result = flowrt(
         "test",
         "imap",
@@ -133,15 +106,15 @@ def test_imaps_cram_md5_checks_a_mailbox_without_changing_it(
     )
     assert result.exit_code == 0, result.output
     assert stages(result.output)[:3] == ["connect", "tls", "certificate"]
-    assert f"AUTHENTICATE CRAM-MD5 as {user.address}" in result.output
+    assert f"AUTHENTICATE CRAM-MD5 as {box.address}" in result.output
     assert "Invoices: 3 message(s), 2 unread" in result.output
-    assert dovecot.messages(user.address, "Invoices") == before  # no flag, no message changed
+    assert dovecot.messages(box.address, "Invoices") == before  # no flag, no message changed
 
 
+@pytest.mark.usefixtures("trusted")
 def test_plain_login_with_non_ascii_password_uses_authenticate_plain(
-    flowrt: Run, dovecot: DovecotServer, test_ca: TestCA, tmp_path: Path
+    flowrt: Run, dovecot: DovecotServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
     address = f"umlaut-{secrets.token_hex(4)}@example.com"
     dovecot.add_user(address, "Pässwörter-sind-geheim")
     add_login(flowrt, "box", address, "Pässwörter-sind-geheim")
@@ -161,10 +134,10 @@ def test_plain_login_with_non_ascii_password_uses_authenticate_plain(
     assert "INBOX: 0 message(s), 0 unread" in result.output
 
 
+@pytest.mark.usefixtures("box")
 def test_clear_text_link_plain_refused_cram_md5_and_allowed_plain_work(
-    flowrt: Run, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
+    flowrt: Run, dovecot: DovecotServer
 ) -> None:
-    mailbox(flowrt, new_mailbox_user)
     base = ("test", "imap", f"127.0.0.1:{dovecot.imap_port}", "--protection", "off")
     refused = flowrt(*base, "--credential", "box", "--list-folders")
     assert refused.exit_code == 1
@@ -180,62 +153,6 @@ def test_clear_text_link_plain_refused_cram_md5_and_allowed_plain_work(
     allowed = flowrt(*base, "--credential", "box", "--allow-plaintext-auth", "--list-folders")
     assert allowed.exit_code == 0, allowed.output
     assert "LOGIN as" in allowed.output
-
-
-def test_wrong_password_is_an_authentication_failure(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = new_mailbox_user()
-    add_login(flowrt, "box", user.address, "wrong-password-123")
-    result = flowrt(
-        "test", "imap", f"127.0.0.1:{dovecot.imap_port}", "--credential", "box", "--list-folders"
-    )
-    assert result.exit_code == 1
-    assert "AuthenticationFailedException: [AUTHENTICATIONFAILED] Authentication failed" in (
-        result.output
-    )
-    assert f"hint: check the user and password of credential 'box' (user {user.address})" in (
-        result.output
-    )
-    assert failed_stage(result.output) == "auth"
-    assert "wrong-password-123" not in result.output
-
-
-def test_hostname_mismatch(
-    flowrt: Run,
-    wrong_name_dovecot: DovecotServer,  # noqa: F811
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    # by name: an IP address is checked by OpenSSL as an IP (another verify code)
-    result = flowrt(
-        "test", "imap", f"localhost:{wrong_name_dovecot.imaps_port}", "--protection", "imaps"
-    )
-    assert result.exit_code == 1
-    assert "MessagingException: Could not connect to IMAP host: localhost" in result.output
-    assert "SSLHandshakeException: No subject alternative names matching localhost" in (
-        result.output
-    )
-    assert "hint: the server's certificate is for wrong.example" in result.output
-    assert "CN=wrong.example" in result.output  # the chain is shown
-
-
-def test_refused_port_and_unknown_host(flowrt: Run) -> None:
-    refused = flowrt("test", "imap", f"127.0.0.1:{free_port()}", "--timeout", "5s")
-    assert refused.exit_code == 1
-    assert "MessagingException: Could not connect to IMAP host: 127.0.0.1" in refused.output
-    assert "ConnectException: Connection refused" in refused.output
-    assert "hint: nothing listens on" in refused.output
-    unknown = flowrt("test", "imap", "no-such-host.invalid", "--timeout", "5s")
-    assert unknown.exit_code == 1
-    assert "Could not connect to IMAP host: no-such-host.invalid, port: 143" in unknown.output
-    assert "UnknownHostException" in unknown.output
 
 
 def test_starttls_mandatory_against_a_server_without_starttls(
@@ -265,17 +182,12 @@ def test_starttls_mandatory_against_a_server_without_starttls(
     assert "refusing auth plain" in optional.output
 
 
+@pytest.mark.usefixtures("trusted")
 def test_missing_folder_names_similar_folders(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    dovecot.create_folder(user.address, "Archive")
-    dovecot.create_folder(user.address, "Invoices")
+    dovecot.create_folder(box.address, "Archive")
+    dovecot.create_folder(box.address, "Invoices")
     result = flowrt(
         "test",
         "imap",
@@ -291,19 +203,13 @@ def test_missing_folder_names_similar_folders(
     )
     assert "hint: the mailbox has no folder 'archive'; similar folders: Archive" in result.output
     assert failed_stage(result.output) == "mailbox"
-    assert sorted(dovecot.folders(user.address)) == ["Archive", "INBOX", "Invoices"]
+    assert sorted(dovecot.folders(box.address)) == ["Archive", "INBOX", "Invoices"]
 
 
+@pytest.mark.usefixtures("trusted", "box")
 def test_through_dante_on_premise_location(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    dante: DanteServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, dante: DanteServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    mailbox(flowrt, new_mailbox_user)
     added = flowrt("locations", "add", "plant-1", "--proxy", f"127.0.0.1:{dante.port}")
     assert added.exit_code == 0, added.output
     via = ("--proxy", "on-premise", "--location", "plant-1")
@@ -334,41 +240,9 @@ def test_through_dante_on_premise_location(
     assert "hint: register it with `flowrt locations add x" in unknown.output
 
 
-def test_no_validate_and_download(
-    flowrt: Run, dovecot: DovecotServer, test_intermediate_ca: TestCA, tmp_path: Path
-) -> None:
-    archive = tmp_path / "chain.zip"
-    result = flowrt(
-        "test",
-        "imap",
-        f"127.0.0.1:{dovecot.imap_port}",
-        "--no-validate",
-        "--download",
-        str(archive),
-    )
-    assert result.exit_code == 0, result.output
-    assert "saved the chain (2 certificates)" in result.output
-    assert "not trusted by the keystore" in result.output  # shown, not validated
-    with zipfile.ZipFile(io.BytesIO(archive.read_bytes())) as files:
-        names = files.namelist()
-        certs = [x509.load_der_x509_certificate(files.read(n)) for n in names]
-    assert names == ["0-localhost.cer", "1-flowrt-test-intermediate-ca.cer"]
-    assert dovecot.cert is not None
-    assert certs[0] == dovecot.cert.certificate
-    intermediate = x509.load_pem_x509_certificate(test_intermediate_ca.cert_pem)
-    assert certs[1].public_bytes(serialization.Encoding.DER) == intermediate.public_bytes(
-        serialization.Encoding.DER
-    )
-
-
 def test_json_output(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, box: MailboxUser, test_ca: TestCA, tmp_path: Path
 ) -> None:
-    user = mailbox(flowrt, new_mailbox_user)
     target = f"127.0.0.1:{dovecot.imaps_port}"
     args = ("test", "imap", target, "--protection", "imaps", "--credential", "box")
     failed = json.loads(flowrt(*args, "--list-folders", "--format", "json").output)
@@ -383,7 +257,7 @@ def test_json_output(
     )
 
     trust(flowrt, test_ca, tmp_path)
-    dovecot.append(user.address, "INBOX", MAIL % b"hello")
+    dovecot.append(box.address, "INBOX", MAIL % b"hello")
     result = flowrt(*args, "--check-mailbox", "INBOX", "--format", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
@@ -406,10 +280,8 @@ def test_json_output(
     assert {"name": "INBOX", "attributes": ["\\HasNoChildren"]} in folders["results"]["folders"]
 
 
-def test_without_credential_only_connection_and_tls(
-    flowrt: Run, dovecot: DovecotServer, test_ca: TestCA, tmp_path: Path
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
+@pytest.mark.usefixtures("trusted")
+def test_without_credential_only_connection_and_tls(flowrt: Run, dovecot: DovecotServer) -> None:
     result = flowrt("test", "imap", f"127.0.0.1:{dovecot.imap_port}")
     assert result.exit_code == 0, result.output
     assert "auth" not in stages(result.output) and "certificate" in stages(result.output)
@@ -430,17 +302,11 @@ def test_usage_errors(flowrt: Run) -> None:
     assert bad.exit_code == 2
 
 
+@pytest.mark.usefixtures("trusted")
 def test_password_appears_in_no_file_and_no_output(
-    flowrt: Run,
-    tenant: Path,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, tenant: Path, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    add_login(flowrt, "wrong", user.address, user.password + "-not")
+    add_login(flowrt, "wrong", box.address, box.password + "-not")
     target = f"127.0.0.1:{dovecot.imap_port}"
     outputs = [
         flowrt("test", "imap", target, "--credential", "box", "--list-folders").output,
@@ -458,14 +324,6 @@ def test_password_appears_in_no_file_and_no_output(
         flowrt("credentials", "list", "--format", "json").output,
     ]  # fmt: skip
     assert "verdict: OK" in outputs[0] and "AuthenticationFailedException" in outputs[3]
-    needles = secret_forms(user.password, user.address)
-    needles += secret_forms(user.password + "-not", user.address)
+    needles = secret_forms(box.password, box.address)
+    needles += secret_forms(box.password + "-not", box.address)
     assert_no_secret(tenant, outputs, needles)
-
-
-def test_a_pop3_port_is_not_an_imap_server(flowrt: Run, dovecot: DovecotServer) -> None:
-    result = flowrt("test", "imap", f"127.0.0.1:{dovecot.pop3_port}")
-    assert result.exit_code == 1
-    assert "MessagingException: not an IMAP greeting: +OK" in result.output
-    assert f"hint: is 127.0.0.1:{dovecot.pop3_port} an IMAP port?" in result.output
-    assert failed_stage(result.output) == "greeting"

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
+import pytest
 
-from tests.connectivity.conftest import Run
-from tests.connectivity.mail_helpers import (
-    add_login,
-    assert_no_secret,
-    failed_stage,
-    secret_forms,
-    stages,
-    trust,
-    wrong_name_dovecot,  # noqa: F401  (a fixture)
-)
-from tests.servers import DanteServer, DovecotServer, MailboxUser, TestCA, free_port
-
-MAIL = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: %s\r\n\r\nbody\r\n"
+from tests.connectivity.conftest import Run, add_login
+from tests.connectivity.mail_helpers import MAIL, assert_no_secret, secret_forms, stages
+from tests.servers import DanteServer, DovecotServer, MailboxUser
 
 
-def mailbox(
-    flowrt: Run, new_mailbox_user: Callable[..., MailboxUser], name: str = "box"
-) -> MailboxUser:
-    user: MailboxUser = new_mailbox_user()
-    add_login(flowrt, name, user.address, user.password)
-    return user
-
-
-def test_empty_keystore_fails_then_import_fixes_it(
-    flowrt: Run, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
-) -> None:
-    mailbox(flowrt, new_mailbox_user)
+@pytest.mark.usefixtures("box")
+def test_empty_keystore_fails_then_import_fixes_it(flowrt: Run, dovecot: DovecotServer) -> None:
     target = f"127.0.0.1:{dovecot.pop3s_port}"
     args = ("test", "pop3", target, "--protection", "pop3s", "--credential", "box")
     first = flowrt(*args, "--check-mailbox")
@@ -59,18 +37,13 @@ def test_empty_keystore_fails_then_import_fixes_it(
     )
 
 
+@pytest.mark.usefixtures("trusted")
 def test_stls_user_pass_counts_and_deletes_nothing(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
     for subject in (b"one", b"two", b"three"):
-        dovecot.append(user.address, "INBOX", MAIL % subject)
-    before = dovecot.messages(user.address)
+        dovecot.append(box.address, "INBOX", MAIL % subject)
+    before = dovecot.messages(box.address)
     result = flowrt(
         "test", "pop3", f"127.0.0.1:{dovecot.pop3_port}", "--credential", "box", "--check-mailbox"
     )
@@ -88,10 +61,10 @@ def test_stls_user_pass_counts_and_deletes_nothing(
     ]
     caps = [line for line in result.output.splitlines() if line.split()[:1] == ["capabilities"]]
     assert "STLS" in caps[0] and "STLS" not in caps[1]
-    assert f"USER/PASS as {user.address}" in result.output
+    assert f"USER/PASS as {box.address}" in result.output
     assert "3 message(s)" in result.output and "nothing deleted" in result.output
     # every mail is still there, unchanged (Dovecot's POP3 login only drops \Recent)
-    assert _without_recent(dovecot.messages(user.address)) == _without_recent(before)
+    assert _without_recent(dovecot.messages(box.address)) == _without_recent(before)
 
 
 def _without_recent(
@@ -100,16 +73,9 @@ def _without_recent(
     return [(uid, tuple(f for f in flags if f != "\\Recent"), raw) for uid, flags, raw in messages]
 
 
-def test_pop3s_cram_md5(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    dovecot.append(user.address, "INBOX", MAIL % b"one")
+@pytest.mark.usefixtures("trusted")
+def test_pop3s_cram_md5(flowrt: Run, dovecot: DovecotServer, box: MailboxUser) -> None:
+    dovecot.append(box.address, "INBOX", MAIL % b"one")
     result = flowrt(
         "test",
         "pop3",
@@ -124,14 +90,12 @@ def test_pop3s_cram_md5(
     )
     assert result.exit_code == 0, result.output
     assert stages(result.output)[:4] == ["connect", "tls", "certificate", "greeting"]
-    assert f"AUTH CRAM-MD5 as {user.address}" in result.output
+    assert f"AUTH CRAM-MD5 as {box.address}" in result.output
     assert "1 message(s)" in result.output
 
 
-def test_clear_text_link(
-    flowrt: Run, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
-) -> None:
-    mailbox(flowrt, new_mailbox_user)
+@pytest.mark.usefixtures("box")
+def test_clear_text_link(flowrt: Run, dovecot: DovecotServer) -> None:
     base = ("test", "pop3", f"127.0.0.1:{dovecot.pop3_port}", "--protection", "off")
     refused = flowrt(*base, "--credential", "box", "--check-mailbox")
     assert refused.exit_code == 1
@@ -142,55 +106,6 @@ def test_clear_text_link(
     assert "tls" not in stages(cram.output)
     allowed = flowrt(*base, "--credential", "box", "--allow-plaintext-auth", "--check-mailbox")
     assert allowed.exit_code == 0, allowed.output
-
-
-def test_wrong_password_is_an_authentication_failure(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = new_mailbox_user()
-    add_login(flowrt, "box", user.address, "wrong-password-123")
-    result = flowrt(
-        "test", "pop3", f"127.0.0.1:{dovecot.pop3_port}", "--credential", "box", "--check-mailbox"
-    )
-    assert result.exit_code == 1
-    assert "AuthenticationFailedException: [AUTH] Authentication failed" in result.output
-    assert "hint: check the user and password of credential 'box'" in result.output
-    assert failed_stage(result.output) == "auth"
-    assert "wrong-password-123" not in result.output
-
-
-def test_hostname_mismatch_on_stls(
-    flowrt: Run,
-    wrong_name_dovecot: DovecotServer,  # noqa: F811
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    result = flowrt("test", "pop3", f"localhost:{wrong_name_dovecot.pop3_port}")
-    assert result.exit_code == 1
-    assert "MessagingException: Could not connect to POP3 host: localhost" in result.output
-    assert "SSLHandshakeException: No subject alternative names matching localhost" in (
-        result.output
-    )
-    assert "hint: the server's certificate is for wrong.example" in result.output
-
-
-def test_refused_port_and_unknown_host(flowrt: Run) -> None:
-    refused = flowrt("test", "pop3", f"127.0.0.1:{free_port()}", "--timeout", "5s")
-    assert refused.exit_code == 1
-    assert "Could not connect to POP3 host: 127.0.0.1" in refused.output
-    assert "ConnectException: Connection refused" in refused.output
-    unknown = flowrt(
-        "test", "pop3", "no-such-host.invalid", "--protection", "pop3s", "--timeout", "5s"
-    )
-    assert unknown.exit_code == 1
-    assert "Could not connect to POP3 host: no-such-host.invalid, port: 995" in unknown.output
-    assert "UnknownHostException" in unknown.output
 
 
 def test_starttls_mandatory_against_a_server_without_stls(
@@ -219,16 +134,10 @@ def test_starttls_mandatory_against_a_server_without_stls(
     assert optional.exit_code == 0, optional.output  # CRAM-MD5 needs no TLS
 
 
+@pytest.mark.usefixtures("trusted", "box")
 def test_through_dante_on_premise_location(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    dante: DanteServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, dovecot: DovecotServer, dante: DanteServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    mailbox(flowrt, new_mailbox_user)
     added = flowrt("locations", "add", "plant-1", "--proxy", f"127.0.0.1:{dante.port}")
     assert added.exit_code == 0, added.output
     for port, protection in (
@@ -253,25 +162,6 @@ def test_through_dante_on_premise_location(
         assert f"(location plant-1 via 127.0.0.1:{dante.port})" in result.output
 
 
-def test_no_validate_and_download(flowrt: Run, dovecot: DovecotServer, tmp_path: Path) -> None:
-    archive = tmp_path / "chain.zip"
-    result = flowrt(
-        "test",
-        "pop3",
-        f"127.0.0.1:{dovecot.pop3_port}",
-        "--no-validate",
-        "--download",
-        str(archive),
-    )
-    assert result.exit_code == 0, result.output
-    with zipfile.ZipFile(io.BytesIO(archive.read_bytes())) as files:
-        names = files.namelist()
-        certs = [x509.load_der_x509_certificate(files.read(n)) for n in names]
-    assert names == ["0-localhost.cer", "1-flowrt-test-intermediate-ca.cer"]
-    assert dovecot.cert is not None and certs[0] == dovecot.cert.certificate
-    assert certs[0].issuer == certs[1].subject
-
-
 def test_download_after_a_failed_validation(
     flowrt: Run, dovecot: DovecotServer, tmp_path: Path
 ) -> None:
@@ -285,17 +175,10 @@ def test_download_after_a_failed_validation(
         assert len(files.namelist()) == 2
 
 
-def test_json_output(
-    flowrt: Run,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    dovecot.append(user.address, "INBOX", MAIL % b"one")
-    dovecot.append(user.address, "INBOX", MAIL % b"two")
+@pytest.mark.usefixtures("trusted")
+def test_json_output(flowrt: Run, dovecot: DovecotServer, box: MailboxUser) -> None:
+    dovecot.append(box.address, "INBOX", MAIL % b"one")
+    dovecot.append(box.address, "INBOX", MAIL % b"two")
     target = f"127.0.0.1:{dovecot.pop3_port}"
     result = flowrt(
         "test", "pop3", target, "--credential", "box", "--check-mailbox", "--format", "json"
@@ -305,7 +188,7 @@ def test_json_output(
     assert doc["ok"] is True and doc["test"] == f"pop3 {target} (starttls-mandatory)"
     assert doc["results"]["mailbox"]["total"] == 2 and doc["results"]["mailbox"]["size"] > 0
     assert doc["chain"][1]["trust"] == "issued by a trusted certificate (keystore alias test-root)"
-    add_login(flowrt, "wrong", user.address, "not-the-password")
+    add_login(flowrt, "wrong", box.address, "not-the-password")
     failed = json.loads(
         flowrt("test", "pop3", target, "--credential", "wrong", "--format", "json").output
     )
@@ -324,17 +207,11 @@ def test_usage_errors(flowrt: Run) -> None:
     assert flowrt("test", "pop3", "127.0.0.1:1", "--protection", "imaps").exit_code == 2
 
 
+@pytest.mark.usefixtures("trusted")
 def test_password_appears_in_no_file_and_no_output(
-    flowrt: Run,
-    tenant: Path,
-    dovecot: DovecotServer,
-    new_mailbox_user: Callable[..., MailboxUser],
-    test_ca: TestCA,
-    tmp_path: Path,
+    flowrt: Run, tenant: Path, dovecot: DovecotServer, box: MailboxUser
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    user = mailbox(flowrt, new_mailbox_user)
-    add_login(flowrt, "wrong", user.address, user.password + "-not")
+    add_login(flowrt, "wrong", box.address, box.password + "-not")
     plain, tls = f"127.0.0.1:{dovecot.pop3_port}", f"127.0.0.1:{dovecot.pop3s_port}"
     outputs = [
         flowrt("test", "pop3", plain, "--credential", "box", "--check-mailbox").output,
@@ -352,14 +229,6 @@ def test_password_appears_in_no_file_and_no_output(
     ]  # fmt: skip
     assert "verdict: OK" in outputs[0] and "verdict: OK" in outputs[2]
     assert "AuthenticationFailedException" in outputs[3]
-    needles = secret_forms(user.password, user.address)
-    needles += secret_forms(user.password + "-not", user.address)
+    needles = secret_forms(box.password, box.address)
+    needles += secret_forms(box.password + "-not", box.address)
     assert_no_secret(tenant, outputs, needles)
-
-
-def test_an_imap_port_is_not_a_pop3_server(flowrt: Run, dovecot: DovecotServer) -> None:
-    result = flowrt("test", "pop3", f"127.0.0.1:{dovecot.imap_port}")
-    assert result.exit_code == 1
-    assert "MessagingException: not a POP3 greeting: * OK" in result.output
-    assert f"hint: is 127.0.0.1:{dovecot.imap_port} a POP3 port?" in result.output
-    assert failed_stage(result.output) == "greeting"

@@ -10,31 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
-from tests.connectivity.conftest import Run
+from tests.connectivity.conftest import Run, add_login
 from tests.servers import DovecotServer, PostfixServer
 
 PASSWORD = "accounting-secret"
 
 
-def add_login(
+def smtp_login(
     flowrt: Run,
     dovecot: DovecotServer,
     user: str = "accounting@example.com",
     name: str = "smtp-out",
     password: str | None = None,
 ) -> None:
-    result = flowrt(
-        "credentials",
-        "add",
-        name,
-        "--user",
-        user,
-        "--password-stdin",
-        input=password or dovecot.password(user),
-    )
-    assert result.exit_code == 0, result.output
+    add_login(flowrt, name, user, password or dovecot.password(user))
 
 
 def test_empty_keystore_fails_then_import_fixes_it(flowrt: Run, postfix: PostfixServer) -> None:
@@ -62,17 +54,11 @@ def test_empty_keystore_fails_then_import_fixes_it(flowrt: Run, postfix: Postfix
     assert "mailroot" in listing.output
 
 
-def trust(flowrt: Run, test_ca: Any, tmp_path: Path) -> None:
-    root = tmp_path / "root.pem"
-    root.write_bytes(test_ca.cert_pem)
-    assert flowrt("keystore", "add", "test-root", str(root)).exit_code == 0
-
-
+@pytest.mark.usefixtures("trusted")
 def test_starttls_with_auth_and_addresses(
-    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer, test_ca: Any, tmp_path: Path
+    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    add_login(flowrt, dovecot)
+    smtp_login(flowrt, dovecot)
     result = flowrt(
         "test",
         "smtp",
@@ -108,11 +94,9 @@ def test_starttls_with_auth_and_addresses(
     assert PASSWORD not in result.output
 
 
-def test_cram_md5(
-    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer, test_ca: Any, tmp_path: Path
-) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    add_login(flowrt, dovecot)
+@pytest.mark.usefixtures("trusted")
+def test_cram_md5(flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer) -> None:
+    smtp_login(flowrt, dovecot)
     result = flowrt(
         "test",
         "smtp",
@@ -128,11 +112,11 @@ def test_cram_md5(
     assert "auth" in result.output and "235" in result.output
 
 
+@pytest.mark.usefixtures("trusted")
 def test_wrong_password_is_an_authentication_failure(
-    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer, test_ca: Any, tmp_path: Path
+    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    add_login(flowrt, dovecot, password="wrong-password-123")
+    smtp_login(flowrt, dovecot, password="wrong-password-123")
     result = flowrt(
         "test",
         "smtp",
@@ -148,10 +132,10 @@ def test_wrong_password_is_an_authentication_failure(
     assert "wrong-password-123" not in result.output
 
 
+@pytest.mark.usefixtures("trusted")
 def test_unknown_recipient_is_refused(
-    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer, test_ca: Any, tmp_path: Path
+    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
     result = flowrt(
         "test",
         "smtp",
@@ -168,7 +152,7 @@ def test_unknown_recipient_is_refused(
 def test_plain_auth_without_tls_is_refused(
     flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    add_login(flowrt, dovecot)
+    smtp_login(flowrt, dovecot)
     result = flowrt(
         "test",
         "smtp",
@@ -191,18 +175,6 @@ def test_starttls_mandatory_without_starttls(
     result = flowrt("test", "smtp", f"127.0.0.1:{server.port}")
     assert result.exit_code == 1
     assert "does not offer STARTTLS" in result.output
-
-
-def test_refused_port_and_unknown_host(flowrt: Run) -> None:
-    from tests.servers import free_port
-
-    refused = flowrt("test", "smtp", f"127.0.0.1:{free_port()}", "--timeout", "5s")
-    assert refused.exit_code == 1
-    assert "Could not connect to SMTP host" in refused.output
-    assert "ConnectException: Connection refused" in refused.output
-    unknown = flowrt("test", "smtp", "no-such-host.invalid:25", "--timeout", "5s")
-    assert unknown.exit_code == 1
-    assert "UnknownHostException" in unknown.output
 
 
 def test_no_validate_and_download(flowrt: Run, postfix: PostfixServer, tmp_path: Path) -> None:
@@ -243,16 +215,11 @@ def test_json_output(flowrt: Run, postfix: PostfixServer) -> None:
     assert doc["chain"]
 
 
+@pytest.mark.usefixtures("trusted")
 def test_password_appears_in_no_file_and_no_output(
-    flowrt: Run,
-    tenant: Path,
-    postfix: PostfixServer,
-    dovecot: DovecotServer,
-    test_ca: Any,
-    tmp_path: Path,
+    flowrt: Run, tenant: Path, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    trust(flowrt, test_ca, tmp_path)
-    add_login(flowrt, dovecot)
+    smtp_login(flowrt, dovecot)
     outputs = [
         flowrt(
             "test",

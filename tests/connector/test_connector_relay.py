@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,11 +20,14 @@ from tests.connector.connector_support import (
     LOCATION,
     TOKEN,
     Backends,
+    Events,
+    Handler,
     MakeConfig,
     StartConnector,
     closed_port,
     connect_request,
     digest_handler,
+    echo_handler,
     greeting_auth,
     ipv6_available,
     raw_client,
@@ -44,6 +48,30 @@ def relay_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return str(request.param)
 
 
+StartRelay = Callable[..., Awaitable[tuple[ConnectorServer, Events, int]]]
+
+
+@pytest.fixture
+def start_relay(
+    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
+) -> StartRelay:
+    """``await start_relay(handler, **top)``: a back end on loopback (``handler``, echo by
+    default) and a connector mapping ``VIRTUAL:143`` to it, with top-level config keys
+    ``top``; returns the connector, its log events and the back end's port. With
+    ``handler=None`` there is no back end: the mapping points at 127.0.0.1:1, for tests that
+    end in the SOCKS handshake."""
+
+    async def start(
+        handler: Handler | None = echo_handler, **top: Any
+    ) -> tuple[ConnectorServer, Events, int]:
+        port = 1 if handler is None else await backends.start(handler)
+        config = make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")], **top)
+        server, events = await start_connector(config)
+        return server, events, port
+
+    return start
+
+
 async def echo_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
     writer.write(b"a001 NOOP\r\n")
     await writer.drain()
@@ -51,13 +79,8 @@ async def echo_roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         return await reader.readexactly(11)
 
 
-async def test_tcp_mapping_relays_both_ways(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_tcp_mapping_relays_both_ways(start_relay: StartRelay) -> None:
+    server, events, port = await start_relay()
     reader, writer = await socks_connect(server.port, VIRTUAL, 143)
     assert await echo_roundtrip(reader, writer) == b"a001 NOOP\r\n"
     writer.close()
@@ -105,13 +128,8 @@ async def test_ipv6_listen_and_ipv6_back_end(
     assert events.named("connected")[0]["client"].startswith("[::1]:")
 
 
-async def test_unmapped_target_is_not_allowed_by_ruleset(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_unmapped_target_is_not_allowed_by_ruleset(start_relay: StartRelay) -> None:
+    server, events, port = await start_relay()
     for host, dport in ((VIRTUAL, 993), ("other.plant.example", 143), ("127.0.0.1", port)):
         with pytest.raises(ProxyError) as caught:
             await socks_connect(server.port, host, dport)
@@ -173,13 +191,8 @@ async def test_silent_back_end_is_host_unreachable_after_connect_timeout(
     assert rejected["reason"] == "127.0.0.1:143: no answer within 0.3s"
 
 
-async def test_wrong_token_fails_authentication_and_closes(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_wrong_token_fails_authentication_and_closes(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay()
     with pytest.raises(ProxyError) as caught:
         await socks_connect(server.port, VIRTUAL, 143, token="not-the-token-0123456789")
     assert "authentication failure" in str(caught.value)
@@ -192,13 +205,8 @@ async def test_wrong_token_fails_authentication_and_closes(
     assert outcomes == ["bad_token", "bad_token"]
 
 
-async def test_unknown_location_is_network_unreachable(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_unknown_location_is_network_unreachable(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay()
     # The right token, but a location this connector does not serve: CONNECT gets 0x03.
     with pytest.raises(ProxyError) as caught:
         await socks_connect(server.port, VIRTUAL, 143, user="plant-2")
@@ -214,10 +222,8 @@ async def test_unknown_location_is_network_unreachable(
     assert "reply" not in rejected[1]
 
 
-async def test_no_auth_client_gets_no_acceptable_method(
-    make_config: MakeConfig, start_connector: StartConnector
-) -> None:
-    server, events = await start_connector(make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")]))
+async def test_no_auth_client_gets_no_acceptable_method(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay(None)
     reader, writer = await raw_client(server.port)
     writer.write(bytes([5, 1, 0]))
     assert await read_to_eof(reader) == bytes([5, 0xFF])
@@ -227,9 +233,9 @@ async def test_no_auth_client_gets_no_acceptable_method(
 
 @pytest.mark.parametrize("command", [2, 3, 9])
 async def test_bind_and_udp_associate_are_not_supported(
-    make_config: MakeConfig, start_connector: StartConnector, command: int
+    start_relay: StartRelay, command: int
 ) -> None:
-    server, events = await start_connector(make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")]))
+    server, events, _ = await start_relay(None)
     reader, writer = await raw_client(server.port)
     writer.write(greeting_auth() + connect_request(VIRTUAL, 143, command=command))
     answer = await read_to_eof(reader)
@@ -240,10 +246,9 @@ async def test_bind_and_udp_associate_are_not_supported(
 
 
 async def test_pipelined_handshake_and_early_data_reach_the_back_end(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
+    start_relay: StartRelay,
 ) -> None:
-    port = await backends.start()
-    server, _ = await start_connector(make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")]))
+    server, _, _ = await start_relay()
     reader, writer = await raw_client(server.port)
     writer.write(greeting_auth() + connect_request(VIRTUAL, 143) + b"early bytes")
     async with asyncio.timeout(5):
@@ -265,9 +270,9 @@ async def test_pipelined_handshake_and_early_data_reach_the_back_end(
     ],
 )
 async def test_malformed_input_closes_cleanly(
-    make_config: MakeConfig, start_connector: StartConnector, data: bytes, answer: bytes
+    start_relay: StartRelay, data: bytes, answer: bytes
 ) -> None:
-    server, events = await start_connector(make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")]))
+    server, events, _ = await start_relay(None)
     reader, writer = await raw_client(server.port)
     writer.write(data)
     got = await read_to_eof(reader)
@@ -277,10 +282,8 @@ async def test_malformed_input_closes_cleanly(
     assert not events.named("internal_error")
 
 
-async def test_client_leaving_mid_handshake_is_logged_quietly(
-    make_config: MakeConfig, start_connector: StartConnector
-) -> None:
-    server, events = await start_connector(make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")]))
+async def test_client_leaving_mid_handshake_is_logged_quietly(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay(None)
     _, writer = await raw_client(server.port)
     writer.write(bytes([5, 1]))
     writer.close()
@@ -289,11 +292,8 @@ async def test_client_leaving_mid_handshake_is_logged_quietly(
     assert events.named("rejected")[0]["level"] == "info"
 
 
-async def test_handshake_time_is_bounded(
-    make_config: MakeConfig, start_connector: StartConnector
-) -> None:
-    config = make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")], handshake_timeout="300ms")
-    server, events = await start_connector(config)
+async def test_handshake_time_is_bounded(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay(None, handshake_timeout="300ms")
     reader, writer = await raw_client(server.port)
     writer.write(bytes([5, 1, 2]))  # greeting, then silence
     assert await read_to_eof(reader, timeout=5) == bytes([5, 2])
@@ -301,12 +301,8 @@ async def test_handshake_time_is_bounded(
     assert events.outcomes() == ["handshake_timeout"]
 
 
-async def test_idle_connection_is_closed_and_busy_one_is_not(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    config = make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")], idle_timeout="400ms")
-    server, events = await start_connector(config)
+async def test_idle_connection_is_closed_and_busy_one_is_not(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay(idle_timeout="400ms")
     idle_reader, idle_writer = await socks_connect(server.port, VIRTUAL, 143)
     busy_reader, busy_writer = await socks_connect(server.port, VIRTUAL, 143)
     loop = asyncio.get_running_loop()
@@ -323,12 +319,8 @@ async def test_idle_connection_is_closed_and_busy_one_is_not(
     assert closed_by == ["client", "idle_timeout"]
 
 
-async def test_connection_limit_answers_general_failure(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    config = make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")], max_connections=2)
-    server, events = await start_connector(config)
+async def test_connection_limit_answers_general_failure(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay(max_connections=2)
     first = await socks_connect(server.port, VIRTUAL, 143)
     second = await socks_connect(server.port, VIRTUAL, 143)
     with pytest.raises(ProxyError) as caught:
@@ -364,13 +356,8 @@ async def test_half_close_reaches_the_back_end(
     assert closed["closed_by"] == "client"
 
 
-async def test_large_transfer_both_ways_keeps_every_byte(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_large_transfer_both_ways_keeps_every_byte(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay()
     reader, writer = await socks_connect(server.port, VIRTUAL, 143)
     size, chunk = 20 * 1024 * 1024, os.urandom(1024 * 1024)
     sent = hashlib.sha256()
@@ -399,18 +386,13 @@ async def test_large_transfer_both_ways_keeps_every_byte(
     assert closed["bytes_up"] == closed["bytes_down"] == size
 
 
-async def test_back_end_closing_is_relayed_as_eof(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
+async def test_back_end_closing_is_relayed_as_eof(start_relay: StartRelay) -> None:
     async def greet_and_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"* BYE server shutting down\r\n")
         await writer.drain()
         writer.close()
 
-    port = await backends.start(greet_and_close)
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+    server, events, _ = await start_relay(greet_and_close)
     reader, writer = await socks_connect(server.port, VIRTUAL, 143)
     assert await read_to_eof(reader) == b"* BYE server shutting down\r\n"
     writer.close()
@@ -484,10 +466,9 @@ async def test_the_token_never_reaches_the_log(make_config: MakeConfig, backends
 
 
 async def test_clients_beyond_the_limit_in_their_handshake_are_closed_at_once(
-    make_config: MakeConfig, start_connector: StartConnector
+    start_relay: StartRelay,
 ) -> None:
-    config = make_config([tcp(f"{VIRTUAL}:143", "127.0.0.1:1")], max_connections=1)
-    server, events = await start_connector(config)
+    server, events, _ = await start_relay(None, max_connections=1)
     _, slow_writer = await raw_client(server.port)  # holds the only handshake slot
     await asyncio.sleep(0.05)
     reader, writer = await raw_client(server.port)
@@ -499,13 +480,8 @@ async def test_clients_beyond_the_limit_in_their_handshake_are_closed_at_once(
     assert events.outcomes()[0] == "too_many_handshakes"
 
 
-async def test_many_concurrent_relays(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
-    port = await backends.start()
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+async def test_many_concurrent_relays(start_relay: StartRelay) -> None:
+    server, events, _ = await start_relay()
 
     async def one(i: int) -> bytes:
         reader, writer = await socks_connect(server.port, VIRTUAL, 143)
@@ -521,9 +497,7 @@ async def test_many_concurrent_relays(
     await events.wait_for("closed", 50)
 
 
-async def test_client_reset_mid_transfer_closes_the_back_end(
-    make_config: MakeConfig, start_connector: StartConnector, backends: Backends
-) -> None:
+async def test_client_reset_mid_transfer_closes_the_back_end(start_relay: StartRelay) -> None:
     backend_done = asyncio.get_running_loop().create_future()
 
     async def firehose(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -535,10 +509,7 @@ async def test_client_reset_mid_transfer_closes_the_back_end(
             backend_done.set_result(type(exc).__name__)
             raise
 
-    port = await backends.start(firehose)
-    server, events = await start_connector(
-        make_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{port}")])
-    )
+    server, events, _ = await start_relay(firehose)
     reader, writer = await socks_connect(server.port, VIRTUAL, 143)
     async with asyncio.timeout(5):
         await reader.readexactly(1_000_000)

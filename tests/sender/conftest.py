@@ -95,6 +95,20 @@ def make_sender(
     )
 
 
+def protection_cases(protocol: Literal["imap", "pop3"]) -> list[tuple[str, str, str, bool]]:
+    """(protection, port name, auth, TLS expected): each protection, with plain and encrypted
+    auth, on the port it goes with (``imap`` or ``imaps``, ``pop3`` or ``pop3s``)."""
+    implicit = f"{protocol}s"
+    return [
+        ("off", protocol, "plain", False),
+        ("off", protocol, "encrypted", False),
+        ("starttls-mandatory", protocol, "plain", True),
+        ("starttls-optional", protocol, "encrypted", True),
+        (implicit, implicit, "plain", True),
+        (implicit, implicit, "encrypted", True),
+    ]
+
+
 def endpoint_for(
     sender: Sender,
     user: MailboxUser,

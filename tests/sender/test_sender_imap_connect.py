@@ -25,21 +25,12 @@ from tests.sender.conftest import (
     make_mail,
     make_sender,
     poller,
+    protection_cases,
 )
 from tests.servers import DovecotServer, MailboxUser, TestCA
 
-CASES = [
-    # protection, port, auth, TLS expected
-    ("off", "imap", "plain", False),
-    ("off", "imap", "encrypted", False),
-    ("starttls-mandatory", "imap", "plain", True),
-    ("starttls-optional", "imap", "encrypted", True),
-    ("imaps", "imaps", "plain", True),
-    ("imaps", "imaps", "encrypted", True),
-]
 
-
-@pytest.mark.parametrize(("protection", "port", "auth", "tls"), CASES)
+@pytest.mark.parametrize(("protection", "port", "auth", "tls"), protection_cases("imap"))
 async def test_poll_with_each_protection_and_auth(
     dovecot: DovecotServer,
     mailbox_user: MailboxUser,

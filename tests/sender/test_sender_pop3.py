@@ -22,20 +22,19 @@ from flowrt.errors import (
     render_chain,
 )
 from flowrt.runtime.state import StateDB
-from tests.sender.conftest import Recorder, endpoint_for, fill, make_mail, make_sender, poller
+from tests.sender.conftest import (
+    Recorder,
+    endpoint_for,
+    fill,
+    make_mail,
+    make_sender,
+    poller,
+    protection_cases,
+)
 from tests.servers import DovecotServer, MailboxUser
 
-CASES = [
-    ("off", "pop3", "plain", False),
-    ("off", "pop3", "encrypted", False),
-    ("starttls-mandatory", "pop3", "plain", True),
-    ("starttls-optional", "pop3", "encrypted", True),
-    ("pop3s", "pop3s", "plain", True),
-    ("pop3s", "pop3s", "encrypted", True),
-]
 
-
-@pytest.mark.parametrize(("protection", "port", "auth", "tls"), CASES)
+@pytest.mark.parametrize(("protection", "port", "auth", "tls"), protection_cases("pop3"))
 async def test_pop3_poll_with_each_protection_and_auth(
     dovecot: DovecotServer,
     mailbox_user: MailboxUser,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import re
 import secrets
 import socket
@@ -71,6 +72,7 @@ from flowrt.adapters.mail.imap_parse import (
     select_info,
     uid_set,
 )
+from flowrt.adapters.mail.mail_client import open_over
 from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
 
 __all__ = ["ImapClient", "ImapProtocol", "SaslCommand"]
@@ -308,21 +310,8 @@ class ImapClient:
         greeting. ssl errors are raised as they are, for the caller to explain."""
         loop = asyncio.get_running_loop()
         protocol = ImapProtocol(loop)
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.create_connection(
-                    lambda: protocol,
-                    sock=sock,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                    ssl_handshake_timeout=timeout if tls else None,
-                )
-        except TimeoutError as exc:
-            sock.close()
-            raise SocketTimeoutException(f"TLS handshake timed out after {timeout:g}s") from exc
-        except BaseException:
-            sock.close()
-            raise
+        opener = functools.partial(loop.create_connection, lambda: protocol)
+        await open_over(sock, opener, host=host, timeout=timeout, tls=tls)
         client = cls(protocol, host, port, timeout)
         client.tls_active = tls is not None
         try:

@@ -15,32 +15,24 @@ The rules (design: trust and security):
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from flowrt.adapters.mail.imap_client import ImapClient, Responder
 from flowrt.adapters.mail.imap_parse import response_text
+from flowrt.adapters.mail.mail_session import (
+    login_password,
+    open_client,
+    refuse_clear_text,
+    session_refused,
+    starttls,
+)
 from flowrt.adapters.mail.sender_auth import (
     cram_md5_response,
     plain_response,
     unsafe_for_wire,
     xoauth2_response,
 )
-from flowrt.adapters.mail.sender_connection import (
-    MailEndpoint,
-    connect_failure,
-    keepalive,
-    peer_certificate,
-    tls_error,
-)
-from flowrt.errors import (
-    AuthenticationFailedException,
-    FlowrtError,
-    IOException,
-    MessagingException,
-    SocketTimeoutException,
-    StoreClosedException,
-)
-from flowrt.net import connect
+from flowrt.adapters.mail.sender_connection import MailEndpoint, connect_failure
+from flowrt.errors import AuthenticationFailedException, StoreClosedException
 from flowrt.security.secret import Secret
 
 __all__ = ["open_imap"]
@@ -48,9 +40,16 @@ __all__ = ["open_imap"]
 
 async def open_imap(endpoint: MailEndpoint) -> ImapClient:
     """A connected, authenticated :class:`ImapClient` (no folder selected yet)."""
-    client = await _connect(endpoint)
+    client = await open_client(endpoint, ImapClient.start)
+    if client.state == "LOGOUT":  # the greeting refused the session
+        greeting = client.greeting.decode("utf-8", "replace").strip()
+        await client.logout()
+        raise session_refused(endpoint, greeting)
     try:
-        await _secure(client, endpoint)
+        await client.capability()
+        await starttls(
+            endpoint, "STARTTLS", client.has("STARTTLS"), client.starttls, _starttls_dialog
+        )
         await authenticate(client, endpoint)
     except StoreClosedException as exc:  # dropped or silent before we were logged in
         client.abort()
@@ -59,66 +58,6 @@ async def open_imap(endpoint: MailEndpoint) -> ImapClient:
         await client.logout()
         raise
     return client
-
-
-async def _connect(endpoint: MailEndpoint) -> ImapClient:
-    try:
-        sock = await connect(
-            endpoint.host, endpoint.port, route=endpoint.route, timeout=endpoint.timeout
-        )
-    except FlowrtError as exc:
-        raise connect_failure(endpoint, exc) from exc
-    keepalive(sock)
-    tls = endpoint.context() if endpoint.implicit_tls else None
-    try:
-        client = await ImapClient.start(
-            sock, host=endpoint.host, port=endpoint.port, timeout=endpoint.timeout, tls=tls
-        )
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        if tls is None:
-            raise connect_failure(endpoint, IOException(f"connection dropped: {exc}")) from exc
-        peer = await peer_certificate(endpoint, None)
-        error = tls_error(endpoint, exc, peer)
-        raise error from error.__cause__
-    except OSError as exc:  # reset or aborted before anything was said
-        raise connect_failure(endpoint, IOException(f"connection lost: {exc}")) from exc
-    except (IOException, MessagingException) as exc:
-        raise connect_failure(endpoint, exc) from exc
-    greeting = client.greeting.decode("utf-8", "replace").strip()
-    if client.state == "LOGOUT":
-        await client.logout()
-        raise MessagingException(
-            f"{endpoint.connect_text}; the server refused the session: {greeting}",
-            retryable=True,
-        )
-    return client
-
-
-async def _secure(client: ImapClient, endpoint: MailEndpoint) -> None:
-    await client.capability()
-    if not endpoint.starttls:
-        return
-    if not client.has("STARTTLS"):
-        if endpoint.protection == "starttls-optional":
-            return
-        raise MessagingException(
-            f"{endpoint.connect_text}; STARTTLS is required (protection starttls-mandatory) "
-            "but the server does not offer it",
-            hint="a server that stops offering STARTTLS may be under attack (a stripped "
-            "capability); check the server and the path to it, or use protection imaps on "
-            "the implicit TLS port",
-            retryable=False,
-        )
-    try:
-        await client.starttls(endpoint.context())
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        peer = await peer_certificate(endpoint, _starttls_dialog)
-        error = tls_error(endpoint, exc, peer)
-        raise error from error.__cause__
-    except TimeoutError as exc:
-        raise connect_failure(
-            endpoint, SocketTimeoutException(f"TLS handshake timed out after {endpoint.timeout:g}s")
-        ) from exc
 
 
 async def _starttls_dialog(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -140,16 +79,7 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
     login = endpoint.login
     if client.state == "AUTH":  # PREAUTH: the server knows us already
         return
-    encrypted = client.tls_active
-    if endpoint.auth in ("plain", "oauth2") and not encrypted and not endpoint.allow_plaintext_auth:
-        what = "password" if endpoint.auth == "plain" else "OAuth2 token"
-        raise MessagingException(
-            f"refusing to send the {what} of credential '{login.credential}' in clear text "
-            f"to {endpoint.host}:{endpoint.port} (protection {endpoint.protection}, no TLS)",
-            hint="use protection starttls-mandatory or imaps, or auth encrypted; add "
-            "allow-plaintext-auth only on a trusted network",
-            retryable=False,
-        )
+    refuse_clear_text(endpoint, client.tls_active)
     if unsafe_for_wire(login.user):
         raise AuthenticationFailedException(
             f"the user name of credential '{login.credential}' contains a line break",
@@ -167,7 +97,7 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
                 "XOAUTH2", [], initial=xoauth2_response(login.user, token)
             )
     else:
-        password = _password(endpoint)
+        password = login_password(endpoint)
         if endpoint.auth == "encrypted":
             if not client.has("AUTH=CRAM-MD5"):
                 raise AuthenticationFailedException(
@@ -190,21 +120,6 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
             response_text(response) or f"{response.result} (no text)",
             hint=endpoint.credential_hint(),
         )
-
-
-def _password(endpoint: MailEndpoint) -> Secret:
-    password = endpoint.login.password
-    if password is None or not password:
-        raise AuthenticationFailedException(
-            f"credential '{endpoint.login.credential}' has no password",
-            hint=endpoint.credential_hint(),
-        )
-    if unsafe_for_wire(password.reveal()):
-        raise AuthenticationFailedException(
-            f"the password of credential '{endpoint.login.credential}' contains a line break",
-            hint=endpoint.credential_hint(),
-        )
-    return password
 
 
 def _use_authenticate_plain(client: ImapClient, user: str, password: Secret) -> bool:

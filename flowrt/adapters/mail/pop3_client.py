@@ -24,6 +24,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 
+from flowrt.adapters.mail.mail_client import open_over
 from flowrt.adapters.mail.sender_auth import apop_digest
 from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
 from flowrt.security.secret import Secret
@@ -161,20 +162,9 @@ class Pop3Client:
     ) -> Pop3Client:
         """Speak POP3 over ``sock`` (implicit TLS first when ``tls`` is given), read the
         greeting. ssl errors are raised as they are, for the caller to explain."""
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    sock=sock,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                    ssl_handshake_timeout=timeout if tls else None,
-                )
-        except TimeoutError as exc:
-            sock.close()
-            raise SocketTimeoutException(f"TLS handshake timed out after {timeout:g}s") from exc
-        except BaseException:
-            sock.close()
-            raise
+        reader, writer = await open_over(
+            sock, asyncio.open_connection, host=host, timeout=timeout, tls=tls
+        )
         client = cls(reader, writer, host=host, port=port, timeout=timeout)
         client.tls_active = tls is not None
         try:

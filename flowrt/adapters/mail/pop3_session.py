@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
+from typing import Any
 
+from flowrt.adapters.mail.mail_session import (
+    SessionRefused,
+    login_password,
+    open_client,
+    refuse_clear_text,
+    starttls,
+)
 from flowrt.adapters.mail.pop3_client import Pop3Client, Pop3ErrorReply
 from flowrt.adapters.mail.sender_auth import (
     cram_md5_response,
@@ -20,22 +27,12 @@ from flowrt.adapters.mail.sender_auth import (
     unsafe_for_wire,
     xoauth2_response,
 )
-from flowrt.adapters.mail.sender_connection import (
-    MailEndpoint,
-    connect_failure,
-    keepalive,
-    peer_certificate,
-    tls_error,
-)
+from flowrt.adapters.mail.sender_connection import MailEndpoint, connect_failure
 from flowrt.errors import (
     AuthenticationFailedException,
-    FlowrtError,
-    IOException,
     MessagingException,
-    SocketTimeoutException,
     StoreClosedException,
 )
-from flowrt.net import connect
 from flowrt.security.secret import Secret
 
 __all__ = ["open_pop3"]
@@ -43,16 +40,10 @@ __all__ = ["open_pop3"]
 
 async def open_pop3(endpoint: MailEndpoint) -> Pop3Client:
     """A connected, authenticated :class:`Pop3Client` (in the TRANSACTION state)."""
+    client = await open_client(endpoint, _start)
     try:
-        sock = await connect(
-            endpoint.host, endpoint.port, route=endpoint.route, timeout=endpoint.timeout
-        )
-    except FlowrtError as exc:
-        raise connect_failure(endpoint, exc) from exc
-    keepalive(sock)
-    client = await _start(sock, endpoint)
-    try:
-        await _secure(client, endpoint)
+        await client.capa()
+        await starttls(endpoint, "STLS", client.has("STLS"), client.stls, _stls_dialog)
         await authenticate(client, endpoint)
     except StoreClosedException as exc:  # dropped or silent before we were logged in
         await client.close()
@@ -63,52 +54,12 @@ async def open_pop3(endpoint: MailEndpoint) -> Pop3Client:
     return client
 
 
-async def _start(sock: socket.socket, endpoint: MailEndpoint) -> Pop3Client:
-    tls = endpoint.context() if endpoint.implicit_tls else None
+async def _start(sock: socket.socket, **where: Any) -> Pop3Client:
+    """:meth:`Pop3Client.start`, with a greeting that is not ``+OK`` as SessionRefused."""
     try:
-        return await Pop3Client.start(
-            sock, host=endpoint.host, port=endpoint.port, timeout=endpoint.timeout, tls=tls
-        )
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        if tls is None:
-            raise connect_failure(endpoint, IOException(f"connection dropped: {exc}")) from exc
-        error = tls_error(endpoint, exc, await peer_certificate(endpoint, None))
-        raise error from error.__cause__
-    except OSError as exc:  # reset or aborted before anything was said
-        raise connect_failure(endpoint, IOException(f"connection lost: {exc}")) from exc
+        return await Pop3Client.start(sock, **where)
     except Pop3ErrorReply as exc:
-        raise MessagingException(
-            f"{endpoint.connect_text}; the server refused the session: {exc.reply}",
-            retryable=True,
-        ) from exc
-    except (IOException, MessagingException) as exc:
-        raise connect_failure(endpoint, exc) from exc
-
-
-async def _secure(client: Pop3Client, endpoint: MailEndpoint) -> None:
-    await client.capa()
-    if not endpoint.starttls:
-        return
-    if not client.has("STLS"):
-        if endpoint.protection == "starttls-optional":
-            return
-        raise MessagingException(
-            f"{endpoint.connect_text}; STARTTLS is required (protection starttls-mandatory) "
-            "but the server does not offer STLS",
-            hint="a server that stops offering STLS may be under attack (a stripped "
-            "capability); check the server and the path to it, or use protection pop3s on "
-            "the implicit TLS port",
-            retryable=False,
-        )
-    try:
-        await client.stls(endpoint.context())
-    except (ssl.SSLError, ConnectionResetError) as exc:
-        error = tls_error(endpoint, exc, await peer_certificate(endpoint, _stls_dialog))
-        raise error from error.__cause__
-    except TimeoutError as exc:
-        raise connect_failure(
-            endpoint, SocketTimeoutException(f"TLS handshake timed out after {endpoint.timeout:g}s")
-        ) from exc
+        raise SessionRefused(exc.reply) from exc
 
 
 async def _stls_dialog(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -120,16 +71,7 @@ async def _stls_dialog(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
     login = endpoint.login
-    encrypted = client.tls_active
-    if endpoint.auth in ("plain", "oauth2") and not encrypted and not endpoint.allow_plaintext_auth:
-        what = "password" if endpoint.auth == "plain" else "OAuth2 token"
-        raise MessagingException(
-            f"refusing to send the {what} of credential '{login.credential}' in clear text "
-            f"to {endpoint.host}:{endpoint.port} (protection {endpoint.protection}, no TLS)",
-            hint="use protection starttls-mandatory or pop3s, or auth encrypted; add "
-            "allow-plaintext-auth only on a trusted network",
-            retryable=False,
-        )
+    refuse_clear_text(endpoint, client.tls_active)
     if unsafe_for_wire(login.user) or " " in login.user:
         raise AuthenticationFailedException(
             f"the user name of credential '{login.credential}' contains a space or line break",
@@ -139,9 +81,9 @@ async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
         if endpoint.auth == "oauth2":
             await _xoauth2(client, endpoint)
         elif endpoint.auth == "encrypted":
-            await _encrypted(client, endpoint, _password(endpoint))
+            await _encrypted(client, endpoint, login_password(endpoint))
         else:
-            password = _password(endpoint)
+            password = login_password(endpoint)
             if client.capabilities and not client.has("USER") and client.sasl("PLAIN"):
                 await client.auth("PLAIN", [], initial=plain_response(login.user, password))
             else:
@@ -186,18 +128,3 @@ async def _encrypted(client: Pop3Client, endpoint: MailEndpoint, password: Secre
             "(auth encrypted)",
             hint="use auth plain over TLS (protection starttls-mandatory or pop3s)",
         )
-
-
-def _password(endpoint: MailEndpoint) -> Secret:
-    password = endpoint.login.password
-    if password is None or not password:
-        raise AuthenticationFailedException(
-            f"credential '{endpoint.login.credential}' has no password",
-            hint=endpoint.credential_hint(),
-        )
-    if unsafe_for_wire(password.reveal()):
-        raise AuthenticationFailedException(
-            f"the password of credential '{endpoint.login.credential}' contains a line break",
-            hint=endpoint.credential_hint(),
-        )
-    return password

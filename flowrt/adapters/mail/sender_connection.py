@@ -233,18 +233,6 @@ def keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
-def ssl_cause(exc: BaseException) -> ssl.SSLError | ConnectionError | None:
-    """The ssl error (or the connection reset during a handshake) inside ``exc``, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
 # ----------------------------------------------------------------------------- from a tenant
 
 
