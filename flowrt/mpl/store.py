@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from flowrt._sqlite import open_wal
 from flowrt.errors import ChainLevel, MplError
 from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, from_epoch, from_epoch_us, to_epoch
@@ -71,6 +72,10 @@ _NULLABLE = operator.itemgetter(
 _NULLABLE_SET = frozenset(_schema.NULLABLE_COLUMNS)
 
 
+def _open_error(message: str, cause: sqlite3.Error | None) -> MplError:
+    return MplError(message, hint=None if cause is None else _hint_for(cause))
+
+
 class MplStore:
     """Open (and create or migrate) the MPL database at ``path``.
 
@@ -80,15 +85,10 @@ class MplStore:
 
     def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0) -> None:
         self.path = Path(path)
-        if not create and not self.path.exists():
-            raise MplError(f"no MPL database at {self.path}")
         self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise MplError(f"cannot open the MPL database {self.path}: {exc}") from exc
+        self._conn = open_wal(
+            self.path, name="MPL database", error=_open_error, create=create, timeout=timeout
+        )
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._sql: dict[tuple[str, str, int, str], str] = {}  # multi-row INSERT texts
         self._checkpointer: sqlite3.Connection | None = None  # see checkpoint()
@@ -96,8 +96,6 @@ class MplStore:
         self._timeout = timeout
         try:
             with self._guard("open"):
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._migrate()
         except BaseException:
             self._conn.close()

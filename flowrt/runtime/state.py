@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
 from flowrt.tenant import Tenant
 
@@ -156,25 +157,28 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+_DAMAGED_HINT = (
+    "another process may hold a long write lock; if the file is damaged, stop the runtime "
+    "and move it away (idempotency records are lost then)"
+)
+
+
 class StateDB:
     """The runtime state database of a tenant. Safe to share between threads of a process
     and between processes; every method is one short transaction."""
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.exists():
-            raise TenantError(f"no runtime state database at {self.path}")
         self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise TenantError(f"cannot open the runtime state database {self.path}: {exc}") from exc
+        self._conn = open_wal(
+            self.path,
+            name="runtime state database",
+            error=lambda message, _cause: TenantError(message, hint=_DAMAGED_HINT),
+            create=create,
+            timeout=timeout,
+        )
         try:
             with self._guard("open"):
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._migrate()
         except BaseException:
             self._conn.close()
@@ -204,8 +208,7 @@ class StateDB:
             except sqlite3.Error as exc:
                 raise TenantError(
                     f"runtime state database {self.path}: {action} failed: {exc}",
-                    hint="another process may hold a long write lock; if the file is damaged, "
-                    "stop the runtime and move it away (idempotency records are lost then)",
+                    hint=_DAMAGED_HINT,
                 ) from exc
 
     @contextlib.contextmanager
