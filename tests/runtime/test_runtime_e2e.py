@@ -129,9 +129,14 @@ FLOW = """flow {name} {{
 """
 
 
-def write_flow(path: Path, **values: Any) -> Path:
+def write_flow(path: Path, stack: dict[str, Any], **values: Any) -> Path:
+    """A flow from ``stack``'s source mailbox to its target, through the real servers."""
     values.setdefault("steps", "")
     values.setdefault("prefix", "Fwd: ")
+    values.setdefault("source_credential", "source")
+    values.setdefault("imap", stack["imap"])
+    values.setdefault("smtps", stack["smtps"])
+    values.setdefault("target", stack["target"].address)
     path.write_text(FLOW.format(**values))
     return path
 
@@ -195,14 +200,7 @@ def test_mail_goes_from_the_source_mailbox_to_the_target_mailbox(
     tmp_path: Path,
 ) -> None:
     tenant, source, target = stack["tenant"], stack["source"], stack["target"]
-    flow = write_flow(
-        tmp_path / "forward.flow",
-        name="forward",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="source",
-        target=target.address,
-    )
+    flow = write_flow(tmp_path / "forward.flow", stack, name="forward")
     pdf = b"%PDF-1.4\n% Rechnung\n%%EOF\n"
     dovecot.append(
         source.address, "INBOX", mail("Rechnung Nr. 7 über 100 €", "Betrag: 100 €", attachment=pdf)
@@ -259,20 +257,13 @@ def test_deploy_while_running_picks_up_the_new_version(
     tmp_path: Path,
 ) -> None:
     tenant, source, target = stack["tenant"], stack["source"], stack["target"]
-    values = dict(
-        name="versions",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="source",
-        target=target.address,
-    )
-    flow = write_flow(tmp_path / "versions.flow", prefix="v1: ", **values)
+    flow = write_flow(tmp_path / "versions.flow", stack, name="versions", prefix="v1: ")
     runtimes()
     assert "STARTED (version 1)" in flowrt(tenant, "deploy", str(flow)).output
     dovecot.append(source.address, "INBOX", mail("first"))
     wait_for(lambda: "v1: first" in subjects(dovecot, target.address), what="v1 mail")
 
-    write_flow(flow, prefix="v2: ", **values)
+    write_flow(flow, stack, name="versions", prefix="v2: ")
     redeployed = flowrt(tenant, "deploy", str(flow))
     assert redeployed.exit_code == 0, redeployed.output
     assert "deployed versions version 2" in redeployed.output
@@ -291,13 +282,7 @@ def test_sigterm_during_a_batch_loses_nothing_and_sends_nothing_twice(
     tenant, source, target = stack["tenant"], stack["source"], stack["target"]
     (tmp_path / "slow.py").write_text("import time\n\ndef pause(exchange):\n    time.sleep(0.3)\n")
     flow = write_flow(
-        tmp_path / "batch.flow",
-        name="batch",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="source",
-        target=target.address,
-        steps='        script "slow:pause"',
+        tmp_path / "batch.flow", stack, name="batch", steps='        script "slow:pause"'
     )
     count = 8
     for index in range(count):
@@ -337,22 +322,8 @@ def test_a_flow_with_a_wrong_password_fails_while_the_other_runs_on(
         ).exit_code
         == 0
     )
-    good = write_flow(
-        tmp_path / "good.flow",
-        name="good",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="source",
-        target=target.address,
-    )
-    bad = write_flow(
-        tmp_path / "bad.flow",
-        name="bad",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="wrong",
-        target=target.address,
-    )
+    good = write_flow(tmp_path / "good.flow", stack, name="good")
+    bad = write_flow(tmp_path / "bad.flow", stack, name="bad", source_credential="wrong")
     runtimes()
     assert flowrt(tenant, "deploy", str(good), str(bad)).exit_code == 0
     dovecot.append(source.address, "INBOX", mail("still flowing"))
@@ -389,15 +360,8 @@ def test_deploying_an_invalid_flow_changes_nothing_that_runs(
     runtimes: Callable[..., Runtime],
     tmp_path: Path,
 ) -> None:
-    tenant, target = stack["tenant"], stack["target"]
-    flow = write_flow(
-        tmp_path / "steady.flow",
-        name="steady",
-        imap=stack["imap"],
-        smtps=stack["smtps"],
-        source_credential="source",
-        target=target.address,
-    )
+    tenant = stack["tenant"]
+    flow = write_flow(tmp_path / "steady.flow", stack, name="steady")
     runtimes()
     assert "STARTED (version 1)" in flowrt(tenant, "deploy", str(flow)).output
     flow.write_text(flow.read_text().replace("poll          every 1s", "poll every 1x"))
