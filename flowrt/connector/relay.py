@@ -6,17 +6,18 @@ them into Python, which more than halves the connector's CPU time per byte; the
 :class:`StreamRelay` here serves ``tcp-tls`` mappings (TLS needs a transport) and systems
 without ``splice``. :func:`make_relay` picks one. For both:
 
-* Back-pressure: a direction reads only when what it read before has been written (streams:
-  at most :data:`~flowrt.connector.dial.READ_LIMIT` bytes, then ``await drain()``; splice:
-  a pipe of at most 1 MiB that must be empty), so a slow reader on one side stops the
-  reading on the other, and every buffer is bounded.
+* Back-pressure: what a direction has read and not yet written is bounded (streams: at most
+  :data:`~flowrt.connector.dial.READ_LIMIT` bytes, then ``await drain()``; splice: a pipe
+  of at most 1 MiB, read into while it has room and written from at the same time), so a
+  slow reader on one side stops the reading on the other, and every buffer is bounded.
 * Half-close: when one side ends its sending (EOF), the other side gets an EOF too
   (``write_eof``) and the opposite direction goes on; the connection closes when both
   directions have ended. A TLS back end cannot take a half-close (TLS has no such thing),
   so after the client's EOF it gets :data:`HALF_CLOSE_LINGER` seconds to finish its answer.
 * Idle bound: when no byte has moved either way for ``idle_timeout``, both sides are closed.
-  One shared timestamp is updated per chunk, and one waiter checks it, instead of a timer
-  per read, which keeps the per-chunk cost to a clock read.
+  One shared timestamp is updated per chunk (splice: per chunk read or written), and one
+  waiter checks it, instead of a timer per read, which keeps the per-chunk cost to a clock
+  read.
 """
 
 from __future__ import annotations
