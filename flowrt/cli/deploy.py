@@ -49,16 +49,18 @@ def deploy(cli: CliContext, files: tuple[str, ...], wait_for: str) -> None:
     if any(not r.ok for r in results):
         raise FlowError("nothing was deployed: fix the errors above")
     security = TenantSecurity.open(tenant)
-    missing = [
-        (result, problem)
-        for result in results
-        for flow in result.flows
-        for problem in check_references(flow, security)
-    ]
+    missing = sorted(
+        (
+            problem
+            for result in results
+            for flow in result.flows
+            for problem in check_references(flow, security)
+        ),
+        key=lambda d: (d.file, d.line, d.column),
+    )
     if missing:
         sources = {r.file: r.source for r in results}
-        problems = sorted((p for _, p in missing), key=lambda d: (d.file, d.line, d.column))
-        click.echo(render_all(problems, sources), err=True)
+        click.echo(render_all(missing, sources), err=True)
         raise FlowError("nothing was deployed: the tenant lacks what the flows above name")
     store = Deployments(tenant)
     outcomes = [store.deploy(flow) for result in results for flow in result.flows]

@@ -131,7 +131,7 @@ class FlowInstance:
             self._log.error("poll failed", error=summary(exc), hint=find_hint(exc))
             return None
         finally:
-            self._refresh_health()
+            self.refresh()
 
     async def stop(self, grace: float) -> None:
         """Stop polling and hand back every mail not yet started (the mailbox keeps it
@@ -187,7 +187,7 @@ class FlowInstance:
             self.status.failed += 1
             if result.error is not None:
                 self.status.last_error = summary(result.error)
-        self._refresh_health()
+        self.refresh()
         return ok
 
     def _log_result(self, result: Result, seconds: float) -> None:
@@ -215,7 +215,8 @@ class FlowInstance:
 
     # ------------------------------------------------------------------ status
 
-    def _refresh_health(self) -> None:
+    def refresh(self) -> None:
+        """Take the poller's health into the status (and tell the runtime it changed)."""
         if self._poller is not None:
             health = self._poller.health
             if health.last_poll:
@@ -239,9 +240,6 @@ class FlowInstance:
                     self.status.reason = ""
         self.status.updated = now_iso()
         self._on_change()
-
-    def refresh(self) -> None:
-        self._refresh_health()
 
     def _set(self, state: str, *, reason: str = "", hint: str | None = None) -> None:
         self.status.state = state
