@@ -238,7 +238,7 @@ async def _imap_fetch_all(
     port: int, proxy_port: int | None, user: str, password: str
 ) -> tuple[float, int]:
     """Seconds and bytes to fetch every mail of INBOX with flowrt's IMAP client."""
-    from flowrt.adapters.mail.imap_client import ImapClient
+    from flowrt.adapters.mail.imap.client import ImapClient
     from flowrt.net import ProxyRoute, connect
 
     route = ProxyRoute("127.0.0.1", proxy_port, LOCATION, TOKEN, LOCATION) if proxy_port else None

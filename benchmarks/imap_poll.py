@@ -52,8 +52,8 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.servers
 
-from flowrt.adapters.mail.sender import MailPoller  # noqa: E402
-from flowrt.adapters.mail.sender_connection import MailEndpoint, MailLogin  # noqa: E402
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin  # noqa: E402
+from flowrt.adapters.mail.sender.poller import MailPoller  # noqa: E402
 from flowrt.dsl.model import (  # noqa: E402
     Address,
     Auth,

@@ -20,8 +20,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from flowrt.adapters.mail.mime_in import mail_to_exchange
-from flowrt.adapters.mail.mime_out import MailComposer
+from flowrt.adapters.mail.mime.compose import MailComposer
+from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.dsl import parse_text
 
 MB = 1024 * 1024

@@ -46,7 +46,7 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.servers (the smtp-sink fixture)
 
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver  # noqa: E402
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver  # noqa: E402
 from flowrt.dsl import parse_text  # noqa: E402
 from flowrt.dsl.model import Receiver  # noqa: E402
 from flowrt.engine.exchange import Exchange, Headers  # noqa: E402

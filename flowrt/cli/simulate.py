@@ -26,9 +26,9 @@ import click
 import structlog
 
 from flowrt._fs import atomic_write
-from flowrt.adapters.mail.mime_in import DEFECTS_PROPERTY, mail_to_exchange
-from flowrt.adapters.mail.mime_out import MailComposer, OutgoingMail
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.mime.compose import MailComposer, OutgoingMail
+from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY, mail_to_exchange
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.dsl import load_flow

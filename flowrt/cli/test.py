@@ -11,11 +11,11 @@ import click
 from cryptography.hazmat.primitives import hashes
 
 from flowrt._fs import atomic_write
+from flowrt.adapters.mail.check.target import CheckOptions, parse_target
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
-from flowrt.connectivity import CheckOptions, ConnectivityReport
+from flowrt.connectivity import ConnectivityReport
 from flowrt.connectivity.chain import chain_zip, default_alias, to_import
-from flowrt.connectivity.target import parse_target
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import FlowrtError, UsageError
 from flowrt.security import TenantSecurity, edit_keystore
@@ -197,7 +197,7 @@ def test_group() -> None:
 @pass_cli
 def test_smtp(cli: CliContext, /, target: str, **kw: Any) -> None:
     """Test an SMTP server: TLS, certificate chain, AUTH, and optionally addresses."""
-    from flowrt.connectivity import smtp
+    from flowrt.adapters.mail.smtp import check as smtp
 
     if kw["rcpt_to"] and not kw["mail_from"]:
         raise UsageError("--to needs --from")
@@ -215,7 +215,7 @@ def test_smtp(cli: CliContext, /, target: str, **kw: Any) -> None:
 @pass_cli
 def test_imap(cli: CliContext, /, target: str, **kw: Any) -> None:
     """Test an IMAP server: TLS, certificate chain, login, and folders or one mailbox."""
-    from flowrt.connectivity import imap
+    from flowrt.adapters.mail.imap import check as imap
 
     _run(cli, _options("imap", target, kw), imap.check, kw)
 
@@ -230,7 +230,7 @@ def test_imap(cli: CliContext, /, target: str, **kw: Any) -> None:
 @pass_cli
 def test_pop3(cli: CliContext, /, target: str, **kw: Any) -> None:
     """Test a POP3 server: TLS, certificate chain, login, and the mailbox's count."""
-    from flowrt.connectivity import pop3
+    from flowrt.adapters.mail.pop3 import check as pop3
 
     kw["check_mailbox"] = "INBOX" if kw["check_mailbox"] else None
     _run(cli, _options("pop3", target, kw), pop3.check, kw)

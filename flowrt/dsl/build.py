@@ -6,7 +6,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from flowrt.adapters.mail import receiver_spec, sender_spec
+from flowrt.adapters.mail.spec import receiver as receiver_spec
+from flowrt.adapters.mail.spec import sender as sender_spec
 from flowrt.dsl import model as m
 from flowrt.dsl._parse import RawBlock, RawFlow, RawSetting
 from flowrt.dsl.flow_spec import FLOW_SETTINGS, ON_ERROR

@@ -15,10 +15,10 @@ from pathlib import Path
 import structlog
 
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.sender import MailPoller, PollResult
-from flowrt.adapters.mail.sender_connection import endpoint_from_tenant
-from flowrt.adapters.mail.smtp_pool import SmtpPool
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
+from flowrt.adapters.mail.sender.poller import MailPoller, PollResult
+from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.pipeline import compile_flow

@@ -23,7 +23,7 @@ import time
 import structlog
 
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.smtp_pool import SmtpPool
+from flowrt.adapters.mail.smtp.pool import SmtpPool
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore

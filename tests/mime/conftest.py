@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from flowrt.adapters.mail.mime_out import MailComposer
+from flowrt.adapters.mail.mime.compose import MailComposer
 from flowrt.dsl import parse_text
 from flowrt.dsl.model import Receiver
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrt.adapters.mail.mime_in import (
+from flowrt.adapters.mail.mime.read import (
     DEFECTS_PROPERTY,
     ORIGINAL_PROPERTY,
     decode_words,

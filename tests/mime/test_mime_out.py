@@ -11,8 +11,8 @@ from email.policy import default
 
 import pytest
 
-from flowrt.adapters.mail.mime_in import mail_to_exchange
-from flowrt.adapters.mail.mime_out import MailComposer, OutgoingMail
+from flowrt.adapters.mail.mime.compose import MailComposer, OutgoingMail
+from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from flowrt.errors import MessagingException, is_retryable
 from tests.mime.conftest import composer, receiver, sample

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from flowrt.adapters.mail.mime_out import MailComposer, OutgoingMail
+from flowrt.adapters.mail.mime.compose import MailComposer, OutgoingMail
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from tests.mime.conftest import receiver
 

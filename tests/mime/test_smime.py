@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from flowrt.adapters.mail import smime
-from flowrt.adapters.mail.mime_in import mail_to_exchange
-from flowrt.adapters.mail.mime_out import MailComposer
+from flowrt.adapters.mail.mime import smime
+from flowrt.adapters.mail.mime.compose import MailComposer
+from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import KeystoreError, MessagingException, is_retryable
 from flowrt.security.keystore import KeyPair, Keystore, TrustedCertificate

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import pytest
 
-from flowrt.adapters.mail.sender import Backoff, MailPoller
-from flowrt.adapters.mail.sender_connection import MailEndpoint, MailLogin
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
+from flowrt.adapters.mail.sender.poller import Backoff, MailPoller
 from flowrt.dsl.model import (
     Address,
     Auth,

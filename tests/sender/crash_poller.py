@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowrt.adapters.mail.sender import MailPoller
+from flowrt.adapters.mail.sender.poller import MailPoller
 from flowrt.engine.exchange import Exchange
 from flowrt.net import ProxyRoute
 from flowrt.runtime.state import StateDB

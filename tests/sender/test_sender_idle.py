@@ -8,9 +8,9 @@ import ssl
 import time
 from collections.abc import Callable
 
-from flowrt.adapters.mail.imap_mailbox import ImapMailbox
-from flowrt.adapters.mail.sender import MailPoller
-from flowrt.adapters.mail.sender_mailbox import Mailbox
+from flowrt.adapters.mail.imap.mailbox import ImapMailbox
+from flowrt.adapters.mail.sender.mailbox import Mailbox
+from flowrt.adapters.mail.sender.poller import MailPoller
 from flowrt.dsl.model import PollIdle
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import (

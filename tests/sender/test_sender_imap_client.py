@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aioimaplib.aioimaplib import Command
 
-from flowrt.adapters.mail.imap_client import ImapClient, ImapProtocol, SaslCommand
-from flowrt.adapters.mail.imap_parse import decode_folder, encode_folder, uid_set
-from flowrt.adapters.mail.sender_auth import cram_md5_response
+from flowrt.adapters.mail.imap.client import ImapClient, ImapProtocol, SaslCommand
+from flowrt.adapters.mail.imap.parse import decode_folder, encode_folder, uid_set
+from flowrt.adapters.mail.sasl import cram_md5_response
 from flowrt.errors import StoreClosedException
 from flowrt.security.secret import Secret
 

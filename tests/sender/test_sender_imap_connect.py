@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from flowrt.adapters.mail.imap_session import open_imap
+from flowrt.adapters.mail.imap.session import open_imap
 from flowrt.errors import (
     AuthenticationFailedException,
     FolderNotFoundException,
@@ -186,7 +186,7 @@ async def test_list_folders_and_a_non_ascii_folder(
     client = await open_imap(endpoint)
     from aioimaplib.aioimaplib import Command
 
-    from flowrt.adapters.mail.imap_parse import encode_folder
+    from flowrt.adapters.mail.imap.parse import encode_folder
 
     response = await client.execute(
         Command("CREATE", client._tag(), f'"{encode_folder("Entwürfe")}"', loop=client._loop)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from flowrt.adapters.mail.imap_session import open_imap
+from flowrt.adapters.mail.imap.session import open_imap
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.pop3_session import open_pop3
-from flowrt.adapters.mail.sender_connection import (
+from flowrt.adapters.mail.pop3.session import open_pop3
+from flowrt.adapters.mail.sender.endpoint import (
     MailEndpoint,
     MailLogin,
     TokenFunction,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrt.adapters.mail.sender_connection import endpoint_from_tenant
+from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
 from flowrt.dsl.model import PostProcess, Proxy, Template
 from flowrt.errors import MessagingException, render_chain
 from flowrt.runtime.state import StateDB

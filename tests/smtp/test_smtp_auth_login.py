@@ -9,7 +9,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import MessagingException, find_hint
 from tests.servers import free_port

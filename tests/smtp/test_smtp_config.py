@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import MessagingException, find_hint, is_retryable
 from tests.servers.scripted_smtp import ScriptedSMTPServer

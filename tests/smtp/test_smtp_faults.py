@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import (
     MailConnectException,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens, _dechunk, _parse_http
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import (
     AuthenticationFailedException,

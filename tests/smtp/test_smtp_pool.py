@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from flowrt.adapters.mail.smtp_pool import SmtpPool
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from tests.servers.postfix import PostfixServer
 from tests.servers.scripted_smtp import ScriptedSMTPServer

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from flowrt.adapters.mail.mime_out import MailComposer
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.mime.compose import MailComposer
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from flowrt.errors import (
     AuthenticationFailedException,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from flowrt.adapters.mail.smtp_pool import SmtpPool
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import ProcessingError, find_hint, render_chain
 from tests.servers.postfix import PostfixServer
@@ -126,7 +126,7 @@ async def test_no_secret_anywhere(
 
 
 def test_login_repr_and_equality_never_show_the_password() -> None:
-    from flowrt.adapters.mail.smtp_session import Login
+    from flowrt.adapters.mail.smtp.session import Login
     from flowrt.security import Secret
 
     login = Login("plain", "smtp-out", USER, password=Secret(PASSWORD))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowrt.adapters.mail.smtp_receiver import SmtpReceiver
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import MailConnectException, SocksException, find_hint, render_chain
 from tests.servers import DanteServer, DovecotServer, MailboxUser, PostfixServer

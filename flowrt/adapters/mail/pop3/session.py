@@ -1,5 +1,5 @@
 """Open a logged-in POP3 session for an endpoint, by the same rules as IMAP
-(:mod:`flowrt.adapters.mail.imap_session`): STARTTLS (STLS) mandatory means mandatory, no
+(:mod:`flowrt.adapters.mail.imap.session`): STARTTLS (STLS) mandatory means mandatory, no
 clear-text password without ``allow-plaintext-auth``, failures as chains with hints.
 
 ``auth plain`` is USER/PASS (AUTH PLAIN when the server has no USER); ``encrypted`` is AUTH
@@ -13,21 +13,21 @@ import asyncio
 import socket
 from typing import Any
 
-from flowrt.adapters.mail.mail_session import (
+from flowrt.adapters.mail.pop3.client import Pop3Client, Pop3ErrorReply
+from flowrt.adapters.mail.sasl import (
+    cram_md5_response,
+    plain_response,
+    unsafe_for_wire,
+    xoauth2_response,
+)
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, connect_failure
+from flowrt.adapters.mail.sender.session import (
     SessionRefused,
     login_password,
     open_client,
     refuse_clear_text,
     starttls,
 )
-from flowrt.adapters.mail.pop3_client import Pop3Client, Pop3ErrorReply
-from flowrt.adapters.mail.sender_auth import (
-    cram_md5_response,
-    plain_response,
-    unsafe_for_wire,
-    xoauth2_response,
-)
-from flowrt.adapters.mail.sender_connection import MailEndpoint, connect_failure
 from flowrt.errors import (
     AuthenticationFailedException,
     MessagingException,

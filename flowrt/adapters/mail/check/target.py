@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from flowrt.adapters.mail.connection_spec import default_port
+from flowrt.adapters.mail.spec.connection import default_port
 from flowrt.dsl.values import split_host_port
 from flowrt.errors import UsageError
 

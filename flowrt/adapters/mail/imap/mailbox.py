@@ -1,4 +1,4 @@
-"""An IMAP folder as the poller's :class:`~flowrt.adapters.mail.sender_mailbox.Mailbox`.
+"""An IMAP folder as the poller's :class:`~flowrt.adapters.mail.sender.mailbox.Mailbox`.
 
 Efficiency: one UID SEARCH for the candidates, one UID FETCH (RFC822.SIZE) to plan batches
 that bound memory, then UID FETCH (BODY.PEEK[]) per batch, the next batch fetched while the
@@ -14,11 +14,11 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from flowrt.adapters.mail.imap_client import ImapClient
-from flowrt.adapters.mail.imap_parse import response_code, response_text
-from flowrt.adapters.mail.imap_session import open_imap
-from flowrt.adapters.mail.sender_connection import MailEndpoint
-from flowrt.adapters.mail.sender_mailbox import Candidate, plan_batches
+from flowrt.adapters.mail.imap.client import ImapClient
+from flowrt.adapters.mail.imap.parse import response_code, response_text
+from flowrt.adapters.mail.imap.session import open_imap
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
 from flowrt.dsl.model import PostProcess
 from flowrt.errors import FolderNotFoundException, MessagingException
 

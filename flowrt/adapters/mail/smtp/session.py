@@ -40,7 +40,7 @@ from aiosmtplib import (
 )
 from cryptography import x509
 
-from flowrt.adapters.mail.smtp_errors import (
+from flowrt.adapters.mail.smtp.errors import (
     connection_dropped_cause,
     could_not_connect,
     couldnt_connect,
@@ -51,7 +51,7 @@ from flowrt.adapters.mail.smtp_errors import (
     reply_text,
     temporary,
 )
-from flowrt.adapters.mail.smtp_target import SmtpTarget
+from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.errors import (
     AuthenticationFailedException,
     ConnectException,

@@ -1,7 +1,7 @@
 """``flowrt test imap``: greeting, capabilities, STARTTLS or IMAPS, login, then the folder
 list or one mailbox's counts, and LOGOUT.
 
-The protocol is the sender's own client (:class:`~flowrt.adapters.mail.imap_client.ImapClient`)
+The protocol is the sender's own client (:class:`~flowrt.adapters.mail.imap.client.ImapClient`)
 and the login is the sender's own code, so that the test fails where a flow would and says
 the same. Nothing in the mailbox is changed: counts come from STATUS, which selects nothing.
 """
@@ -15,15 +15,7 @@ import ssl
 from aioimaplib.aioimaplib import Command, quoted
 from cryptography import x509
 
-from flowrt.adapters.mail.imap_client import ImapClient
-from flowrt.adapters.mail.imap_parse import encode_folder, response_code, response_text
-
-# The sender's login (LOGIN / AUTHENTICATE PLAIN / CRAM-MD5, and its error mapping), reused
-# as it is rather than written twice.
-from flowrt.adapters.mail.imap_session import authenticate
-from flowrt.adapters.mail.sender_connection import MailLogin
-from flowrt.connectivity.chain import peer_chain
-from flowrt.connectivity.common import (
+from flowrt.adapters.mail.check.common import (
     check_mailbox_server,
     connect_stage,
     failing,
@@ -34,8 +26,16 @@ from flowrt.connectivity.common import (
     starttls,
     tls_stage,
 )
+from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.imap.client import ImapClient
+from flowrt.adapters.mail.imap.parse import encode_folder, response_code, response_text
+
+# The sender's login (LOGIN / AUTHENTICATE PLAIN / CRAM-MD5, and its error mapping), reused
+# as it is rather than written twice.
+from flowrt.adapters.mail.imap.session import authenticate
+from flowrt.adapters.mail.sender.endpoint import MailLogin
+from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.connectivity.target import CheckOptions
 from flowrt.errors import FolderNotFoundException, MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context

@@ -11,12 +11,12 @@ The public surface is small::
 the login, the locations for ``proxy on-premise``. They are asked per delivery, so a changed
 keystore or credential takes effect without a redeploy.
 
-``deliver`` composes the mail once (:class:`~flowrt.adapters.mail.mime_out.MailComposer`,
+``deliver`` composes the mail once (:class:`~flowrt.adapters.mail.mime.compose.MailComposer`,
 which also rejects CR/LF in header values), takes a session from the pool (or opens one:
-:mod:`~flowrt.adapters.mail.smtp_session`), runs one transaction
-(:mod:`~flowrt.adapters.mail.smtp_transaction`) and returns a :class:`DeliveryReport` for the
+:mod:`~flowrt.adapters.mail.smtp.session`), runs one transaction
+(:mod:`~flowrt.adapters.mail.smtp.transaction`) and returns a :class:`DeliveryReport` for the
 MPL. Failures are raised as the chain of :mod:`flowrt.errors` with a hint; see
-:mod:`~flowrt.adapters.mail.smtp_errors` for the texts.
+:mod:`~flowrt.adapters.mail.smtp.errors` for the texts.
 
 Sending semantics:
 
@@ -38,13 +38,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from flowrt.adapters.mail.mime_out import MailComposer
+from flowrt.adapters.mail.mime.compose import MailComposer
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.smtp_errors import couldnt_connect, some_recipients_refused
-from flowrt.adapters.mail.smtp_pool import PoolKey, SmtpPool
-from flowrt.adapters.mail.smtp_session import Login, SmtpSession, local_hostname, open_session
-from flowrt.adapters.mail.smtp_target import SmtpTarget
-from flowrt.adapters.mail.smtp_transaction import TransactionResult, send_transaction
+from flowrt.adapters.mail.smtp.errors import couldnt_connect, some_recipients_refused
+from flowrt.adapters.mail.smtp.pool import PoolKey, SmtpPool
+from flowrt.adapters.mail.smtp.session import Login, SmtpSession, local_hostname, open_session
+from flowrt.adapters.mail.smtp.target import SmtpTarget
+from flowrt.adapters.mail.smtp.transaction import TransactionResult, send_transaction
 from flowrt.dsl.model import Receiver
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import (

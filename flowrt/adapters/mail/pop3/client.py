@@ -24,8 +24,8 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 
-from flowrt.adapters.mail.mail_client import open_over
-from flowrt.adapters.mail.sender_auth import apop_digest
+from flowrt.adapters.mail.sasl import apop_digest
+from flowrt.adapters.mail.sender.client import open_over
 from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
 from flowrt.security.secret import Secret
 

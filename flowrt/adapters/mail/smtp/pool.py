@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
-from flowrt.adapters.mail.smtp_session import SmtpSession
+from flowrt.adapters.mail.smtp.session import SmtpSession
 from flowrt.errors import ProcessingError
 from flowrt.net import ProxyRoute
 

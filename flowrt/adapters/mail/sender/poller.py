@@ -38,9 +38,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
-from flowrt.adapters.mail.mime_in import mail_to_exchange
-from flowrt.adapters.mail.sender_connection import MailEndpoint
-from flowrt.adapters.mail.sender_mailbox import Candidate, Mailbox, content_key, message_id_of
+from flowrt.adapters.mail.mime.read import mail_to_exchange
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
@@ -176,10 +176,10 @@ class MailPoller:
 
     async def _open_mailbox(self) -> Mailbox:
         if self.sender.protocol == "pop3":
-            from flowrt.adapters.mail.pop3_mailbox import Pop3Mailbox
+            from flowrt.adapters.mail.pop3.mailbox import Pop3Mailbox
 
             return await Pop3Mailbox.open(self.endpoint, post_process=self.sender.post_process)
-        from flowrt.adapters.mail.imap_mailbox import ImapMailbox
+        from flowrt.adapters.mail.imap.mailbox import ImapMailbox
 
         return await ImapMailbox.open(
             self.endpoint,

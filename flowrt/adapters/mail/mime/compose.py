@@ -43,7 +43,7 @@ from email.utils import format_datetime, make_msgid
 from io import BytesIO
 from typing import Any
 
-from flowrt.adapters.mail import smime
+from flowrt.adapters.mail.mime import smime
 from flowrt.dsl.model import Pos, Receiver, Ref, Template
 from flowrt.engine.exchange import Attachment, Exchange
 from flowrt.engine.expressions import Value, compile_template

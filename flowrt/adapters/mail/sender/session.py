@@ -10,9 +10,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from flowrt.adapters.mail.mail_client import StartClient
-from flowrt.adapters.mail.sender_auth import unsafe_for_wire
-from flowrt.adapters.mail.sender_connection import (
+from flowrt.adapters.mail.sasl import unsafe_for_wire
+from flowrt.adapters.mail.sender.client import StartClient
+from flowrt.adapters.mail.sender.endpoint import (
     MailEndpoint,
     StartTlsDialog,
     connect_failure,

@@ -1,4 +1,4 @@
-"""A POP3 maildrop as the poller's :class:`~flowrt.adapters.mail.sender_mailbox.Mailbox`.
+"""A POP3 maildrop as the poller's :class:`~flowrt.adapters.mail.sender.mailbox.Mailbox`.
 
 POP3 has one mailbox, no flags and no push. A session sees the maildrop as it was at login,
 and DELE takes effect only at QUIT: so a poll is one session, post-processing (``delete``)
@@ -14,10 +14,10 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from flowrt.adapters.mail.pop3_client import Pop3Client
-from flowrt.adapters.mail.pop3_session import open_pop3
-from flowrt.adapters.mail.sender_connection import MailEndpoint
-from flowrt.adapters.mail.sender_mailbox import Candidate
+from flowrt.adapters.mail.pop3.client import Pop3Client
+from flowrt.adapters.mail.pop3.session import open_pop3
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.mailbox import Candidate
 from flowrt.dsl.model import PostProcess
 
 __all__ = ["Pop3Mailbox"]

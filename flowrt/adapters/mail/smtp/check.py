@@ -7,8 +7,7 @@ import ssl
 import aiosmtplib
 from cryptography import x509
 
-from flowrt.connectivity.chain import peer_chain
-from flowrt.connectivity.common import (
+from flowrt.adapters.mail.check.common import (
     TlsFailed,
     connect_stage,
     refuse_plaintext,
@@ -17,8 +16,9 @@ from flowrt.connectivity.common import (
     starttls_missing,
     tls_stage,
 )
+from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.connectivity.target import CheckOptions
 from flowrt.errors import AuthenticationFailedException, FlowrtError, MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context

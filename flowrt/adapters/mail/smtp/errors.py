@@ -12,7 +12,7 @@ Retryability follows the reply class: 4xx is temporary and may be retried, 5xx i
 
 from __future__ import annotations
 
-from flowrt.adapters.mail.smtp_target import SmtpTarget
+from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.errors import (
     IOException,
     MailConnectException,

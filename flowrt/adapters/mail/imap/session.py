@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import asyncio
 
-from flowrt.adapters.mail.imap_client import ImapClient, Responder
-from flowrt.adapters.mail.imap_parse import response_text
-from flowrt.adapters.mail.mail_session import (
+from flowrt.adapters.mail.imap.client import ImapClient, Responder
+from flowrt.adapters.mail.imap.parse import response_text
+from flowrt.adapters.mail.sasl import (
+    cram_md5_response,
+    plain_response,
+    unsafe_for_wire,
+    xoauth2_response,
+)
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, connect_failure
+from flowrt.adapters.mail.sender.session import (
     login_password,
     open_client,
     refuse_clear_text,
     session_refused,
     starttls,
 )
-from flowrt.adapters.mail.sender_auth import (
-    cram_md5_response,
-    plain_response,
-    unsafe_for_wire,
-    xoauth2_response,
-)
-from flowrt.adapters.mail.sender_connection import MailEndpoint, connect_failure
 from flowrt.errors import AuthenticationFailedException, StoreClosedException
 from flowrt.security.secret import Secret
 

@@ -1,7 +1,7 @@
 """``flowrt test pop3``: greeting, CAPA, STLS or POP3S, login, the mailbox's count (STAT), and
 QUIT. Nothing is deleted: no DELE is ever sent, so QUIT has nothing to apply.
 
-The protocol is the sender's own client (:class:`~flowrt.adapters.mail.pop3_client.Pop3Client`)
+The protocol is the sender's own client (:class:`~flowrt.adapters.mail.pop3.client.Pop3Client`)
 and the login is the sender's own code, so that the test fails where a flow would.
 """
 
@@ -12,14 +12,7 @@ import ssl
 
 from cryptography import x509
 
-from flowrt.adapters.mail.pop3_client import Pop3Client, Pop3ErrorReply
-
-# The sender's login (USER/PASS, AUTH PLAIN, CRAM-MD5 or APOP, and its error mapping),
-# reused as it is rather than written twice.
-from flowrt.adapters.mail.pop3_session import authenticate
-from flowrt.adapters.mail.sender_connection import MailLogin
-from flowrt.connectivity.chain import peer_chain
-from flowrt.connectivity.common import (
+from flowrt.adapters.mail.check.common import (
     check_mailbox_server,
     connect_stage,
     failing,
@@ -29,8 +22,15 @@ from flowrt.connectivity.common import (
     starttls,
     tls_stage,
 )
+from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.pop3.client import Pop3Client, Pop3ErrorReply
+
+# The sender's login (USER/PASS, AUTH PLAIN, CRAM-MD5 or APOP, and its error mapping),
+# reused as it is rather than written twice.
+from flowrt.adapters.mail.pop3.session import authenticate
+from flowrt.adapters.mail.sender.endpoint import MailLogin
+from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.connectivity.target import CheckOptions
 from flowrt.errors import MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context

@@ -1,6 +1,6 @@
 """What the poller needs from a mailbox, whatever the protocol (IMAP or POP3).
 
-The poller (:mod:`flowrt.adapters.mail.sender`) owns the rules (idempotency, when the mailbox
+The poller (:mod:`flowrt.adapters.mail.sender.poller`) owns the rules (idempotency, when the mailbox
 may change, locks, health); a :class:`Mailbox` only lists candidate mails, fetches them in
 batches and post-processes the ones the flow finished with.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flowrt.adapters.mail.connection_spec import build_connection, connection_settings
+from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
 from flowrt.dsl.model import AttachSpec, Receiver, SmimeSpec, Template
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.template import parse_ref

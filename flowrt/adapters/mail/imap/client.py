@@ -22,7 +22,7 @@ routing) and adds, in a subclass and a small facade:
   in ``new_mail`` so that a mail arriving during a poll is not missed.
 
 Response parsing (FETCH, LIST, SELECT data, UID sets, folder names) is in
-:mod:`flowrt.adapters.mail.imap_parse`. Errors are raised as the flowrt tree:
+:mod:`flowrt.adapters.mail.imap.parse`. Errors are raised as the flowrt tree:
 StoreClosedException (over SocketTimeoutException for timeouts), MessagingException with the
 server's words for NO/BAD replies.
 """
@@ -59,7 +59,7 @@ from aioimaplib.aioimaplib import (
     quoted,
 )
 
-from flowrt.adapters.mail.imap_parse import (
+from flowrt.adapters.mail.imap.parse import (
     FETCH_START,
     FetchedMail,
     SelectInfo,
@@ -72,7 +72,7 @@ from flowrt.adapters.mail.imap_parse import (
     select_info,
     uid_set,
 )
-from flowrt.adapters.mail.mail_client import open_over
+from flowrt.adapters.mail.sender.client import open_over
 from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
 
 __all__ = ["ImapClient", "ImapProtocol", "SaslCommand"]

@@ -8,7 +8,7 @@ what may be done next:
   the connection usable and :class:`~flowrt.errors.SendFailedException` says whether a retry
   can help (4xx) or not (5xx);
 * some recipients refused: the mail goes to the others, and the caller reports the refusals
-  (see :func:`flowrt.adapters.mail.smtp_errors.some_recipients_refused`);
+  (see :func:`flowrt.adapters.mail.smtp.errors.some_recipients_refused`);
 * the connection lost before the server confirmed the data: a
   :class:`~flowrt.errors.MailConnectException`, which the receiver retries once on a fresh
   connection with the same bytes.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from aiosmtplib import SMTPResponseException
 
-from flowrt.adapters.mail.smtp_errors import (
+from flowrt.adapters.mail.smtp.errors import (
     all_recipients_refused,
     connection_dropped_cause,
     data_refused,
@@ -31,7 +31,7 @@ from flowrt.adapters.mail.smtp_errors import (
     sender_refused,
     too_large,
 )
-from flowrt.adapters.mail.smtp_session import SmtpSession, wire_errors
+from flowrt.adapters.mail.smtp.session import SmtpSession, wire_errors
 from flowrt.errors import MessagingException
 
 _CLOSING = 421  # "service not available, closing transmission channel"

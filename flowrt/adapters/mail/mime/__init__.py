@@ -1,0 +1,1 @@
+"""MIME: mail bytes -> exchange (read), exchange -> mail (compose), S/MIME."""
