@@ -2,7 +2,7 @@
 flow's protection says, log in as its auth says, and turn every failure into a chain with a
 hint.
 
-The rules (design: trust and security):
+The rules (trust comes only from the keystore; see ARCHITECTURE.md):
 
 - ``starttls-mandatory`` fails when the server does not offer STARTTLS: a stripped
   capability is an attack, not a reason to fall back. ``starttls-optional`` goes on without.
