@@ -34,11 +34,18 @@ def compile(step: ScriptStep, ctx: CompileContext) -> CompiledStep:
     function = load_function(step, ctx.folder)
 
     def run(ex: Exchange, log: MessageLog) -> None:
+        before = ex.headers.items()
         try:
             function(ex)
         except SystemExit as exc:
             # A script must not end the runtime; its exit is an error like any other.
             raise RuntimeError(f"the script called sys.exit({exc.code!r})") from None
+        # Headers a script sets are the flow's, like those of `set header`: receivers write
+        # them into the mail. The diff is needed because scripts change headers directly.
+        after = ex.headers.items()
+        if after != before:
+            kept = {(name.lower(), value) for name, value in before}
+            ex.flow_headers.update(n.lower() for n, v in after if (n.lower(), v) not in kept)
 
     return CompiledStep(run, f"script {name}", line_of(step.pos))
 
