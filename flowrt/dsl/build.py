@@ -176,6 +176,7 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
 
 def _check_steps(steps: Sequence[m.Step], receivers: Sequence[m.Receiver], report: Report) -> None:
     from flowrt.engine.steps import SPECS
+    from flowrt.engine.steps.route import RouteStep
 
     by_name = {r.name: r for r in receivers}
     for step in steps:
@@ -183,7 +184,7 @@ def _check_steps(steps: Sequence[m.Step], receivers: Sequence[m.Receiver], repor
         if spec.check is not None:
             spec.check(step, by_name, report)
     # consecutive route steps are one router; its `otherwise` comes last
-    routes = [i for i, s in enumerate(steps) if isinstance(s, m.RouteStep)]
+    routes = [i for i, s in enumerate(steps) if isinstance(s, RouteStep)]
     if routes and routes != list(range(routes[0], routes[0] + len(routes))):
         first_gap = next(i for a, i in itertools.pairwise(routes) if i != a + 1)
         report.error(
@@ -193,7 +194,7 @@ def _check_steps(steps: Sequence[m.Step], receivers: Sequence[m.Receiver], repor
         )
     for index in routes[:-1]:
         step = steps[index]
-        if isinstance(step, m.RouteStep) and step.condition is None:
+        if isinstance(step, RouteStep) and step.condition is None:
             report.error(
                 step.pos,
                 "route-order",

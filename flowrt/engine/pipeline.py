@@ -63,7 +63,7 @@ def compile_flow(flow: m.Flow, *, folder: Path | None = None, logger: Any = None
     for kind, group in itertools.groupby(flow.steps, key=lambda s: s.kind):
         if kind == "route":  # consecutive route steps are one router
             steps.append(
-                route.compile_router([s for s in group if isinstance(s, m.RouteStep)], ctx)
+                route.compile_router([s for s in group if isinstance(s, route.RouteStep)], ctx)
             )
         else:
             steps.extend(COMPILERS[kind](step, ctx) for step in group)

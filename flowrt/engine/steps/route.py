@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from flowrt.dsl.model import RouteStep
+from flowrt.dsl.model import Condition, Pos
 from flowrt.dsl.spec import Report, StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.dsl.values import did_you_mean
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Routed, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import Predicate, compile_condition
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteStep:
+    """``route when COND to R``; ``condition`` is None for ``route otherwise to R``."""
+
+    condition: Condition | None
+    receiver: str
+    receiver_pos: Pos
+    pos: Pos
+    kind: Literal["route"] = "route"
+
+
+GRAMMAR = """route_step: ROUTE WHEN condition TO NAME _NL
+          | ROUTE OTHERWISE TO NAME _NL          -> route_otherwise"""
+KEYWORDS = {"ROUTE": "route", "WHEN": "when", "OTHERWISE": "otherwise", "TO": "to"}
+ORDER = 40
+
+
+def _route_step(tree: TreeBuilder, items: list[Any]) -> RouteStep | None:
+    condition, receiver = items[2], items[4]
+    if condition is None:
+        return None
+    return RouteStep(condition, str(receiver), tree.pos(receiver), tree.pos(items[0]))
+
+
+def _route_otherwise(tree: TreeBuilder, items: list[Any]) -> RouteStep:
+    receiver = items[3]
+    return RouteStep(None, str(receiver), tree.pos(receiver), tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {
+    "route_step": _route_step,
+    "route_otherwise": _route_otherwise,
+}
 
 
 def check(step: RouteStep, receivers: Mapping[str, Any], report: Report) -> None:
