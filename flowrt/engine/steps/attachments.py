@@ -15,6 +15,8 @@ from flowrt.dsl.values import did_you_mean
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "AttachmentsStep", "compile"]
+
 
 @dataclasses.dataclass(frozen=True)
 class AttachmentsStep:

@@ -12,6 +12,8 @@ from flowrt.engine.compiled import CompileContext, CompiledStep, Filtered, Messa
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_condition
 
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "FilterStep", "compile"]
+
 
 @dataclasses.dataclass(frozen=True)
 class FilterStep:

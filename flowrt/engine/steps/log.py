@@ -17,6 +17,8 @@ from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_template
 from flowrt.mpl.model import LogLevel
 
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "Level", "LogStep", "compile"]
+
 
 class Level(enum.Enum):
     ERROR = "error"

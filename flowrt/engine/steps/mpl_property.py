@@ -12,6 +12,8 @@ from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, lin
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_operand
 
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "MplPropertyStep", "compile"]
+
 
 @dataclasses.dataclass(frozen=True)
 class MplPropertyStep:

@@ -14,6 +14,18 @@ from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Rou
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import Predicate, compile_condition
 
+__all__ = [
+    "GRAMMAR",
+    "KEYWORDS",
+    "ORDER",
+    "SPEC",
+    "TRANSFORMS",
+    "RouteStep",
+    "check",
+    "compile",
+    "compile_router",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class RouteStep:

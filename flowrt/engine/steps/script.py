@@ -24,6 +24,17 @@ from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, lin
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowError
 
+__all__ = [
+    "GRAMMAR",
+    "KEYWORDS",
+    "ORDER",
+    "SPEC",
+    "TRANSFORMS",
+    "ScriptStep",
+    "compile",
+    "load_function",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class ScriptStep:

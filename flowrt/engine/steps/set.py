@@ -13,6 +13,18 @@ from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, lin
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_operand
 
+__all__ = [
+    "GRAMMAR",
+    "KEYWORDS",
+    "ORDER",
+    "RECEIVER_HEADERS",
+    "SPEC",
+    "TRANSFORMS",
+    "SetStep",
+    "check",
+    "compile",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class SetStep:

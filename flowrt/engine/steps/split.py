@@ -11,6 +11,8 @@ from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Split, line_of
 from flowrt.engine.exchange import Exchange
 
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "SplitStep", "compile"]
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitStep:
