@@ -7,7 +7,6 @@ import email.policy
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import flowrt
@@ -49,7 +48,7 @@ def _example() -> str:
 def _simulate(folder: Path, mail: Path) -> subprocess.CompletedProcess[str]:
     (folder / "transforms.py").write_text(_example(), encoding="utf-8")
     (folder / "enrich.flow").write_text(FLOW, encoding="utf-8")
-    argv = [sys.executable, "-m", "flowrt.cli.main", "--tenant", str(folder / "none")]
+    argv = ["flowrt", "--tenant", str(folder / "none")]
     argv += ["simulate", str(folder / "enrich.flow"), "--message", str(mail)]
     argv += ["--out", str(folder / "out")]
     return subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), check=False)
