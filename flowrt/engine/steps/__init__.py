@@ -11,7 +11,9 @@ Each module carries the whole step:
 - ``ORDER``: where the step stands in the ``_step`` alternatives, the error texts and the
   reference;
 - ``compile(step, ctx)``: the parsed step -> a :class:`~flowrt.engine.compiled.CompiledStep`,
-  once, at load.
+  once, at load; optionally ``compile_group(steps, ctx)`` for a run of consecutive steps of
+  its kind (route: one router) and ``check_pipeline(steps, report)`` for rules about its
+  place among the other steps.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ import dataclasses
 import importlib
 import pkgutil
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.spec import Report, StepSpec
 from flowrt.dsl.step_syntax import StepTransform
 from flowrt.engine.compiled import CompileContext, CompiledStep
 
-__all__ = ["COMPILERS", "MODULES", "SPECS", "StepModule", "step_modules"]
+__all__ = [
+    "COMPILERS",
+    "GROUP_COMPILERS",
+    "MODULES",
+    "PIPELINE_CHECKS",
+    "SPECS",
+    "StepModule",
+    "step_modules",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,3 +98,15 @@ SPECS: dict[str, StepSpec] = {step.kind: step.module.SPEC for step in MODULES}
 COMPILERS: dict[str, Callable[[Any, CompileContext], CompiledStep]] = {
     step.kind: step.module.compile for step in MODULES
 }
+
+#: step kind -> the compiler of a run of consecutive steps of that kind (route: one router)
+GROUP_COMPILERS: dict[str, Callable[[list[Any], CompileContext], CompiledStep]] = {
+    step.kind: step.module.compile_group
+    for step in MODULES
+    if hasattr(step.module, "compile_group")
+}
+
+#: checks of a step's place in the pipeline, ``(steps, report)``
+PIPELINE_CHECKS: tuple[Callable[[Sequence[Any], Report], None], ...] = tuple(
+    step.module.check_pipeline for step in MODULES if hasattr(step.module, "check_pipeline")
+)

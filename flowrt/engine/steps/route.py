@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,7 +23,9 @@ __all__ = [
     "TRANSFORMS",
     "RouteStep",
     "check",
+    "check_pipeline",
     "compile",
+    "compile_group",
     "compile_router",
 ]
 
@@ -87,6 +90,31 @@ SPEC = StepSpec(
 
 def compile(step: RouteStep, ctx: CompileContext) -> CompiledStep:
     return compile_router((step,), ctx)
+
+
+def check_pipeline(steps: Sequence[Any], report: Report) -> None:
+    """Consecutive route steps are one router; its ``otherwise`` comes last."""
+    routes = [i for i, s in enumerate(steps) if isinstance(s, RouteStep)]
+    if routes and routes != list(range(routes[0], routes[0] + len(routes))):
+        first_gap = next(i for a, i in itertools.pairwise(routes) if i != a + 1)
+        report.error(
+            steps[first_gap].pos,
+            "route-order",
+            "route steps must follow each other: they form one router",
+        )
+    for index in routes[:-1]:
+        step = steps[index]
+        if isinstance(step, RouteStep) and step.condition is None:
+            report.error(
+                step.pos,
+                "route-order",
+                "route otherwise must be the last route step; later routes never match",
+            )
+
+
+def compile_group(routes: Sequence[RouteStep], ctx: CompileContext) -> CompiledStep:
+    """Consecutive route steps compile as one router."""
+    return compile_router(routes, ctx)
 
 
 def compile_router(routes: Sequence[RouteStep], ctx: CompileContext) -> CompiledStep:
