@@ -21,7 +21,8 @@ The tree::
     │   │   ├── SendFailedException      (invalid, valid-sent and valid-unsent addresses)
     │   │   ├── MailConnectException
     │   │   ├── FolderNotFoundException
-    │   │   └── StoreClosedException
+    │   │   ├── StoreClosedException
+    │   │   └── MailboxLockedException   another runtime's poller holds the mailbox lease
     │   ├── MessageFormatException       a mail that cannot be read (not retryable)
     │   └── IOException                  the causes: what went wrong on the wire
     │       ├── SSLHandshakeException
@@ -54,6 +55,7 @@ __all__ = [
     "IOException",
     "KeystoreError",
     "MailConnectException",
+    "MailboxLockedException",
     "MessageFormatException",
     "MessagingException",
     "MplError",
@@ -69,6 +71,7 @@ __all__ = [
     "UnknownHostException",
     "UsageError",
     "chain_levels",
+    "chain_of",
     "find_hint",
     "is_retryable",
     "render_chain",
@@ -205,6 +208,20 @@ class StoreClosedException(MessagingException):
     retryable = True
 
 
+class MailboxLockedException(MessagingException):
+    """The mailbox's lease lock is held by another runtime, so this poll did not run.
+
+    ``key`` is the lock's key (for ``flowrt locks release KEY``), ``holder`` who holds it.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, key: str, holder: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+        self.holder = holder
+
+
 class MessageFormatException(ProcessingError):
     """A mail that cannot be read at all (empty, or not a mail, such as a PDF file).
 
@@ -284,6 +301,11 @@ def _iter_chain(exc: BaseException) -> Iterator[BaseException]:
             current = current.__context__
         else:
             current = None
+
+
+def chain_of(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, outermost first (each once), including library exceptions."""
+    return list(_iter_chain(exc))
 
 
 def _message_of(exc: BaseException) -> str:

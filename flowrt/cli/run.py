@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import click
@@ -50,11 +51,21 @@ def run(cli: CliContext, once: bool, grace: str, log_format: str) -> None:
 
 @click.command()
 @click.argument("name", required=False)
+@click.option(
+    "--failures",
+    is_flag=True,
+    help="List the polls that could not run (connect, TLS, login, folder, lock), newest first.",
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @format_option
 @pass_cli
-def status(cli: CliContext, name: str | None, fmt: str) -> None:
-    """Each deployed flow: version, state, last poll, messages, last error; and held locks."""
+def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: str) -> None:
+    """Each deployed flow: version, state, last poll, messages, last error with its chain
+    and hint; and held locks. With --failures: the poll-failure log."""
     tenant = cli.tenant
+    if failures:
+        _failures(cli, name, limit, fmt)
+        return
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
     deployments = Deployments(tenant).all()
@@ -78,11 +89,19 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
                 "completed": flow.completed if flow else 0,
                 "failed": flow.failed if flow else 0,
                 "last_error": (flow.reason or flow.last_error) if flow else "",
+                "hint": flow.last_hint if flow and flow.last_error else "",
+                "chain": "",
             }
         )
     state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
     locks = state_db.locks() if state_db is not None else []
     if state_db is not None:
+        for row in rows:
+            # the chain of a poll that failed, when that is the flow's last error
+            latest = state_db.poll_failures(str(row["flow"]), limit=1) if row["hint"] else []
+            if latest and latest[0].summary in str(row["last_error"]):
+                row["chain"] = latest[0].chain
+                row["hint"] = row["hint"] or latest[0].hint
         state_db.close()
     if fmt == "json":
         print_json(
@@ -116,11 +135,42 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
     print_table(
         rows, ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
     )
+    for row in rows:
+        if row["chain"] or row["hint"]:
+            click.echo(f"\n{row['flow']}: last error")
+            if row["chain"]:
+                click.echo(str(row["chain"]))
+            if row["hint"]:
+                click.echo(f"hint: {row['hint']}")
     if locks:
         click.echo()
         print_table(
             [{"lock": lock.key, "holder": lock.describe()} for lock in locks], ["lock", "holder"]
         )
+
+
+def _failures(cli: CliContext, name: str | None, limit: int, fmt: str) -> None:
+    tenant = cli.tenant
+    if name is not None and name not in {d.name for d in Deployments(tenant).all()}:
+        raise UsageError(f"no deployed flow named {name!r}")
+    found = []
+    if tenant.state_path.exists():
+        with StateDB.open(tenant, create=False) as state_db:
+            found = state_db.poll_failures(name, limit=limit)
+    if fmt == "json":
+        print_json({"failures": [f.to_dict() for f in found]})
+        return
+    if not found:
+        click.echo("no failed polls recorded")
+        return
+    for i, failure in enumerate(found):
+        at = dt.datetime.fromtimestamp(failure.at, dt.UTC).isoformat(timespec="seconds")
+        if i:
+            click.echo()
+        click.echo(f"{at}  {failure.flow or failure.poller}  {failure.kind}")
+        click.echo(failure.chain)
+        if failure.hint:
+            click.echo(f"hint: {failure.hint}")
 
 
 COMMANDS: list[click.Command] = [run, status]

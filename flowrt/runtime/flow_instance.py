@@ -113,6 +113,7 @@ class FlowInstance:
             self.handle,
             self._state,
             name=f"{flow.name}:{flow.sender.protocol}",
+            flow=flow.name,
         )
 
     def run(self) -> None:
@@ -128,6 +129,7 @@ class FlowInstance:
             return await self._poller.poll_once()
         except FlowrtError as exc:
             self.status.last_error = summary(exc)
+            self.status.last_hint = find_hint(exc) or ""
             self._log.error("poll failed", error=summary(exc), hint=find_hint(exc))
             return None
         finally:
@@ -187,6 +189,7 @@ class FlowInstance:
             self.status.failed += 1
             if result.error is not None:
                 self.status.last_error = summary(result.error)
+                self.status.last_hint = find_hint(result.error) or ""
         self.refresh()
         return ok
 
@@ -224,8 +227,10 @@ class FlowInstance:
             if health.last_success:
                 self.status.last_success = _iso(health.last_success)
             self.status.consecutive_failures = health.consecutive_failures
-            if health.last_error and health.consecutive_failures:
+            # a poll skipped for a lock held elsewhere leaves a note, not a failure in a row
+            if health.last_error and (health.consecutive_failures or health.note):
                 self.status.last_error = health.last_error
+                self.status.last_hint = self._poller.last_hint
             # polls that keep failing put a running flow in ERROR (it retries with backoff);
             # the next good poll brings it back
             if self.status.state in (STARTED, ERROR) and not self._start_failed:
@@ -246,6 +251,7 @@ class FlowInstance:
         self.status.reason = reason + (f" (hint: {hint})" if hint else "")
         if reason:
             self.status.last_error = reason
+            self.status.last_hint = hint or ""
         self.status.updated = now_iso()
         self._on_change()
 

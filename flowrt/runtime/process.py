@@ -110,7 +110,8 @@ class Runtime:
                 failures += 1
                 continue
             result = await instance.poll_once()
-            if result is None or instance.status.failed:
+            # a poll that did not run (a lock held elsewhere) is a poll that failed here
+            if result is None or result.busy or instance.status.failed:
                 failures += 1
             self._write_status()
         return 1 if failures else 0

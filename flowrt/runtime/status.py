@@ -45,6 +45,7 @@ class FlowStatus:
     completed: int = 0
     failed: int = 0
     last_error: str = ""
+    last_hint: str = ""  # what to do about last_error
     consecutive_failures: int = 0
     updated: str = dataclasses.field(default_factory=now_iso)
 

@@ -4,10 +4,10 @@ an implicit-TLS port (both sides wait for the other)."""
 
 from __future__ import annotations
 
-from flowrt.errors import FlowrtError, SocketTimeoutException
+from flowrt.errors import FlowrtError, MailboxLockedException, SocketTimeoutException
 from flowrt.net import ProxyRoute, speaks_tls_at_once
 
-__all__ = ["explain_silent_greeting", "silent_greeting_hint", "timed_out"]
+__all__ = ["explain_silent_greeting", "mailbox_locked", "silent_greeting_hint", "timed_out"]
 
 # protocol -> (implicit TLS protection, its usual port, the usual STARTTLS port)
 PORTS = {"imap": ("imaps", 993, 143), "pop3": ("pop3s", 995, 110)}
@@ -73,3 +73,14 @@ async def explain_silent_greeting(
     )
     if tls_at_once and hasattr(error, "retryable"):
         error.retryable = False
+
+
+def mailbox_locked(key: str, holder: str, until: str) -> MailboxLockedException:
+    """Another runtime's poller holds the mailbox's lease: this poll did not run."""
+    return MailboxLockedException(
+        f"mailbox {key} is being polled by {holder} (lease until {until}); this poll did not run",
+        key=key,
+        holder=holder,
+        hint=f"one runtime polls a mailbox at a time; if {holder} is gone, its lease expires at "
+        f"{until}, or end it now with `flowrt locks release {key}`",
+    )

@@ -40,10 +40,12 @@ import structlog
 
 from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.errors import mailbox_locked
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
+from flowrt.runtime.poll_failures import from_exception
 from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
 
 __all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
@@ -117,6 +119,7 @@ class MailPoller:
         backoff: Backoff | None = None,
         idle_refresh: float = IDLE_REFRESH,
         opener: MailboxOpener | None = None,
+        flow: str = "",
     ) -> None:
         self.sender = sender
         self.endpoint = endpoint
@@ -129,6 +132,8 @@ class MailPoller:
         self.lock_ttl = lock_ttl
         self.backoff = backoff or Backoff()
         self.idle_refresh = idle_refresh
+        self.flow = flow  # names the poll-failure log's entries
+        self.last_hint = ""  # the hint of the last failed or skipped poll
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once
@@ -464,7 +469,9 @@ class MailPoller:
         h.last_error = summary(exc)
         h.consecutive_failures += 1
         h.note = ""
+        self.last_hint = find_hint(exc) or ""
         self._save_health()
+        self._log_failure(exc, h.last_error_at)
         self._log.error(
             "poll failed",
             error=render_chain(exc),
@@ -479,10 +486,24 @@ class MailPoller:
             f"{until}; skipping this poll (if that runtime is gone: `flowrt locks release "
             f"{holder.key}`)"
         )
-        self._health.note = reason
+        # not a failure in a row (a standby runtime is normal), but a poll that did not run:
+        # shown in status and listed with the poll failures
+        locked = mailbox_locked(holder.key, holder.describe(), until)
+        h = self._health
+        h.note = reason
+        h.last_error = summary(locked)
+        h.last_error_at = time.time()
+        self.last_hint = locked.hint or ""
         self._save_health()
-        self._log.warning("poll skipped: mailbox locked", reason=reason)
+        self._log_failure(locked, h.last_error_at)
+        self._log.warning("poll skipped: mailbox locked", reason=reason, hint=locked.hint)
         return PollResult(busy=reason)
+
+    def _log_failure(self, exc: BaseException, at: float) -> None:
+        try:
+            self.state.record_poll_failure(from_exception(self.name, self.flow, at, exc))
+        except FlowrtError as error:  # the log is a report; never fail a poll over it
+            self._log.warning("could not log the poll failure", error=summary(error))
 
     def _save_health(self) -> None:
         try:
