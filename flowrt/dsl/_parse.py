@@ -306,8 +306,44 @@ class SyntaxProblem:
     pos: m.Pos
 
 
+MAX_NESTING = 64  # parentheses and `not`s in one condition; deeper is a generated mistake
+_NESTING_TOKEN = re.compile(r'"(?:\\.|[^"\\\n])*"?|#[^\n]*|\(|\)|\bnot\b|\n')
+
+
+def _too_deep(text: str, file: str) -> SyntaxProblem | None:
+    """The first place where a condition nests deeper than MAX_NESTING, if any. The
+    parse tree is transformed recursively, so a deep one must be refused before that."""
+    depth = nots = 0
+    line, line_start = 1, 0
+    for match in _NESTING_TOKEN.finditer(text):
+        token = match.group()
+        if token == "\n":
+            line, line_start = line + 1, match.end()
+            depth = nots = 0  # a condition ends with its line
+            continue
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth = max(0, depth - 1)
+        elif token == "not":
+            nots += 1
+        else:
+            nots = 0 if token.startswith("#") else nots
+            continue
+        if depth + nots > MAX_NESTING:
+            return SyntaxProblem(
+                f"this condition nests more than {MAX_NESTING} levels deep (parentheses and "
+                "`not`); write it flatter",
+                m.Pos(file, line, match.start() - line_start + 1),
+            )
+    return None
+
+
 def parse_raw(text: str, file: str) -> tuple[list[RawFlow], list[SpecError | SyntaxProblem]]:
     """Parse ``text``; a syntax error yields no flows and one problem said in words."""
+    deep = _too_deep(text, file)
+    if deep is not None:
+        return [], [deep]
     try:
         tree = parser().parse(text)
     except UnexpectedInput as exc:

@@ -103,14 +103,26 @@ class Deployments:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise TenantError(f"deployment {name} cannot be read: {exc}") from exc
-        return Deployment(
-            name=meta["name"],
-            version=int(meta["version"]),
-            sha256=meta["sha256"],
-            file=meta["file"],
-            deployed_at=meta["deployed_at"],
-            source=source,
+            raise self._damaged(name, exc) from exc
+        try:
+            return Deployment(
+                name=str(meta["name"]),
+                version=int(meta["version"]),
+                sha256=str(meta["sha256"]),
+                file=str(meta["file"]),
+                deployed_at=str(meta["deployed_at"]),
+                source=source,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(name, exc) from exc
+
+    def _damaged(self, name: str, exc: Exception) -> TenantError:
+        what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"({exc})"
+        return TenantError(
+            f"deployment {name} cannot be read: {self._meta(name)} or "
+            f"{self.root / (name + '.flow')} is damaged {what}",
+            hint=f"deploy the flow file again with `flowrt deploy FILE`, or remove "
+            f"{self._meta(name)} to drop the deployment",
         )
 
     def all(self) -> list[Deployment]:

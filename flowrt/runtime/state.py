@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowrt._sqlite import open_wal
+from flowrt._sqlite import open_wal, require_own_schema
 from flowrt.errors import TenantError
 from flowrt.runtime.poll_failures import COLUMNS as POLL_FAILURE_COLUMNS
 from flowrt.runtime.poll_failures import KEEP_PER_POLLER, PollFailure
@@ -183,6 +183,10 @@ _DAMAGED_HINT = (
 )
 
 
+def _state_error(message: str, _cause: sqlite3.Error | None) -> TenantError:
+    return TenantError(message, hint=_DAMAGED_HINT)
+
+
 class StateDB:
     """The runtime state database of a tenant. Safe to share between threads of a process
     and between processes; every method is one short transaction."""
@@ -193,7 +197,7 @@ class StateDB:
         self._conn = open_wal(
             self.path,
             name="runtime state database",
-            error=lambda message, _cause: TenantError(message, hint=_DAMAGED_HINT),
+            error=_state_error,
             create=create,
             timeout=timeout,
         )
@@ -251,6 +255,8 @@ class StateDB:
                 f"{self._user_version()}; this flowrt knows up to {SCHEMA_VERSION}",
                 hint="use the flowrt version that wrote it, or a newer one",
             )
+        if self._user_version() == 0:
+            require_own_schema(self._conn, self.path, "runtime state database", _state_error)
         with self._transaction("migrate") as conn:
             # another process may have migrated while we waited for the write lock
             for target in range(self._user_version(), SCHEMA_VERSION):

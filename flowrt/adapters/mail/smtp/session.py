@@ -396,10 +396,17 @@ def _auth_failed(
         "encrypted": "user and password",
         "oauth2": "client ID, secret and scope",
     }[login.method]
+    alone = (
+        f"; to check credential '{login.credential}' against the server alone: `flowrt test "
+        f"smtp {target.address} --protection {target.protection} --auth {login.method} "
+        f"--credential {login.credential}`"
+        if login.method != "oauth2"
+        else ""
+    )
     return AuthenticationFailedException(
         reply_text(code, message),
         hint=f"{target.address} refused the login of {login.user}; check the {what} in "
-        f"credential {login.credential} (`flowrt credentials show {login.credential}`)",
+        f"credential {login.credential} (`flowrt credentials show {login.credential}`){alone}",
         retryable=temporary(code),
     )
 
