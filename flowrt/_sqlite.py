@@ -90,6 +90,9 @@ def open_wal(
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
+            # before WAL mode is set: that alone rewrites the header of a file not ours
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                require_own_schema(conn, path, name, error)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:

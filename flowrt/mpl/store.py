@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flowrt._sqlite import open_wal, require_own_schema
+from flowrt._sqlite import open_wal
 from flowrt.errors import ChainLevel, MplError
 from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, from_epoch, from_epoch_us, to_epoch
@@ -181,8 +181,6 @@ class MplStore:
                 f"knows up to {_schema.SCHEMA_VERSION}",
                 hint="use the flowrt version that wrote it, or a newer one",
             )
-        if version == 0:
-            require_own_schema(self._conn, self.path, "MPL database", _open_error)
         with self._transaction("migrate") as conn:
             # Another process may have migrated while we waited for the write lock.
             for target in range(self._user_version(), _schema.SCHEMA_VERSION):

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowrt._sqlite import open_wal, require_own_schema
+from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
 from flowrt.runtime.poll_failures import COLUMNS as POLL_FAILURE_COLUMNS
 from flowrt.runtime.poll_failures import KEEP_PER_POLLER, PollFailure
@@ -255,8 +255,6 @@ class StateDB:
                 f"{self._user_version()}; this flowrt knows up to {SCHEMA_VERSION}",
                 hint="use the flowrt version that wrote it, or a newer one",
             )
-        if self._user_version() == 0:
-            require_own_schema(self._conn, self.path, "runtime state database", _state_error)
         with self._transaction("migrate") as conn:
             # another process may have migrated while we waited for the write lock
             for target in range(self._user_version(), SCHEMA_VERSION):

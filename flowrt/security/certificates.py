@@ -81,19 +81,24 @@ def _load(data: bytes, source: str) -> tuple[list[x509.Certificate], str]:
     if b"-----BEGIN" in data:
         certs = _load_pem(data, source)
         return certs, "pem-pkcs7" if b"-----BEGIN PKCS7" in data else "pem"
+    try:  # the first DER structure; what follows it must be nothing (or a final newline)
+        end = _der.read_one(data)[1]
+    except _der.DerError:  # BER or a length form we do not read: the parsers decide
+        end = len(data)
+    head, tail = data[:end], data[end:]
     try:
-        cert = x509.load_der_x509_certificate(data)
+        cert = x509.load_der_x509_certificate(head)
     except ValueError:
         pass
     else:
-        _no_trailing_bytes(data, source, "the DER certificate")
+        _no_trailing_bytes(tail, end, source, "the DER certificate")
         return [cert], "x509-der"
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(data)
+        certs = pkcs7.load_der_pkcs7_certificates(head)
     except ValueError:
         certs = []
     if certs:
-        _no_trailing_bytes(data, source, "the PKCS#7 bundle")
+        _no_trailing_bytes(tail, end, source, "the PKCS#7 bundle")
         return list(certs), "pkcs7-der"
     raise KeystoreError(
         f"{source} is not a certificate: neither DER X.509, PEM nor a PKCS#7 (.p7b) bundle, "
@@ -103,22 +108,18 @@ def _load(data: bytes, source: str) -> tuple[list[x509.Certificate], str]:
     )
 
 
-def _no_trailing_bytes(data: bytes, source: str, what: str) -> None:
-    try:
-        _, end = _der.read_one(data)
-    except _der.DerError:  # BER or a length form we do not read: the parser accepted it
+def _no_trailing_bytes(tail: bytes, end: int, source: str, what: str) -> None:
+    if len(tail) <= 2 and not tail.strip():  # a final newline some tools add
         return
-    extra = len(data) - end
-    if (extra > 0 and data[end:].strip(b"\r\n\t \x00")) or extra > 2:
-        raise KeystoreError(
-            f"{source} is not exactly a certificate file: {extra} bytes follow {what} "
-            f"(from byte {end}: {_describe_bytes(data[end:])})",
-            hint="a certificate file holds the certificate and nothing else; export it again",
-        )
+    raise KeystoreError(
+        f"{source} is not exactly a certificate file: {len(tail)} bytes follow {what} "
+        f"(from byte {end}: {_describe_bytes(tail)})",
+        hint="a certificate file holds the certificate and nothing else; export it again",
+    )
 
 
 def _describe_bytes(chunk: bytes) -> str:
-    if not chunk.strip(b"\x00"):
+    if not chunk.strip(b"\x00\r\n\t "):
         return "zero bytes (padding)"
     try:
         text = chunk.decode("utf-8")
