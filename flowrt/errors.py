@@ -74,6 +74,7 @@ __all__ = [
     "chain_of",
     "find_hint",
     "is_retryable",
+    "library_cause",
     "render_chain",
     "summary",
 ]
@@ -366,6 +367,15 @@ def summary(exc: BaseException) -> str:
         return first
     root = f"{levels[-1].type}: {levels[-1].message}".splitlines()[0]
     return f"{first.rstrip(';')}; caused by {root}"
+
+
+def library_cause(exc: BaseException) -> str | None:
+    """The first exception in the chain that flowrt did not raise (aiosmtplib's, ssl's, a
+    socket's), as its repr: for the JSON log and debugging, never for a chain level."""
+    for e in _iter_chain(exc):
+        if not isinstance(e, FlowrtError):
+            return repr(e)
+    return None
 
 
 def find_hint(exc: BaseException) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 
 from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
-from flowrt.errors import ProcessingError, is_retryable, render_chain
+from flowrt.errors import ProcessingError, is_retryable, library_cause, render_chain
 from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 from tests.failures.conftest import (
@@ -61,6 +61,8 @@ def test_read_timeout(tenant: Path, flowrt: Run, silent_port: int) -> None:
     assert levels_of(flow) == expected
     assert "sent no SMTP greeting within 1s" in hint_of(flow)
     assert is_retryable(flow)
+    # the library's exception stays attached for the JSON log, not as a level
+    assert (library_cause(flow) or "").startswith("SMTPConnectTimeoutError(")
 
     result = flowrt(
         "test", "smtp", f"127.0.0.1:{silent_port}", "--protection", "off", "--timeout", "1s",

@@ -44,7 +44,7 @@ from flowrt.adapters.mail.sender.errors import mailbox_locked
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
-from flowrt.errors import FlowrtError, find_hint, render_chain, summary
+from flowrt.errors import FlowrtError, find_hint, library_cause, render_chain, summary
 from flowrt.runtime.poll_failures import from_exception
 from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
 
@@ -476,6 +476,7 @@ class MailPoller:
             "poll failed",
             error=render_chain(exc),
             hint=find_hint(exc),
+            library_cause=library_cause(exc),
             consecutive_failures=h.consecutive_failures,
         )
 

@@ -159,11 +159,14 @@ def wire_errors(
     """Map a lost connection or a read timeout while ``waiting_for`` to the chain."""
     try:
         yield
-    except SMTPTimeoutError:
+    except SMTPTimeoutError as exc:
         outer, cause = read_timeout(target, waiting_for)
+        cause.__cause__ = exc  # for the log; the shown chain stops at the IOException
         raise outer from cause
-    except (SMTPServerDisconnected, ConnectionError):
-        raise dropped(target, waiting_for, greeting=greeting) from connection_dropped_cause()
+    except (SMTPServerDisconnected, ConnectionError) as exc:
+        dropped_cause = connection_dropped_cause()
+        dropped_cause.__cause__ = exc
+        raise dropped(target, waiting_for, greeting=greeting) from dropped_cause
 
 
 def starttls_missing(target: SmtpTarget) -> MessagingException:

@@ -55,6 +55,7 @@ from flowrt.errors import (
     ProcessingError,
     SecurityError,
     SocksException,
+    library_cause,
 )
 from flowrt.net import ProxyRoute, resolve_route
 from flowrt.security import (
@@ -180,6 +181,7 @@ class SmtpReceiver:
                 **target.log_fields(),
                 error=f"{type(exc).__name__}: {exc.message}",
                 retryable=exc.retryable,
+                library_cause=library_cause(exc),
             )
             raise
 

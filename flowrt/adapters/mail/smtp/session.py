@@ -202,11 +202,13 @@ async def greet(
         response = await smtp.connect()
     except SMTPConnectResponseError as exc:
         raise greeting_refused(target, exc.code, exc.message) from None
-    except SMTPConnectTimeoutError:
+    except SMTPConnectTimeoutError as exc:
         tls_at_once = not smtp.use_tls and await speaks_tls_at_once(
             target.host, target.port, route=target.route, timeout=target.timeout
         )
         error = no_greeting(target, tls_at_once=tls_at_once)
+        assert error.__cause__ is not None
+        error.__cause__.__cause__ = exc  # for the log; the shown chain stops above it
         raise error from error.__cause__
     except SMTPConnectError as exc:
         reason = exc.__cause__
