@@ -24,7 +24,7 @@ _MAGIC = b"SQLite format 3\x00"
 
 def _restore_hint(path: Path, name: str) -> str:
     return (
-        f"stop the runtime, move {path} (and any {path.name}-wal, {path.name}-shm) away and "
+        f"the file is damaged: stop the runtime, move {path} (and any {path.name}-wal, {path.name}-shm) away and "
         f"restore it from a backup; to start with an empty {name} instead, remove it and "
         "run again (what it held is lost)"
     )
