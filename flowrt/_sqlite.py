@@ -11,6 +11,7 @@ tables, is an error naming the file and how to restore it.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,14 +21,25 @@ from flowrt.errors import FlowrtError
 
 _log = structlog.get_logger("flowrt.store")
 _MAGIC = b"SQLite format 3\x00"
+FRESH_SECONDS = 2.0
 
 
 def _restore_hint(path: Path, name: str) -> str:
+    side = f"{path.name}-wal, {path.name}-shm"
     return (
-        f"the file is damaged: stop the runtime, move {path} (and any {path.name}-wal, {path.name}-shm) away and "
+        f"the file is damaged: stop the runtime, move {path} (and any {side}) away and "
         f"restore it from a backup; to start with an empty {name} instead, remove it and "
         "run again (what it held is lost)"
     )
+
+
+def _settled(path: Path) -> bool:
+    """Whether a file is older than a moment: an empty file that another process has just
+    created (and is initialising) is not news; one that was emptied or made by hand is."""
+    try:
+        return time.time() - path.stat().st_mtime > FRESH_SECONDS
+    except OSError:
+        return False
 
 
 def _wal_holds_data(path: Path) -> bool:
@@ -59,7 +71,7 @@ def _check_existing(
             damaged.hint = _restore_hint(path, name)
             raise damaged
         return True
-    if head != _MAGIC:
+    if not _MAGIC.startswith(head):  # a shorter prefix: another process is creating it
         found = "text" if head.isascii() and head.decode("ascii").isprintable() else "binary data"
         damaged = error(
             f"the {name} {path} is damaged: not an SQLite database (it starts with {found}, "
@@ -86,7 +98,7 @@ def open_wal(
     """
     if not create and not path.exists():
         raise error(f"no {name} at {path}", None)
-    empty = _check_existing(path, name, error)
+    empty = _check_existing(path, name, error) and _settled(path)  # before SQLite writes
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:

@@ -4,11 +4,14 @@ held data replaced by an empty one."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
-from flowrt.mpl.store import MplStore
 from flowrt.runtime.state import StateDB
 
 
@@ -59,15 +62,33 @@ def test_a_database_with_foreign_tables_is_not_initialised_over(flowrt, name):
     assert path.read_bytes() == before
 
 
-def test_an_empty_database_file_is_initialised_and_logged(flowrt, capsys):
+def test_an_empty_database_file_is_initialised_and_logged(flowrt):
     for path in (flowrt.root / "mpl.sqlite", flowrt.root / "state.sqlite"):
         path.write_bytes(b"")
-    MplStore(flowrt.root / "mpl.sqlite").close()
-    StateDB(flowrt.root / "state.sqlite").close()
-    logged = capsys.readouterr().out
-    assert "was an empty (0-byte) file; initialised it" in logged
+        os.utime(path, (time.time() - 60, time.time() - 60))  # emptied a while ago
+    # a process of its own: the log configuration of other tests does not reach it
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_BOTH, str(flowrt.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    logged = opened.stdout + opened.stderr
+    assert logged.count("was an empty (0-byte) file; initialised it") == 2
     assert flowrt.ok("mpl", "list").exit_code == 0
     assert flowrt.ok("locks", "list").exit_code == 0
+
+
+OPEN_BOTH = """
+import sys
+from pathlib import Path
+from flowrt.mpl.store import MplStore
+from flowrt.runtime.state import StateDB
+root = Path(sys.argv[1])
+MplStore(root / "mpl.sqlite").close()
+StateDB(root / "state.sqlite").close()
+"""
 
 
 def test_an_empty_database_whose_log_holds_data_is_refused(flowrt):
