@@ -26,9 +26,8 @@ import click
 import structlog
 
 from flowrt._fs import atomic_write
-from flowrt.adapters.mail.mime.compose import MailComposer, OutgoingMail
-from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY, mail_to_exchange
-from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
+from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY
+from flowrt.adapters.registry import Adapters, Composer, Delivery
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.dsl import load_flow
@@ -76,7 +75,7 @@ class Output:
 
     receiver: str
     branch: str
-    mail: OutgoingMail
+    mail: Any  # what the receiver's composer made (for mail: an OutgoingMail)
     path: Path | None = None
     sent: str | None = None  # with --live: what the server answered
 
@@ -86,17 +85,23 @@ class Trace:
     mails composed. It is the runner's observer, sleep and delivery at once."""
 
     def __init__(
-        self, flow: Flow, keystore: object | None = None, *, live: TenantSecurity | None = None
+        self,
+        flow: Flow,
+        keystore: object | None = None,
+        *,
+        live: TenantSecurity | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
         self.flow = flow
         self._keystore = keystore
         self._live = live  # with --live: send through the real receivers
-        self._smtp: dict[str, SmtpReceiver] = {}
+        self.adapters = adapters or Adapters()
+        self._smtp: dict[str, Delivery] = {}
         self.steps: list[TracedStep] = []
         self.waits: list[tuple[int, float]] = []  # (after run, seconds)
         self.outputs: list[Output] = []
         self._pending_log: list[tuple[str, str]] = []
-        self._composers: dict[str, MailComposer] = {}
+        self._composers: dict[str, Composer] = {}
 
     @property
     def live(self) -> bool:
@@ -114,21 +119,22 @@ class Trace:
         composer = self._composers.get(name)
         if composer is None:  # made on first use, so that a receiver it rejects is recorded
             receiver = self.flow.receiver(name)
-            composer = MailComposer(receiver, keystore=self._keystore)
+            composer = self.adapters[receiver.adapter].composer(receiver, self._keystore)
             self._composers[name] = composer
         output = Output(name, exchange.branch, composer.compose(exchange))
         self.outputs.append(output)
         if self._live is not None:
+            adapter = self.adapters[self.flow.receiver(name).adapter]
             smtp = self._smtp.get(name)
             if smtp is None:
-                smtp = SmtpReceiver(self.flow.receiver(name), self._live)
+                smtp = adapter.delivery(self.flow.receiver(name), self._live)
                 self._smtp[name] = smtp
-            report = await smtp.send(output.mail, exchange=exchange)
-            output.sent = f"sent to {report.server}: {report.data_reply}"
+            output.sent = await adapter.send(smtp, output.mail, exchange)
 
     async def close(self) -> None:
         for receiver in self._smtp.values():
             await receiver.aclose()
+        await self.adapters.aclose()
 
     def capture_log(self, logger: Any, method: str, event_dict: Mapping[str, Any]) -> Any:
         """A structlog processor: the ``log`` steps' lines go into the trace, not to a
@@ -221,7 +227,10 @@ def simulate(
     out = _prepare_out(Path(out_dir)) if out_dir else None
     tenant = cli.tenant if live else cli.tenant_layout
     security = TenantSecurity.open(tenant) if live else None
-    trace = Trace(flow, security or _keystore(flow, tenant), live=security)
+    adapters = Adapters()
+    trace = Trace(
+        flow, security or _keystore(flow, tenant, adapters), live=security, adapters=adapters
+    )
     pipeline = compile_flow(flow, logger=trace.logger())
     with ExitStack() as stack:
         recorder, store_path, mpl_problem = _open_recorder(tenant, stack, pipeline)
@@ -277,9 +286,9 @@ def _prepare_out(path: Path) -> Path:
     return path
 
 
-def _keystore(flow: Flow, tenant: Tenant) -> TenantSecurity | None:
-    """The tenant's keys, opened only when a receiver signs or encrypts (S/MIME)."""
-    if not tenant.exists() or all(r.sign is None and r.encrypt is None for r in flow.receivers):
+def _keystore(flow: Flow, tenant: Tenant, adapters: Adapters) -> TenantSecurity | None:
+    """The tenant's keys, opened only when a receiver needs them (S/MIME)."""
+    if not tenant.exists() or not any(adapters[r.adapter].needs_keys(r) for r in flow.receivers):
         return None
     return TenantSecurity.open(tenant)
 
@@ -320,12 +329,9 @@ def _run(
     """The mail as read (summarised before the pipeline changes it) and how it ended."""
     sender = pipeline.flow.sender
     try:
-        exchange = mail_to_exchange(
-            raw,
-            headers=None if sender is None else sender.headers,
-            attachments="keep" if sender is None else sender.attachments,
-            keep_original=False if sender is None else sender.keep_original,
-        )
+        if sender is None:  # load_flow refuses a flow without a sender
+            raise MessageFormatException("the flow has no sender to read the mail")
+        exchange = trace.adapters[sender.adapter].sample(sender, raw)
     except MessageFormatException as exc:
         exc.hint = exc.hint or _NOT_A_MAIL_HINT
         return None, runner.record_unreadable(exc)

@@ -14,19 +14,19 @@ from typing import Any, Literal
 
 import pytest
 
-from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
-from flowrt.adapters.mail.sender.poller import Backoff, MailPoller
-from flowrt.dsl.model import (
+from flowrt.adapters.mail.model import (
     Address,
     Auth,
     Connection,
     Poll,
     PollEvery,
-    Pos,
     PostProcess,
     Proxy,
     Sender,
 )
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
+from flowrt.adapters.mail.sender.poller import Backoff, MailPoller
+from flowrt.dsl.model import Pos
 from flowrt.engine.exchange import Exchange
 from flowrt.net import ProxyRoute
 from flowrt.runtime.state import StateDB

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from flowrt.adapters.mail.imap.mailbox import ImapMailbox
+from flowrt.adapters.mail.model import PollIdle
 from flowrt.adapters.mail.sender.mailbox import Mailbox
 from flowrt.adapters.mail.sender.poller import MailPoller
-from flowrt.dsl.model import PollIdle
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import (
     Recorder,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from flowrt.adapters.mail.model import PollDaily, PollEvery
 from flowrt.adapters.mail.sender.mailbox import Candidate, message_id_of, plan_batches
 from flowrt.adapters.mail.sender.poller import Backoff, MailPoller, next_daily_run
-from flowrt.dsl.model import PollDaily, PollEvery
 from flowrt.errors import MailConnectException, TenantError
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import Recorder, endpoint_for, make_mail, make_sender

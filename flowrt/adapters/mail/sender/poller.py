@@ -39,9 +39,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 
 from flowrt.adapters.mail.mime.read import mail_to_exchange
+from flowrt.adapters.mail.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
-from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
 from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
