@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import functools
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from flowrt.dsl.spec import BlockSpec
 
@@ -31,8 +32,12 @@ __all__ = [
     "AdapterRuntime",
     "Adapters",
     "Composer",
+    "Daily",
     "Delivery",
+    "Every",
     "Handler",
+    "Idle",
+    "Schedule",
     "Source",
     "SourceHealth",
     "adapter",
@@ -75,13 +80,52 @@ class SourceHealth(Protocol):
     def last_error(self) -> str | None: ...
 
 
-class Source(Protocol):
-    """A running sender: yields exchanges to its handler, on its schedule."""
+class Every(Protocol):
+    """``poll every INTERVAL``."""
 
     @property
+    def kind(self) -> Literal["every"]: ...
+    @property
+    def interval(self) -> dt.timedelta: ...
+
+
+class Daily(Protocol):
+    """``poll daily at HH:MM [TZ]``."""
+
+    @property
+    def kind(self) -> Literal["daily"]: ...
+    @property
+    def at(self) -> dt.time: ...
+    @property
+    def tz(self) -> str | None: ...
+
+
+class Idle(Protocol):
+    """``poll idle``: the source holds a session and polls when told of new data."""
+
+    @property
+    def kind(self) -> Literal["idle"]: ...
+
+
+Schedule: TypeAlias = Every | Daily | Idle
+
+
+class Source(Protocol):
+    """A running sender: yields exchanges to its handler. When it polls is the runtime's
+    job (:mod:`flowrt.runtime.schedule`), from its ``schedule``."""
+
+    @property
+    def schedule(self) -> Schedule: ...
+    @property
     def health(self) -> SourceHealth: ...
-    async def run(self, stop: asyncio.Event) -> None: ...
-    async def poll_once(self) -> object: ...
+    async def poll_once(self) -> object:
+        """One poll; raises the error chain when it fails (after recording it)."""
+        ...
+
+    async def session(self, stop: asyncio.Event) -> float:
+        """``idle``: one held session until ``stop`` (raises when it fails); the seconds to
+        wait before the next one (0: at once)."""
+        ...
 
 
 class Delivery(Protocol):

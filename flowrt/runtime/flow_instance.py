@@ -25,6 +25,7 @@ from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
+from flowrt.runtime.schedule import run_on_schedule
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.security import TenantSecurity
@@ -107,7 +108,7 @@ class FlowInstance:
         """Start polling on the flow's schedule (in the background)."""
         if self._poller is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(self._poller.run(self._stop))
+        self._task = asyncio.ensure_future(run_on_schedule(self._poller, self._stop))
 
     async def poll_once(self) -> object | None:
         if self._poller is None:
