@@ -19,7 +19,6 @@ import structlog
 from flowrt.adapters.registry import Adapters, Delivery, Source
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
-from flowrt.engine.pipeline import compile_flow
 from flowrt.engine.runner import Result, Runner
 from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
@@ -28,6 +27,7 @@ from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.schedule import run_on_schedule
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
+from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -87,14 +87,16 @@ class FlowInstance:
     def _build(self, flow: Flow) -> None:
         if flow.sender is None:  # the validator requires one; a deployment always has it
             raise FlowError(f"flow {flow.name} has no sender")
-        folder = Path(self.deployment.file).parent
-        pipeline = compile_flow(flow, folder=folder)
-        self._receivers = {
-            r.name: self._adapters[r.adapter].delivery(r, self._security) for r in flow.receivers
-        }
-        self._runner = Runner(
-            pipeline, self._recorder, self._deliver, version=str(self.deployment.version)
+        wired = wire(
+            flow,
+            recorder=self._recorder,
+            adapters=self._adapters,
+            security=self._security,
+            version=str(self.deployment.version),
+            folder=Path(self.deployment.file).parent,
         )
+        self._receivers = wired.deliveries
+        self._runner = wired.runner
         sender = self._adapters[flow.sender.adapter]
         timeouts = [sender.timeout_seconds(flow.sender)] + [
             self._adapters[r.adapter].timeout_seconds(r) for r in flow.receivers
@@ -198,9 +200,6 @@ class FlowInstance:
                 error=summary(result.error),
                 hint=find_hint(result.error),
             )
-
-    async def _deliver(self, receiver: str, exchange: Exchange) -> None:
-        await self._receivers[receiver].deliver(exchange)
 
     # ------------------------------------------------------------------ status
 
