@@ -176,6 +176,8 @@ class Evaluator:
     def _mpl_store(self) -> MplStore | None:
         if self._mpl is None:
             if not self.tenant.mpl_path.exists():
+                if self.log.mark(_WATERMARK) is None:  # a log written from now on is all new
+                    self.log.set_mark(_WATERMARK, "0")
                 return None
             self._mpl = MplStore(self.tenant.mpl_path, create=False)
             mark = self.log.mark(_WATERMARK)
