@@ -14,8 +14,7 @@ from click.testing import CliRunner, Result
 from flowrt.cli.main import cli
 from flowrt.engine.exchange import Headers
 from flowrt.errors import ConnectException, MailConnectException
-from flowrt.mpl import LogLevel, MplRecorder, MplStatus, MplStore
-from flowrt.mpl import new_message_id
+from flowrt.mpl import LogLevel, MplRecorder, MplStatus, MplStore, new_message_id
 from flowrt.security import tls as tls_module
 from flowrt.tenant import Tenant
 
