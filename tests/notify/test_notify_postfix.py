@@ -36,8 +36,18 @@ def sender(new_mailbox_user: NewUser) -> MailboxUser:
 
 
 def add_login(tenant: Path, user: MailboxUser) -> None:
-    ok(flowrt(tenant, "credentials", "add", "notify-out", "--user", user.address,
-              "--password-stdin", input=user.password))  # fmt: skip
+    ok(
+        flowrt(
+            tenant,
+            "credentials",
+            "add",
+            "notify-out",
+            "--user",
+            user.address,
+            "--password-stdin",
+            input=user.password,
+        )
+    )
 
 
 @pytest.fixture
@@ -51,9 +61,20 @@ def tenant(bare_tenant: Path, test_ca: TestCA, sender: MailboxUser) -> Path:
 
 def set_server(tenant: Path, port: int, protection: str, sender: MailboxUser) -> Result:
     return flowrt(
-        tenant, "notify", "server", "set", f"127.0.0.1:{port}", "--protection", protection,
-        "--credential", "notify-out", "--from", sender.address, "--timeout", "10s",
-    )  # fmt: skip
+        tenant,
+        "notify",
+        "server",
+        "set",
+        f"127.0.0.1:{port}",
+        "--protection",
+        protection,
+        "--credential",
+        "notify-out",
+        "--from",
+        sender.address,
+        "--timeout",
+        "10s",
+    )
 
 
 def read(raw: bytes) -> EmailMessage:
@@ -74,9 +95,12 @@ def notifier(tenant: Path, clock: Clock) -> Notifier:
 
 
 def test_set_and_test_over_starttls_show_the_dialogue_and_deliver(
-    postfix: PostfixServer, dovecot: DovecotServer, tenant: Path, sender: MailboxUser,
+    postfix: PostfixServer,
+    dovecot: DovecotServer,
+    tenant: Path,
+    sender: MailboxUser,
     new_mailbox_user: NewUser,
-) -> None:  # fmt: skip
+) -> None:
     saved = ok(set_server(tenant, postfix.submission_port, "starttls-mandatory", sender))
     for stage in ("connect", "greeting", "tls", "certificate", "auth", "mail from"):
         assert f"  {stage} " in saved.output, saved.output
@@ -101,13 +125,28 @@ def test_set_and_test_over_starttls_show_the_dialogue_and_deliver(
 
 
 def test_failures_limit_reset_and_digest_over_smtps_and_no_password_anywhere(
-    postfix: PostfixServer, dovecot: DovecotServer, tenant: Path, sender: MailboxUser,
-    new_mailbox_user: NewUser, clock: Clock,
-) -> None:  # fmt: skip
+    postfix: PostfixServer,
+    dovecot: DovecotServer,
+    tenant: Path,
+    sender: MailboxUser,
+    new_mailbox_user: NewUser,
+    clock: Clock,
+) -> None:
     outputs = [ok(set_server(tenant, postfix.smtps_port, "smtps", sender)).output]
     ops = new_mailbox_user("ops")
-    ok(flowrt(tenant, "notify", "rule", "add", "failures", "--on", "message-failed", "--to",
-              ops.address))  # fmt: skip
+    ok(
+        flowrt(
+            tenant,
+            "notify",
+            "rule",
+            "add",
+            "failures",
+            "--on",
+            "message-failed",
+            "--to",
+            ops.address,
+        )
+    )
     n = notifier(tenant, clock)
     asyncio.run(n.run_once())
     ids = [record_failure(tenant) for _ in range(4)]
@@ -146,8 +185,13 @@ def test_failures_limit_reset_and_digest_over_smtps_and_no_password_anywhere(
     digest = next(read(raw) for _, _, raw in dovecot.messages(ops.address) if fifth.encode() in raw)
     text = body(digest)
     assert "1 more alert(s) since" in text and f"(flowrt mpl show {ids[3]})" in text
-    for args in (("log", "--chain"), ("log", "--format", "json"), ("server", "show"),
-                 ("counters", "--format", "json"), ("rule", "list")):  # fmt: skip
+    for args in (
+        ("log", "--chain"),
+        ("log", "--format", "json"),
+        ("server", "show"),
+        ("counters", "--format", "json"),
+        ("rule", "list"),
+    ):
         outputs.append(ok(flowrt(tenant, "notify", *args)).output)
 
     secret = sender.password.encode()
@@ -158,13 +202,30 @@ def test_failures_limit_reset_and_digest_over_smtps_and_no_password_anywhere(
 
 
 def test_certificate_expiring_in_10_days_with_a_30_day_rule_alerts_once(
-    postfix: PostfixServer, dovecot: DovecotServer, tenant: Path, sender: MailboxUser,
-    new_mailbox_user: NewUser, clock: Clock,
-) -> None:  # fmt: skip
+    postfix: PostfixServer,
+    dovecot: DovecotServer,
+    tenant: Path,
+    sender: MailboxUser,
+    new_mailbox_user: NewUser,
+    clock: Clock,
+) -> None:
     ok(set_server(tenant, postfix.smtps_port, "smtps", sender))
     ops = new_mailbox_user("ops")
-    ok(flowrt(tenant, "notify", "rule", "add", "certs", "--on", "keystore-expiry", "--within",
-              "30d", "--to", ops.address))  # fmt: skip
+    ok(
+        flowrt(
+            tenant,
+            "notify",
+            "rule",
+            "add",
+            "certs",
+            "--on",
+            "keystore-expiry",
+            "--within",
+            "30d",
+            "--to",
+            ops.address,
+        )
+    )
     name = x509.Name.from_rfc4514_string("CN=partner.example")
     cert = self_signed(name, ec.generate_private_key(ec.SECP256R1()), days=10)
     with edit_keystore(Tenant(tenant)) as keystore:

@@ -104,16 +104,30 @@ def test_bad_rules_are_refused_with_a_clear_error_and_nothing_stored(bare_tenant
 def test_plain_and_optional_tls_servers_are_refused(bare_tenant: Path) -> None:
     for protection in ("off", "starttls-optional"):
         result = flowrt(
-            bare_tenant, "notify", "server", "set", "127.0.0.1:25", "--protection", protection,
-            "--from", "flowrt@example.com",
-        )  # fmt: skip
+            bare_tenant,
+            "notify",
+            "server",
+            "set",
+            "127.0.0.1:25",
+            "--protection",
+            protection,
+            "--from",
+            "flowrt@example.com",
+        )
         assert result.exit_code == 2, result.output
         assert f"--protection {protection} is refused" in result.output
         assert "hint: use --protection smtps (port 465) or starttls-mandatory" in result.output
     result = flowrt(
-        bare_tenant, "notify", "server", "set", "127.0.0.1:465", "--protection", "smtps",
-        "--from", "not an address",
-    )  # fmt: skip
+        bare_tenant,
+        "notify",
+        "server",
+        "set",
+        "127.0.0.1:465",
+        "--protection",
+        "smtps",
+        "--from",
+        "not an address",
+    )
     assert (
         result.exit_code == 2 and "--from: 'not an address' is not a mail address" in result.output
     )
@@ -130,20 +144,35 @@ def test_rule_for_a_deployed_flow_and_remove(bare_tenant: Path, tmp_path: Path) 
         '    address "127.0.0.1:465"\n    protection smtps\n    from "a@example.com"\n'
         '    to "b@example.com"\n  }\n}\n'
     )
-    ok(flowrt(bare_tenant, "credentials", "add", "x", "--user", "u", "--password-stdin",
-              input="pw"))  # fmt: skip
+    ok(
+        flowrt(
+            bare_tenant, "credentials", "add", "x", "--user", "u", "--password-stdin", input="pw"
+        )
+    )
     ok(flowrt(bare_tenant, "deploy", str(flow)))
     ok(
         flowrt(
-            bare_tenant, "notify", "rule", "add", "invoices", "--on", "flow-error", "--flow",
-            "invoice-forward", "--for", "30m", "--to", f"{OPS},lead@example.com",
+            bare_tenant,
+            "notify",
+            "rule",
+            "add",
+            "invoices",
+            "--on",
+            "flow-error",
+            "--flow",
+            "invoice-forward",
+            "--for",
+            "30m",
+            "--to",
+            f"{OPS},lead@example.com",
         )
-    )  # fmt: skip
+    )
     table = ok(flowrt(bare_tenant, "notify", "rule", "list")).output
     assert "invoices  flow-error  invoice-forward  30m" in table
     assert "ops@example.com, lead@example.com" in table
-    again = flowrt(bare_tenant, "notify", "rule", "add", "invoices", "--on", "message-failed",
-                   "--to", OPS)  # fmt: skip
+    again = flowrt(
+        bare_tenant, "notify", "rule", "add", "invoices", "--on", "message-failed", "--to", OPS
+    )
     assert again.exit_code == 2 and "add --replace" in again.output
     ok(flowrt(bare_tenant, "notify", "rule", "remove", "invoices"))
     assert "(none)" in ok(flowrt(bare_tenant, "notify", "rule", "list")).output
@@ -169,9 +198,13 @@ async def test_four_failures_give_three_mails_then_reset_sends_the_digest(
     for mail, message_id in zip(outbox.mails, ids, strict=False):
         assert f"MPL ID: {message_id}" in mail[1]
     assert counters(bare_tenant)[OPS] | {"last_sent": None} == {
-        "recipient": OPS, "sent_24h": 3, "limit": 3, "held_back": 1, "last_sent": None,
+        "recipient": OPS,
+        "sent_24h": 3,
+        "limit": 3,
+        "held_back": 1,
+        "last_sent": None,
         "reset_at": None,
-    }  # fmt: skip
+    }
     statuses = [a["status"] for a in attempts(bare_tenant)]
     assert statuses == ["held", "sent", "sent", "sent"]
 
@@ -217,10 +250,21 @@ async def test_the_window_is_24_hours(bare_tenant: Path, clock: Clock) -> None:
 
 async def test_content_only_when_the_rule_says_so(bare_tenant: Path, clock: Clock) -> None:
     set_server(bare_tenant)
-    ok(flowrt(bare_tenant, "notify", "rule", "add", "plain", "--on", "message-failed", "--to",
-              OPS))  # fmt: skip
-    ok(flowrt(bare_tenant, "notify", "rule", "add", "full", "--on", "message-failed", "--to",
-              "dev@example.com", "--include-content"))  # fmt: skip
+    ok(flowrt(bare_tenant, "notify", "rule", "add", "plain", "--on", "message-failed", "--to", OPS))
+    ok(
+        flowrt(
+            bare_tenant,
+            "notify",
+            "rule",
+            "add",
+            "full",
+            "--on",
+            "message-failed",
+            "--to",
+            "dev@example.com",
+            "--include-content",
+        )
+    )
     outbox = Outbox()
     n = notifier(bare_tenant, clock, outbox)
     await n.run_once()
@@ -235,8 +279,7 @@ async def test_content_only_when_the_rule_says_so(bare_tenant: Path, clock: Cloc
 
 async def test_escalated_counts_and_completed_does_not(bare_tenant: Path, clock: Clock) -> None:
     set_server(bare_tenant)
-    ok(flowrt(bare_tenant, "notify", "rule", "add", "other", "--on", "message-failed",
-              "--to", OPS))  # fmt: skip
+    ok(flowrt(bare_tenant, "notify", "rule", "add", "other", "--on", "message-failed", "--to", OPS))
     outbox = Outbox()
     n = notifier(bare_tenant, clock, outbox)
     await n.run_once()
