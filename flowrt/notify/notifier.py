@@ -21,7 +21,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from flowrt.adapters.mail.smtp.transaction import TransactionResult
-from flowrt.errors import FlowrtError, MessagingException, find_hint, render_chain
+from flowrt.errors import (
+    FlowrtError,
+    MessagingException,
+    SendFailedException,
+    find_hint,
+    render_chain,
+)
 from flowrt.notify.compose import alert_text, build_mail, digest_text
 from flowrt.notify.config import NotifyConfig, NotifyServer, Rule, load_config
 from flowrt.notify.limiter import Limiter
@@ -34,6 +40,10 @@ from flowrt.tenant import Tenant
 __all__ = ["Backoff", "Notifier", "NotifierTask", "start_notifier"]
 
 _log = structlog.get_logger("flowrt.notify")
+
+PURGE_EVERY = 86400.0
+KEEP = 30 * 86400.0
+"""How long attempts (other than held ones awaiting their digest) stay in the log."""
 
 Send = Callable[[NotifyServer, TenantSecurity, str, bytes], Awaitable[TransactionResult]]
 
@@ -73,6 +83,8 @@ class Notifier:
         self._send = send
         self.log = NotifyStore.open(tenant)
         self.evaluator = Evaluator(tenant, security, self.log, clock=clock)
+        self._down: FlowrtError | None = None
+        self._next_purge = 0.0
 
     def close(self) -> None:
         self.evaluator.close()
@@ -85,17 +97,24 @@ class Notifier:
             if matched:
                 _log.info("no notification server: alerts not sent", alerts=len(matched))
             return
+        # One server-wide failure (down, untrusted, refusing the login) per cycle is enough:
+        # the other mails of the cycle wait for their retry instead of each waiting for it.
+        self._down = None
         for rule, event in matched:
             for recipient in rule.recipients:
                 await self._alert(config, config.server, rule, event, recipient)
         for attempt in await asyncio.to_thread(self.log.due, self.clock()):
             await self._deliver(config, config.server, attempt)
+        if self.clock() >= self._next_purge:
+            self._next_purge = self.clock() + PURGE_EVERY
+            await asyncio.to_thread(self.log.purge, self.clock() - KEEP)
 
     async def _alert(
         self, config: NotifyConfig, server: NotifyServer, rule: Rule, event: Event, recipient: str
     ) -> None:
         subject, body = alert_text(rule, event)
-        attempt_id = self.log.add(
+        attempt = await asyncio.to_thread(
+            self.log.add,
             now=self.clock(),
             rule=rule.name,
             trigger=event.trigger,
@@ -106,8 +125,6 @@ class Notifier:
             body=body,
             mpl_id=event.mpl_id,
         )
-        attempt = self.log.get(attempt_id)
-        assert attempt is not None
         await self._deliver(config, server, attempt)
 
     async def _deliver(self, config: NotifyConfig, server: NotifyServer, attempt: Attempt) -> None:
@@ -115,11 +132,15 @@ class Notifier:
         recipient had their mails for today."""
         now = self.clock()
         limiter = Limiter(self.log, config.limit)
-        if not limiter.allows(attempt.recipient, now):
-            self.log.mark_held(attempt.id, now=now)
+        if not await asyncio.to_thread(limiter.allows, attempt.recipient, now):
+            await asyncio.to_thread(self.log.mark_held, attempt.id, now=now)
             _log.info("alert held back", recipient=attempt.recipient, rule=attempt.rule)
             return
-        held = [h for h in limiter.digest(attempt.recipient) if h.id != attempt.id]
+        if self._down is not None:
+            await self._failed(attempt, self._down, tried=False)
+            return
+        held = await asyncio.to_thread(limiter.digest, attempt.recipient)
+        held = [h for h in held if h.id != attempt.id]
         body = attempt.body + digest_text(held, config.limit)
         data = build_mail(server, attempt.recipient, attempt.subject, body, now=now)
         try:
@@ -127,33 +148,46 @@ class Notifier:
                 result = await self._send(server, self.security, attempt.recipient, data)
         except (FlowrtError, OSError, TimeoutError) as exc:
             error = exc
-            if not isinstance(exc, FlowrtError):
+            if not isinstance(error, FlowrtError):
                 error = MessagingException(
                     f"sending to the notification server {server.address} did not finish: "
                     f"{exc or type(exc).__name__}"
                 )
                 error.__cause__ = exc
-            delay = self.backoff.delay(attempt.tries + 1)
-            self.log.mark_failed(
-                attempt.id,
-                now=self.clock(),
-                chain=render_chain(error),
-                hint=find_hint(error) or "",
-                next_try=None if delay is None else self.clock() + delay,
-            )
+            if not isinstance(error, SendFailedException):  # not this recipient: the server
+                self._down = error
+            await self._failed(attempt, error, tried=True)
+            return
+        await asyncio.to_thread(
+            self.log.mark_sent,
+            attempt.id,
+            now=self.clock(),
+            reply=result.data_reply,
+            digested=[h.id for h in held],
+        )
+        _log.info("alert sent", recipient=attempt.recipient, rule=attempt.rule, held=len(held))
+
+    async def _failed(self, attempt: Attempt, error: FlowrtError, *, tried: bool) -> None:
+        tries = attempt.tries + 1 if tried else attempt.tries
+        delay = self.backoff.delay(tries) if tries else self.backoff.initial
+        await asyncio.to_thread(
+            self.log.mark_failed,
+            attempt.id,
+            now=self.clock(),
+            chain=render_chain(error),
+            hint=find_hint(error) or "",
+            next_try=None if delay is None else self.clock() + delay,
+            tried=tried,
+        )
+        if tried:
             _log.warning(
                 "alert not sent",
                 recipient=attempt.recipient,
                 rule=attempt.rule,
-                tries=attempt.tries + 1,
+                tries=tries,
                 retry_in=delay,
                 error=render_chain(error),
             )
-            return
-        self.log.mark_sent(
-            attempt.id, now=self.clock(), reply=result.data_reply, digested=[h.id for h in held]
-        )
-        _log.info("alert sent", recipient=attempt.recipient, rule=attempt.rule, held=len(held))
 
     async def run(self, stopping: asyncio.Event, *, interval: float = 2.0) -> None:
         while not stopping.is_set():

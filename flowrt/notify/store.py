@@ -162,7 +162,7 @@ class NotifyStore:
         subject: str,
         body: str,
         mpl_id: str = "",
-    ) -> int:
+    ) -> Attempt:
         with self._transaction("record an attempt") as conn:
             cursor = conn.execute(
                 "INSERT INTO attempts (created, updated, rule, trigger, event_key, recipient, "
@@ -172,7 +172,10 @@ class NotifyStore:
                     *(mpl_id, now if status == PENDING else None),
                 ),
             )
-            return int(cursor.lastrowid or 0)
+            attempt_id = int(cursor.lastrowid or 0)
+        found = self.get(attempt_id)
+        assert found is not None
+        return found
 
     def mark_sent(
         self, attempt_id: int, *, now: float, reply: str, digested: Sequence[int]
@@ -189,14 +192,23 @@ class NotifyStore:
             )
 
     def mark_failed(
-        self, attempt_id: int, *, now: float, chain: str, hint: str, next_try: float | None
+        self,
+        attempt_id: int,
+        *,
+        now: float,
+        chain: str,
+        hint: str,
+        next_try: float | None,
+        tried: bool = True,
     ) -> None:
+        """A failed try (``tried``), or one not made because the server just failed for
+        another mail: both wait for ``next_try``; None gives up."""
         status = FAILED if next_try is not None else GAVE_UP
         with self._transaction("record a failed attempt") as conn:
             conn.execute(
-                "UPDATE attempts SET status = ?, updated = ?, tries = tries + 1, next_try = ?, "
+                "UPDATE attempts SET status = ?, updated = ?, tries = tries + ?, next_try = ?, "
                 "chain = ?, hint = ? WHERE id = ?",
-                (status, now, next_try, chain, hint, attempt_id),
+                (status, now, int(tried), next_try, chain, hint, attempt_id),
             )
 
     def mark_held(self, attempt_id: int, *, now: float) -> None:
@@ -300,6 +312,18 @@ class NotifyStore:
                 "INSERT OR REPLACE INTO resets (recipient, at) VALUES (?, ?)", (recipient, now)
             )
         return True
+
+    def purge(self, before: float) -> int:
+        """Forget attempts and seen events older than ``before``; alerts still held for a
+        digest stay, so that none is lost."""
+        with self._transaction("purge") as conn:
+            removed = conn.execute(
+                "DELETE FROM attempts WHERE updated < ? AND NOT (status = ? AND digested_in IS "
+                "NULL) AND status NOT IN (?, ?)",
+                (before, HELD, FAILED, PENDING),
+            ).rowcount
+            conn.execute("DELETE FROM seen WHERE at < ?", (before,))
+        return int(removed)
 
     # ------------------------------------------------------------------ what was seen
 

@@ -333,6 +333,29 @@ async def test_server_down_is_recorded_with_its_chain_and_retried_with_backoff(
     assert "gave-up" in shown and "ConnectException: Connection refused" in shown
 
 
+async def test_one_try_per_cycle_while_the_server_is_down(bare_tenant: Path, clock: Clock) -> None:
+    set_server(bare_tenant, port=free_port())
+    ok(flowrt(bare_tenant, "notify", "rule", "add", "all", "--on", "message-failed", "--to", OPS))
+    from flowrt.notify.send import send_mail
+
+    n = notifier(bare_tenant, clock, send_mail)
+    await n.run_once()
+    for _ in range(3):
+        record_failure(bare_tenant)
+    await n.run_once()
+    rows = attempts(bare_tenant)
+    assert [(a["status"], a["tries"]) for a in rows] == [
+        ("failed", 0),
+        ("failed", 0),
+        ("failed", 1),
+    ]
+    assert len({a["chain"] for a in rows}) == 1  # the chain of the one try, on each
+    clock.advance(31)
+    await n.run_once()
+    n.close()
+    assert sorted(a["tries"] for a in attempts(bare_tenant)) == [0, 0, 2]
+
+
 async def test_a_hanging_server_is_bounded(bare_tenant: Path, clock: Clock) -> None:
     set_server(bare_tenant, timeout=0.05)
     ok(flowrt(bare_tenant, "notify", "rule", "add", "all", "--on", "message-failed", "--to", OPS))
