@@ -190,7 +190,7 @@ class Evaluator:
         store = self._mpl_store()
         if store is None:
             return []
-        watermark = int(self.log.mark(_WATERMARK) or 0)
+        seen = watermark = int(self.log.mark(_WATERMARK) or 0)
         ended: list[str] = []
         if self._watched:
             for message_id, summary in store.summaries(self._watched).items():
@@ -208,7 +208,8 @@ class Evaluator:
                     ended.append(summary.message_id)
             if len(rows) < 1000:
                 break
-        self.log.set_mark(_WATERMARK, str(watermark))
+        if watermark != seen:
+            self.log.set_mark(_WATERMARK, str(watermark))
         events = []
         for message_id in dict.fromkeys(ended):
             entry = store.find(message_id)
