@@ -26,6 +26,7 @@ from flowrt.notify.config import (
     load_config,
     make_rule,
     replace,
+    show_duration,
 )
 from flowrt.notify.rules import iso
 from flowrt.notify.store import Attempt, NotifyStore
@@ -328,22 +329,13 @@ def rule_list(cli: CliContext, fmt: str) -> None:
             "name": r.name,
             "on": r.trigger,
             "flow": r.flow,
-            "duration": _show_duration(r.duration),
+            "duration": show_duration(r.duration) if r.duration else "",
             "to": ", ".join(r.recipients),
             "content": "yes" if r.include_content else "no",
         }
         for r in rules
     ]
     print_table(rows, ["name", "on", "flow", "duration", "to", "content"])
-
-
-def _show_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @rule_group.command("remove")

@@ -190,8 +190,8 @@ def make_rule(
             raise UsageError(f"trigger {trigger} needs {option} DURATION ({TRIGGERS[trigger]})")
         if not low <= duration <= high:
             raise UsageError(
-                f"{option} {_show(duration)}: out of range for {trigger}; "
-                f"allowed {_show(low)} to {_show(high)}",
+                f"{option} {show_duration(duration)}: out of range for {trigger}; "
+                f"allowed {show_duration(low)} to {show_duration(high)}",
             )
     elif duration is not None:
         raise UsageError(f"trigger {trigger} takes no duration ({TRIGGERS[trigger]})")
@@ -215,7 +215,8 @@ def make_rule(
     )
 
 
-def _show(seconds: float) -> str:
+def show_duration(seconds: float) -> str:
+    """``30m``, ``2h``, ``30d``: a duration as the options take it."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
