@@ -214,7 +214,7 @@ def _test(cli: CliContext, to: str, fmt: str) -> None:
     from flowrt.notify.send import test_server
 
     text = fmt == "text"
-    report = _stages(server, "test", text)
+    report = _stages(server, "server test", text)
     _run_check(report, test_server(server, security, report, recipient, now=time.time()))
     _finish(report, text)
 
@@ -306,7 +306,12 @@ def rule_add(
             raise UsageError(f"a rule named {name!r} exists", hint="add --replace to replace it")
         rules = [r for r in edit.value.rules if r.name != name] + [rule]
         edit.value = replace(edit.value, rules=tuple(rules))
-    click.echo(f"added rule {name}: {TRIGGERS[trigger]} -> {', '.join(rule.recipients)}")
+    what = TRIGGERS[trigger]
+    if rule.duration is not None:
+        what = what.replace("--for D", show_duration(rule.duration))
+        what = what.replace("--within D", show_duration(rule.duration))
+    where = "" if rule.flow == "*" else f" (flow {rule.flow})"
+    click.echo(f"added rule {name}: {what}{where} -> {', '.join(rule.recipients)}")
     if load_config(tenant).server is None:
         click.echo(
             "note: no notification server is set; alerts are sent once one is "
