@@ -14,7 +14,7 @@ import pytest
 
 from flowrt.adapters.mail.smtp.transaction import TransactionResult
 from flowrt.mpl import MplStatus
-from flowrt.notify.config import NotifyServer, edit_config, replace
+from flowrt.notify.config import NotifyServer, edit_config, make_rule, replace
 from flowrt.notify.notifier import Backoff, Notifier
 from flowrt.notify.store import NotifyStore
 from flowrt.runtime.state import PollerHealth, StateDB
@@ -444,3 +444,20 @@ async def test_no_server_no_mail_and_no_flood_later(bare_tenant: Path, clock: Cl
     await n.run_once()
     n.close()
     assert len(outbox.mails) == 1
+
+
+async def test_a_rule_for_one_flow_ignores_the_others(bare_tenant: Path, clock: Clock) -> None:
+    set_server(bare_tenant)
+    with edit_config(Tenant(bare_tenant)) as edit:
+        rule = make_rule(
+            "billing", "message-failed", [OPS], flow="billing", known_flows=["billing"]
+        )
+        edit.value = replace(edit.value, rules=(rule,))
+    outbox = Outbox()
+    n = notifier(bare_tenant, clock, outbox)
+    await n.run_once()
+    record_failure(bare_tenant, flow="invoice-forward")
+    billing = record_failure(bare_tenant, flow="billing")
+    await n.run_once()
+    n.close()
+    assert len(outbox.mails) == 1 and f"MPL ID: {billing}" in outbox.mails[0][1]
