@@ -461,3 +461,17 @@ async def test_a_rule_for_one_flow_ignores_the_others(bare_tenant: Path, clock: 
     await n.run_once()
     n.close()
     assert len(outbox.mails) == 1 and f"MPL ID: {billing}" in outbox.mails[0][1]
+
+
+def test_limit_out_of_range_and_damaged_settings(bare_tenant: Path) -> None:
+    for value in ("0", "1001"):
+        result = flowrt(bare_tenant, "notify", "limit", value)
+        assert result.exit_code == 2 and "between 1 and 1000" in result.output
+    assert not (bare_tenant / "notify.json").exists()
+    ok(flowrt(bare_tenant, "notify", "limit", "5"))
+    assert "5 mails per recipient per 24 h" in ok(flowrt(bare_tenant, "notify", "limit")).output
+    (bare_tenant / "notify.json").write_text('{"rules": [{"name": "x"}]}')
+    result = flowrt(bare_tenant, "notify", "rule", "list")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the notification settings" in result.output and "cannot be read" in result.output
+    assert "hint: restore the file from a backup" in result.output
