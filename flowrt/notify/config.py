@@ -251,7 +251,8 @@ class NotifyConfig:
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise TenantError(
-                f"the notification settings {path} cannot be read: {exc!r}",
+                f"the notification settings {path} cannot be read: "
+                + (f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)),
                 hint="restore the file from a backup, or remove it and set the server and "
                 "rules again",
             ) from exc

@@ -473,5 +473,5 @@ def test_limit_out_of_range_and_damaged_settings(bare_tenant: Path) -> None:
     (bare_tenant / "notify.json").write_text('{"rules": [{"name": "x"}]}')
     result = flowrt(bare_tenant, "notify", "rule", "list")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "the notification settings" in result.output and "cannot be read" in result.output
+    assert "cannot be read: missing field 'trigger'" in result.output
     assert "hint: restore the file from a backup" in result.output
