@@ -10,3 +10,6 @@ a per-recipient limit with digests, and the log of every attempt.
 * :mod:`~flowrt.notify.store`: attempts, counters and watermarks (``notify.sqlite``);
 * :mod:`~flowrt.notify.notifier`: the runtime's task (``start_notifier``).
 """
+
+# The package re-exports nothing (importing it stays cheap): its modules are its public face.
+__all__: list[str] = []

@@ -23,15 +23,22 @@ from flowrt.errors import TenantError, UsageError
 from flowrt.tenant import Tenant
 
 __all__ = [
+    "ALLOWED_PROTECTIONS",
     "DEFAULT_LIMIT",
     "DURATION_RANGES",
+    "REFUSED_PROTECTIONS",
     "TRIGGERS",
+    "WINDOW",
     "NotifyConfig",
     "NotifyServer",
     "Rule",
     "check_address",
+    "config_path",
     "edit_config",
     "load_config",
+    "make_rule",
+    "replace",
+    "show_duration",
 ]
 
 DEFAULT_LIMIT = 3

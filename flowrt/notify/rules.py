@@ -29,7 +29,7 @@ from flowrt.security import TenantSecurity
 from flowrt.security.keystore import valid_until
 from flowrt.tenant import Tenant
 
-__all__ = ["Evaluator", "Event", "dead_letters_since"]
+__all__ = ["Evaluator", "Event", "dead_letters_since", "iso", "message_event"]
 
 ALERTED_STATUSES = (MplStatus.FAILED, MplStatus.ESCALATED)
 EXPIRY_EVERY = 86400.0

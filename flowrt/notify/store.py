@@ -25,7 +25,16 @@ from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
 from flowrt.tenant import Tenant
 
-__all__ = ["Attempt", "Counter", "NotifyStore"]
+__all__ = [
+    "FAILED",
+    "GAVE_UP",
+    "HELD",
+    "PENDING",
+    "SENT",
+    "Attempt",
+    "Counter",
+    "NotifyStore",
+]
 
 PENDING, SENT, HELD, FAILED, GAVE_UP = "pending", "sent", "held", "failed", "gave-up"
 
