@@ -20,12 +20,12 @@ part headers that depend only on the receiver's settings are made once by the pa
 reused, and bodies are encoded with ``base64``/``binascii``. Whatever is not plainly one of
 those shapes (a long or non-ASCII header, a quoted display name, an RFC 2231 file name...) is
 still made by the package, piece by piece, and a test compares the bytes of both ways over many
-generated mails (``tests/mime/test_mime_out_fast.py``); the pieces are in :mod:`~flowrt.adapters.mail.mime.wire`.
+generated mails (``tests/mime/test_mime_out_fast.py``). The pieces are written by
+:mod:`~flowrt.adapters.mail.mime.wire`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -38,30 +38,16 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from flowrt.adapters.mail.mime import smime
+from flowrt.adapters.mail.mime.content import Content
 from flowrt.adapters.mail.mime.wire import (
-    MAX_LINE,
     EncodedHeader,
-    base64_crlf,
-    choose_encoding,
-    embeddable,
-    encode_payload,
     encoded_line,
     folded,
-    head_bytes,
-    lines_crlf,
-    longest_line,
     max_count,
-    normalize_newlines,
-    parts_boundary,
-    payload_text,
-    pick_boundary,
     plain_line,
-    serialize,
-    simple_part_head,
-    transfer_encode,
 )
 from flowrt.dsl.model import Pos, Receiver, Ref, Template
-from flowrt.engine.exchange import Attachment, Exchange
+from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import Value, compile_template
 from flowrt.engine.steps.set import RECEIVER_HEADERS
 from flowrt.errors import MessagingException
@@ -150,23 +136,27 @@ class MailComposer:
         self._cc = _compile_all(receiver.cc)
         self._bcc = _compile_all(receiver.bcc)
         self._subject = compile_template(receiver.subject or _ref("header", "Subject", pos))
-        self._body = compile_template(receiver.body or _ref("body", "", pos))
-        self._attach = [
-            (spec, compile_template(spec.name), _content_source(spec.source, spec.source_name))
-            for spec in receiver.attach
-        ]
-        # False: every piece goes through the email package, as the fast pieces are checked
-        # against in the tests.
-        self._fast = True
+        self._content = Content(receiver, self._error, self._no_line_break)
         self._parsed: dict[tuple[str, str], _Addresses] = {}  # (setting, text) -> addresses
         self._folds: dict[tuple[str, str], bytes] = {}  # (header, value) -> folded line
-        self._body_heads: dict[str, tuple[bytes, str]] = {}  # cte -> (part head, charset)
-        self._part_heads: dict[tuple[str, str | None, str, bool], bytes] = {}
-        self._mixed_heads: dict[int, tuple[bytes, bytes]] = {}  # see _mixed_head
         self._parse_literal("from", [receiver.from_])
         self._parse_literal("to", receiver.to)
         self._parse_literal("cc", receiver.cc)
         self._parse_literal("bcc", receiver.bcc)
+
+    @property
+    def _fast(self) -> bool:
+        """False: every piece goes through the email package, as the fast pieces are checked
+        against in the tests."""
+        return self._content.fast
+
+    @_fast.setter
+    def _fast(self, value: bool) -> None:
+        self._content.fast = value
+
+    @property
+    def _part_heads(self) -> dict[Any, bytes]:
+        return self._content.part_heads
 
     # -- the one public operation
 
@@ -189,11 +179,7 @@ class MailComposer:
         first = sender.addresses[0]
         domain = first.domain.strip("[]")
         message_id = self._no_line_break("Message-ID", self._make_message_id(domain))
-        if self._fast:
-            entity = self._entity_bytes(exchange, message_id)
-        else:
-            entity = serialize(self._entity(exchange, message_id))
-        entity = self._secure(entity, now)
+        entity = self._secure(self._content.entity(exchange, message_id), now)
         headers = self._headers(sender, to, cc, subject, now, message_id, exchange)
         recipients = [*to.addresses, *cc.addresses, *bcc.addresses]
         return OutgoingMail(
@@ -282,200 +268,6 @@ class MailComposer:
             return Address(address.display_name, address.username, domain)
         except ValueError as exc:
             raise self._error(f"{setting}: invalid address {address.addr_spec!r}: {exc}") from None
-
-    # -- the MIME entity (body and attachments, before S/MIME)
-
-    def _entity(self, exchange: Exchange, message_id: str) -> EmailMessage:
-        """The entity as the email package builds it (see :meth:`_entity_bytes`)."""
-        body = self._body_part(self._body(exchange))
-        attachments = [self._attachment_part(a) for a in self._attachments(exchange)]
-        if not attachments:
-            return body
-        mixed = EmailMessage(policy=SMTP)
-        mixed["Content-Type"] = "multipart/mixed"
-        mixed.set_boundary(parts_boundary(message_id, [body, *attachments]))
-        for part in (body, *attachments):
-            mixed.attach(part)
-        return mixed
-
-    def _entity_bytes(self, exchange: Exchange, message_id: str) -> bytes:
-        """The entity's bytes, written directly: what ``BytesGenerator`` makes of
-        :meth:`_entity`. Parts are (bytes, the text a boundary must not occur in)."""
-        data, cte = self._body_data(self._body(exchange))
-        head, charset = self._body_head(cte)
-        body = head + lines_crlf(encode_payload(data, cte))
-        check = None if cte in ("base64", "quoted-printable") else payload_text(data, charset)
-        parts = [(body, check)]
-        parts.extend(self._attachment_bytes(a) for a in self._attachments(exchange))
-        if len(parts) == 1:
-            return body
-        boundary = pick_boundary(message_id, [text for _, text in parts if text is not None])
-        marker = boundary.encode("ascii")
-        separator = b"\r\n--" + marker + b"\r\n"
-        return b"".join(
-            [
-                self._mixed_head(boundary),
-                separator[2:],
-                separator.join([part for part, _ in parts]),
-                b"\r\n--" + marker + b"--\r\n",
-            ]
-        )
-
-    def _mixed_head(self, boundary: str) -> bytes:
-        """The multipart/mixed headers and blank line. Made by the package once per length
-        of boundary and kept as the halves around it: a boundary is hex digits and
-        underscores, so only its length decides how the line is folded."""
-        marker = boundary.encode("ascii")
-        halves = self._mixed_heads.get(len(marker))
-        if halves is not None:
-            return halves[0] + marker + halves[1]
-        mixed = EmailMessage(policy=SMTP)
-        mixed["Content-Type"] = "multipart/mixed"
-        mixed.set_boundary(boundary)
-        head = head_bytes(mixed)
-        start, found, end = head.partition(marker)
-        if found and marker not in end:  # else (split up as RFC 2231 sections) made each time
-            self._mixed_heads[len(marker)] = (start, end)
-        return head
-
-    def _body_data(self, text: str) -> tuple[bytes, str]:
-        """The body in the receiver's charset and its transfer encoding (checked)."""
-        data = self._encode_text(normalize_newlines(text))
-        cte = self.receiver.transfer_encoding
-        if cte == "auto":
-            cte = choose_encoding(data)
-        else:
-            self._check_encoding(cte, data)
-        return data, cte
-
-    def _body_head(self, cte: str) -> tuple[bytes, str]:
-        """The body part's headers and blank line for ``cte`` (made once by the package), and
-        the charset its payload reads as."""
-        found = self._body_heads.get(cte)
-        if found is None:
-            part = self._body_mime(cte)
-            found = self._body_heads[cte] = (head_bytes(part), part.get_content_charset("ascii"))
-        return found
-
-    def _body_mime(self, cte: str) -> EmailMessage:
-        part = EmailMessage(policy=SMTP)
-        part["Content-Type"] = self.receiver.body_type
-        part.set_param("charset", self.receiver.charset)
-        part["Content-Transfer-Encoding"] = cte
-        return part
-
-    def _body_part(self, text: str) -> EmailMessage:
-        data, cte = self._body_data(text)
-        part = self._body_mime(cte)
-        part.set_payload(transfer_encode(data, cte))
-        return part
-
-    def _encode_text(self, text: str) -> bytes:
-        charset = self.receiver.charset
-        try:
-            return text.encode(charset)
-        except UnicodeEncodeError as exc:
-            bad = exc.object[exc.start : exc.end]
-            raise self._error(
-                f"the body cannot be written in {charset}: {bad!r} at position {exc.start} "
-                f"has no {charset} form",
-                hint="use charset utf-8 in the receiver, or remove the character",
-            ) from None
-
-    def _check_encoding(self, cte: str, data: bytes) -> None:
-        if cte == "7bit" and not data.isascii():
-            raise self._error(
-                "transfer-encoding 7bit cannot carry the body: it has non-ASCII bytes",
-                hint="use transfer-encoding auto or quoted-printable",
-            )
-        if cte in ("7bit", "8bit") and (longest_line(data) > MAX_LINE or b"\0" in data):
-            raise self._error(
-                f"transfer-encoding {cte} cannot carry the body: it has lines longer than "
-                f"{MAX_LINE} bytes or NUL bytes",
-                hint="use transfer-encoding auto, quoted-printable or base64",
-            )
-
-    # -- attachments
-
-    def _attachments(self, exchange: Exchange) -> list[Attachment]:
-        found: list[Attachment] = []
-        if self.receiver.attachments_from_message:
-            single = exchange.attachment
-            found.extend([single] if single is not None else exchange.attachments)
-        for spec, name, source in self._attach:
-            content = source(exchange)
-            if content is None:
-                raise self._error(f"attach: the {spec.source} {spec.source_name!r} is not set")
-            content_type = spec.content_type
-            if isinstance(content, str):  # text goes as UTF-8, and says so
-                content = content.encode("utf-8")
-                if content_type.startswith("text/"):
-                    content_type += "; charset=utf-8"
-            found.append(Attachment(name(exchange), content_type, content))
-        return found
-
-    def _attachment_meta(self, attachment: Attachment) -> tuple[str, str, str | None]:
-        """(name, content type, charset) as the attachment part declares them."""
-        name = self._no_line_break("attachment name", attachment.name).strip()
-        full_type = self._no_line_break("attachment type", attachment.content_type)
-        content_type, _, params = full_type.partition(";")
-        content_type = content_type.strip().lower()
-        if not _MIME_TYPE.fullmatch(content_type) or _is_structure(content_type):
-            content_type = "application/octet-stream"
-        charset = _CHARSET_PARAM.search(params)
-        if charset and content_type.startswith("text/"):
-            return name, content_type, charset.group(1)
-        return name, content_type, None
-
-    def _attachment_mime(
-        self, name: str, content_type: str, charset: str | None, embedded: bool
-    ) -> EmailMessage:
-        part = EmailMessage(policy=SMTP)
-        part["Content-Type"] = content_type
-        if charset is not None:
-            part.set_param("charset", charset)
-        # Both names: old clients read Content-Type name, the rest the disposition. The
-        # policy writes a non-ASCII name in RFC 2231 form.
-        part["Content-Disposition"] = "attachment"
-        if name:
-            part.set_param("name", name)
-            part.set_param("filename", name, header="Content-Disposition")
-        part["Content-Transfer-Encoding"] = "7bit" if embedded else "base64"
-        return part
-
-    def _attachment_part(self, attachment: Attachment) -> EmailMessage:
-        name, content_type, charset = self._attachment_meta(attachment)
-        embedded = embeddable(attachment.data) if content_type == "message/rfc822" else None
-        part = self._attachment_mime(name, content_type, charset, embedded is not None)
-        if embedded is not None:
-            # A mail inside a mail should not be base64 (RFC 2046 5.2.1): embed it as it is.
-            part.set_payload(embedded.decode("ascii"))
-        else:
-            encoded = base64.encodebytes(attachment.data).decode("ascii")
-            if content_type.startswith("message/"):  # the generator writes these unconverted
-                encoded = encoded.replace("\n", "\r\n")
-            part.set_payload(encoded)
-        return part
-
-    def _attachment_bytes(self, attachment: Attachment) -> tuple[bytes, str | None]:
-        """An attachment part's bytes, and its text when a boundary must be checked against
-        it (see :meth:`_attachment_part`: the same part, written directly)."""
-        name, content_type, charset = self._attachment_meta(attachment)
-        embedded = embeddable(attachment.data) if content_type == "message/rfc822" else None
-        key = (content_type, charset, name, embedded is not None)
-        head = self._part_heads.get(key)
-        if head is None:
-            head = simple_part_head(*key)
-            if head is None:
-                head = head_bytes(
-                    self._attachment_mime(name, content_type, charset, embedded is not None)
-                )
-                if len(self._part_heads) >= _CACHE_SIZE:
-                    self._part_heads.clear()
-                self._part_heads[key] = head
-        if embedded is not None:
-            return head + embedded, embedded.decode("ascii")
-        return head + base64_crlf(attachment.data), None
 
     # -- headers
 
@@ -623,27 +415,6 @@ def _compile_all(templates: Iterable[Template]) -> list[_Compiled]:
     return [(t.source, compile_template(t)) for t in templates]
 
 
-ContentSource = Callable[[Exchange], bytes | str | None]
-
-
-def _content_source(source: str, name: str) -> ContentSource:
-    """Reads an ``attach`` line's content: bytes as they are, anything else as text."""
-
-    def read(exchange: Exchange) -> bytes | str | None:
-        if source == "header":
-            return exchange.headers.get(name)
-        value = exchange.properties.get(name)
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, Attachment):
-            return value.data
-        if isinstance(value, bytes | bytearray | memoryview):
-            return bytes(value)
-        return str(value)
-
-    return read
-
-
 def _ascii_domain(domain: str) -> str | None:
     """The domain as it can be written in headers and the envelope: IDNA for non-ASCII."""
     if _ADDRESS_LITERAL.fullmatch(domain):
@@ -662,13 +433,6 @@ def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
         local, _, domain = address.rpartition("@")
         seen.setdefault(f"{local}@{domain.lower()}", address)
     return tuple(seen.values())
-
-
-def _is_structure(content_type: str) -> bool:
-    """multipart/* and message/delivery-status describe MIME structure that the generator
-    rebuilds from parts; an attachment only has bytes, which go as application/octet-stream.
-    (message/rfc822 is embedded as it is.)"""
-    return content_type.startswith("multipart/") or content_type == "message/delivery-status"
 
 
 # ----------------------------------------------------------------------------- fast pieces
