@@ -102,6 +102,7 @@ _DEFECT_TEXT: dict[type[email_errors.MessageDefect], str] = {
 _MAX_DEPTH = 50  # multipart nesting we follow; real mail stays within 5 or so
 _TOO_DEEP = "parts nested too deeply to read; the rest was kept as raw text"
 _RECOVERED = "the declared boundary is not used; the parts were found by the one that is"
+_UNFOLDED = "the boundary parameter is folded; it was read unfolded, as mail clients do"
 _SUPERSEDED = (
     email_errors.StartBoundaryNotFoundDefect,
     email_errors.NoBoundaryInMultipartDefect,
@@ -212,7 +213,9 @@ class _MailReader:
         self.keep_attachments = keep_attachments
         self.linesep = linesep
         self.nodes: list[tuple[Message, str]] = []  # every part visited, for its defects
-        self.recovered: set[int] = set()  # id() of multiparts re-read with their real boundary
+        # id() of multiparts re-read with their real boundary -> the defect that says so
+        self.recovered: dict[int, str] = {}
+        self.alternatives: list[str] = []  # paths of the multipart/alternative parts
         self.names = _Names()
         self.max_depth = _MAX_DEPTH
 
@@ -227,7 +230,7 @@ class _MailReader:
         self._check_once(items)
         leaves = list(self._leaves(root, ""))
         exchange = Exchange(headers=Headers(items), correlation_id=correlation)
-        text, html = _pick_body(leaves)
+        text, html = _pick_body(leaves, self.alternatives)
         if text is not None:
             self._read_body(*text, exchange)
         if html is not None and text is not None:
@@ -287,13 +290,16 @@ class _MailReader:
             yield part, path, "body" if not path else "attachment"
             return
         if maintype == "multipart" and not part.is_multipart():
-            recovered = _recover_multipart(part)
+            unfolded = _unfolded_boundary(part)
+            recovered = _recover_multipart(part, unfolded)
             if recovered is not None:
-                self.recovered.add(id(part))
+                self.recovered[id(part)] = _UNFOLDED if unfolded else _RECOVERED
                 part = recovered
         if part.is_multipart() and maintype != "message":
             subparts = [sub for sub in part.get_payload() if isinstance(sub, Message)]
             related = part.get_content_subtype() == "related"
+            if part.get_content_subtype() == "alternative":
+                self.alternatives.append(path)
             start = _related_start(part, subparts) if related else -1
             for index, sub in enumerate(subparts, 1):
                 where = f"{path}.{index}" if path else str(index)
@@ -383,7 +389,7 @@ class _MailReader:
         for part, path in self.nodes:
             where = _where(part, path)
             if id(part) in self.recovered:
-                self.defects.append(f"{where}: {_RECOVERED}")
+                self.defects.append(f"{where}: {self.recovered[id(part)]}")
             for defect in part.defects:
                 if id(part) in self.recovered and isinstance(defect, _SUPERSEDED):
                     continue
@@ -423,19 +429,26 @@ def _kind(part: Message, maintype: str) -> str:
 _Found = tuple[Message, str] | None
 
 
-def _pick_body(leaves: list[tuple[Message, str, str]]) -> tuple[_Found, _Found]:
-    """The first text/plain body candidate and the first text/html one (the others are kept
-    as inline attachments by the caller)."""
-    text: _Found = None
-    html: _Found = None
-    for part, path, kind in leaves:
-        if kind != "body":
-            continue
-        if part.get_content_type() == "text/html":
-            html = html or (part, path)
-        else:
-            text = text or (part, path)
-    return text, html
+def _pick_body(
+    leaves: list[tuple[Message, str, str]], alternatives: list[str]
+) -> tuple[_Found, _Found]:
+    """The first text/plain body candidate, and the text/html one that is its alternative
+    (within one multipart/alternative), or the first text/html when there is no text. The
+    others are kept as inline attachments by the caller."""
+    candidates = [(part, path) for part, path, kind in leaves if kind == "body"]
+    texts = [found for found in candidates if found[0].get_content_type() != "text/html"]
+    htmls = [found for found in candidates if found[0].get_content_type() == "text/html"]
+    text = texts[0] if texts else None
+    if text is None:
+        return None, htmls[0] if htmls else None
+    for part, path in htmls:
+        if any(_within(text[1], alt) and _within(path, alt) for alt in alternatives):
+            return text, (part, path)
+    return text, None
+
+
+def _within(path: str, parent: str) -> bool:
+    return not parent or path.startswith(parent + ".")
 
 
 def _related_start(part: Message, subparts: list[Message]) -> int:
@@ -493,13 +506,15 @@ def _message_id(items: list[tuple[str, str]]) -> str:
 # ----------------------------------------------------------------------------- recovery
 
 
-def _recover_multipart(part: Message) -> Message | None:
+def _recover_multipart(part: Message, unfolded: bytes | None) -> Message | None:
     """A multipart whose declared boundary is missing or wrong: look for the boundary the
     parts actually use (the first ``--TOKEN`` line) and parse again with it."""
     payload = part.get_payload(decode=True)  # the raw bytes: a multipart is 7bit or 8bit
     if not isinstance(payload, bytes):
         return None
-    boundary = _unfolded_boundary(part, payload)
+    boundary = (
+        unfolded if unfolded and re.search(rb"^--" + re.escape(unfolded), payload, re.M) else None
+    )
     if boundary is None:
         match = re.search(rb"^--([!-~](?:[ -~]{0,68}[!-~])?)[ \t]*\r?$", payload, re.MULTILINE)
         if match is None or payload.count(b"--" + match.group(1)) < 2:
@@ -517,18 +532,13 @@ def _recover_multipart(part: Message) -> Message | None:
     return recovered if recovered.is_multipart() else None
 
 
-def _unfolded_boundary(part: Message, payload: bytes) -> bytes | None:
+def _unfolded_boundary(part: Message) -> bytes | None:
     """The declared boundary when folding broke it (``boundary="abc\\n def"``): mail clients
-    unfold it, with or without the white space at the fold, and so do we."""
+    unfold it, keeping the white space at the fold, and so do we."""
     declared = part.get_param("boundary", None)
     if not isinstance(declared, str) or "\n" not in declared:
         return None
-    data = declared.encode("utf-8", "surrogateescape")
-    for candidate in (re.sub(rb"\r?\n", b"", data), re.sub(rb"\r?\n[ \t]*", b" ", data)):
-        candidate = candidate.strip()
-        if candidate and re.search(rb"^--" + re.escape(candidate), payload, re.MULTILINE):
-            return candidate
-    return None
+    return re.sub(rb"\r?\n", b"", declared.encode("utf-8", "surrogateescape")).strip() or None
 
 
 # ----------------------------------------------------------------------------- decoding
