@@ -19,6 +19,8 @@ from typing import Any
 
 from flowrt.mpl.ids import new_message_id as time_ordered_id
 
+__all__ = ["Attachment", "Exchange", "Headers", "Sealed", "new_message_id"]
+
 # Fields a mail has at most once (RFC 5322 section 3.6): a second one is a mistake of the
 # sender, and joining two subjects or dates would make one that neither said.
 _ONCE = frozenset(

@@ -19,6 +19,34 @@ from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from io import BytesIO
 
+__all__ = [
+    "FOLD_AT",
+    "MAX_LINE",
+    "NLCRE",
+    "PARAM_VALUE",
+    "PLAIN_VALUE",
+    "QP_PLAIN",
+    "EncodedHeader",
+    "base64_crlf",
+    "choose_encoding",
+    "embeddable",
+    "encode_payload",
+    "encoded_line",
+    "folded",
+    "head_bytes",
+    "lines_crlf",
+    "longest_line",
+    "max_count",
+    "normalize_newlines",
+    "parts_boundary",
+    "payload_text",
+    "pick_boundary",
+    "plain_line",
+    "serialize",
+    "simple_part_head",
+    "transfer_encode",
+]
+
 MAX_LINE = 998  # RFC 5322 2.1.1 / RFC 2045 2.7: the longest line 7bit and 8bit may carry
 # Bytes quoted-printable writes as they are: printable ASCII (except '='), tab, line feed.
 QP_PLAIN = bytes([0x09, 0x0A, *range(0x20, 0x3D), *range(0x3E, 0x7F)])
