@@ -316,3 +316,12 @@ def test_binary_data_is_refused_with_a_reason() -> None:
 
     with pytest.raises(MessageFormatException, match="looks like a PNG image"):
         mail_to_exchange(b"\x89PNG\r\n\x1a\n" + bytes(100))
+
+
+def test_adjacent_8bit_encoded_words_join_without_the_space() -> None:
+    raw = (
+        "From: a@example.com\n"
+        "Subject: =?utf-8?Q?Gr\u00fc?= =?utf-8?Q?\u00dfe?= aus =?utf-8?Q?K\u00f6ln?=\n"
+        "Date: Mon, 10 Jun 2024 10:00:00 +0000\n\nBody.\n"
+    ).encode("utf-8")
+    assert mail_to_exchange(raw).headers.get("Subject") == "Grüße aus Köln"

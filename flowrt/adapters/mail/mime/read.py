@@ -694,9 +694,17 @@ def _decode_8bit_words(data: bytes) -> bytes:
             charset = "windows-1252"
         return raw.decode(charset, "replace").encode("utf-8")
 
-    decoded = _ENCODED_WORD_8BIT.sub(decode, data)
-    # White space between two words that were encoded is not part of the text (RFC 2047 6.2)
-    return decoded
+    out: list[bytes] = []
+    position = 0
+    for match in _ENCODED_WORD_8BIT.finditer(data):
+        gap = data[position : match.start()]
+        # white space between two encoded words is not part of the text (RFC 2047 6.2)
+        if not (position and not gap.strip()):
+            out.append(gap)
+        out.append(decode(match))
+        position = match.end()
+    out.append(data[position:])
+    return b"".join(out)
 
 
 def _has_8bit(value: object) -> bool:
