@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner, Result
 
 from flowrt.cli.main import cli
@@ -25,6 +26,15 @@ from flowrt.errors import chain_levels, find_hint
 from tests.servers import TestCA
 
 Run = Callable[..., Result]
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """`flowrt run` configures structlog for its process (here: into CliRunner's stream);
+    the tests after these must find it as it was."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -153,7 +153,7 @@ def test_failures_listing_is_bounded_and_named(flowrt: Run, tenant: Path) -> Non
     assert "no deployed flow named 'no-such-flow'" in unknown.output
     with StateDB.open(Tenant(tenant)) as state:
         from flowrt.errors import MailConnectException
-        from flowrt.runtime.poll_failures import from_exception
+        from flowrt.poll_failures import from_exception
 
         for i in range(3):
             state.record_poll_failure(
