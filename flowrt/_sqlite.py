@@ -90,11 +90,14 @@ def open_wal(
     error: Callable[[str, sqlite3.Error | None], FlowrtError],
     create: bool,
     timeout: float,
+    versioned: bool = False,
 ) -> sqlite3.Connection:
     """An autocommit connection, shareable between threads (callers hold their own lock).
 
     ``create=False`` refuses a missing file. Failures become ``error(message, cause)``: the
     caller's own FlowrtError (with its hint for that sqlite3 error), naming the database.
+    ``versioned``: the caller's schema sets ``PRAGMA user_version``, so tables without it
+    are not the caller's and the file is refused.
     """
     if not create and not path.exists():
         raise error(f"no {name} at {path}", None)
@@ -103,7 +106,7 @@ def open_wal(
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             # before WAL mode is set: that alone rewrites the header of a file not ours
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+            if versioned and int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
                 require_own_schema(conn, path, name, error)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -138,6 +138,7 @@ class StateDB:
             error=_state_error,
             create=create,
             timeout=timeout,
+            versioned=True,
         )
         try:
             with self._guard("open"):

@@ -88,10 +88,8 @@ def route_for(opts: CheckOptions, security: TenantSecurity) -> ProxyRoute | None
 
 
 def connect_failure(opts: CheckOptions, exc: FlowrtError) -> MessagingException:
-    # SMTP's text ends in ";" as in JavaMail's SMTPTransport (and the receiver's chain)
-    end = ";" if opts.protocol == "smtp" else ""
     error = MessagingException(
-        f"Could not connect to {NAMES[opts.protocol]} host: {opts.host}, port: {opts.port}{end}"
+        f"Could not connect to {NAMES[opts.protocol]} host: {opts.host}, port: {opts.port}"
     )
     error.__cause__ = exc
     return error
