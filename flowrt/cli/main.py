@@ -61,6 +61,7 @@ def _register() -> None:
         keystore,
         locations,
         locks,
+        monitor,
         mpl,
         run,
         simulate,
@@ -81,6 +82,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        monitor,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

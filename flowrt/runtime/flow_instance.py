@@ -26,6 +26,7 @@ from flowrt.engine.runner import Result, Runner
 from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
+from flowrt.runtime import metrics
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
@@ -177,7 +178,9 @@ class FlowInstance:
             ):
                 started = time.monotonic()
                 result = await self._runner.process(exchange)
-                self._log_result(result, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._log_result(result, elapsed)
+                metrics.message_done(self.name, result.status.value, elapsed)
         finally:
             self._in_flight -= 1
         ok = result.status is MplStatus.COMPLETED
@@ -211,7 +214,12 @@ class FlowInstance:
             )
 
     async def _deliver(self, receiver: str, exchange: Exchange) -> None:
-        await self._receivers[receiver].deliver(exchange)
+        try:
+            await self._receivers[receiver].deliver(exchange)
+        except Exception as exc:
+            metrics.send_done(self.name, receiver, exc)
+            raise
+        metrics.send_done(self.name, receiver)
 
     # ------------------------------------------------------------------ status
 

@@ -44,6 +44,7 @@ from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key,
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
+from flowrt.runtime import metrics
 from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
 
 __all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
@@ -457,6 +458,7 @@ class MailPoller:
         h.failed += result.failed
         h.note = "lease lost during the poll" if result.lock_lost else ""
         self._save_health()
+        metrics.poll_done(self.name, ok=True)
 
     def _failed(self, exc: BaseException) -> None:
         h = self._health
@@ -465,6 +467,7 @@ class MailPoller:
         h.consecutive_failures += 1
         h.note = ""
         self._save_health()
+        metrics.poll_done(self.name, ok=False)
         self._log.error(
             "poll failed",
             error=render_chain(exc),
