@@ -110,8 +110,10 @@ def check_access(tenant: Tenant, host: str, address: str) -> None:
 def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, sockaddr = infos[0]
+        # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets, and
+        # without it a response written in two parts waits 40 ms for a delayed ACK
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     except OSError as exc:
         raise UsageError(f"--http: cannot listen on {host}:{port}: {exc}") from exc
     try:
