@@ -91,9 +91,7 @@ def fill(tenant: Path, count: int = 0) -> dict[str, str]:
         bad.custom_property("customer", "globex")
         run = bad.start_run(start=START + 1)
         run.step("set", "14", "", StepStatus.COMPLETED, START + 1, START + 1.001)
-        run.step(
-            "accounting", "20", "", StepStatus.FAILED, START + 1.001, START + 1.5, failure()
-        )
+        run.step("accounting", "20", "", StepStatus.FAILED, START + 1.001, START + 1.5, failure())
         run.finish(MplStatus.FAILED, stop=START + 1.5)
         bad.fail(failure(), failed_step="accounting")
 

@@ -19,6 +19,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.monitor.conftest import HINT, XSS_SUBJECT, MonitorProcess, flowrt
 
@@ -64,12 +65,16 @@ def screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def loaded(driver: webdriver.Chrome) -> bool:
+    return bool(driver.execute_script("return document.readyState") == "complete")
+
+
 def no_alert(driver: webdriver.Chrome) -> bool:
     try:
-        driver.switch_to.alert
+        alert = driver.switch_to.alert
     except NoAlertPresentException:
         return True
-    return False
+    return alert is None
 
 
 def test_an_operator_finds_the_failure(
@@ -86,17 +91,20 @@ def test_an_operator_finds_the_failure(
     assert "/login" in browser.current_url  # the token is asked for first
     browser.find_element(By.NAME, "token").send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: "/login" not in d.current_url and loaded(d))
     assert browser.find_element(By.TAG_NAME, "h1").text == "Messages"
     rows = browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
     assert len(rows) == 2
 
     Select(browser.find_element(By.NAME, "status")).select_by_visible_text("FAILED")
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
-    assert "status=FAILED" in browser.current_url  # a link that can be shared
+    wait.until(lambda d: "status=FAILED" in d.current_url and loaded(d))  # a link to share
     rows = browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
     assert [r.find_element(By.CSS_SELECTOR, ".status").text for r in rows] == ["FAILED"]
     screenshot(browser, tmp_path, "monitor-failed-list")
     rows[0].find_element(By.LINK_TEXT, filled["bad"]).click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "pre.chain") and loaded(d))
 
     chain = browser.find_element(By.CSS_SELECTOR, "pre.chain").text
     assert chain.startswith("MessagingException: Could not connect to SMTP host")

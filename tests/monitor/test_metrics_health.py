@@ -104,7 +104,13 @@ def test_healthz_and_readyz(tenant: Path, tmp_path: Path) -> None:
     flow_file = tmp_path / "ready.flow"
     flow_file.write_text(FLOW)
     added = flowrt(
-        tenant, "credentials", "add", "nobody", "--user", "n@example.com", "--password-stdin",
+        tenant,
+        "credentials",
+        "add",
+        "nobody",
+        "--user",
+        "n@example.com",
+        "--password-stdin",
         input="secret-password-1",
     )
     assert added.exit_code == 0, added.output
