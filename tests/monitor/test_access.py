@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 from pathlib import Path
 
 from starlette.testclient import TestClient
@@ -96,9 +97,15 @@ def test_non_loopback_needs_a_token(tenant: Path) -> None:
     assert result.exit_code == 2
     assert "refusing to serve the monitor on 0.0.0.0:0 without a token" in result.output
     assert "flowrt monitor token" in result.output and "Traceback" not in result.output
-    result = flowrt(tenant, "run", "--http", "0.0.0.0:0")
-    assert result.exit_code == 2
-    assert "without a token" in result.output
+    # a process of its own: `flowrt run` configures the process's logging
+    run = subprocess.run(
+        ["flowrt", "--tenant", str(tenant), "run", "--http", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "without a token" in run.stderr and "Traceback" not in run.stderr
     bad = flowrt(tenant, "monitor", "--http", "localhost")
     assert bad.exit_code == 2 and "'localhost' is not HOST:PORT" in bad.output
 
