@@ -7,3 +7,5 @@ health endpoints, served by ``flowrt run --http ADDR`` or standalone by ``flowrt
 - :mod:`flowrt.monitor.auth`: the bearer token (``flowrt monitor token``).
 - :mod:`flowrt.monitor.server`: the listening socket, loopback rules, TLS, uvicorn.
 """
+
+__all__: list[str] = []
