@@ -63,6 +63,7 @@ def _register() -> None:
         locks,
         monitor,
         mpl,
+        notify,
         run,
         simulate,
         test,
@@ -83,6 +84,7 @@ def _register() -> None:
         locks,
         mpl,
         monitor,
+        notify,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
