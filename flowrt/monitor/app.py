@@ -33,7 +33,7 @@ from flowrt import __version__
 from flowrt.errors import FlowrtError, MplError
 from flowrt.monitor.auth import TokenCheck
 from flowrt.monitor.metrics import MetricsSource
-from flowrt.monitor.views import MessageQuery, QueryError, TenantViews
+from flowrt.monitor.views import NOTIFY_STATUSES, MessageQuery, QueryError, TenantViews
 from flowrt.mpl.model import LogLevel, MplStatus
 from flowrt.mpl.render import format_ms
 from flowrt.tenant import Tenant
@@ -207,6 +207,31 @@ def create_app(config: MonitorConfig) -> Starlette:
     async def api_keystore(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(views.keystore))
 
+    def notification_filters(request: Request) -> dict[str, Any]:
+        params = request.query_params
+        return {
+            "recipient": params.get("to") or None,
+            "status": params.get("status") or None,
+            "limit": MessageQuery.from_params({"limit": params.getlist("limit")}).limit,
+        }
+
+    async def notifications_page(request: Request) -> Response:
+        filters = notification_filters(request)
+        rows = await run_in_threadpool(lambda: views.notifications(**filters))
+        return page(
+            request,
+            "notifications.html",
+            rows=rows,
+            filters=filters,
+            statuses=NOTIFY_STATUSES,
+            refresh=_REFRESH_SECONDS,
+        )
+
+    async def api_notifications(request: Request) -> Response:
+        filters = notification_filters(request)
+        rows = await run_in_threadpool(lambda: views.notifications(**filters))
+        return JSONResponse([row.to_dict() for row in rows])
+
     async def index(request: Request) -> Response:
         return RedirectResponse("/messages", status_code=307)
 
@@ -252,10 +277,12 @@ def create_app(config: MonitorConfig) -> Starlette:
         Route("/messages/{message_id}", guarded(message_page)),
         Route("/flows", guarded(flows_page)),
         Route("/keystore", guarded(keystore_page)),
+        Route("/notifications", guarded(notifications_page)),
         Route("/api/messages", guarded(api_messages)),
         Route("/api/messages/{message_id}", guarded(api_message)),
         Route("/api/flows", guarded(api_flows)),
         Route("/api/keystore", guarded(api_keystore)),
+        Route("/api/notifications", guarded(api_notifications)),
         Mount("/static", StaticFiles(packages=[("flowrt.monitor", "static")]), name="static"),
     ]
 

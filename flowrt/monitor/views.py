@@ -18,6 +18,7 @@ from flowrt.errors import FlowrtError, MplError
 from flowrt.mpl._time import parse_instant
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import DEFAULT_LIMIT, MplStore
+from flowrt.notify.store import Attempt, NotifyStore
 from flowrt.runtime.report import StatusReport, status_report
 from flowrt.runtime.status import STARTED
 from flowrt.security.expiry import entry_row
@@ -27,6 +28,7 @@ from flowrt.tenant import Tenant
 __all__ = ["MAX_LIMIT", "MessageQuery", "QueryError", "TenantViews"]
 
 MAX_LIMIT = 500
+NOTIFY_STATUSES = ("pending", "sent", "held", "failed", "gave-up")
 
 
 class QueryError(ValueError):
@@ -213,6 +215,20 @@ class TenantViews:
             row["expires_in_seconds"] = round((valid_until(entry) - now).total_seconds())
             rows.append(row)
         return rows
+
+    # ------------------------------------------------------------------ notifications
+
+    def notifications(
+        self, *, recipient: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Attempt]:
+        """The alert attempts, newest first, as ``flowrt notify log`` lists them."""
+        if status is not None and status not in NOTIFY_STATUSES:
+            raise QueryError(f"status: {status!r} is not one of {', '.join(NOTIFY_STATUSES)}")
+        path = self.tenant.root / "notify.sqlite"
+        if not path.exists():
+            return []
+        with NotifyStore(path, create=False) as store:
+            return store.attempts(recipient=recipient, status=status, limit=limit)
 
     # ------------------------------------------------------------------ readiness
 

@@ -21,10 +21,12 @@ PROTECTED = [
     "/messages",
     "/flows",
     "/keystore",
+    "/notifications",
     "/api/messages",
     "/api/messages/0190a000-0000-7000-8000-000000000002",
     "/api/flows",
     "/api/keystore",
+    "/api/notifications",
 ]
 
 
