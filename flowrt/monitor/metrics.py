@@ -2,7 +2,7 @@
 alias and whether a runtime is up, and, for ``flowrt monitor`` (no runtime in the process),
 the message counts by flow and final status from the MPL.
 
-Inside ``flowrt run`` the process's own counters (:mod:`flowrt.runtime.metrics`: messages,
+Inside ``flowrt run`` the process's own counters (:mod:`flowrt.metrics`: messages,
 durations, polls, sends, dead letters) are served beside these.
 """
 
@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from flowrt import metrics as process_metrics
 from flowrt.errors import FlowrtError
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.store import MplStore
-from flowrt.runtime import metrics as runtime_metrics
 from flowrt.security.keystore import Keystore, valid_until
 from flowrt.tenant import Tenant
 
@@ -99,5 +99,5 @@ class MetricsSource:
     def render(self) -> bytes:
         text = generate_latest(self._registry)
         if self._in_runtime:
-            text = generate_latest(runtime_metrics.REGISTRY) + text
+            text = generate_latest(process_metrics.REGISTRY) + text
         return text

@@ -198,7 +198,7 @@ class TenantViews:
             locks = [
                 {"key": lock.key, "holder": lock.describe()}
                 for lock in report.locks
-                if lock.info.startswith(row["flow"] + ":")
+                if lock.info == row["flow"] or lock.info.startswith(row["flow"] + ":")
             ]
             views.append(FlowView(row=row, last_failure=last, locks=locks))
         return report, views

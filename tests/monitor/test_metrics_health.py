@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from flowrt import metrics
 from flowrt.errors import (
     AuthenticationFailedException,
     MailConnectException,
@@ -18,7 +19,6 @@ from flowrt.errors import (
     StepException,
 )
 from flowrt.monitor.app import MonitorConfig, create_app
-from flowrt.runtime import metrics
 from flowrt.runtime.status import RuntimeStatus, now_iso, write_status
 from flowrt.tenant import Tenant
 from tests.monitor.conftest import flowrt

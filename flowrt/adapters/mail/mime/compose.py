@@ -44,7 +44,8 @@ from io import BytesIO
 from typing import Any
 
 from flowrt.adapters.mail.mime import smime
-from flowrt.dsl.model import Pos, Receiver, Ref, Template
+from flowrt.adapters.mail.model import Receiver
+from flowrt.dsl.model import Pos, Ref, Template
 from flowrt.engine.exchange import Attachment, Exchange
 from flowrt.engine.expressions import Value, compile_template
 from flowrt.engine.steps.set import RECEIVER_HEADERS

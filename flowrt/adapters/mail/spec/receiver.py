@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from flowrt.adapters.mail.model import AttachSpec, Receiver, SmimeSpec
 from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
-from flowrt.dsl.model import AttachSpec, Receiver, SmimeSpec, Template
+from flowrt.dsl.model import Template
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.template import parse_ref
 from flowrt.dsl.values import ValueReader

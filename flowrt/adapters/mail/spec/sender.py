@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
+from flowrt.adapters.mail.model import Poll, PollDaily, PollEvery, PollIdle, PostProcess, Sender
 from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
-from flowrt.dsl.model import Poll, PollDaily, PollEvery, PollIdle, PostProcess, Sender
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader
 

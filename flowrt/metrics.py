@@ -1,5 +1,8 @@
 """What only the running process can count, for the monitor's Prometheus ``/metrics``.
 
+A module of its own, beside the core and the adapters: the runtime counts messages and sends,
+an adapter's source counts its polls, and neither needs to know the other.
+
 One registry per process (never prometheus-client's global one, so that tests and the
 standalone monitor start clean). The runtime calls the small functions below; they cost a
 dictionary lookup and an addition, so they sit on the message path without a measurable price.
