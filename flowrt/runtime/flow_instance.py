@@ -99,7 +99,7 @@ class FlowInstance:
         self._runner = Runner(
             pipeline, self._recorder, self._deliver, version=str(self.deployment.version)
         )
-        oauth2_user = flow.sender.connection.auth.credential if False else None
+        oauth2_user = flow.sender.connection.auth.user
         endpoint = endpoint_from_tenant(
             flow.sender, self._security, tokens=self._tokens, oauth2_user=oauth2_user
         )

@@ -63,6 +63,7 @@ from flowrt.security import (
     Keystore,
     Locations,
     OAuth2ClientCredentials,
+    OAuth2RefreshToken,
     TenantSecurity,
     UserCredential,
     client_context,
@@ -184,7 +185,7 @@ class SmtpReceiver:
             raise
 
     async def _send(self, target: SmtpTarget, mail: ComposedMail) -> DeliveryReport:
-        login = self._login(mail.sender)
+        login = self._login(mail.sender, target.route)
         recipients = list(mail.recipients)
         if not recipients:
             raise MessagingException(
@@ -310,7 +311,7 @@ class SmtpReceiver:
         except (SecurityError, ConnectorError) as exc:
             raise self._tenant_error(exc) from exc
 
-    def _login(self, sender: str) -> Login | None:
+    def _login(self, sender: str, route: ProxyRoute | None) -> Login | None:
         connection = self.receiver.connection
         auth = connection.auth
         if auth.method == "none":
@@ -318,15 +319,24 @@ class SmtpReceiver:
         name = auth.credential or ""
         credential = self._credential(name)
         if auth.method == "oauth2":
-            if not isinstance(credential, OAuth2ClientCredentials):
-                raise self._wrong_kind(name, credential, "oauth2-client-credentials")
-            # The client-credentials grant names no mailbox: XOAUTH2 logs in as the flow's
-            # `user`, else as the envelope sender.
-            source = self.tokens.source(credential, tls=self._tls, timeout=self._timeout)
+            if not isinstance(credential, OAuth2ClientCredentials | OAuth2RefreshToken):
+                raise self._wrong_kind(
+                    name, credential, "oauth2-client-credentials or oauth2-refresh-token"
+                )
+            # The client-credentials grant names no mailbox: the login is the flow's `user`,
+            # else the mailbox signed in for (refresh token), else the envelope sender. The
+            # token request takes the mail connection's route.
+            source = self.tokens.source(
+                credential,
+                tls=self._tls,
+                timeout=self._timeout,
+                route=route,
+                store=self.resources if isinstance(self.resources, TenantSecurity) else None,
+            )
             return Login(
                 "oauth2",
                 name,
-                auth.user or sender,
+                auth.user or getattr(credential, "user", None) or sender,
                 token=source,
                 allow_plaintext=connection.allow_plaintext_auth,
             )
