@@ -211,3 +211,13 @@ def delete(cli: CliContext, name: str) -> None:
 
 
 COMMANDS: list[click.Command] = [credentials]
+
+
+def _sign_in_command() -> None:
+    # Its own module (browser, loopback listener); listed under `credentials`.
+    from flowrt.cli.oauth2_login import oauth2_login
+
+    credentials.add_command(oauth2_login)
+
+
+_sign_in_command()

@@ -78,6 +78,13 @@ class MailLogin:
             )
         return await self.token.token(refresh=refresh)
 
+    def hint_when_refused(self) -> str:
+        """What to check when the server refuses this login."""
+        refused = getattr(self.token, "refused_hint", None)
+        if isinstance(refused, str):
+            return refused
+        return f"check credential {self.credential!r} (`flowrt credentials show {self.credential}`)"
+
 
 @dataclasses.dataclass(frozen=True)
 class MailEndpoint:
@@ -160,9 +167,8 @@ class MailEndpoint:
 
     def credential_hint(self) -> str:
         name = self.login.credential or "NAME"
-        refused = getattr(self.login.token, "refused_hint", None)
-        if self.auth == "oauth2" and isinstance(refused, str):
-            return refused
+        if self.auth == "oauth2":
+            return self.login.hint_when_refused()
         return (
             f"check the user and password of credential '{name}' (user {self.login.user}); "
             f"change them with `flowrt credentials add {name} --user USER --password-stdin "

@@ -384,17 +384,17 @@ async def _oauth2(smtp: aiosmtplib.SMTP, login: Login, target: SmtpTarget, mecha
     assert login.token is not None
     token, fresh = await login.token.token()
     try:
-        await _bearer(smtp, login.user, token, target, mechanism)
+        await bearer_auth(smtp, login.user, token, target, mechanism)
     except SMTPAuthenticationError:
         if fresh or not smtp.is_connected:
             raise
         # A cached token may have been revoked before its time: one fresh token, once.
         log.info("smtp.oauth2_token_refused", **target.log_fields(), credential=login.credential)
         token, _ = await login.token.token(refresh=True)
-        await _bearer(smtp, login.user, token, target, mechanism)
+        await bearer_auth(smtp, login.user, token, target, mechanism)
 
 
-async def _bearer(
+async def bearer_auth(
     smtp: aiosmtplib.SMTP, user: str, token: Secret, target: SmtpTarget, mechanism: str
 ) -> None:
     """AUTH XOAUTH2 or OAUTHBEARER with the initial response; the server's error challenge
