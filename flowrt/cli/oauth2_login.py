@@ -11,8 +11,6 @@ import webbrowser
 
 import click
 
-from flowrt.adapters.mail.oauth2.login import SignIn, run_sign_in
-from flowrt.adapters.mail.oauth2.providers import PROTOCOLS, PROVIDERS
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import CredentialError, UsageError
@@ -26,13 +24,16 @@ from flowrt.security.credentials import (
 from flowrt.security.masterkey import load_master_key
 
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+# The presets' names (flowrt.adapters.mail.oauth2.providers), spelled out here so that the
+# CLI starts without importing httpx.
+PROVIDER_NAMES = ["microsoft", "google", "custom"]
 
 
 @click.command("oauth2-login")
 @click.argument("name")
 @click.option(
     "--provider",
-    type=click.Choice(list(PROVIDERS)),
+    type=click.Choice(PROVIDER_NAMES),
     required=True,
     help="Preset for the sign-in and token addresses and the mail scopes.",
 )
@@ -82,6 +83,9 @@ def oauth2_login(
     sent back to 127.0.0.1, where this command takes the code and exchanges it for a refresh
     token. Nothing secret is printed.
     """
+    from flowrt.adapters.mail.oauth2.login import SignIn, run_sign_in
+    from flowrt.adapters.mail.oauth2.providers import PROTOCOLS, PROVIDERS
+
     validate_name(name)
     preset = PROVIDERS[provider]
     authorize_url = authorize_url or preset.authorize_url

@@ -18,10 +18,8 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 
-import httpx
 from cryptography import x509
 
-from flowrt.adapters.mail.oauth2._transport import RoutedTransport
 from flowrt.adapters.mail.oauth2.providers import login_command
 from flowrt.errors import (
     AuthenticationFailedException,
@@ -151,6 +149,11 @@ def _failed(request: _Request, *, retryable: bool, hint: str | None = None) -> M
 async def _post(
     request: _Request, *, tls: TlsSource, timeout: float, route: ProxyRoute | None
 ) -> tuple[int, str, bytes]:
+    # httpx loads in a tenth of a second: only when a token is needed, not in every CLI start
+    import httpx
+
+    from flowrt.adapters.mail.oauth2._transport import RoutedTransport
+
     url = urllib.parse.urlsplit(request.url)
     host = url.hostname or ""
     https = url.scheme == "https"

@@ -311,7 +311,7 @@ class SmtpReceiver:
         except (SecurityError, ConnectorError) as exc:
             raise self._tenant_error(exc) from exc
 
-    def _login(self, sender: str, route: ProxyRoute | None) -> Login | None:
+    def _login(self, sender: str, route: ProxyRoute | None = None) -> Login | None:
         connection = self.receiver.connection
         auth = connection.auth
         if auth.method == "none":
@@ -320,9 +320,7 @@ class SmtpReceiver:
         credential = self._credential(name)
         if auth.method == "oauth2":
             if not isinstance(credential, OAuth2ClientCredentials | OAuth2RefreshToken):
-                raise self._wrong_kind(
-                    name, credential, "oauth2-client-credentials or oauth2-refresh-token"
-                )
+                raise self._wrong_kind(name, credential, "oauth2-client-credentials")
             # The client-credentials grant names no mailbox: the login is the flow's `user`,
             # else the mailbox signed in for (refresh token), else the envelope sender. The
             # token request takes the mail connection's route.
@@ -364,11 +362,14 @@ class SmtpReceiver:
         )
 
     def _wrong_kind(self, name: str, credential: Credential, wanted: str) -> MessagingException:
+        fix = f"`flowrt credentials add {name} --replace ...`"
+        if wanted == "oauth2-client-credentials":
+            # a delegated sign-in (oauth2-refresh-token) serves as well
+            fix += f", or sign in as the mailbox: `flowrt credentials oauth2-login {name} ...`"
         return MessagingException(
             f"receiver {self.receiver.name}: auth {self.receiver.connection.auth.method} needs "
             f"a credential of kind {wanted}, but '{name}' is of kind {credential.kind}",
-            hint=f"replace it with one of kind {wanted}: `flowrt credentials add {name} "
-            "--replace ...`",
+            hint=f"replace it with one of kind {wanted}: {fix}",
             retryable=False,
         )
 
