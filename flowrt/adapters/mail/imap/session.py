@@ -2,7 +2,7 @@
 flow's protection says, log in as its auth says, and turn every failure into a chain with a
 hint.
 
-The rules (design: trust and security):
+The rules (trust comes only from the keystore; see ARCHITECTURE.md):
 
 - ``starttls-mandatory`` fails when the server does not offer STARTTLS: a stripped
   capability is an attack, not a reason to fall back. ``starttls-optional`` goes on without.
@@ -19,6 +19,7 @@ import asyncio
 
 from aioimaplib import Response
 
+from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient, Responder
 from flowrt.adapters.mail.imap.parse import response_text
 from flowrt.adapters.mail.sasl import (
@@ -37,7 +38,7 @@ from flowrt.adapters.mail.sender.session import (
     session_refused,
     starttls,
 )
-from flowrt.errors import AuthenticationFailedException, StoreClosedException
+from flowrt.errors import StoreClosedException
 from flowrt.security.secret import Secret
 
 __all__ = ["open_imap"]
@@ -86,21 +87,14 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         return
     refuse_clear_text(endpoint, client.tls_active)
     if unsafe_for_wire(login.user):
-        raise AuthenticationFailedException(
-            f"the user name of credential '{login.credential}' contains a line break",
-            hint=endpoint.credential_hint(),
-        )
+        raise errors.user_has_line_break(login.credential, endpoint.credential_hint())
     if endpoint.auth == "oauth2":
         response = await _oauth2(client, endpoint)
     else:
         password = login_password(endpoint)
         if endpoint.auth == "encrypted":
             if not client.has("AUTH=CRAM-MD5"):
-                raise AuthenticationFailedException(
-                    f"IMAP host {endpoint.host}:{endpoint.port} does not offer CRAM-MD5 "
-                    "(auth encrypted)",
-                    hint="use auth plain over TLS (protection starttls-mandatory or imaps)",
-                )
+                raise errors.no_cram_md5(f"{endpoint.host}:{endpoint.port}")
             responder: Responder = lambda challenge: cram_md5_response(  # noqa: E731
                 login.user, password, challenge
             )
@@ -112,9 +106,8 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         else:
             response = await client.login(login.user, password.reveal())
     if response.result != "OK":
-        raise AuthenticationFailedException(
-            response_text(response) or f"{response.result} (no text)",
-            hint=endpoint.credential_hint(),
+        raise errors.auth_refused(
+            response.result, response_text(response), endpoint.credential_hint()
         )
 
 
@@ -122,11 +115,7 @@ async def _oauth2(client: ImapClient, endpoint: MailEndpoint) -> Response:
     login = endpoint.login
     mechanism = oauth2_mechanism(lambda m: client.has(f"AUTH={m}"))
     if mechanism is None:
-        raise AuthenticationFailedException(
-            f"IMAP host {endpoint.host}:{endpoint.port} offers neither OAUTHBEARER nor XOAUTH2 "
-            "(auth oauth2)",
-            hint="this server does not take OAuth2 tokens; use auth plain over TLS",
-        )
+        raise errors.no_oauth2(f"{endpoint.host}:{endpoint.port}")
     abort: list[Responder] = [lambda _c: OAUTHBEARER_ABORT] if mechanism == "OAUTHBEARER" else []
 
     async def attempt(token: Secret) -> Response:
