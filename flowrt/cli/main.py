@@ -62,6 +62,7 @@ def _register() -> None:
         locations,
         locks,
         mpl,
+        notify,
         run,
         simulate,
         test,
@@ -81,6 +82,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        notify,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
