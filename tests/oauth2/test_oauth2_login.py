@@ -77,7 +77,14 @@ class Login:
         raise AssertionError("no address printed in time")
 
     def finish(self, stdin: str | None = None) -> tuple[int, str]:
-        out, err = self.proc.communicate(stdin, timeout=30)
+        # Not communicate(): it reads the raw pipe and would lose what readline() buffered.
+        assert self.proc.stdin is not None and self.proc.stdout and self.proc.stderr
+        if stdin is not None:
+            self.proc.stdin.write(stdin)
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=30)
         return self.proc.returncode, "".join(self.lines) + out + err
 
 
