@@ -10,6 +10,7 @@ Public surface::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 from flowrt.dsl import model
@@ -17,12 +18,14 @@ from flowrt.dsl._parse import SyntaxProblem, parse_raw
 from flowrt.dsl.build import build_flow
 from flowrt.dsl.diagnostics import Diagnostic, has_errors, render_all
 from flowrt.dsl.model import Flow, Pos
+from flowrt.dsl.params import PARAM_CODES
 from flowrt.dsl.spec import Report
 from flowrt.errors import FlowError, UsageError
 
 __all__ = [
     "Diagnostic",
     "Flow",
+    "ParamValues",
     "ParseResult",
     "load_flow",
     "model",
@@ -46,10 +49,21 @@ class ParseResult:
         return render_all(self.diagnostics, {self.file: self.source})
 
 
-def parse_text(text: str, file: str = "<flow>") -> ParseResult:
-    """Parse and validate a flow file's text; every problem found is in ``diagnostics``."""
+ParamValues = Mapping[str, Mapping[str, str]]
+
+
+def parse_text(
+    text: str, file: str = "<flow>", params: ParamValues | None = None
+) -> ParseResult:
+    """Parse and validate a flow file's text; every problem found is in ``diagnostics``.
+
+    ``params`` maps each flow's name to its parameter values; a parameter without a value
+    (and without a default) is then an error. Without ``params`` defaults or placeholders
+    stand in, and a problem in a value that holds a placeholder is a warning.
+    """
     report = Report()
-    raws, problems = parse_raw(text, file)
+    parsed = parse_raw(text, file, params)
+    raws, problems = parsed.flows, parsed.problems
     for problem in problems:
         code = "syntax" if isinstance(problem, SyntaxProblem) else problem.code
         report.error(problem.pos, code, problem.message)
@@ -67,13 +81,34 @@ def parse_text(text: str, file: str = "<flow>") -> ParseResult:
         flow = build_flow(raw, text, report)
         if flow is not None:
             flows.append(flow)
-    diagnostics = tuple(sorted(report.diagnostics, key=lambda d: (d.line, d.column)))
+    diagnostics = tuple(
+        sorted(_stand_ins(report.diagnostics, parsed.stand_ins), key=lambda d: (d.line, d.column))
+    )
     if has_errors(diagnostics):
         flows = []
     return ParseResult(file, text, tuple(flows), diagnostics)
 
 
-def parse_file(path: str | Path) -> ParseResult:
+def _stand_ins(
+    diagnostics: list[Diagnostic], spans: list[tuple[int, int, int, str, str]]
+) -> list[Diagnostic]:
+    """A problem in a value holding a stand-in for a parameter: dropped when the use itself
+    is wrong (that is the one problem reported), a warning when the parameter has no value
+    yet (it is checked at deploy, when it has one)."""
+    if not spans:
+        return diagnostics
+    out: list[Diagnostic] = []
+    for diag in diagnostics:
+        span = next((s for s in spans if diag.line == s[0] and s[1] <= diag.column <= s[2]), None)
+        if span is None or not diag.is_error or diag.code in PARAM_CODES:
+            out.append(diag)
+        elif span[4] == "unchecked":
+            message = f"{diag.message} (not checked: parameter {span[3]} has no value here)"
+            out.append(dataclasses.replace(diag, severity="warning", message=message))
+    return out
+
+
+def parse_file(path: str | Path, params: ParamValues | None = None) -> ParseResult:
     """Read and validate a flow file. A file that cannot be read is a UsageError."""
     path = Path(path)
     try:
@@ -90,7 +125,7 @@ def parse_file(path: str | Path) -> ParseResult:
         line = data[: exc.start].count(b"\n") + 1
         diag = Diagnostic(str(path), line, 1, "error", "encoding", "the file is not UTF-8 text")
         return ParseResult(str(path), "", (), (diag,))
-    return parse_text(text, str(path))
+    return parse_text(text, str(path), params)
 
 
 def load_flow(path: str | Path) -> Flow:
