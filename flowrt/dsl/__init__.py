@@ -57,9 +57,9 @@ def parse_text(
 ) -> ParseResult:
     """Parse and validate a flow file's text; every problem found is in ``diagnostics``.
 
-    ``params`` maps each flow's name to its parameter values; a parameter without a value
-    (and without a default) is then an error. Without ``params`` defaults or placeholders
-    stand in, and a problem in a value that holds a placeholder is a warning.
+    ``params`` maps a flow's name to its parameter values; a parameter of that flow without
+    a value (and without a default) is then an error. For a flow not in ``params`` defaults
+    or placeholders stand in, and a problem in a value holding a placeholder is a warning.
     """
     report = Report()
     parsed = parse_raw(text, file, params)

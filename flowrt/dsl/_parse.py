@@ -321,8 +321,8 @@ def parse_raw(
 ) -> RawParse:
     """Parse ``text``; a syntax error yields no flows and one problem said in words.
 
-    ``params`` holds each flow's parameter values (by flow name); None: there are none to
-    be had (``flowrt validate``), so defaults or placeholders stand in.
+    ``params`` holds parameter values by flow name; a flow not in it (or no ``params``:
+    ``flowrt validate``) has none to be had, so defaults or placeholders stand in.
     """
     try:
         tree = parser().parse(text)
@@ -335,7 +335,7 @@ def parse_raw(
         if not isinstance(flow_tree, Tree):
             continue
         name = str(flow_tree.children[1])
-        values = None if params is None else params.get(name, {})
+        values = None if params is None else params.get(name)
         found = substitute(flow_tree, file, values)
         problems.extend(found.errors)
         stand_ins.extend(found.stand_ins)
