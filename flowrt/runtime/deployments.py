@@ -10,8 +10,8 @@ Layout under ``<tenant>/deployed/``::
                             "param_sources", "scripts"}: the current one
     NAME.flow              the flow file's text as validated at deploy time
     history/NAME/N.flow    every version ever deployed
-    history/NAME/N.json    its metadata
-    history/NAME/N.scripts/  the script modules of version N (when it has scripts)
+    versions/NAME/N.json   its metadata
+    scripts/NAME/N/        the script modules of version N
     generation             a counter bumped by every deploy and undeploy
 
 The runtime watches ``generation`` (one stat a poll) and reloads what changed. Every file is
@@ -122,9 +122,7 @@ class Deployments:
         version = int(meta["version"])
         # A version deployed before scripts were bundled has none: its scripts are looked
         # up beside the flow file it came from, as they were then.
-        scripts_dir = (
-            self.root / "history" / name / f"{version}.scripts" if "scripts" in meta else None
-        )
+        scripts_dir = self.root / "scripts" / name / str(version) if "scripts" in meta else None
         return Deployment(
             name=meta["name"],
             version=version,
@@ -181,10 +179,11 @@ class Deployments:
         version = 1 if current is None else current.version + 1
         history = self.root / "history" / flow.name
         history.mkdir(parents=True, exist_ok=True)
-        scripts = history / f"{version}.scripts"
+        scripts = self.root / "scripts" / flow.name / str(version)
         if scripts.exists():  # left by a deploy that failed half-way: not a stored version
             shutil.rmtree(scripts)
-        staging = history / f".{version}.scripts.tmp"
+        scripts.parent.mkdir(parents=True, exist_ok=True)
+        staging = scripts.parent / f".{version}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         write_bundle(bundle, staging)
@@ -204,7 +203,9 @@ class Deployments:
             "script_files": sorted(bundle.files),
         }
         encoded = json.dumps(meta, indent=2).encode()
-        atomic_write(history / f"{version}.json", encoded, mode=0o644)
+        versions = self.root / "versions" / flow.name
+        versions.mkdir(parents=True, exist_ok=True)
+        atomic_write(versions / f"{version}.json", encoded, mode=0o644)
         atomic_write(self._meta(flow.name), encoded, mode=0o644)
         self._bump()
         return DeployOutcome(flow.name, version, changed=True)
