@@ -10,6 +10,7 @@ Public surface::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,8 +62,8 @@ def parse_text(
     a value (and without a default) is then an error. For a flow not in ``params`` defaults
     or placeholders stand in, and a problem in a value holding a placeholder is a warning.
     """
-    report = Report()
     parsed = parse_raw(text, file, params)
+    report = Report(functools.partial(_stand_in, parsed.stand_ins) if parsed.stand_ins else None)
     raws, problems = parsed.flows, parsed.problems
     for problem in problems:
         code = "syntax" if isinstance(problem, SyntaxProblem) else problem.code
@@ -81,31 +82,23 @@ def parse_text(
         flow = build_flow(raw, text, report)
         if flow is not None:
             flows.append(flow)
-    diagnostics = tuple(
-        sorted(_stand_ins(report.diagnostics, parsed.stand_ins), key=lambda d: (d.line, d.column))
-    )
+    diagnostics = tuple(sorted(report.diagnostics, key=lambda d: (d.line, d.column)))
     if has_errors(diagnostics):
         flows = []
     return ParseResult(file, text, tuple(flows), diagnostics)
 
 
-def _stand_ins(
-    diagnostics: list[Diagnostic], spans: list[tuple[int, int, int, str, str]]
-) -> list[Diagnostic]:
+def _stand_in(spans: list[tuple[int, int, int, str, str]], diag: Diagnostic) -> Diagnostic | None:
     """A problem in a value holding a stand-in for a parameter: dropped when the use itself
     is wrong (that is the one problem reported), a warning when the parameter has no value
     yet (it is checked at deploy, when it has one)."""
-    if not spans:
-        return diagnostics
-    out: list[Diagnostic] = []
-    for diag in diagnostics:
-        span = next((s for s in spans if diag.line == s[0] and s[1] <= diag.column <= s[2]), None)
-        if span is None or not diag.is_error or diag.code in PARAM_CODES:
-            out.append(diag)
-        elif span[4] == "unchecked":
-            message = f"{diag.message} (not checked: parameter {span[3]} has no value here)"
-            out.append(dataclasses.replace(diag, severity="warning", message=message))
-    return out
+    span = next((s for s in spans if diag.line == s[0] and s[1] <= diag.column <= s[2]), None)
+    if span is None or not diag.is_error or diag.code in PARAM_CODES:
+        return diag
+    if span[4] == "failed":
+        return None
+    message = f"{diag.message} (not checked: parameter {span[3]} has no value here)"
+    return dataclasses.replace(diag, severity="warning", message=message)
 
 
 def parse_file(path: str | Path, params: ParamValues | None = None) -> ParseResult:

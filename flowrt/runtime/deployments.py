@@ -122,7 +122,8 @@ class Deployments:
         version = int(meta["version"])
         # A version deployed before scripts were bundled has none: its scripts are looked
         # up beside the flow file it came from, as they were then.
-        scripts_dir = self.root / "scripts" / name / str(version) if "scripts" in meta else None
+        scripts = self.root.resolve() / "scripts" / name / str(version)
+        scripts_dir = scripts if "scripts" in meta else None
         return Deployment(
             name=meta["name"],
             version=version,

@@ -142,6 +142,9 @@ def prepare_redeploy(
     missing = check_references(flow, security)
     if missing:
         return Preparation((), tuple(problems + missing), text, "tenant")
+    scripts = check_scripts(flow, bundle)
+    if scripts:
+        return Preparation((), tuple(problems + scripts), text, "scripts")
     resolved = Resolved(dict(values), {n: sources[n] for n in values})
     return Preparation((Prepared(flow, resolved, bundle),), tuple(problems), text, "")
 
