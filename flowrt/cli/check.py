@@ -76,7 +76,7 @@ def _print_text(
             click.echo(f"  {'PASS' if case.ok else 'FAIL'}  {case.name} ({case.status})")
             for failure in case.failures:
                 click.echo(f"        {failure}")
-    for path, message in errors:
+    for _path, message in errors:
         click.echo(f"error: {message}", err=True)
     for path in untested:
         click.echo(f"{path}: no tests (write {path}{SUFFIX})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import click
 
@@ -12,7 +13,7 @@ from flowrt.cli._output import format_option, print_json
 from flowrt.dsl.diagnostics import render_all
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import FlowError, UsageError
-from flowrt.runtime.deployments import DeployOutcome, Deployments
+from flowrt.runtime.deployments import Deployments, DeployOutcome
 from flowrt.runtime.parameters import from_environment, read_param_file
 from flowrt.runtime.prepare import Preparation, prepare
 from flowrt.runtime.status import ERROR, STARTED, read_status
@@ -33,7 +34,7 @@ def _seconds(text: str) -> float:
     "params_file",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Parameter values (TOML: NAME = \"value\", [flow-name] tables); above the "
+    help='Parameter values (TOML: NAME = "value", [flow-name] tables); above the '
     "environment (FLOWRT_PARAM_NAME) and the tenant's sets (flowrt params set).",
 )
 @click.option("--dry-run", is_flag=True, help="Check everything and show what would be stored.")
@@ -90,7 +91,7 @@ _REFUSED = {
 
 
 def _show_dry_run(prep: Preparation, store: Deployments, fmt: str) -> None:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for item in prep.flows:
         current = store.get(item.flow.name)
         rows.append(
@@ -104,11 +105,7 @@ def _show_dry_run(prep: Preparation, store: Deployments, fmt: str) -> None:
                     for n, v in sorted(item.resolved.values.items())
                 ],
                 "defaults": sorted(
-                    {
-                        use.name
-                        for use in item.flow.params
-                        if use.name not in item.resolved.values
-                    }
+                    {use.name for use in item.flow.params if use.name not in item.resolved.values}
                 ),
                 "scripts": [dataclasses.asdict(ref) for ref in item.bundle.scripts],
                 "script_files": {n: len(d) for n, d in sorted(item.bundle.files.items())},

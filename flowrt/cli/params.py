@@ -34,9 +34,7 @@ def params() -> None:
     """Parameter values of flows, kept in the tenant (secrets go to `flowrt credentials`)."""
 
 
-def _redeploy(
-    tenant: Tenant, flow: str, change: dict[str, str | None], timeout: float
-) -> bool:
+def _redeploy(tenant: Tenant, flow: str, change: dict[str, str | None], timeout: float) -> bool:
     """Redeploy ``flow`` with ``change`` applied to its values (None: the value goes);
     False when it is not deployed. Raises FlowError, storing nothing, when it cannot be."""
     store = Deployments(tenant)

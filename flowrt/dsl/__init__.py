@@ -53,9 +53,7 @@ class ParseResult:
 ParamValues = Mapping[str, Mapping[str, str]]
 
 
-def parse_text(
-    text: str, file: str = "<flow>", params: ParamValues | None = None
-) -> ParseResult:
+def parse_text(text: str, file: str = "<flow>", params: ParamValues | None = None) -> ParseResult:
     """Parse and validate a flow file's text; every problem found is in ``diagnostics``.
 
     ``params`` maps a flow's name to its parameter values; a parameter of that flow without

@@ -339,7 +339,7 @@ def parse_raw(
         found = substitute(flow_tree, file, values)
         problems.extend(found.errors)
         stand_ins.extend(found.stand_ins)
-        uses[index] = tuple(found.uses)
+        uses[index] = tuple(sorted(found.uses, key=lambda use: (use.pos.line, use.pos.column)))
     to_raw = _ToRaw(file)
     flows = to_raw.transform(tree)
     flows = [

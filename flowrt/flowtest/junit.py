@@ -41,7 +41,8 @@ def junit_xml(results: Sequence[FileResult], errors: Sequence[tuple[str, str]] =
         suite = ET.SubElement(
             root, "testsuite", name=path, tests="1", failures="0", errors="1", time="0"
         )
-        case = ET.SubElement(suite, "testcase", classname=path, name="load")
-        error = ET.SubElement(case, "error", message=message.splitlines()[0])
+        load = ET.SubElement(suite, "testcase", classname=path, name="load")
+        error = ET.SubElement(load, "error", message=message.splitlines()[0])
         error.text = message
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data + b"\n"

@@ -55,7 +55,7 @@ def load_flow(test: TestFile) -> Flow:
     name = test.flow_name or (names[0] if len(names) == 1 else None)
     if name is None or name not in names:
         raise FlowError(
-            f"{test.path}: name = \"FLOW\" must name one of the flows of {test.flow}: "
+            f'{test.path}: name = "FLOW" must name one of the flows of {test.flow}: '
             + ", ".join(names)
         )
     result = parse_file(test.flow, {name: dict(test.params)})

@@ -35,7 +35,7 @@ from typing import Any
 from flowrt.errors import FlowError, UsageError
 from flowrt.mpl.model import MplStatus
 
-__all__ = ["Case", "ExpectedMail", "Expectation", "InlineMail", "TestFile", "read_test_file"]
+__all__ = ["Case", "Expectation", "ExpectedMail", "InlineMail", "TestFile", "read_test_file"]
 
 SUFFIX = ".test.toml"
 _STATUSES = [s.value for s in MplStatus]
@@ -154,7 +154,7 @@ def _kind(value: Any) -> str:
 
 def _str_table(value: Any, key: list[str | int]) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _Problem(key, f"{key[-1]}: expected a table of NAME = \"value\", got {_kind(value)}")
+        raise _Problem(key, f'{key[-1]}: expected a table of NAME = "value", got {_kind(value)}')
     out = {}
     for name, item in value.items():
         if isinstance(item, bool | int | float) and not isinstance(item, bool):
@@ -187,8 +187,18 @@ def _table(value: Any, key: list[str | int]) -> dict[str, Any]:
     return value
 
 
-_MAIL_KEYS = ("from", "to", "cc", "subject", "date", "message-id", "headers", "body", "html",
-              "attachments")
+_MAIL_KEYS = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "headers",
+    "body",
+    "html",
+    "attachments",
+)
 
 
 def _inline_mail(value: Any, key: list[str | int], folder: Path) -> InlineMail:
@@ -197,8 +207,12 @@ def _inline_mail(value: Any, key: list[str | int], folder: Path) -> InlineMail:
     headers: list[tuple[str, str]] = []
     for name in ("from", "to", "cc", "subject", "date", "message-id"):
         if name in table:
-            headers.append((name.title() if name != "message-id" else "Message-ID",
-                            _str(table[name], [*key, name])))
+            headers.append(
+                (
+                    name.title() if name != "message-id" else "Message-ID",
+                    _str(table[name], [*key, name]),
+                )
+            )
     headers += list(_str_table(table.get("headers", {}), [*key, "headers"]).items())
     attachments = []
     items = table.get("attachments", [])
@@ -211,7 +225,9 @@ def _inline_mail(value: Any, key: list[str | int], folder: Path) -> InlineMail:
         if "name" not in entry:
             raise _Problem([*key, "attachments"], "an attachment needs a name")
         if ("content" in entry) == ("file" in entry):
-            raise _Problem([*key, "attachments"], "an attachment has content = \"...\" or file = \"PATH\"")
+            raise _Problem(
+                [*key, "attachments"], 'an attachment has content = "..." or file = "PATH"'
+            )
         if "file" in entry:
             path = folder / _str(entry["file"], [*akey, "file"])
             try:
@@ -296,7 +312,7 @@ def _case(value: Any, index: int, folder: Path, line: int) -> Case:
     table = _table(value, key)
     _only(table, _CASE_KEYS, key)
     if "name" not in table:
-        raise _Problem(key, "a case needs a name: name = \"what it shows\"")
+        raise _Problem(key, 'a case needs a name: name = "what it shows"')
     if ("message" in table) == ("mail" in table):
         raise _Problem(
             key, 'a case needs its input: message = "FILE.eml" or a [case.mail] table (one)'
@@ -353,15 +369,16 @@ def read_test_file(path: str | Path) -> TestFile:
             raise _Problem(["flow"], f'flow: no flow file {flow} (flow = "FILE.flow")')
         cases = data.get("case", [])
         if not isinstance(cases, list) or not cases:
-            raise _Problem([], "the file has no [[case]]: each case names an input and what to expect")
+            raise _Problem(
+                [], "the file has no [[case]]: each case names an input and what to expect"
+            )
         return TestFile(
             path=path,
             flow=flow,
             flow_name=None if "name" not in data else _str(data["name"], ["name"]),
             params=_str_table(data.get("params", {}), ["params"]),
             cases=tuple(
-                _case(case, i, folder, locator.find(["case", i])[0])
-                for i, case in enumerate(cases)
+                _case(case, i, folder, locator.find(["case", i])[0]) for i, case in enumerate(cases)
             ),
         )
     except _Problem as problem:

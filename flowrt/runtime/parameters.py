@@ -57,7 +57,7 @@ class ParamFile:
 def _key_position(text: str, key: str, table: str | None) -> tuple[int, int]:
     """Where ``key`` is written (tomllib keeps no positions), for file:line:col messages."""
     in_table = table is None
-    pattern = re.compile(r'\s*("?)' + re.escape(key) + r'\1\s*=')
+    pattern = re.compile(r'\s*("?)' + re.escape(key) + r"\1\s*=")
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if stripped.startswith("["):
@@ -97,7 +97,7 @@ def read_param_file(path: str | Path) -> ParamFile:
         where = f"{match.group(1)}:{match.group(2)}" if match else "1:1"
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "bad TOML"
         raise FlowError(
-            f"{shown}:{where}: {message[0].lower()}{message[1:]}; expected NAME = \"value\" "
+            f'{shown}:{where}: {message[0].lower()}{message[1:]}; expected NAME = "value" '
             "lines, or [flow-name] tables of them",
             hint='a parameter file is TOML, e.g. SMTP_HOST = "smtp.example.com"',
         ) from None

@@ -56,7 +56,9 @@ def _unused(file: ParamFile, flows: Sequence[Flow]) -> list[Diagnostic]:
 
     used = {name for flow in flows for name in flow.param_names}
     by_name = {flow.name: flow for flow in flows}
-    out = [warn(key, f"{key} is used by no flow deployed") for key in file.common if key not in used]
+    out = [
+        warn(key, f"{key} is used by no flow deployed") for key in file.common if key not in used
+    ]
     for table, values in file.per_flow.items():
         flow = by_name.get(table)
         if flow is None:

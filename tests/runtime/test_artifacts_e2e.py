@@ -14,20 +14,23 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.test_runtime_e2e import (  # noqa: F401 - fixtures used by name
+from tests.runtime import test_runtime_e2e as e2e
+from tests.runtime.test_runtime_e2e import (
     Runtime,
     add_user_credential,
     flowrt,
     mail,
-    runtimes,
-    stack,
     subjects,
-    tenant,
     wait_for,
 )
 from tests.servers import DovecotServer, MailboxUser, PostfixServer
 
 pytestmark = pytest.mark.servers
+
+# the deployed-flow tests' fixtures: a tenant trusting the test CA, runtimes, the mail stack
+tenant = e2e.tenant
+runtimes = e2e.runtimes
+stack = e2e.stack
 
 FLOW = """flow forward {
     sender mail {
@@ -80,9 +83,7 @@ def received(
     """The mails in ``user``'s INBOX, once there are ``count`` of them (Postfix delivers
     in the background)."""
     if count is not None:
-        wait_for(
-            lambda: len(dovecot.messages(user, "INBOX")) >= count, what=f"{count} mail(s)"
-        )
+        wait_for(lambda: len(dovecot.messages(user, "INBOX")) >= count, what=f"{count} mail(s)")
     return [
         email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[misc]
         for _uid, _flags, raw in dovecot.messages(user, "INBOX")
@@ -110,7 +111,7 @@ def test_one_flow_file_two_tenants_two_parameter_sets_two_mailboxes(
         dovecot.append(source.address, "INBOX", mail(f"order for {stage}"))
 
     # dev: values kept in the tenant; the stage comes from the flow's default
-    dev, dev_source, dev_target = mailboxes["dev"]
+    dev, _dev_source, dev_target = mailboxes["dev"]
     for name, value in (
         ("IMAP_PORT", str(dovecot.imap_port)),
         ("SMTPS_PORT", str(postfix.smtps_port)),
@@ -122,10 +123,10 @@ def test_one_flow_file_two_tenants_two_parameter_sets_two_mailboxes(
     assert deployed.exit_code == 0, deployed.output
 
     # prod: a parameter file given at deploy
-    prod, prod_source, prod_target = mailboxes["prod"]
+    prod, _prod_source, prod_target = mailboxes["prod"]
     params = tmp_path / "prod.toml"
     params.write_text(
-        f'IMAP_PORT = {dovecot.imap_port}\nSMTPS_PORT = {postfix.smtps_port}\n'
+        f"IMAP_PORT = {dovecot.imap_port}\nSMTPS_PORT = {postfix.smtps_port}\n"
         f'TARGET = "{prod_target.address}"\nSTAGE = "prod"\n'
     )
     deployed = flowrt(prod, "deploy", str(flow), "--params", str(params))
@@ -164,8 +165,7 @@ def test_an_edited_script_changes_nothing_until_it_is_deployed_again(
     (folder / "labels.py").write_text('LABEL = "as deployed"\n')
     params = tmp_path / "params.toml"
     params.write_text(
-        f'IMAP_PORT = {stack["imap"]}\nSMTPS_PORT = {stack["smtps"]}\n'
-        f'TARGET = "{target.address}"\n'
+        f'IMAP_PORT = {stack["imap"]}\nSMTPS_PORT = {stack["smtps"]}\nTARGET = "{target.address}"\n'
     )
     assert flowrt(tenant, "deploy", str(flow), "--params", str(params)).exit_code == 0
 
