@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flowrt.dsl import Diagnostic, Flow, ParseResult, parse_file, parse_text
+from flowrt.errors import FlowError
 from flowrt.runtime.bundle import Bundle, check_scripts, collect
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.parameters import ParameterStore, ParamFile, Resolved, resolve
@@ -21,7 +22,7 @@ from flowrt.runtime.references import check_references
 from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 
-__all__ = ["Preparation", "Prepared", "prepare", "prepare_redeploy"]
+__all__ = ["Preparation", "Prepared", "load_with_params", "prepare", "prepare_redeploy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,3 +157,30 @@ def _read_text(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+def load_with_params(
+    path: str,
+    tenant: Tenant,
+    *,
+    param_file: ParamFile | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> Flow:
+    """The one flow in ``path`` with its parameters resolved as a deploy would (the tenant's
+    set only when there is a tenant); a FlowError naming every problem, a parameter
+    without a value included."""
+    first = parse_file(path)
+    if not first.ok:
+        raise FlowError(f"{path} is not a valid flow:\n{first.render()}")
+    if len(first.flows) != 1:
+        raise FlowError(f"{path} holds {len(first.flows)} flows; expected exactly one")
+    flow = first.flows[0]
+    stored = ParameterStore(tenant).get(flow.name) if tenant.exists() else {}
+    resolved = resolve(flow, tenant_values=stored, environment=environment or {}, file=param_file)
+    result = parse_text(first.source, first.file, {flow.name: resolved.values})
+    if not result.ok:
+        raise FlowError(
+            f"{path} is not a valid flow with its parameters:\n{result.render()}",
+            diagnostics=result.diagnostics,
+        )
+    return result.flows[0]

@@ -245,3 +245,18 @@ def test_scripts_and_what_they_import_from_the_folder_are_stored_with_the_versio
         "deployed forward version 2"
         in run(tenant, "deploy", str(flow), "--params", str(params)).output
     )
+
+
+def test_simulate_takes_parameters_as_deploy_does(tenant: Path, tmp_path: Path) -> None:
+    flow = write_flow(tmp_path / "flows")
+    sample = tmp_path / "sample.eml"
+    sample.write_bytes(b"From: a@example.com\r\nSubject: hi\r\n\r\nHello.\r\n")
+    missing = run(tenant, "simulate", str(flow), "--message", str(sample))
+    assert missing.exit_code == 1
+    assert "forward.flow:4:32: error: parameter IMAP_HOST has no value" in missing.output
+    assert run(tenant, "params", "set", "forward", "IMAP_HOST", "h").exit_code == 0
+    params = tmp_path / "p.toml"
+    params.write_text('TARGET = "sim@example.com"\n')
+    result = run(tenant, "simulate", str(flow), "--message", str(sample), "--params", str(params))
+    assert result.exit_code == 0, result.output
+    assert "envelope: flowrt@example.com -> sim@example.com" in result.output
