@@ -17,12 +17,15 @@ from cryptography import x509
 from flowrt.adapters.mail.check.common import (
     TlsFailed,
     connect_stage,
+    failing,
+    mail_login,
     refuse_plaintext,
     run_check,
     ssl_cause,
     tls_stage,
 )
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.sasl import OAUTH2_MECHANISMS
 from flowrt.adapters.mail.smtp.errors import (
     all_recipients_refused,
     couldnt_connect,
@@ -31,11 +34,23 @@ from flowrt.adapters.mail.smtp.errors import (
     starttls_missing,
     wire_errors,
 )
-from flowrt.adapters.mail.smtp.session import Login, authenticate, greet, hello, local_hostname
+from flowrt.adapters.mail.smtp.session import (
+    Login,
+    authenticate,
+    bearer_auth,
+    greet,
+    hello,
+    local_hostname,
+)
 from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.errors import FlowrtError, IOException, MessagingException
+from flowrt.errors import (
+    AuthenticationFailedException,
+    FlowrtError,
+    IOException,
+    MessagingException,
+)
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
@@ -177,6 +192,9 @@ async def _authenticate(
 ) -> None:
     """As the flow logs in: the mechanism is chosen from the server's AUTH offer first."""
     assert opts.credential is not None
+    if opts.auth == "oauth2":
+        await _oauth2(client, opts, security, report)
+        return
     credential = security.user_credential(opts.credential)
     try:
         refuse_plaintext(opts, encrypted)
@@ -192,6 +210,34 @@ async def _authenticate(
         report.fail("auth", exc)
         raise
     report.stage("auth", f"{reply} (user {credential.user})")
+
+
+async def _oauth2(
+    client: aiosmtplib.SMTP,
+    opts: CheckOptions,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+) -> None:
+    """The receiver's own OAuth2 login (token request, mechanism choice, error hints)."""
+    with failing(report, "auth"):
+        login = mail_login(opts, security)
+        offered = [m.upper() for m in client.server_auth_methods]
+        mechanism = next((m for m in OAUTH2_MECHANISMS if m in offered), None)
+        if mechanism is None:
+            raise AuthenticationFailedException(
+                f"{opts.host}:{opts.port} offers AUTH {' '.join(offered) or '-'}, neither "
+                "OAUTHBEARER nor XOAUTH2",
+                hint="this server does not take OAuth2 tokens for SMTP",
+            )
+        token, _ = await login.access_token()
+        target = SmtpTarget(opts.host, opts.port, opts.protection, opts.timeout)
+        try:
+            await bearer_auth(client, login.user, token, target, mechanism)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise AuthenticationFailedException(
+                f"{exc.code} {exc.message}", hint=login.hint_when_refused()
+            ) from None
+    report.stage("auth", f"{mechanism} as {login.user}")
 
 
 async def _addresses(
