@@ -57,6 +57,7 @@ __all__ = [
     "MessageFormatException",
     "MessagingException",
     "MplError",
+    "NotFoundError",
     "ProcessingError",
     "SSLHandshakeException",
     "SecurityError",
@@ -98,6 +99,11 @@ class UsageError(FlowrtError):
     """The command line asks for something that cannot be done as asked."""
 
     exit_code = 2
+
+
+class NotFoundError(FlowrtError):
+    """A name the tenant does not have (flow, lock, ...): exit 1 like any failed check; 2 is
+    for a command line that is wrong before the tenant is looked at."""
 
 
 class FlowError(FlowrtError):

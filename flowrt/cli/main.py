@@ -84,6 +84,30 @@ def _register() -> None:
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
+    for command in cli.commands.values():
+        _accept_tenant_anywhere(command)
+
+
+def _tenant_after_verb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(CliContext).tenant_dir = resolve_tenant_dir(value)
+
+
+def _accept_tenant_anywhere(command: click.Command) -> None:
+    """``flowrt init --tenant X`` means ``flowrt --tenant X init``: people put it after the verb."""
+    if not any(param.name == "tenant_after_verb" for param in command.params):
+        command.params.append(
+            click.Option(
+                ["--tenant", "tenant_after_verb"],
+                metavar="DIR",
+                expose_value=False,
+                callback=_tenant_after_verb,
+                help="Tenant directory (also accepted before the verb).",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_tenant_anywhere(sub)
 
 
 _register()

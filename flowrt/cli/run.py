@@ -10,7 +10,7 @@ import click
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError, UsageError
 from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import read_status
@@ -59,7 +59,11 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
     alive = runtime is not None and runtime.alive()
     deployments = Deployments(tenant).all()
     if name is not None and name not in {d.name for d in deployments}:
-        raise UsageError(f"no deployed flow named {name!r}")
+        known = ", ".join(d.name for d in deployments[:5]) or "none"
+        raise NotFoundError(
+            f"no deployed flow named {name!r}",
+            hint=f"see `flowrt status` (deployed flows: {known})",
+        )
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:

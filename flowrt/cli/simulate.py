@@ -48,7 +48,7 @@ from flowrt.mpl.model import MplEntry
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
 from flowrt.security import TenantSecurity
-from flowrt.tenant import Tenant
+from flowrt.tenant import Tenant, missing_tenant_reason
 
 _VERSION = "simulation"
 _PREVIEW_CHARS = 300
@@ -376,7 +376,7 @@ def _mpl_note(tenant: Tenant, message_id: str, problem: str | None) -> dict[str,
     if problem is not None:
         return {"recorded": False, "tenant": str(tenant.root), "reason": problem}
     if not tenant.exists():
-        return {"recorded": False, "tenant": None, "reason": f"no tenant at {tenant.root}"}
+        return {"recorded": False, "tenant": None, "reason": missing_tenant_reason(tenant.root)}
     return {"recorded": True, "tenant": str(tenant.root), "message_id": message_id}
 
 
