@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from flowrt._fs import atomic_write
+from flowrt.cli._complete import complete_aliases
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.cli.credentials import read_secret
@@ -195,7 +196,7 @@ def generate(
 
 
 @keystore.command("csr")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to FILE.")
 @pass_cli
 def csr(cli: CliContext, alias: str, out: Path | None) -> None:
@@ -227,7 +228,7 @@ def list_(cli: CliContext, fmt: str) -> None:
 
 
 @keystore.command("show")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @format_option
 @pass_cli
 def show(cli: CliContext, alias: str, fmt: str) -> None:
@@ -266,7 +267,7 @@ def show(cli: CliContext, alias: str, fmt: str) -> None:
 
 
 @keystore.command("rename")
-@click.argument("old")
+@click.argument("old", shell_complete=complete_aliases)
 @click.argument("new")
 @pass_cli
 def rename(cli: CliContext, old: str, new: str) -> None:
@@ -278,7 +279,7 @@ def rename(cli: CliContext, old: str, new: str) -> None:
 
 
 @keystore.command("delete")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @pass_cli
 def delete(cli: CliContext, alias: str) -> None:
     """Delete entry ALIAS."""
@@ -288,7 +289,7 @@ def delete(cli: CliContext, alias: str) -> None:
 
 
 @keystore.command("export")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @click.option("--chain", is_flag=True, help="The whole chain, not only the certificate.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to FILE.")
 @pass_cli

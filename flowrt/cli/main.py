@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from flowrt import __version__
+from flowrt.cli._complete import TENANT_META
 from flowrt.cli._context import CliContext
 from flowrt.errors import FlowrtError, render_chain
 from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
@@ -89,8 +90,12 @@ def _register() -> None:
 
 
 def _tenant_after_verb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        ctx.ensure_object(CliContext).tenant_dir = resolve_tenant_dir(value)
+    if value is None:
+        return
+    ctx.meta[TENANT_META] = value  # for shell completion, which runs no group callback
+    found = ctx.find_object(CliContext)
+    if found is not None:
+        found.tenant_dir = resolve_tenant_dir(value)
 
 
 def _accept_tenant_anywhere(command: click.Command) -> None:

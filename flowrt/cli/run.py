@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
@@ -49,7 +50,7 @@ def run(cli: CliContext, once: bool, grace: str, log_format: str) -> None:
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_flow_names)
 @format_option
 @pass_cli
 def status(cli: CliContext, name: str | None, fmt: str) -> None:

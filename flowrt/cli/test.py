@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from flowrt._fs import atomic_write
 from flowrt.adapters.mail.check.target import CheckOptions, parse_target
 from flowrt.adapters.mail.spec.connection import CONNECTOR_TLS
+from flowrt.cli._complete import complete_credentials, complete_locations
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.connectivity import ConnectivityReport
@@ -48,7 +49,12 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
                 help="Login: plain (LOGIN/USER) or encrypted (CRAM-MD5). Default: plain with "
                 "--credential, else none (connection and TLS only).",
             ),
-            click.option("--credential", metavar="NAME", help="User credential to log in with."),
+            click.option(
+                "--credential",
+                metavar="NAME",
+                help="User credential to log in with.",
+                shell_complete=complete_credentials,
+            ),
             click.option(
                 "--proxy",
                 type=click.Choice(["internet", "on-premise"]),
@@ -56,7 +62,12 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
                 show_default=True,
                 help="Connect directly, or through the on-premise connector of --location.",
             ),
-            click.option("--location", metavar="ID", help="Location ID for --proxy on-premise."),
+            click.option(
+                "--location",
+                metavar="ID",
+                help="Location ID for --proxy on-premise.",
+                shell_complete=complete_locations,
+            ),
             click.option(
                 "--timeout",
                 default="30s",

@@ -286,12 +286,14 @@ class MplStore:
         message_id: str | None = None,
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = DEFAULT_LIMIT,
+        simulation: bool | None = None,
     ) -> list[MplSummary]:
         """Entries matching every given filter, newest (by log start) first.
 
         ``message_id`` matches as a prefix (a full ID is its own prefix); ``properties``
         are ``(name, value)`` pairs that must all be present; ``since``/``until`` bound the
-        log start (inclusive). ``limit=None`` means no limit.
+        log start (inclusive). ``limit=None`` means no limit. ``simulation`` True keeps only
+        entries of `flowrt simulate`, False only real ones, None both.
         """
         where: list[str] = []
         args: list[Any] = []
@@ -307,6 +309,9 @@ class MplStore:
         if until is not None:
             where.append("log_start <= ?")
             args.append(to_epoch(until))
+        if simulation is not None:
+            where.append("simulation = ?")
+            args.append(1 if simulation else 0)
         if message_id:
             where.append("message_id >= ? AND message_id < ?")
             args += [message_id, message_id + _ID_MAX]
@@ -494,6 +499,16 @@ class MplStore:
             removed += len(rows)
             if len(rows) < batch_size:
                 return removed
+
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many entries :meth:`purge` would remove now (for ``--dry-run``)."""
+        with self._guard("count") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM entries "
+                "WHERE log_start < ?1 AND (log_end < ?1 OR log_end IS NULL)",
+                (to_epoch(older_than),),
+            ).fetchone()
+        return int(row[0])
 
     def retention(self) -> timedelta:
         """How long entries are kept by :meth:`purge_expired` (default 30 days)."""
