@@ -14,7 +14,7 @@ from flowrt.cli._complete import complete_aliases
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.cli.credentials import read_secret
-from flowrt.errors import KeystoreError
+from flowrt.errors import KeystoreError, UsageError
 from flowrt.security.certificates import (
     DEFAULT_KEY_SPEC,
     KEY_SPECS,
@@ -342,14 +342,19 @@ def _format_window(window: datetime.timedelta) -> str:
 
 
 @keystore.command("backup")
-@click.option("--out", type=click.Path(path_type=Path), help="File or folder for the copy.")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="File or folder for the copy (same as FILE)."
+)
 @pass_cli
-def backup(cli: CliContext, out: Path | None) -> None:
-    """Copy the keystore file to a backup.
+def backup(cli: CliContext, file: Path | None, out: Path | None) -> None:
+    """Copy the keystore file to FILE (a file or a folder), as `restore FILE` takes it back.
 
     Default: a timestamped file in the tenant's backups/ folder.
     """
-    path = backup_keystore(cli.tenant, out)
+    if file is not None and out is not None and file != out:
+        raise UsageError("give the backup's place once: FILE or --out FILE")
+    path = backup_keystore(cli.tenant, file or out)
     click.echo(f"keystore backed up to {path}")
 
 

@@ -549,3 +549,16 @@ def test_concurrent_changes_are_not_lost(flowrt, pki):
         thread.join(30)
     assert errors == []
     assert _aliases(flowrt) == [f"root-{i}" for i in range(6)]
+
+
+def test_backup_takes_the_file_as_restore_does(flowrt, pki, root_ca):
+    flowrt.ok("keystore", "add", "root", str(pki.write("r.cer", root_ca.der())))
+    copy = pki.folder / "positional.p12"
+    result = flowrt.ok("keystore", "backup", str(copy))
+    assert f"keystore backed up to {copy}" in result.output
+    assert copy.read_bytes() == (flowrt.root / "keystore.p12").read_bytes()
+    twice = flowrt.fails("keystore", "backup", str(copy), "--out", str(pki.folder / "b"), code=2)
+    assert "FILE or --out FILE" in twice.output
+    flowrt.ok("keystore", "delete", "root")
+    flowrt.ok("keystore", "restore", str(copy))
+    assert _aliases(flowrt) == ["root"]
