@@ -25,8 +25,9 @@ def _instance() -> Any:
 
 def test_a_good_poll_after_failed_ones_clears_the_last_error() -> None:
     instance = _instance()
+    error = "MailConnectException: x"
     health = SimpleNamespace(
-        last_poll=1.0, last_success=0.0, consecutive_failures=2, last_error="MailConnectException: x"
+        last_poll=1.0, last_success=0.0, consecutive_failures=2, last_error=error
     )
     instance._poller = SimpleNamespace(health=health)
     instance.refresh()
