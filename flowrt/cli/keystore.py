@@ -23,11 +23,14 @@ from flowrt.security.certificates import (
     describe_key,
     generate_key,
     load_key_pair_file,
+    parse_san,
     parse_subject,
     read_certificate_file,
     self_signed,
     to_pem,
 )
+from flowrt.security.certificates import issuer as issuer_text
+from flowrt.security.certificates import subject as subject_text
 from flowrt.security.keystore import (
     Entry,
     Keystore,
@@ -79,8 +82,8 @@ def _row(entry: Entry, now: datetime.datetime) -> dict[str, Any]:
         "expired": until <= now,
         "expires_within_30_days": now < until <= now + SOON,
         "status": _status(until, now, SOON),
-        "subject": entry.certificate.subject.rfc4514_string(),
-        "issuer": entry.certificate.issuer.rfc4514_string(),
+        "subject": subject_text(entry.certificate),
+        "issuer": issuer_text(entry.certificate),
     }
 
 
@@ -160,7 +163,19 @@ def import_key(cli: CliContext, alias: str, file: Path, from_stdin: bool, replac
 
 @keystore.command("generate")
 @click.argument("alias")
-@click.option("--subject", required=True, help='Distinguished name, e.g. "CN=client,O=Example".')
+@click.option(
+    "--subject",
+    required=True,
+    help='Distinguished name, e.g. "CN=client,O=Example" or "CN=Jo Doe,E=jo@example.com".',
+)
+@click.option(
+    "--san",
+    "sans",
+    multiple=True,
+    metavar="TYPE:VALUE",
+    help="Subject alternative name: dns:HOST, email:ADDRESS or ip:ADDRESS (repeatable). "
+    "An e-mail address makes the certificate fit for S/MIME.",
+)
 @click.option(
     "--key",
     "key_spec",
@@ -175,7 +190,13 @@ def import_key(cli: CliContext, alias: str, file: Path, from_stdin: bool, replac
 @click.option("--replace", is_flag=True, help="Replace an entry with the same alias.")
 @pass_cli
 def generate(
-    cli: CliContext, alias: str, subject: str, key_spec: str, days: int, replace: bool
+    cli: CliContext,
+    alias: str,
+    subject: str,
+    sans: tuple[str, ...],
+    key_spec: str,
+    days: int,
+    replace: bool,
 ) -> None:
     """Generate a key pair (self-signed).
 
@@ -183,14 +204,15 @@ def generate(
     """
     validate_alias(alias)
     name = parse_subject(subject)
+    alternative = [parse_san(san) for san in sans]
     with edit_keystore(cli.tenant) as store:
         # Refuse a used or system alias before a (slow, for RSA) key generation.
         store.check_writable(alias, replace=replace)
         key = generate_key(key_spec)
-        cert = self_signed(name, key, days=days)
+        cert = self_signed(name, key, days=days, sans=alternative)
         pair = store.add_key_pair(alias, key, [cert], replace=replace)
     click.echo(
-        f"generated key pair {pair.alias}: {cert.subject.rfc4514_string()} "
+        f"generated key pair {pair.alias}: {subject_text(cert)} "
         f"({describe_key(key.public_key())}, valid until {cert.not_valid_after_utc:%Y-%m-%d})"
     )
 
@@ -252,6 +274,7 @@ def show(cli: CliContext, alias: str, fmt: str) -> None:
         ("issuer", details["issuer"]),
         ("serial", details["serial"]),
         ("key", details["key"]),
+        ("alternative names", details["alternative_names"] or "-"),
         ("signature algorithm", details["signature_algorithm"]),
         ("valid from", details["valid_from"]),
         ("valid until", details["valid_until"] + (f"  [{status}]" if status else "")),

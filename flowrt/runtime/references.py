@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from flowrt.dsl import Diagnostic
 from flowrt.dsl.model import Connection, Flow, Pos, Receiver, Sender
 from flowrt.errors import FlowrtError
 from flowrt.security import OAuth2ClientCredentials, TenantSecurity, UserCredential
+from flowrt.security.certificates import describe_key
 
 _KIND_FOR_AUTH = {
     "plain": (UserCredential, "user"),
@@ -84,6 +87,19 @@ def _alias_problems(receiver: Receiver, security: TenantSecurity) -> list[Diagno
                         receiver.positions.get(setting, receiver.pos),
                         "missing-alias",
                         f"keystore alias {alias!r} does not exist (`flowrt keystore list`)",
+                    )
+                )
+            elif setting == "encrypt" and not isinstance(
+                keystore.get(alias).certificate.public_key(), rsa.RSAPublicKey
+            ):
+                problems.append(
+                    Diagnostic.at(
+                        receiver.positions.get(setting, receiver.pos),
+                        "alias-kind",
+                        f"encrypt needs an RSA certificate; the key of keystore alias {alias!r} "
+                        f"is {describe_key(keystore.get(alias).certificate.public_key())} "
+                        "(S/MIME encryption supports RSA recipients only: ask the "
+                        "recipient for an RSA certificate)",
                     )
                 )
             elif setting == "sign":
