@@ -58,7 +58,7 @@ _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step"
+    "log_start, log_end, simulation, failed_step, subject, mail_from"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
@@ -422,6 +422,8 @@ class MplStore:
             log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
             log_level=LogLevel(values["log_level"]),
             simulation=bool(values["simulation"]),
+            subject=values["subject"],
+            mail_from=values["mail_from"],
             custom_properties={k: tuple(v) for k, v in props.items()},
             error=error,
             filter_note=values["filter_note"],
@@ -573,6 +575,8 @@ def _summary(row: Sequence[Any]) -> MplSummary:
         log_end=None if row[8] is None else from_epoch(row[8]),
         simulation=bool(row[9]),
         failed_step=row[10],
+        subject=row[11],
+        mail_from=row[12],
     )
 
 

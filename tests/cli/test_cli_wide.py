@@ -244,7 +244,13 @@ def test_json_of_the_verbs_that_change_things(tmp_path: Path) -> None:
     }
     dry = json.loads(env.ok("mpl", "purge", "--older-than", "1ms", "--dry-run", "--format", "json"))
     assert (dry["removed"], dry["would_remove"], dry["dry_run"]) == (0, 1, True)
-    assert len(json.loads(env.ok("mpl", "list", "--format", "json"))) == 1
+    (entry,) = json.loads(env.ok("mpl", "list", "--format", "json"))
+    assert entry["from"] == "Élodie Dupont <elodie@example.fr>"
+    assert entry["subject"].startswith("Facture")
+    table = env.ok("mpl", "list")
+    assert "FROM" in table.splitlines()[0] and "SUBJECT" in table.splitlines()[0]
+    assert "Élodie Dupont" in table
+    assert "Élodie Dupont <elodie@example.fr>" in env.ok("mpl", "show", entry["message_id"])
     assert json.loads(env.ok("mpl", "list", "--kind", "real", "--format", "json")) == []
     assert len(json.loads(env.ok("mpl", "list", "--kind", "simulation", "--format", "json"))) == 1
     purged = json.loads(env.ok("mpl", "purge", "--older-than", "1ms", "--format", "json"))
