@@ -260,3 +260,39 @@ def test_json_of_the_verbs_that_change_things(tmp_path: Path) -> None:
         "version": 1,
         "undeployed": True,
     }
+
+
+def _complete(words: str, env: dict[str, str] | None = None) -> list[str]:
+    cword = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+    result = CliRunner().invoke(
+        cli,
+        [],
+        prog_name="flowrt",
+        env={
+            "_FLOWRT_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": cword,
+            **(env or {}),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
+
+
+def test_shell_completion_offers_the_tenants_names(env: Env) -> None:
+    tenant = str(env.root)
+    env.ok("deploy", str(env.flow), "--wait", "0s")
+    assert _complete(f"flowrt --tenant {tenant} keystore show ") == ["me"]
+    assert _complete(f"flowrt keystore delete --tenant {tenant} m") == ["me"]
+    assert _complete("flowrt credentials show ", {"FLOWRT_HOME": tenant}) == ["in"]
+    assert _complete(f"flowrt --tenant {tenant} status ") == ["cli-wide"]
+    assert _complete(f"flowrt --tenant {tenant} locations delete ") == ["plant-1"]
+    assert _complete(f"flowrt --tenant {tenant} test imap h --credential ") == ["in"]
+    # no tenant there: nothing to offer, and no error in the user's shell
+    assert _complete(f"flowrt --tenant {env.tmp / 'none'} keystore show ") == []
+
+
+def test_connector_tls_needs_the_on_premise_proxy(env: Env) -> None:
+    result = env("test", "imap", "mail.plant.example", "--protection", "connector-tls")
+    assert result.exit_code == 2
+    assert "--protection connector-tls means the on-premise connector does TLS" in result.stderr
