@@ -8,6 +8,7 @@ The tree::
 
     FlowrtError
     ├── UsageError                       bad command-line input (exit 2)
+    ├── NotFoundError                    a name the tenant does not have (exit 1)
     ├── FlowError                        a flow file that does not parse or validate
     ├── TenantError                      tenant missing, read-only, locked by another runtime
     ├── SecurityError
