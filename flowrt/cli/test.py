@@ -145,6 +145,7 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
         timeout=timeout.total_seconds(),
         validate=not kw["no_validate"],
         allow_plaintext_auth=allow_plaintext,
+        tls_by_connector=kw["protection"] == CONNECTOR_TLS,
         mail_from=kw.get("mail_from"),
         rcpt_to=tuple(kw.get("rcpt_to") or ()),
         list_folders=list_folders,

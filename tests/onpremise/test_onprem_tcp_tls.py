@@ -224,7 +224,8 @@ def test_connector_tls_lets_auth_plain_through_a_tcp_tls_mapping(
         "plant-mailbox",
     )
     assert tested.exit_code == 0, tested.output
-    assert f"{VHOST}:993" in tested.output and "verdict: OK" in tested.output
+    assert f"{VHOST}:993 (connector-tls) via location {LOCATION}" in tested.output
+    assert "verdict: OK" in tested.output
     direct = onprem.cli("test", "imap", VHOST, "--protection", "connector-tls")
     assert direct.exit_code == 2
     assert "--protection connector-tls" in direct.output and "--proxy on-premise" in direct.output
