@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Real servers on loopback (see tests/servers/ and docs in design.md, "Real servers in tests"):
+Real servers on loopback (see tests/servers/):
 
 * ``test_ca`` (session): the root ``TestCA`` ("flowrt Test Root CA") that clients trust;
   ``test_intermediate_ca`` signs the server certificates, so servers send leaf+intermediate;

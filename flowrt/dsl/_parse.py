@@ -1,8 +1,9 @@
 """Text -> raw flow: the lark parser, a Transformer, and syntax errors said in words.
 
 The raw flow keeps settings as written (values with positions); :mod:`flowrt.dsl.build`
-reads them through the specs. Steps and conditions are built into model objects here,
-because their shape is fixed by the grammar.
+reads them through the specs. Conditions are built into model objects here, because their
+shape is fixed by the grammar; each step is built by its own module's transform, and the
+grammar is the base file plus the step modules' rules (see :mod:`flowrt.engine.steps`).
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from flowrt.dsl import model as m
+from flowrt.dsl.step_syntax import StepTransform
 from flowrt.dsl.template import SpecError, parse_ref, parse_template, unescape
 from flowrt.dsl.values import RawValue, did_you_mean
+
+if TYPE_CHECKING:
+    from flowrt.engine.steps import StepModule
 
 _GRAMMAR_PATHS = (
     Path(__file__).resolve().parent / "flow.lark",
@@ -38,19 +43,57 @@ _TERMINAL_WORDS = {
     "_NL": "the end of the line",
     "$END": "the end of the file",
 }
-STEP_KEYWORDS = ("set", "remove", "filter", "route", "split", "script", "log", "mpl", "attachments")
+
+
+@functools.cache
+def _steps() -> tuple[StepModule, ...]:
+    # Imported here, not at the top: the step modules import the DSL model, and the DSL
+    # package must be importable before them.
+    from flowrt.engine.steps import MODULES
+
+    return MODULES
+
+
+def step_keywords() -> tuple[str, ...]:
+    """The words a step line may start with, in the steps' order."""
+    return tuple(step.keyword for step in _steps())
+
+
+@functools.cache
+def _step_transforms() -> dict[str, StepTransform]:
+    return {rule: fn for step in _steps() for rule, fn in step.transforms.items()}
+
+
+def grammar_text(steps: Sequence[StepModule] | None = None) -> str:
+    """The base grammar plus every step module's rule and keywords; ``_step`` is generated."""
+    for path in _GRAMMAR_PATHS:
+        if path.is_file():
+            base = path.read_text(encoding="utf-8")
+            break
+    else:  # pragma: no cover - a broken installation
+        raise FileNotFoundError("grammar/flow.lark is missing from the installation")
+    steps = _steps() if steps is None else steps
+    keywords: dict[str, str] = {}
+    for step in steps:
+        for terminal, word in step.keywords.items():
+            if keywords.setdefault(terminal, word) != word:
+                raise RuntimeError(f"two steps define the keyword {terminal} differently")
+    parts = [base, "// ------------------------------------------------------------------ steps"]
+    parts.append("_step: " + "\n     | ".join(step.rule for step in steps))
+    parts += [step.grammar for step in steps]
+    parts += [f'{terminal}: "{word}"' for terminal, word in keywords.items()]
+    return "\n".join(parts) + "\n"
 
 
 @functools.cache
 def parser() -> Lark:
-    for path in _GRAMMAR_PATHS:
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            break
-    else:  # pragma: no cover - a broken installation
-        raise FileNotFoundError("grammar/flow.lark is missing from the installation")
+    """Built once per process: building the LALR tables is the slow part."""
     return Lark(
-        text, parser="lalr", lexer="contextual", propagate_positions=False, maybe_placeholders=False
+        grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=False,
+        maybe_placeholders=False,
     )
 
 
@@ -104,12 +147,19 @@ class _ToRaw(Transformer[Token, list[RawFlow]]):
     def pos(self, token: Token) -> m.Pos:
         return m.Pos(self.file, token.line or 1, token.column or 1)
 
-    def _guard(self, fn: Callable[..., _T], *args: Any) -> _T | None:
+    def guard(self, fn: Callable[..., _T], *args: Any) -> _T | None:
         try:
             return fn(*args)
         except SpecError as exc:
             self.errors.append(exc)
             return None
+
+    def __default__(self, data: str, children: list[Any], meta: Any) -> Any:
+        # A step's rule is transformed by its own module (flowrt.engine.steps.*).
+        transform = _step_transforms().get(data)
+        if transform is not None:
+            return transform(self, children)
+        return super().__default__(data, children, meta)  # type: ignore[no-untyped-call]
 
     # structure
     def start(self, flows: list[RawFlow]) -> list[RawFlow]:
@@ -142,85 +192,6 @@ class _ToRaw(Transformer[Token, list[RawFlow]]):
         steps = tuple(i for i in items if not isinstance(i, Token) and i is not None)
         return RawPipeline(steps, self.pos(items[0]))
 
-    # steps
-    def set_step(self, items: list[Any]) -> m.SetStep | None:
-        target, value = items[1], items[3]
-        if target is None or value is None:
-            return None
-        return m.SetStep(target, value, self.pos(items[0]))
-
-    def remove_step(self, items: list[Any]) -> m.RemoveStep | None:
-        return None if items[1] is None else m.RemoveStep(items[1], self.pos(items[0]))
-
-    def filter_step(self, items: list[Any]) -> m.FilterStep | None:
-        return None if items[1] is None else m.FilterStep(items[1], self.pos(items[0]))
-
-    def route_step(self, items: list[Any]) -> m.RouteStep | None:
-        condition, receiver = items[2], items[4]
-        if condition is None:
-            return None
-        return m.RouteStep(condition, str(receiver), self.pos(receiver), self.pos(items[0]))
-
-    def route_otherwise(self, items: list[Any]) -> m.RouteStep:
-        receiver = items[3]
-        return m.RouteStep(None, str(receiver), self.pos(receiver), self.pos(items[0]))
-
-    def split_step(self, items: list[Token]) -> m.SplitStep:
-        return m.SplitStep(self.pos(items[0]))
-
-    def script_step(self, items: list[Token]) -> m.ScriptStep | None:
-        return self._guard(self._script, items)
-
-    def _script(self, items: list[Token]) -> m.ScriptStep:
-        ref = items[1]
-        text = unescape(str(ref)[1:-1])
-        match = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)", text)
-        if not match:
-            raise SpecError(
-                f'script: expected "module:function" (e.g. "transforms:enrich"), got {ref}',
-                self.pos(ref),
-            )
-        return m.ScriptStep(match.group(1), match.group(2), self.pos(items[0]))
-
-    def log_step(self, items: list[Token]) -> m.LogStep | None:
-        return self._guard(self._log, items)
-
-    def _log(self, items: list[Token]) -> m.LogStep:
-        level = items[1]
-        levels = [lv.value for lv in m.LogLevel]
-        if str(level) not in levels:
-            raise SpecError(
-                f"log: unknown level {str(level)!r}; expected one of {', '.join(levels)}"
-                + did_you_mean(str(level), levels),
-                self.pos(level),
-            )
-        text = parse_template(str(items[2]), self.pos(items[2]))
-        return m.LogStep(m.LogLevel(str(level)), text, self.pos(items[0]))
-
-    def mpl_step(self, items: list[Any]) -> m.MplPropertyStep | None:
-        name, value = items[2], items[4]
-        if name is None or value is None:
-            return None
-        return m.MplPropertyStep(name[0], value, self.pos(items[0]))
-
-    def attachments_step(self, items: list[Token]) -> m.AttachmentsStep | None:
-        return self._guard(self._attachments, items)
-
-    def _attachments(self, items: list[Token]) -> m.AttachmentsStep:
-        action = str(items[1])
-        if action not in ("keep", "drop"):
-            raise SpecError(
-                f"attachments: expected 'keep' or 'drop', got {action!r}"
-                + did_you_mean(action, ["keep", "drop"]),
-                self.pos(items[1]),
-            )
-        glob = unescape(str(items[2])[1:-1])
-        if not glob:
-            raise SpecError(
-                'attachments: the name pattern is empty (use "*" for all)', self.pos(items[2])
-            )
-        return m.AttachmentsStep(action, glob, self.pos(items[0]))  # type: ignore[arg-type]
-
     # targets and fields
     def field(self, items: list[Token]) -> tuple[str, m.Pos] | None:
         token = items[0]
@@ -247,7 +218,7 @@ class _ToRaw(Transformer[Token, list[RawFlow]]):
 
     # conditions
     def operand(self, items: list[Token]) -> m.Operand | None:
-        return self._guard(self._operand, items[0])
+        return self.guard(self._operand, items[0])
 
     def _operand(self, token: Token) -> m.Operand:
         if token.type == "STRING":
@@ -416,11 +387,11 @@ def _explain(exc: UnexpectedInput, text: str, file: str) -> SyntaxProblem:
         return SyntaxProblem(
             f"unexpected end of the line; expected {_describe_expected(expected_names)}", pos
         )
-    step_starts = {"SET", "REMOVE", "FILTER", "ROUTE", "SPLIT", "SCRIPT", "LOG", "MPL"}
-    if step_starts <= expected_names:
+    keywords = step_keywords()
+    if {word.upper() for word in keywords} <= expected_names:
         return SyntaxProblem(
-            f"unknown step {got!r}; a step is one of {', '.join(STEP_KEYWORDS)}"
-            + did_you_mean(got, STEP_KEYWORDS),
+            f"unknown step {got!r}; a step is one of {', '.join(keywords)}"
+            + did_you_mean(got, keywords),
             pos,
         )
     if token.type in ("LBRACE", "PIPELINE"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,27 +174,12 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
 
 
 def _check_steps(steps: Sequence[m.Step], receivers: Sequence[m.Receiver], report: Report) -> None:
-    from flowrt.engine.steps import SPECS
+    from flowrt.engine.steps import PIPELINE_CHECKS, SPECS
 
     by_name = {r.name: r for r in receivers}
     for step in steps:
         spec = SPECS[step.kind]
         if spec.check is not None:
             spec.check(step, by_name, report)
-    # consecutive route steps are one router; its `otherwise` comes last
-    routes = [i for i, s in enumerate(steps) if isinstance(s, m.RouteStep)]
-    if routes and routes != list(range(routes[0], routes[0] + len(routes))):
-        first_gap = next(i for a, i in itertools.pairwise(routes) if i != a + 1)
-        report.error(
-            steps[first_gap].pos,
-            "route-order",
-            "route steps must follow each other: they form one router",
-        )
-    for index in routes[:-1]:
-        step = steps[index]
-        if isinstance(step, m.RouteStep) and step.condition is None:
-            report.error(
-                step.pos,
-                "route-order",
-                "route otherwise must be the last route step; later routes never match",
-            )
+    for check_pipeline in PIPELINE_CHECKS:  # rules about a step's place among the others
+        check_pipeline(steps, report)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from flowrt.dsl.model import Pos
 
+__all__ = ["Diagnostic", "Severity", "has_errors", "render", "render_all"]
+
 Severity = Literal["error", "warning"]
 
 

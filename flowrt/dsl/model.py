@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -125,95 +125,16 @@ class Target:
     name: str  # empty for body
 
 
-@dataclasses.dataclass(frozen=True)
-class SetStep:
-    target: Target
-    value: Operand
-    pos: Pos
-    kind: Literal["set"] = "set"
+class Step(Protocol):
+    """A pipeline step. Each step's model lives in its module under
+    :mod:`flowrt.engine.steps` (``SetStep`` in ``steps/set.py`` ...); this is what the DSL
+    needs of any of them."""
 
+    @property
+    def pos(self) -> Pos: ...
 
-@dataclasses.dataclass(frozen=True)
-class RemoveStep:
-    target: Target
-    pos: Pos
-    kind: Literal["remove"] = "remove"
-
-
-@dataclasses.dataclass(frozen=True)
-class FilterStep:
-    condition: Condition
-    pos: Pos
-    kind: Literal["filter"] = "filter"
-
-
-@dataclasses.dataclass(frozen=True)
-class RouteStep:
-    """``route when COND to R``; ``condition`` is None for ``route otherwise to R``."""
-
-    condition: Condition | None
-    receiver: str
-    receiver_pos: Pos
-    pos: Pos
-    kind: Literal["route"] = "route"
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitStep:
-    pos: Pos
-    kind: Literal["split"] = "split"
-
-
-@dataclasses.dataclass(frozen=True)
-class ScriptStep:
-    module: str
-    function: str
-    pos: Pos
-    kind: Literal["script"] = "script"
-
-
-class LogLevel(enum.Enum):
-    ERROR = "error"
-    WARN = "warn"
-    INFO = "info"
-    DEBUG = "debug"
-
-
-@dataclasses.dataclass(frozen=True)
-class LogStep:
-    level: LogLevel
-    text: Template
-    pos: Pos
-    kind: Literal["log"] = "log"
-
-
-@dataclasses.dataclass(frozen=True)
-class MplPropertyStep:
-    name: str
-    value: Operand
-    pos: Pos
-    kind: Literal["mpl-property"] = "mpl-property"
-
-
-@dataclasses.dataclass(frozen=True)
-class AttachmentsStep:
-    action: Literal["keep", "drop"]
-    glob: str
-    pos: Pos
-    kind: Literal["attachments"] = "attachments"
-
-
-Step: TypeAlias = (
-    SetStep
-    | RemoveStep
-    | FilterStep
-    | RouteStep
-    | SplitStep
-    | ScriptStep
-    | LogStep
-    | MplPropertyStep
-    | AttachmentsStep
-)
+    @property
+    def kind(self) -> str: ...
 
 
 # ----------------------------------------------------------------------------- settings

@@ -14,6 +14,8 @@ from flowrt.dsl.diagnostics import Diagnostic, Severity
 from flowrt.dsl.model import Pos
 from flowrt.dsl.values import ValueReader
 
+__all__ = ["BlockSpec", "Report", "SettingSpec", "Settings", "StepSpec"]
+
 
 class Report:
     """Collects every problem of a file, so that all of them are shown in one run."""

@@ -12,5 +12,9 @@ validator can read the step specs without loading the runner)::
     result = await runner.process(exchange)              # Result(status, runs, sent, ...)
     result = runner.record_unreadable(exc)               # a mail that never became an exchange
 
-Each step lives in ``flowrt.engine.steps.<name>`` with its ``SPEC`` and its ``compile``.
+Each step lives in ``flowrt.engine.steps.<name>`` with its ``SPEC``, model, grammar rule,
+transform and ``compile``. Script authors import from :mod:`flowrt` itself.
 """
+
+# The package re-exports nothing (importing it stays cheap): its modules are its public face.
+__all__: list[str] = []

@@ -13,6 +13,8 @@ from typing import Any
 
 from flowrt.mpl.ids import new_message_id as time_ordered_id
 
+__all__ = ["Attachment", "Exchange", "Headers", "new_message_id"]
+
 
 class Headers:
     """An ordered, case-insensitive multi-map: ``get`` gives the first value, ``get_all``

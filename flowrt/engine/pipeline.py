@@ -14,7 +14,7 @@ import structlog
 
 from flowrt.dsl import model as m
 from flowrt.engine.compiled import CompileContext, CompiledStep, line_of
-from flowrt.engine.steps import COMPILERS, route
+from flowrt.engine.steps import COMPILERS, GROUP_COMPILERS
 from flowrt.mpl.model import LogLevel
 
 __all__ = ["Pipeline", "compile_flow"]
@@ -61,10 +61,8 @@ def compile_flow(flow: m.Flow, *, folder: Path | None = None, logger: Any = None
     )
     steps: list[CompiledStep] = []
     for kind, group in itertools.groupby(flow.steps, key=lambda s: s.kind):
-        if kind == "route":  # consecutive route steps are one router
-            steps.append(
-                route.compile_router([s for s in group if isinstance(s, m.RouteStep)], ctx)
-            )
+        if kind in GROUP_COMPILERS:  # consecutive steps of this kind compile as one
+            steps.append(GROUP_COMPILERS[kind](list(group), ctx))
         else:
             steps.extend(COMPILERS[kind](step, ctx) for step in group)
     return Pipeline(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowrt.dsl import load_flow, model, parse_file
+from flowrt.engine.steps.route import RouteStep
 
 FLOWS = sorted((Path(__file__).parents[2] / "flows").glob("*.flow"))
 
@@ -47,7 +48,7 @@ def test_design_example_parses_into_the_model() -> None:
 def test_router_example_has_two_receivers_and_a_router() -> None:
     flow = load_flow(Path(__file__).parents[2] / "flows" / "imap-idle-router.flow")
     assert [r.name for r in flow.receivers] == ["oncall", "tickets"]
-    routes = [s for s in flow.steps if isinstance(s, model.RouteStep)]
+    routes = [s for s in flow.steps if isinstance(s, RouteStep)]
     assert [r.receiver for r in routes] == ["oncall", "tickets"]
     assert routes[1].condition is None
     assert isinstance(flow.sender.poll if flow.sender else None, model.PollIdle)

@@ -1,4 +1,4 @@
-"""Every setting of the design table parses into the model (one test each, grouped)."""
+"""Every setting of the flow DSL parses into the model (one test each, grouped)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 
 from flowrt.dsl import model as m
+from flowrt.engine.steps.attachments import AttachmentsStep
+from flowrt.engine.steps.filter import FilterStep
+from flowrt.engine.steps.log import Level, LogStep
+from flowrt.engine.steps.mpl_property import MplPropertyStep
+from flowrt.engine.steps.route import RouteStep
+from flowrt.engine.steps.script import ScriptStep
+from flowrt.engine.steps.set import SetStep
+from flowrt.engine.steps.split import SplitStep
 from tests.dsl.helpers import errors, flow, only_flow
 
 
@@ -18,12 +26,12 @@ def test_set_header_property_and_body() -> None:
         'set property "p" = header.From\nset body = "${property.p}"\n'
         "set header X-Plain = body"
     )
-    assert isinstance(a, m.SetStep) and a.target == m.Target("header", "X-A")
+    assert isinstance(a, SetStep) and a.target == m.Target("header", "X-A")
     assert isinstance(a.value, m.Template) and a.value.parts[0] == "v "
-    assert isinstance(b, m.SetStep) and b.target == m.Target("property", "p")
+    assert isinstance(b, SetStep) and b.target == m.Target("property", "p")
     assert isinstance(b.value, m.Ref) and str(b.value) == "header.From"
-    assert isinstance(c, m.SetStep) and c.target == m.Target("body", "")
-    assert isinstance(d, m.SetStep) and d.target.name == "X-Plain"
+    assert isinstance(c, SetStep) and c.target == m.Target("body", "")
+    assert isinstance(d, SetStep) and d.target.name == "X-Plain"
     assert isinstance(d.value, m.Ref) and d.value.kind == "body"
 
 
@@ -41,7 +49,7 @@ def test_filter_with_each_operator() -> None:
         'filter not (header.A = "1" or header.B != "2") and body contains "x" '
         'and header.C exists and property.d matches "^a+$"'
     )
-    assert isinstance(step, m.FilterStep)
+    assert isinstance(step, FilterStep)
     cond = step.condition
     assert isinstance(cond, m.And) and len(cond.items) == 4
     negated, contains, exists, matches = cond.items
@@ -54,13 +62,13 @@ def test_filter_with_each_operator() -> None:
 
 def test_and_binds_tighter_than_or() -> None:
     (step,) = steps("filter header.A exists or header.B exists and header.C exists")
-    assert isinstance(step, m.FilterStep) and isinstance(step.condition, m.Or)
+    assert isinstance(step, FilterStep) and isinstance(step.condition, m.Or)
     assert isinstance(step.condition.items[1], m.And)
 
 
 def test_number_operand_and_regex_escapes() -> None:
     (step,) = steps('filter header.X-Priority = 1 and header.Subject matches "\\d{4}"')
-    assert isinstance(step, m.FilterStep) and isinstance(step.condition, m.And)
+    assert isinstance(step, FilterStep) and isinstance(step.condition, m.And)
     number, regex = step.condition.items
     assert isinstance(number, m.Compare) and isinstance(number.right, m.Template)
     assert number.right.literal == "1"
@@ -69,8 +77,8 @@ def test_number_operand_and_regex_escapes() -> None:
 
 def test_route_and_otherwise() -> None:
     a, b = steps('route when header.Subject contains "x" to out\nroute otherwise to out')
-    assert isinstance(a, m.RouteStep) and a.receiver == "out" and a.condition is not None
-    assert isinstance(b, m.RouteStep) and b.condition is None
+    assert isinstance(a, RouteStep) and a.receiver == "out" and a.condition is not None
+    assert isinstance(b, RouteStep) and b.condition is None
 
 
 def test_split_script_log_mpl_attachments() -> None:
@@ -79,13 +87,13 @@ def test_split_script_log_mpl_attachments() -> None:
         'mpl property "customer" = header.From\nattachments keep "*.pdf"\n'
         'attachments drop "*.exe"'
     )
-    assert isinstance(split, m.SplitStep)
-    assert isinstance(script, m.ScriptStep)
+    assert isinstance(split, SplitStep)
+    assert isinstance(script, ScriptStep)
     assert (script.module, script.function) == ("my_pkg.transforms", "enrich")
-    assert isinstance(log, m.LogStep) and log.level is m.LogLevel.DEBUG
-    assert isinstance(mpl, m.MplPropertyStep) and mpl.name == "customer"
-    assert isinstance(keep, m.AttachmentsStep) and (keep.action, keep.glob) == ("keep", "*.pdf")
-    assert isinstance(drop, m.AttachmentsStep) and drop.action == "drop"
+    assert isinstance(log, LogStep) and log.level is Level.DEBUG
+    assert isinstance(mpl, MplPropertyStep) and mpl.name == "customer"
+    assert isinstance(keep, AttachmentsStep) and (keep.action, keep.glob) == ("keep", "*.pdf")
+    assert isinstance(drop, AttachmentsStep) and drop.action == "drop"
 
 
 @pytest.mark.parametrize(
@@ -104,7 +112,7 @@ def test_split_script_log_mpl_attachments() -> None:
 )
 def test_expressions(expr: str, kind: str, name: str) -> None:
     (step,) = steps(f'log info "a ${{{expr}}} b"')
-    assert isinstance(step, m.LogStep)
+    assert isinstance(step, LogStep)
     (ref,) = step.text.refs
     assert (ref.kind, ref.name) == (kind, name)
     assert step.text.parts[0] == "a " and step.text.parts[2] == " b"
@@ -112,7 +120,7 @@ def test_expressions(expr: str, kind: str, name: str) -> None:
 
 def test_escapes_in_strings() -> None:
     (step,) = steps('log info "say \\"hi\\" and \\${not} \\\\ done"')
-    assert isinstance(step, m.LogStep)
+    assert isinstance(step, LogStep)
     assert step.text.is_literal
     assert step.text.literal == 'say "hi" and ${not} \\ done'
 

@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
+from typing import Any, Literal
 
-from flowrt.dsl.model import AttachmentsStep
+from flowrt.dsl.model import Pos
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
+from flowrt.dsl.template import SpecError, unescape
+from flowrt.dsl.values import did_you_mean
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "AttachmentsStep", "compile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachmentsStep:
+    action: Literal["keep", "drop"]
+    glob: str
+    pos: Pos
+    kind: Literal["attachments"] = "attachments"
+
+
+GRAMMAR = "attachments_step: ATTACHMENTS NAME STRING _NL"
+KEYWORDS = {"ATTACHMENTS": "attachments"}
+ORDER = 90
+
+
+def _attachments(tree: TreeBuilder, items: list[Any]) -> AttachmentsStep:
+    action = str(items[1])
+    if action not in ("keep", "drop"):
+        raise SpecError(
+            f"attachments: expected 'keep' or 'drop', got {action!r}"
+            + did_you_mean(action, ["keep", "drop"]),
+            tree.pos(items[1]),
+        )
+    glob = unescape(str(items[2])[1:-1])
+    if not glob:
+        raise SpecError(
+            'attachments: the name pattern is empty (use "*" for all)', tree.pos(items[2])
+        )
+    return AttachmentsStep(action, glob, tree.pos(items[0]))  # type: ignore[arg-type]
+
+
+def _attachments_step(tree: TreeBuilder, items: list[Any]) -> AttachmentsStep | None:
+    return tree.guard(_attachments, tree, items)
+
+
+TRANSFORMS: dict[str, StepTransform] = {"attachments_step": _attachments_step}
+
 
 SPEC = StepSpec(
     name="attachments",

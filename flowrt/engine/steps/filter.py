@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from flowrt.dsl.model import FilterStep
+import dataclasses
+from typing import Any, Literal
+
+from flowrt.dsl.model import Condition, Pos
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, Filtered, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_condition
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "FilterStep", "compile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterStep:
+    condition: Condition
+    pos: Pos
+    kind: Literal["filter"] = "filter"
+
+
+GRAMMAR = "filter_step: FILTER condition _NL"
+KEYWORDS = {"FILTER": "filter"}
+ORDER = 30
+
+
+def _filter_step(tree: TreeBuilder, items: list[Any]) -> FilterStep | None:
+    return None if items[1] is None else FilterStep(items[1], tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {"filter_step": _filter_step}
+
 
 SPEC = StepSpec(
     name="filter",

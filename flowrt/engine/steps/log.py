@@ -2,15 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from flowrt.dsl.model import LogStep
+from flowrt.dsl.model import Pos, Template
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
+from flowrt.dsl.template import SpecError, parse_template
+from flowrt.dsl.values import did_you_mean
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_template
 from flowrt.mpl.model import LogLevel
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "Level", "LogStep", "compile"]
+
+
+class Level(enum.Enum):
+    ERROR = "error"
+    WARN = "warn"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+@dataclasses.dataclass(frozen=True)
+class LogStep:
+    level: Level
+    text: Template
+    pos: Pos
+    kind: Literal["log"] = "log"
+
+
+GRAMMAR = "log_step: LOG NAME STRING _NL"
+KEYWORDS = {"LOG": "log"}
+ORDER = 70
+
+
+def _log(tree: TreeBuilder, items: list[Any]) -> LogStep:
+    level = items[1]
+    levels = [lv.value for lv in Level]
+    if str(level) not in levels:
+        raise SpecError(
+            f"log: unknown level {str(level)!r}; expected one of {', '.join(levels)}"
+            + did_you_mean(str(level), levels),
+            tree.pos(level),
+        )
+    text = parse_template(str(items[2]), tree.pos(items[2]))
+    return LogStep(Level(str(level)), text, tree.pos(items[0]))
+
+
+def _log_step(tree: TreeBuilder, items: list[Any]) -> LogStep | None:
+    return tree.guard(_log, tree, items)
+
+
+TRANSFORMS: dict[str, StepTransform] = {"log_step": _log_step}
+
 
 SPEC = StepSpec(
     name="log",

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from flowrt.dsl.model import MplPropertyStep
+import dataclasses
+from typing import Any, Literal
+
+from flowrt.dsl.model import Operand, Pos
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_operand
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "MplPropertyStep", "compile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MplPropertyStep:
+    name: str
+    value: Operand
+    pos: Pos
+    kind: Literal["mpl-property"] = "mpl-property"
+
+
+GRAMMAR = "mpl_step: MPL PROPERTY field EQ operand _NL"
+KEYWORDS = {"MPL": "mpl"}
+ORDER = 80
+
+
+def _mpl_step(tree: TreeBuilder, items: list[Any]) -> MplPropertyStep | None:
+    name, value = items[2], items[4]
+    if name is None or value is None:
+        return None
+    return MplPropertyStep(name[0], value, tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {"mpl_step": _mpl_step}
+
 
 SPEC = StepSpec(
     name="mpl",

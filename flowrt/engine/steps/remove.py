@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
-from flowrt.dsl.model import RemoveStep
+import dataclasses
+from typing import Any, Literal
+
+from flowrt.dsl.model import Pos, Target
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "RemoveStep", "compile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveStep:
+    target: Target
+    pos: Pos
+    kind: Literal["remove"] = "remove"
+
+
+GRAMMAR = "remove_step: REMOVE target _NL"
+KEYWORDS = {"REMOVE": "remove"}
+ORDER = 20
+
+
+def _remove_step(tree: TreeBuilder, items: list[Any]) -> RemoveStep | None:
+    return None if items[1] is None else RemoveStep(items[1], tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {"remove_step": _remove_step}
+
 
 SPEC = StepSpec(
     name="remove",

@@ -2,23 +2,71 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
-from flowrt.dsl.model import ScriptStep
+from flowrt.dsl.model import Pos
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
+from flowrt.dsl.template import SpecError, unescape
 from flowrt.dsl.values import did_you_mean
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowError
+
+__all__ = [
+    "GRAMMAR",
+    "KEYWORDS",
+    "ORDER",
+    "SPEC",
+    "TRANSFORMS",
+    "ScriptStep",
+    "compile",
+    "load_function",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptStep:
+    module: str
+    function: str
+    pos: Pos
+    kind: Literal["script"] = "script"
+
+
+GRAMMAR = "script_step: SCRIPT STRING _NL"
+KEYWORDS = {"SCRIPT": "script"}
+ORDER = 60
+
+
+def _script(tree: TreeBuilder, items: list[Any]) -> ScriptStep:
+    ref = items[1]
+    text = unescape(str(ref)[1:-1])
+    match = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)", text)
+    if not match:
+        raise SpecError(
+            f'script: expected "module:function" (e.g. "transforms:enrich"), got {ref}',
+            tree.pos(ref),
+        )
+    return ScriptStep(match.group(1), match.group(2), tree.pos(items[0]))
+
+
+def _script_step(tree: TreeBuilder, items: list[Any]) -> ScriptStep | None:
+    return tree.guard(_script, tree, items)
+
+
+TRANSFORMS: dict[str, StepTransform] = {"script_step": _script_step}
+
 
 SPEC = StepSpec(
     name="script",
@@ -34,11 +82,18 @@ def compile(step: ScriptStep, ctx: CompileContext) -> CompiledStep:
     function = load_function(step, ctx.folder)
 
     def run(ex: Exchange, log: MessageLog) -> None:
+        before = ex.headers.items()
         try:
             function(ex)
         except SystemExit as exc:
             # A script must not end the runtime; its exit is an error like any other.
             raise RuntimeError(f"the script called sys.exit({exc.code!r})") from None
+        # Headers a script sets are the flow's, like those of `set header`: receivers write
+        # them into the mail. The diff is needed because scripts change headers directly.
+        after = ex.headers.items()
+        if after != before:
+            kept = {(name.lower(), value) for name, value in before}
+            ex.flow_headers.update(n.lower() for n, v in after if (n.lower(), v) not in kept)
 
     return CompiledStep(run, f"script {name}", line_of(step.pos))
 

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from flowrt.dsl.model import SetStep
+from flowrt.dsl.model import Operand, Pos, Target
 from flowrt.dsl.spec import Report, StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, line_of
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_operand
+
+__all__ = [
+    "GRAMMAR",
+    "KEYWORDS",
+    "ORDER",
+    "RECEIVER_HEADERS",
+    "SPEC",
+    "TRANSFORMS",
+    "SetStep",
+    "check",
+    "compile",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SetStep:
+    target: Target
+    value: Operand
+    pos: Pos
+    kind: Literal["set"] = "set"
+
+
+GRAMMAR = "set_step: SET target EQ operand _NL"
+KEYWORDS = {"SET": "set"}
+ORDER = 10
+
+
+def _set_step(tree: TreeBuilder, items: list[Any]) -> SetStep | None:
+    target, value = items[1], items[3]
+    if target is None or value is None:
+        return None
+    return SetStep(target, value, tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {"set_step": _set_step}
+
 
 # Headers a receiver writes from its own settings; setting them on the message does not
 # change the mail, which the validator says.

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-from flowrt.dsl.model import SplitStep
+import dataclasses
+from typing import Any, Literal
+
+from flowrt.dsl.model import Pos
 from flowrt.dsl.spec import StepSpec
+from flowrt.dsl.step_syntax import StepTransform, TreeBuilder
 from flowrt.engine.compiled import CompileContext, CompiledStep, MessageLog, Split, line_of
 from flowrt.engine.exchange import Exchange
+
+__all__ = ["GRAMMAR", "KEYWORDS", "ORDER", "SPEC", "TRANSFORMS", "SplitStep", "compile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitStep:
+    pos: Pos
+    kind: Literal["split"] = "split"
+
+
+GRAMMAR = "split_step: SPLIT ATTACHMENTS _NL"
+KEYWORDS = {"SPLIT": "split", "ATTACHMENTS": "attachments"}
+ORDER = 50
+
+
+def _split_step(tree: TreeBuilder, items: list[Any]) -> SplitStep:
+    return SplitStep(tree.pos(items[0]))
+
+
+TRANSFORMS: dict[str, StepTransform] = {"split_step": _split_step}
+
 
 SPEC = StepSpec(
     name="split",

@@ -27,6 +27,7 @@ from flowrt.adapters.mail.check.common import (
     tls_stage,
 )
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient
 from flowrt.adapters.mail.imap.parse import encode_folder, response_code, response_text
 
@@ -36,7 +37,7 @@ from flowrt.adapters.mail.imap.session import authenticate
 from flowrt.adapters.mail.sender.endpoint import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.errors import FolderNotFoundException, MessagingException
+from flowrt.errors import MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
@@ -96,12 +97,7 @@ async def _session(
 
 
 def _refused(opts: CheckOptions, greeting: str) -> MessagingException:
-    if greeting.upper().startswith("* BYE"):
-        return MessagingException(f"the server refused the session: {greeting}")
-    return MessagingException(
-        f"not an IMAP greeting: {greeting[:80]}",
-        hint=f"is {opts.host}:{opts.port} an IMAP port? (IMAP 143, IMAPS 993)",
-    )
+    return errors.not_a_greeting(greeting, opts.host, opts.port)
 
 
 def _capabilities(client: ImapClient) -> str:
@@ -148,12 +144,10 @@ async def _check_mailbox(
         text = f"{response.result} {response_text(response)}".strip()
         if response_code(response) == "NONEXISTENT" or response.result == "NO":
             names = [name for name, _ in await client.list_folders("*")]
-            raise FolderNotFoundException(
-                f"folder {folder!r} not found in the mailbox of {login.user} on "
-                f"{opts.host}:{opts.port}: {text}",
-                hint=_folder_hint(folder, names),
-            )
-        raise MessagingException(f"STATUS {folder!r} failed: {text}")
+            where = f"{opts.host}:{opts.port}"
+            hint = _folder_hint(folder, names)
+            raise errors.folder_not_found(folder, login.user, where, text, hint)
+        raise errors.status_failed(folder, text)
     counts = _status_items(response.lines[:-1])
     total, unread = counts.get("MESSAGES", 0), counts.get("UNSEEN", 0)
     report.results["mailbox"] = {

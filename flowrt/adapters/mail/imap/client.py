@@ -59,6 +59,7 @@ from aioimaplib.aioimaplib import (
     quoted,
 )
 
+from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.parse import (
     FETCH_START,
     FetchedMail,
@@ -73,7 +74,7 @@ from flowrt.adapters.mail.imap.parse import (
     uid_set,
 )
 from flowrt.adapters.mail.sender.client import open_over
-from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
+from flowrt.errors import StoreClosedException
 
 __all__ = ["ImapClient", "ImapProtocol", "SaslCommand"]
 
@@ -366,10 +367,7 @@ class ImapClient:
 
     def _closed_error(self, what: str) -> StoreClosedException:
         reason = self.protocol.close_reason or "connection closed"
-        return StoreClosedException(
-            f"IMAP host {self.host}:{self.port} closed the connection during {what}: {reason}",
-            hint="the server restarted or dropped the connection; the next poll reconnects",
-        )
+        return errors.closed(f"{self.host}:{self.port}", what, reason)
 
     async def _bounded(self, awaitable: Awaitable[T], what: str) -> T:
         """Await ``awaitable``; give up when nothing was received or sent for ``timeout``
@@ -381,12 +379,9 @@ class ImapClient:
                 remaining = self.timeout - idle
                 if remaining <= 0:
                     self.abort()
-                    raise StoreClosedException(
-                        f"no answer from IMAP host {self.host}:{self.port} to {what}; "
-                        "the connection was closed",
-                        hint="the server or the network stopped answering (half-open "
-                        "connection?); the next poll reconnects",
-                    ) from SocketTimeoutException(f"Read timed out after {self.timeout:g}s")
+                    raise errors.no_answer(
+                        f"{self.host}:{self.port}", what
+                    ) from errors.read_timeout(self.timeout)
                 done, _ = await asyncio.wait({task}, timeout=remaining)
                 if done:
                     try:
@@ -406,14 +401,13 @@ class ImapClient:
         try:
             response: Response = await self._bounded(self.protocol.execute(command), what)
         except Abort as exc:
-            raise MessagingException(f"IMAP {what} failed: {exc}") from exc
+            raise errors.command_failed(what, exc) from exc
         return response
 
     def _check(self, response: Response, what: str) -> Response:
         if response.result != "OK":
-            raise MessagingException(
-                f"IMAP host {self.host}:{self.port} refused {what}: "
-                f"{response.result} {response_text(response)}".rstrip()
+            raise errors.refused(
+                f"{self.host}:{self.port}", what, response.result, response_text(response)
             )
         return response
 
@@ -615,7 +609,7 @@ class ImapClient:
         if protocol.new_mail.is_set():
             return True
         if not self.has("IDLE"):
-            raise MessagingException(f"IMAP host {self.host}:{self.port} does not offer IDLE")
+            raise errors.no_idle(f"{self.host}:{self.port}")
         # pushes are read through new_mail; the queue only soaks up what IDLE collects
         command = IdleCommand(self._tag(), asyncio.Queue(), loop=self._loop)
         protocol._idle_event.clear()

@@ -14,13 +14,14 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient
 from flowrt.adapters.mail.imap.parse import response_code, response_text
 from flowrt.adapters.mail.imap.session import open_imap
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
 from flowrt.dsl.model import PostProcess
-from flowrt.errors import FolderNotFoundException, MessagingException
+from flowrt.errors import FolderNotFoundException
 
 __all__ = ["ImapMailbox"]
 
@@ -139,9 +140,7 @@ class ImapMailbox:
         if response.result != "OK":
             if response_code(response) in ("TRYCREATE", "NONEXISTENT"):
                 raise _archive_missing(self.endpoint, folder, response_text(response))
-            raise MessagingException(
-                f"moving mails to {folder!r} failed: {response_text(response)}"
-            )
+            raise errors.move_failed(folder, response_text(response))
 
     # -- IDLE
 
@@ -169,12 +168,10 @@ async def _select(client: ImapClient, endpoint: MailEndpoint, folder: str) -> No
         return
     text = response_text(response)
     if response_code(response) == "NONEXISTENT" or response.result == "NO":
-        raise FolderNotFoundException(
-            f"folder {folder!r} not found in the mailbox of {endpoint.login.user} on "
-            f"{endpoint.host}:{endpoint.port}: {text}",
-            hint=_list_hint(endpoint),
+        raise errors.folder_not_found(
+            folder, endpoint.login.user, _where(endpoint), text, _list_hint(endpoint)
         )
-    raise MessagingException(f"SELECT {folder!r} failed: {response.result} {text}")
+    raise errors.select_failed(folder, response.result, text)
 
 
 async def _check_archive(client: ImapClient, endpoint: MailEndpoint, folder: str) -> None:
@@ -185,12 +182,13 @@ async def _check_archive(client: ImapClient, endpoint: MailEndpoint, folder: str
 
 
 def _archive_missing(endpoint: MailEndpoint, folder: str, text: str) -> FolderNotFoundException:
-    return FolderNotFoundException(
-        f"archive folder {folder!r} not found in the mailbox of {endpoint.login.user} on "
-        f"{endpoint.host}:{endpoint.port}: {text}",
-        hint=f"create the folder {folder!r} in the mailbox, or fix post-process archive; "
-        + _list_hint(endpoint),
+    return errors.archive_missing(
+        folder, endpoint.login.user, _where(endpoint), text, _list_hint(endpoint)
     )
+
+
+def _where(endpoint: MailEndpoint) -> str:
+    return f"{endpoint.host}:{endpoint.port}"
 
 
 def _list_hint(endpoint: MailEndpoint) -> str:

@@ -2,7 +2,7 @@
 flow's protection says, log in as its auth says, and turn every failure into a chain with a
 hint.
 
-The rules (design: trust and security):
+The rules (trust comes only from the keystore; see ARCHITECTURE.md):
 
 - ``starttls-mandatory`` fails when the server does not offer STARTTLS: a stripped
   capability is an attack, not a reason to fall back. ``starttls-optional`` goes on without.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
+from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient, Responder
 from flowrt.adapters.mail.imap.parse import response_text
 from flowrt.adapters.mail.sasl import (
@@ -32,7 +33,7 @@ from flowrt.adapters.mail.sender.session import (
     session_refused,
     starttls,
 )
-from flowrt.errors import AuthenticationFailedException, StoreClosedException
+from flowrt.errors import StoreClosedException
 from flowrt.security.secret import Secret
 
 __all__ = ["open_imap"]
@@ -81,10 +82,7 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         return
     refuse_clear_text(endpoint, client.tls_active)
     if unsafe_for_wire(login.user):
-        raise AuthenticationFailedException(
-            f"the user name of credential '{login.credential}' contains a line break",
-            hint=endpoint.credential_hint(),
-        )
+        raise errors.user_has_line_break(login.credential, endpoint.credential_hint())
     if endpoint.auth == "oauth2":
         token, fresh = await login.access_token()
         response = await client.authenticate(
@@ -100,11 +98,7 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         password = login_password(endpoint)
         if endpoint.auth == "encrypted":
             if not client.has("AUTH=CRAM-MD5"):
-                raise AuthenticationFailedException(
-                    f"IMAP host {endpoint.host}:{endpoint.port} does not offer CRAM-MD5 "
-                    "(auth encrypted)",
-                    hint="use auth plain over TLS (protection starttls-mandatory or imaps)",
-                )
+                raise errors.no_cram_md5(f"{endpoint.host}:{endpoint.port}")
             responder: Responder = lambda challenge: cram_md5_response(  # noqa: E731
                 login.user, password, challenge
             )
@@ -116,9 +110,8 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         else:
             response = await client.login(login.user, password.reveal())
     if response.result != "OK":
-        raise AuthenticationFailedException(
-            response_text(response) or f"{response.result} (no text)",
-            hint=endpoint.credential_hint(),
+        raise errors.auth_refused(
+            response.result, response_text(response), endpoint.credential_hint()
         )
 
 

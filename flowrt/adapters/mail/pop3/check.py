@@ -23,7 +23,9 @@ from flowrt.adapters.mail.check.common import (
     tls_stage,
 )
 from flowrt.adapters.mail.check.target import CheckOptions
-from flowrt.adapters.mail.pop3.client import Pop3Client, Pop3ErrorReply
+from flowrt.adapters.mail.pop3 import errors
+from flowrt.adapters.mail.pop3.client import Pop3Client
+from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 
 # The sender's login (USER/PASS, AUTH PLAIN, CRAM-MD5 or APOP, and its error mapping),
 # reused as it is rather than written twice.
@@ -31,7 +33,6 @@ from flowrt.adapters.mail.pop3.session import authenticate
 from flowrt.adapters.mail.sender.endpoint import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.errors import MessagingException
 from flowrt.net import ProxyRoute, connect
 from flowrt.security import TenantSecurity, unverified_context
 
@@ -45,12 +46,7 @@ async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | 
     try:
         return await start_client(Pop3Client.start, opts, sock, tls)
     except Pop3ErrorReply as exc:
-        if exc.reply.startswith("-ERR"):
-            raise MessagingException(f"the server refused the session: {exc.reply}") from None
-        raise MessagingException(
-            f"not a POP3 greeting: {exc.reply[:80]}",
-            hint=f"is {opts.host}:{opts.port} a POP3 port? (POP3 110, POP3S 995)",
-        ) from None
+        raise errors.not_a_greeting(exc.reply, opts.host, opts.port) from None
 
 
 async def _session(
@@ -111,7 +107,7 @@ async def _stls(client: Pop3Client, opts: CheckOptions, context: ssl.SSLContext)
     try:
         return await starttls(opts, "STLS", client.has("STLS"), lambda: client.stls(context))
     except Pop3ErrorReply as exc:
-        raise MessagingException(f"STLS refused: -ERR {exc.reply}") from None
+        raise errors.stls_refused(exc.reply) from None
 
 
 def _mechanism(client: Pop3Client, opts: CheckOptions) -> str:

@@ -7,8 +7,9 @@ USER/PASS, APOP, AUTH with challenges (PLAIN, CRAM-MD5, XOAUTH2), STAT, LIST, UI
 
 Every read is bounded by the timeout (a half-open connection ends in StoreClosedException
 over SocketTimeoutException); a dropped connection is StoreClosedException; an ``-ERR`` reply
-is a :class:`Pop3ErrorReply` (a MessagingException with the server's words), which the
-session maps to AuthenticationFailedException where it answers a login. Secrets are
+is a :class:`~flowrt.adapters.mail.pop3.errors.Pop3ErrorReply` (a MessagingException with
+the server's words; every error is built in :mod:`~flowrt.adapters.mail.pop3.errors`), which
+the session maps to AuthenticationFailedException where it answers a login. Secrets are
 revealed only to build the bytes written to the socket and are never logged or put into
 an error.
 """
@@ -24,28 +25,20 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 
+from flowrt.adapters.mail.pop3 import errors
+from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 from flowrt.adapters.mail.sasl import apop_digest
 from flowrt.adapters.mail.sender.client import open_over
-from flowrt.errors import MessagingException, SocketTimeoutException, StoreClosedException
+from flowrt.errors import StoreClosedException
 from flowrt.security.secret import Secret
 
-__all__ = ["Pop3Client", "Pop3ErrorReply"]
+__all__ = ["Pop3Client"]
 
 Responder = Callable[[bytes], bytes]
 
 _TIMESTAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
 _MAX_LINE = 8192  # RFC 2449: 512 octets per response line; be generous, but not unbounded
 _READ = 256 * 1024
-
-
-class Pop3ErrorReply(MessagingException):
-    """The server answered ``-ERR``; ``code`` is the RFC 2449/3206 response code (``AUTH``,
-    ``IN-USE``, ``SYS/TEMP``) when the server gave one."""
-
-    def __init__(self, message: str, *, reply: str, code: str = "") -> None:
-        super().__init__(message, retryable=code in ("IN-USE", "SYS/TEMP", "LOGIN-DELAY"))
-        self.reply = reply
-        self.code = code
 
 
 class _Wire:
@@ -67,12 +60,8 @@ class _Wire:
                 data = await self.reader.read(_READ)
         except TimeoutError:
             self.client.abort()
-            raise StoreClosedException(
-                f"no answer from POP3 host {self.client.where} within "
-                f"{self.client.timeout:g}s; the connection was closed",
-                hint="the server or the network stopped answering (half-open connection?); "
-                "the next poll reconnects",
-            ) from SocketTimeoutException(f"Read timed out after {self.client.timeout:g}s")
+            timeout = self.client.timeout
+            raise errors.no_answer(self.client.where, timeout) from errors.read_timeout(timeout)
         except (ConnectionError, OSError) as exc:
             raise self.client.closed_error(str(exc)) from exc
         if not data:
@@ -96,9 +85,7 @@ class _Wire:
                 return line.rstrip(b"\r\n")
             if len(self.buf) - self.pos > _MAX_LINE:
                 self.client.abort()
-                raise MessagingException(
-                    f"POP3 host {self.client.where} sent a reply line longer than {_MAX_LINE} bytes"
-                )
+                raise errors.line_too_long(self.client.where, _MAX_LINE)
             scan = len(self.buf)
             await self._more()
 
@@ -175,10 +162,7 @@ class Pop3Client:
         client.greeting = line.decode("utf-8", "replace")
         if not line.startswith(b"+OK"):
             client.abort()
-            raise Pop3ErrorReply(
-                f"POP3 host {client.where} refused the session: {client.greeting}",
-                reply=client.greeting,
-            )
+            raise errors.greeting_refused(client.where, client.greeting)
         stamp = _TIMESTAMP.search(line)
         client.apop_timestamp = stamp.group(0) if stamp else None
         return client
@@ -195,10 +179,7 @@ class Pop3Client:
 
     def closed_error(self, reason: str) -> StoreClosedException:
         self._closed = True
-        return StoreClosedException(
-            f"POP3 host {self.where} closed the connection: {reason}",
-            hint="the server restarted or dropped the connection; the next poll reconnects",
-        )
+        return errors.closed(self.where, reason)
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
@@ -229,18 +210,9 @@ class Pop3Client:
         if line.startswith(b"+OK"):
             return text[3:].strip()
         if line.startswith(b"-ERR"):
-            reply = text[4:].strip()
-            code = ""
-            match = re.match(r"\[([A-Za-z/-]+)\]", reply)
-            if match:
-                code = match.group(1).upper()
-            raise Pop3ErrorReply(
-                f"POP3 host {self.where} refused {what}: -ERR {reply}".rstrip(),
-                reply=reply,
-                code=code,
-            )
+            raise errors.err_reply(self.where, what, text[4:].strip())
         self.abort()
-        raise MessagingException(f"POP3 host {self.where} answered {what} with {text[:80]!r}")
+        raise errors.unexpected_reply(self.where, what, text)
 
     async def command(self, line: str, what: str | None = None) -> str:
         """Send one command, return the text after ``+OK`` (raises Pop3ErrorReply)."""
@@ -289,7 +261,7 @@ class Pop3Client:
 
     async def apop(self, user: str, password: Secret) -> None:
         if self.apop_timestamp is None:
-            raise MessagingException(f"POP3 host {self.where} does not offer APOP")
+            raise errors.no_apop(self.where)
         await self.command(f"APOP {user} {apop_digest(self.apop_timestamp, password)}", "APOP")
 
     async def auth(
@@ -319,17 +291,9 @@ class Pop3Client:
             if line.startswith(b"+OK"):
                 return
             if line.startswith(b"-ERR"):
-                reply = text[4:].strip()
-                code = re.match(r"\[([A-Za-z/-]+)\]", reply)
-                raise Pop3ErrorReply(
-                    f"POP3 host {self.where} refused AUTH {mechanism}: -ERR {reply}".rstrip(),
-                    reply=reply,
-                    code=code.group(1).upper() if code else "",
-                )
+                raise errors.err_reply(self.where, f"AUTH {mechanism}", text[4:].strip())
             self.abort()
-            raise MessagingException(
-                f"POP3 host {self.where} answered AUTH {mechanism} with {text[:80]!r}"
-            )
+            raise errors.unexpected_reply(self.where, f"AUTH {mechanism}", text)
 
     async def stat(self) -> tuple[int, int]:
         words = (await self.command("STAT")).split()

@@ -13,7 +13,9 @@ import asyncio
 import socket
 from typing import Any
 
-from flowrt.adapters.mail.pop3.client import Pop3Client, Pop3ErrorReply
+from flowrt.adapters.mail.pop3 import errors
+from flowrt.adapters.mail.pop3.client import Pop3Client
+from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 from flowrt.adapters.mail.sasl import (
     cram_md5_response,
     plain_response,
@@ -29,8 +31,6 @@ from flowrt.adapters.mail.sender.session import (
     starttls,
 )
 from flowrt.errors import (
-    AuthenticationFailedException,
-    MessagingException,
     StoreClosedException,
 )
 from flowrt.security.secret import Secret
@@ -73,10 +73,7 @@ async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
     login = endpoint.login
     refuse_clear_text(endpoint, client.tls_active)
     if unsafe_for_wire(login.user) or " " in login.user:
-        raise AuthenticationFailedException(
-            f"the user name of credential '{login.credential}' contains a space or line break",
-            hint=endpoint.credential_hint(),
-        )
+        raise errors.user_unsafe(login.credential, endpoint.credential_hint())
     try:
         if endpoint.auth == "oauth2":
             await _xoauth2(client, endpoint)
@@ -90,15 +87,8 @@ async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
                 await client.user_pass(login.user, password)
     except Pop3ErrorReply as exc:
         if exc.code == "IN-USE":
-            raise MessagingException(
-                f"the POP3 mailbox of {login.user} is in use by another session: {exc.reply}",
-                hint="another client (or a second runtime) holds the POP3 lock; it is "
-                "released when that session ends",
-                retryable=True,
-            ) from exc
-        raise AuthenticationFailedException(
-            exc.reply or "-ERR (no text)", hint=endpoint.credential_hint()
-        ) from None
+            raise errors.mailbox_in_use(login.user, exc.reply) from exc
+        raise errors.auth_refused(exc.reply, endpoint.credential_hint()) from None
 
 
 async def _xoauth2(client: Pop3Client, endpoint: MailEndpoint) -> None:
@@ -123,8 +113,4 @@ async def _encrypted(client: Pop3Client, endpoint: MailEndpoint, password: Secre
     elif client.apop_timestamp is not None:
         await client.apop(user, password)
     else:
-        raise AuthenticationFailedException(
-            f"POP3 host {endpoint.host}:{endpoint.port} offers neither CRAM-MD5 nor APOP "
-            "(auth encrypted)",
-            hint="use auth plain over TLS (protection starttls-mandatory or pop3s)",
-        )
+        raise errors.neither_cram_md5_nor_apop(f"{endpoint.host}:{endpoint.port}")

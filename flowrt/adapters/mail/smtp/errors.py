@@ -21,6 +21,23 @@ from flowrt.errors import (
     SocketTimeoutException,
 )
 
+__all__ = [
+    "all_recipients_refused",
+    "connection_dropped_cause",
+    "could_not_connect",
+    "couldnt_connect",
+    "data_refused",
+    "dropped",
+    "greeting_refused",
+    "read_timeout",
+    "refused_reply",
+    "reply_text",
+    "sender_refused",
+    "some_recipients_refused",
+    "temporary",
+    "too_large",
+]
+
 
 def temporary(code: int) -> bool:
     """A 4xx reply: the server asks to try again later."""

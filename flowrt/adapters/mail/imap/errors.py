@@ -1,0 +1,139 @@
+"""IMAP failures in the chain's words: what the IMAP client, session, mailbox and check
+raise, built in one place (as :mod:`flowrt.adapters.mail.smtp.errors` does for SMTP).
+
+A tagged ``NO``/``BAD`` reply *is* the message (the server's words are kept as they are);
+aioimaplib's ``Abort`` and dropped connections are kept below as causes. What the IMAP and
+POP3 sessions share (connect failures, STARTTLS, clear-text refusal, credentials) is mapped
+in :mod:`flowrt.adapters.mail.sender.session` and :mod:`flowrt.adapters.mail.sender.endpoint`.
+"""
+
+from __future__ import annotations
+
+from flowrt.errors import (
+    AuthenticationFailedException,
+    FolderNotFoundException,
+    MessagingException,
+    SocketTimeoutException,
+    StoreClosedException,
+)
+
+__all__ = [
+    "archive_missing",
+    "auth_refused",
+    "closed",
+    "command_failed",
+    "folder_not_found",
+    "move_failed",
+    "no_answer",
+    "no_cram_md5",
+    "no_idle",
+    "not_a_greeting",
+    "read_timeout",
+    "refused",
+    "select_failed",
+    "status_failed",
+    "user_has_line_break",
+]
+
+
+# -- the connection
+
+
+def closed(where: str, what: str, reason: str) -> StoreClosedException:
+    return StoreClosedException(
+        f"IMAP host {where} closed the connection during {what}: {reason}",
+        hint="the server restarted or dropped the connection; the next poll reconnects",
+    )
+
+
+def no_answer(where: str, what: str) -> StoreClosedException:
+    """Raise it from :func:`read_timeout`."""
+    return StoreClosedException(
+        f"no answer from IMAP host {where} to {what}; the connection was closed",
+        hint="the server or the network stopped answering (half-open "
+        "connection?); the next poll reconnects",
+    )
+
+
+def read_timeout(timeout: float) -> SocketTimeoutException:
+    return SocketTimeoutException(f"Read timed out after {timeout:g}s")
+
+
+def not_a_greeting(greeting: str, host: str, port: int) -> MessagingException:
+    """What the connectivity check says about a greeting that is not ``* OK``."""
+    if greeting.upper().startswith("* BYE"):
+        return MessagingException(f"the server refused the session: {greeting}")
+    return MessagingException(
+        f"not an IMAP greeting: {greeting[:80]}",
+        hint=f"is {host}:{port} an IMAP port? (IMAP 143, IMAPS 993)",
+    )
+
+
+# -- commands
+
+
+def command_failed(what: str, cause: BaseException) -> MessagingException:
+    """aioimaplib gave up on a command (raise it from ``cause``)."""
+    return MessagingException(f"IMAP {what} failed: {cause}")
+
+
+def refused(where: str, what: str, result: str, text: str) -> MessagingException:
+    return MessagingException(f"IMAP host {where} refused {what}: {result} {text}".rstrip())
+
+
+def no_idle(where: str) -> MessagingException:
+    return MessagingException(f"IMAP host {where} does not offer IDLE")
+
+
+# -- folders
+
+
+def folder_not_found(
+    folder: str, user: str, where: str, text: str, hint: str
+) -> FolderNotFoundException:
+    return FolderNotFoundException(
+        f"folder {folder!r} not found in the mailbox of {user} on {where}: {text}", hint=hint
+    )
+
+
+def select_failed(folder: str, result: str, text: str) -> MessagingException:
+    return MessagingException(f"SELECT {folder!r} failed: {result} {text}")
+
+
+def status_failed(folder: str, text: str) -> MessagingException:
+    return MessagingException(f"STATUS {folder!r} failed: {text}")
+
+
+def archive_missing(
+    folder: str, user: str, where: str, text: str, list_hint: str
+) -> FolderNotFoundException:
+    return FolderNotFoundException(
+        f"archive folder {folder!r} not found in the mailbox of {user} on {where}: {text}",
+        hint=f"create the folder {folder!r} in the mailbox, or fix post-process archive; "
+        + list_hint,
+    )
+
+
+def move_failed(folder: str, text: str) -> MessagingException:
+    return MessagingException(f"moving mails to {folder!r} failed: {text}")
+
+
+# -- login
+
+
+def user_has_line_break(credential: str | None, hint: str) -> AuthenticationFailedException:
+    return AuthenticationFailedException(
+        f"the user name of credential '{credential}' contains a line break", hint=hint
+    )
+
+
+def no_cram_md5(where: str) -> AuthenticationFailedException:
+    return AuthenticationFailedException(
+        f"IMAP host {where} does not offer CRAM-MD5 (auth encrypted)",
+        hint="use auth plain over TLS (protection starttls-mandatory or imaps)",
+    )
+
+
+def auth_refused(result: str, text: str, hint: str) -> AuthenticationFailedException:
+    """The server's words are the message; ``NO (no text)`` when it gave none."""
+    return AuthenticationFailedException(text or f"{result} (no text)", hint=hint)
