@@ -100,7 +100,7 @@ def _tenant_after_verb(ctx: click.Context, param: click.Parameter, value: str | 
 
 def _accept_tenant_anywhere(command: click.Command) -> None:
     """``flowrt init --tenant X`` means ``flowrt --tenant X init``: people put it after the verb."""
-    if not any(param.name == "tenant_after_verb" for param in command.params):
+    if not any("--tenant" in getattr(param, "opts", ()) for param in command.params):
         command.params.append(
             click.Option(
                 ["--tenant", "tenant_after_verb"],
