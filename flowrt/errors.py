@@ -75,6 +75,7 @@ __all__ = [
     "is_retryable",
     "render_chain",
     "summary",
+    "summary_of_levels",
 ]
 
 
@@ -346,6 +347,13 @@ def summary(exc: BaseException) -> str:
     levels = chain_levels(exc)
     if not levels:
         return type(exc).__name__
+    return summary_of_levels(levels)
+
+
+def summary_of_levels(levels: Sequence[ChainLevel]) -> str:
+    """:func:`summary` for a chain kept as data (an MPL entry's error levels)."""
+    if not levels:
+        return ""
     first = f"{levels[0].type}: {levels[0].message}".splitlines()[0]
     if len(levels) == 1:
         return first

@@ -63,6 +63,7 @@ def _register() -> None:
         locations,
         locks,
         mpl,
+        notify,
         run,
         simulate,
         test,
@@ -82,6 +83,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        notify,
     ):
         for command in module.COMMANDS:
             cli.add_command(command)

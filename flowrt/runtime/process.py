@@ -27,6 +27,7 @@ from flowrt.adapters.mail.smtp.pool import SmtpPool
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
+from flowrt.notify.notifier import NotifierTask, start_notifier
 from flowrt.runtime.deployments import Deployment, Deployments
 from flowrt.runtime.flow_instance import FlowInstance
 from flowrt.runtime.state import StateDB
@@ -62,6 +63,7 @@ class Runtime:
             heartbeat_at=now_iso(),
         )
         self._dirty = True
+        self._notifier: NotifierTask | None = None
 
     # ------------------------------------------------------------------ entry points
 
@@ -117,6 +119,7 @@ class Runtime:
 
     async def _serve(self) -> None:
         _log.info("runtime started", tenant=str(self.tenant.root), pid=os.getpid())
+        self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = 0.0
         while not self.stopping.is_set():
@@ -191,6 +194,8 @@ class Runtime:
 
     async def _shutdown(self) -> None:
         self._status.stopping = True
+        if self._notifier is not None:
+            await self._notifier.stop()
         await asyncio.gather(
             *(i.stop(self.grace) for i in self.instances.values()), return_exceptions=True
         )

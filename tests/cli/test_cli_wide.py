@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,6 +19,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flowrt.cli.main import cli
+from flowrt.notify.config import NotifyServer, edit_config
+from flowrt.tenant import Tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIL = ROOT / "tests" / "data" / "mails" / "encoded-subject.eml"
@@ -84,6 +87,10 @@ class Env:
         self.ok("simulate", str(ROOT / "flows" / "mail.flow"), "--message", str(MAIL))
         listing = json.loads(self.ok("mpl", "list", "--format", "json"))
         self.message_id = listing[0]["message_id"]
+        self.ok("notify", "rule", "add", "ops", "--on", "message-failed", "--to", "o@example.com")
+        with edit_config(Tenant(self.root)) as edit:  # `server set` wants a live server
+            server = NotifyServer("127.0.0.1", self.port, "smtps", "alerts@example.com", timeout=2)
+            edit.value = replace(edit.value, server=server)
         self.connector = tmp / "connector.toml"
         self.connector.write_text(
             'location_id = "plant-1"\nlisten = "127.0.0.1:0"\n'
@@ -134,6 +141,23 @@ JSON_RUNS: dict[tuple[str, ...], Args] = {
     ("mpl", "tail"): lambda e: ["mpl", "tail", "--timeout", "10ms"],
     ("mpl", "purge"): lambda e: ["mpl", "purge", "--dry-run"],
     ("mpl", "retention"): lambda e: ["mpl", "retention"],
+    ("notify", "counters"): lambda e: ["notify", "counters"],
+    ("notify", "log"): lambda e: ["notify", "log"],
+    ("notify", "rule", "list"): lambda e: ["notify", "rule", "list"],
+    ("notify", "server", "set"): lambda e: [
+        "notify",
+        "server",
+        "set",
+        f"127.0.0.1:{e.port}",
+        "--protection",
+        "smtps",
+        "--from",
+        "alerts@example.com",
+        "--timeout",
+        "2s",
+    ],
+    ("notify", "server", "show"): lambda e: ["notify", "server", "show"],
+    ("notify", "server", "test"): lambda e: ["notify", "server", "test", "--to", "b@example.com"],
 }
 
 
@@ -192,6 +216,8 @@ def test_validate_json_names_the_flows_of_a_valid_file(env: Env) -> None:
         ["credentials", "delete", "nope"],
         ["locations", "delete", "nope"],
         ["locks", "release", "nope"],
+        ["notify", "rule", "remove", "nope"],
+        ["notify", "reset", "nope@example.com"],
     ],
     ids=" ".join,
 )
