@@ -304,3 +304,17 @@ def _keytool_list(password: str, path) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+@needs_keytool
+def test_restore_of_a_keytool_file_with_another_password_says_which_one(flowrt, pki):
+    store = str(pki.folder / "other-password.p12")
+    _keytool(
+        "-genkeypair", "-alias", "p", "-keyalg", "EC", "-groupname", "secp256r1",
+        "-dname", "CN=p", "-storetype", "PKCS12", "-keystore", store, "-storepass", "not-it-123",
+    )  # fmt: skip
+    before = flowrt.snapshot()
+    result = flowrt.fails("keystore", "restore", store)
+    assert "cannot be opened with the password derived from this master key" in result.output
+    assert "must use the password `flowrt keystore password` prints" in result.output
+    assert flowrt.snapshot() == before
