@@ -19,6 +19,7 @@ REFERENCE_HELP = ", ".join(
         "header.NAME",
         "property.NAME",
         "body",
+        "body.html",
         *(f"message.{f}" for f in _MESSAGE_FIELDS),
         *(f"flow.{f}" for f in _FLOW_FIELDS),
         f"attachment.{'|'.join(_ATTACHMENT_FIELDS)} (in a split branch)",
@@ -59,6 +60,8 @@ def parse_ref(text: str, pos: Pos) -> Ref:
     text = text.strip()
     if text == "body":
         return Ref("body", "", pos)
+    if text == "body.html":
+        return Ref("body", "html", pos)
     if text == "date:now" or text.startswith("date:now:"):
         fmt = text[len("date:now:") :] if text.startswith("date:now:") else ""
         if fmt:

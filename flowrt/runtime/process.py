@@ -22,8 +22,7 @@ import time
 
 import structlog
 
-from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.adapters.registry import Adapters
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
@@ -88,8 +87,7 @@ class Runtime:
         self.state = StateDB.open(self.tenant)
         self.store = MplStore(self.tenant.mpl_path)
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
-        self.pool = SmtpPool()
-        self.tokens = OAuth2Tokens()
+        self.adapters = Adapters()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -165,8 +163,7 @@ class Runtime:
             security=self.security,
             recorder=self.recorder,
             state=self.state,
-            pool=self.pool,
-            tokens=self.tokens,
+            adapters=self.adapters,
             on_change=self._changed,
         )
         self.instances[deployment.name] = instance
@@ -200,7 +197,7 @@ class Runtime:
             *(i.stop(self.grace) for i in self.instances.values()), return_exceptions=True
         )
         with contextlib.suppress(Exception):
-            await self.pool.aclose()
+            await self.adapters.aclose()
         self.recorder.close()
         self.store.close()
         self.state.close()

@@ -36,6 +36,8 @@ from typing import Any
 
 from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
+from flowrt.runtime.leases import HeldLease
+from flowrt.source_state import LockInfo, MailRecord, PollerHealth
 from flowrt.tenant import Tenant
 
 __all__ = [
@@ -91,70 +93,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _CHUNK = 500  # keys per IN (...) query: well below SQLite's variable limit
-
-
-@dataclasses.dataclass(frozen=True)
-class MailRecord:
-    """What the state DB knows about one mail of one mailbox."""
-
-    mailbox: str
-    key: str
-    generation: str
-    message_id: str
-    status: str  # "done" | "failed"
-    attempts: int
-    last_error: str
-    action: str
-    post_processed: bool
-    created: float
-    updated: float
-
-    @property
-    def done(self) -> bool:
-        return self.status == "done"
-
-
-@dataclasses.dataclass(frozen=True)
-class LockInfo:
-    key: str
-    owner: str
-    host: str
-    pid: int
-    info: str
-    acquired: float
-    renewed: float
-    expires: float
-
-    def expired(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) >= self.expires
-
-    def describe(self) -> str:
-        return f"{self.owner} (pid {self.pid} on {self.host})"
-
-
-@dataclasses.dataclass
-class PollerHealth:
-    """How a poller is doing; kept in memory by the poller and saved after every poll."""
-
-    poller: str
-    mailbox: str = ""
-    last_poll: float | None = None
-    last_success: float | None = None
-    last_error: str = ""
-    last_error_at: float | None = None
-    consecutive_failures: int = 0
-    handled: int = 0
-    failed: int = 0
-    note: str = ""  # e.g. why the last poll was skipped
-
-    @property
-    def healthy(self) -> bool:
-        return self.consecutive_failures == 0
-
-
-def default_owner() -> str:
-    """An owner ID unique to this process: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 _DAMAGED_HINT = (
@@ -426,6 +364,10 @@ class StateDB:
         with self._transaction("release a lock") as conn:
             cursor = conn.execute("DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner))
             return cursor.rowcount == 1
+
+    def lease(self, key: str, owner: str, ttl: float, *, info: str = "") -> HeldLease:
+        """The lease ``key`` held for an ``async with`` block and renewed while it runs."""
+        return HeldLease(self, key, owner, ttl, info=info)
 
     def force_release(self, key: str) -> LockInfo | None:
         """Remove the lock ``key`` whoever holds it; the removed lock, or None if none."""

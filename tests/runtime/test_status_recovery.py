@@ -16,8 +16,7 @@ def _instance() -> Any:
         security=None,  # type: ignore[arg-type]
         recorder=None,  # type: ignore[arg-type]
         state=None,  # type: ignore[arg-type]
-        pool=None,  # type: ignore[arg-type]
-        tokens=None,  # type: ignore[arg-type]
+        adapters=None,  # type: ignore[arg-type]
     )
     instance.status.state = STARTED
     return instance
