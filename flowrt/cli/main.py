@@ -62,6 +62,7 @@ def _register() -> None:
         keystore,
         locations,
         locks,
+        monitor,
         mpl,
         notify,
         run,
@@ -83,6 +84,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        monitor,
         notify,
     ):
         for command in module.COMMANDS:

@@ -30,6 +30,7 @@ from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
 from flowrt.runtime.deployments import Deployment, Deployments
 from flowrt.runtime.flow_instance import FlowInstance
+from flowrt.runtime.monitor import Monitor
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import (
     ERROR,
@@ -52,9 +53,17 @@ _log = structlog.get_logger("flowrt.runtime")
 
 
 class Runtime:
-    def __init__(self, tenant: Tenant, *, grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        tenant: Tenant,
+        *,
+        grace: float = 30.0,
+        http: str | None = None,
+        tls_alias: str | None = None,
+    ) -> None:
         self.tenant = tenant
         self.grace = grace
+        self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
         self.deployments = Deployments(tenant)
         self.instances: dict[str, FlowInstance] = {}
         self.stopping = asyncio.Event()
@@ -77,6 +86,7 @@ class Runtime:
             self._open()
             try:
                 self._install_signals()
+                await self._monitor.start(self._live_states, lambda: not self.stopping.is_set())
                 if once:
                     return await self._run_once()
                 await self._serve()
@@ -219,8 +229,12 @@ class Runtime:
         except OSError as exc:
             _log.warning("could not write the runtime status", error=str(exc))
 
+    def _live_states(self) -> dict[str, str]:
+        return {name: i.status.state for name, i in self.instances.items()}
+
     async def _shutdown(self) -> None:
         self._status.stopping = True
+        await self._monitor.stop()
         if self._notifier is not None:
             await self._notifier.stop()
         await asyncio.gather(
