@@ -25,6 +25,7 @@ class CheckOptions:
     rcpt_to: tuple[str, ...] = ()
     list_folders: bool = False
     check_mailbox: str | None = None
+    user: str | None = None  # --auth oauth2: the mailbox to log in as
     # protection connector-tls: plain to the connector (protection "off"), which does TLS
     tls_by_connector: bool = False
 
