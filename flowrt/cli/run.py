@@ -7,6 +7,7 @@ import datetime as dt
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
@@ -72,13 +73,19 @@ def run(
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_flow_names)
 @click.option(
     "--failures",
     is_flag=True,
     help="List the polls that could not run (connect, TLS, login, folder, lock), newest first.",
 )
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="With --failures: how many, newest first.",
+)
 @format_option
 @pass_cli
 def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: str) -> None:

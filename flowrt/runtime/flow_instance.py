@@ -178,6 +178,8 @@ class FlowInstance:
         ok = result.status is MplStatus.COMPLETED
         if ok:
             self.status.completed += 1
+            self.status.last_error = ""  # the flow works again; the MPL keeps the failure
+            self.status.last_hint = ""
         else:
             self.status.failed += 1
             if result.error is not None:
@@ -218,9 +220,10 @@ class FlowInstance:
                 self.status.last_success = _iso(health.last_success)
             self.status.consecutive_failures = health.consecutive_failures
             # a poll skipped for a lock held elsewhere leaves a note, not a failure in a row
-            if health.last_error and (health.consecutive_failures or health.note):
+            skipped = getattr(health, "note", "")  # a source may not skip polls at all
+            if health.last_error and (health.consecutive_failures or skipped):
                 self.status.last_error = health.last_error
-                self.status.last_hint = self._poller.last_hint
+                self.status.last_hint = getattr(self._poller, "last_hint", "")
             # polls that keep failing put a running flow in ERROR (it retries with backoff);
             # the next good poll brings it back
             if self.status.state in (STARTED, ERROR) and not self._start_failed:
@@ -231,6 +234,9 @@ class FlowInstance:
                         f"{health.last_error}"
                     )
                 else:
+                    if self.status.state == ERROR:
+                        self.status.last_error = ""  # recovered: `status` shows no stale error
+                        self.status.last_hint = ""
                     self.status.state = STARTED
                     self.status.reason = ""
         self.status.updated = now_iso()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError
 from flowrt.poll_failures import PollFailure
 from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.state import LockInfo, StateDB
@@ -45,12 +45,16 @@ class StatusReport:
 
 
 def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
-    """Every deployed flow (or the one named; UsageError if it is not deployed)."""
+    """Every deployed flow (or the one named; NotFoundError if it is not deployed)."""
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
     deployments = Deployments(tenant).all()
     if name is not None and name not in {d.name for d in deployments}:
-        raise UsageError(f"no deployed flow named {name!r}")
+        known = ", ".join(d.name for d in deployments[:5]) or "none"
+        raise NotFoundError(
+            f"no deployed flow named {name!r}",
+            hint=f"see `flowrt status` (deployed flows: {known})",
+        )
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:
@@ -88,10 +92,15 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
 def poll_failures_report(
     tenant: Tenant, name: str | None = None, *, limit: int = 20
 ) -> list[PollFailure]:
-    """The newest polls that could not run, of the flow named (UsageError if it is not
+    """The newest polls that could not run, of the flow named (NotFoundError if it is not
     deployed) or of all."""
-    if name is not None and name not in {d.name for d in Deployments(tenant).all()}:
-        raise UsageError(f"no deployed flow named {name!r}")
+    deployments = Deployments(tenant).all()
+    if name is not None and name not in {d.name for d in deployments}:
+        known = ", ".join(d.name for d in deployments[:5]) or "none"
+        raise NotFoundError(
+            f"no deployed flow named {name!r}",
+            hint=f"see `flowrt status` (deployed flows: {known})",
+        )
     if not tenant.state_path.exists():
         return []
     with StateDB.open(tenant, create=False) as state_db:
