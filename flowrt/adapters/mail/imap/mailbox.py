@@ -23,7 +23,9 @@ from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
 from flowrt.errors import FolderNotFoundException
 
-__all__ = ["ImapMailbox"]
+__all__ = ["DEAD_KEYWORD", "ImapMailbox"]
+
+DEAD_KEYWORD = "$flowrt-dead"
 
 
 class ImapMailbox:
@@ -68,7 +70,8 @@ class ImapMailbox:
 
     async def candidates(self) -> list[Candidate]:
         criteria = ("UNSEEN", "UNDELETED") if self.selection == "unread" else ("UNDELETED",)
-        uids = await self.client.uid_search(*criteria)
+        # a dead letter stays in the folder, visible, but is not handed over again
+        uids = await self.client.uid_search(*criteria, "UNKEYWORD", DEAD_KEYWORD)
         prefix = f"uid:{self.uidvalidity}:"
         return [Candidate(uid, f"{prefix}{uid}") for uid in uids]
 
@@ -141,6 +144,38 @@ class ImapMailbox:
             if response_code(response) in ("TRYCREATE", "NONEXISTENT"):
                 raise _archive_missing(self.endpoint, folder, response_text(response))
             raise errors.move_failed(folder, response_text(response))
+
+    # -- dead letters
+
+    async def dead_letter(self, done: Sequence[Candidate], place: str, folder: str) -> None:
+        """Put mails whose attempts are over in their dead-letter place: the keyword
+        $flowrt-dead (``default``, ``receiver``), a folder, deleted, or left (``keep``)."""
+        uids = sorted({c.ref for c in done})
+        if not uids or place == "keep":
+            return
+        if place == "folder":
+            if not any(name == folder for name, _ in await self.client.list_folders(folder)):
+                raise errors.folder_not_found(
+                    folder,
+                    self.endpoint.login.user,
+                    _where(self.endpoint),
+                    "the dead-letter folder does not exist",
+                    f"create the folder {folder!r} in the mailbox, or change `dead-letter` in "
+                    "the flow's on-error block; the mail stays in the mailbox meanwhile",
+                )
+            await self._move(uids, folder)
+        elif place == "delete":
+            await self.client.uid_store(uids, "+", "\\Deleted")
+            await self.client.uid_expunge(uids)
+        else:
+            await self.client.uid_store(uids, "+", DEAD_KEYWORD)
+
+    async def revive(self, keys: Sequence[str]) -> None:
+        """Take the dead-letter keyword off mails put back for another try (replay)."""
+        prefix = f"uid:{self.uidvalidity}:"
+        uids = sorted(int(k[len(prefix) :]) for k in keys if k.startswith(prefix))
+        if uids:
+            await self.client.uid_store(uids, "-", DEAD_KEYWORD)
 
     # -- IDLE
 

@@ -46,12 +46,25 @@ from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
-from flowrt.source_state import Lease, LeaseBusy, LockInfo, PollerHealth, SourceState, default_owner
+from flowrt.source_state import (
+    SOURCE_KEY,
+    SOURCE_RAW,
+    SOURCE_SCOPE,
+    UNREADABLE,
+    Lease,
+    LeaseBusy,
+    LockInfo,
+    PollerHealth,
+    SourceState,
+    Verdict,
+    default_owner,
+)
 
 __all__ = ["Handle", "MailPoller", "PollResult"]
 
-Handle = Callable[[Exchange], Awaitable[bool]]
-"""True: the flow finished with the mail (completed, or filtered out); False: it failed."""
+Handle = Callable[[Exchange], Awaitable[bool | Verdict]]
+"""True: the flow finished with the mail (completed, or filtered out); False: it failed. A
+:class:`Verdict` also says when to try again and whether the attempts are over."""
 
 MailboxOpener = Callable[[], Awaitable[Mailbox]]
 
@@ -73,6 +86,15 @@ class PollResult:
     more: bool = False  # max-messages left candidates for the next poll
     busy: str = ""  # the poll did not run: another poller holds the mailbox's lock
     lock_lost: bool = False  # our lease was taken away during the poll: it stopped early
+    waiting: int = 0  # failed before, not handed over: their next attempt is not due yet
+    dead_lettered: int = 0  # attempts over: put in their dead-letter place
+
+
+@dataclasses.dataclass
+class _Dead:
+    candidate: Candidate
+    verdict: Verdict
+    message_id: str
 
 
 class _RecordFailed(Exception):
@@ -172,6 +194,7 @@ class MailPoller:
 
     async def _poll(self, mailbox: Mailbox) -> PollResult:
         result = PollResult()
+        await self._take_replays(mailbox)
         candidates = await mailbox.candidates()
         records = self.state.records(mailbox.scope, [c.key for c in candidates if c.key])
         if mailbox.complete_listing:
@@ -179,8 +202,12 @@ class MailPoller:
         finish: list[Candidate] = []
         todo: list[Candidate] = []
         attempts: dict[str, int] = {}
+        now = time.time()
         for candidate in candidates:
             record = records.get(candidate.key)
+            if record is not None and not record.done and record.next_attempt > now:
+                result.waiting += 1  # failed before; its backoff is not over yet
+                continue
             if record is None or not record.done:
                 todo.append(candidate)
                 attempts[candidate.key] = record.attempts if record else 0
@@ -192,13 +219,14 @@ class MailPoller:
         result.more = len(todo) > self.sender.max_messages
         todo = todo[: self.sender.max_messages]
         state_error: FlowrtError | None = None
+        dead: list[_Dead] = []
         async with contextlib.aclosing(mailbox.batches(todo)) as batches:
             async for batch in batches:
                 for candidate, raw in batch:
                     if self._lost.is_set():
                         break
                     try:
-                        if await self._process(mailbox, candidate, raw, attempts, result):
+                        if await self._process(mailbox, candidate, raw, attempts, result, dead):
                             finish.append(candidate)
                     except _RecordFailed as failed:  # see _process
                         finish.append(candidate)
@@ -207,6 +235,9 @@ class MailPoller:
                     result.lock_lost = True
                     self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
                     break
+        # after the fetches: one command at a time on the connection
+        for item in dead:
+            await self._dead_letter(mailbox, item, result)
         await mailbox.finish(finish)
         if finish:
             self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
@@ -228,6 +259,52 @@ class MailPoller:
         except FlowrtError as exc:
             self._log.warning("could not purge old mail records", error=summary(exc))
 
+    async def _take_replays(self, mailbox: Mailbox) -> None:
+        """Dead letters put back (`flowrt deadletter replay`): unmarked, their record
+        starting over, so this poll hands them over once more."""
+        keys = self.state.replays(mailbox.scope)
+        if not keys:
+            return
+        await mailbox.revive(keys)
+        for key in keys:
+            self.state.take_replay(mailbox.scope, key)
+        self._log.info("dead letters put back for another try", count=len(keys))
+
+    async def _dead_letter(self, mailbox: Mailbox, item: _Dead, result: PollResult) -> None:
+        verdict = item.verdict
+        place = verdict.dead_letter_place or "default"
+        try:
+            await mailbox.dead_letter([item.candidate], place, verdict.dead_letter_folder)
+        except FlowrtError as exc:
+            # the mail stays as it was, to be tried again; the flow records why in the MPL
+            self._log.error(
+                "dead-letter place failed; mail left in the mailbox",
+                key=item.candidate.key,
+                error=render_chain(exc),
+                hint=find_hint(exc),
+            )
+            if verdict.dead_letter_failed is not None:
+                verdict.dead_letter_failed(exc)
+            self.state.record_failure(
+                mailbox.scope,
+                item.candidate.key,
+                error=summary(exc),
+                generation=mailbox.generation,
+                message_id=item.message_id,
+                next_attempt=verdict.retry_at,
+            )
+            return
+        self.state.record_done(
+            mailbox.scope,
+            item.candidate.key,
+            generation=mailbox.generation,
+            message_id=item.message_id,
+            action=f"dead-letter {place}",
+        )
+        self.state.mark_post_processed(mailbox.scope, [item.candidate.key])
+        result.dead_lettered += 1
+        self._log.warning("mail dead-lettered", key=item.candidate.key, place=place)
+
     async def _process(
         self,
         mailbox: Mailbox,
@@ -235,6 +312,7 @@ class MailPoller:
         raw: bytes,
         attempts: dict[str, int],
         result: PollResult,
+        dead: list[_Dead],
     ) -> bool:
         """Hand one mail over; True when the mailbox is to be changed for it.
 
@@ -267,21 +345,25 @@ class MailPoller:
             result.recovered += 1
             return True
         attempt = attempts.get(candidate.key, 0) + 1
-        verdict, error = await self._hand_over(mailbox, candidate, raw, attempt)
+        verdict = await self._hand_over(mailbox, candidate, raw, attempt)
         if not verdict:
             result.failed += 1
+            if verdict.dead_letter:
+                dead.append(_Dead(candidate, verdict, message_id))
+                return False
             count = self.state.record_failure(
                 mailbox.scope,
                 candidate.key,
-                error=error,
+                error=verdict.error,
                 generation=mailbox.generation,
                 message_id=message_id,
+                next_attempt=verdict.retry_at,
             )
             self._log.warning(
                 "mail not processed; left in the mailbox",
                 key=candidate.key,
                 attempts=count,
-                error=error,
+                error=verdict.error,
             )
             return False
         result.handled += 1
@@ -299,8 +381,16 @@ class MailPoller:
 
     async def _hand_over(
         self, mailbox: Mailbox, candidate: Candidate, raw: bytes, attempt: int
-    ) -> tuple[bool, str]:
+    ) -> Verdict:
         sender = self.sender
+        source = {
+            **mailbox.properties(candidate),
+            "mail.attempt": attempt,
+            SOURCE_SCOPE: mailbox.scope,
+            SOURCE_KEY: candidate.key,
+            SOURCE_RAW: raw,
+        }
+        unreadable = ""
         try:
             exchange = mail_to_exchange(
                 raw,
@@ -309,13 +399,34 @@ class MailPoller:
                 keep_original=sender.keep_original,
             )
         except Exception as exc:  # not a mail at all; a parser bug must not stop the poll
-            return False, summary(exc)
-        exchange.properties.update(mailbox.properties(candidate))
-        exchange.properties["mail.attempt"] = attempt
+            unreadable = summary(exc)
+            refused = getattr(self.handle, "refused", None)
+            if refused is None:  # a handler that takes no refusals: counted, left as it is
+                return Verdict(False, error=unreadable)
+            # handed over as a refusal (``handle.refused``): the flow records it in the MPL
+            # and decides (attempts, dead letter) like for any other failure
+            exchange = Exchange(
+                properties={
+                    **source,
+                    UNREADABLE: exc,
+                    "mail.size": len(raw),
+                    "mail.message_id": message_id_of(raw),
+                }
+            )
+        else:
+            exchange.properties.update(source)
         try:
-            return bool(await self.handle(exchange)), "the flow did not complete"
+            if refused is not None:
+                verdict = await refused(exchange)
+            else:
+                verdict = await self.handle(exchange)
         except Exception as exc:
-            return False, summary(exc)
+            return Verdict(False, error=summary(exc))
+        if isinstance(verdict, Verdict):
+            return verdict
+        if unreadable:  # only a Verdict can end an unreadable mail (as a dead letter)
+            return Verdict(False, error=unreadable)
+        return Verdict(bool(verdict), error="" if verdict else "the flow did not complete")
 
     def _forget_gone(self, mailbox: Mailbox, present: set[str]) -> None:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
@@ -359,10 +470,21 @@ class MailPoller:
                 self._succeeded(result)
                 if result.more or result.lock_lost or mailbox.new_mail_pending():
                     continue
-                await mailbox.wait_for_mail(self.idle_refresh, wake)
+                await mailbox.wait_for_mail(self._idle_wait(mailbox), wake)
         finally:
             for relay in relays:
                 relay.cancel()
+
+    def _idle_wait(self, mailbox: Mailbox) -> float:
+        """Until the refresh, or until a failed mail's next attempt is due: a held IDLE
+        session must wake up for its retries, not wait for new mail."""
+        try:
+            due = self.state.next_attempt_due(mailbox.scope)
+        except FlowrtError:
+            due = None
+        if due is None:
+            return self.idle_refresh
+        return min(self.idle_refresh, max(0.05, due - time.time() + 0.01))
 
     # ------------------------------------------------------------------ lock
 
