@@ -56,6 +56,7 @@ def _register() -> None:
     from flowrt.cli import (
         connector,
         credentials,
+        deadletter,
         deploy,
         init,
         keystore,
@@ -82,6 +83,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        deadletter,
         notify,
     ):
         for command in module.COMMANDS:

@@ -11,9 +11,11 @@ from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import UsageError
+from flowrt.mpl.store import MplStore
 from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import read_status
+from flowrt.tenant import Tenant
 
 
 @click.command()
@@ -60,6 +62,7 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
     deployments = Deployments(tenant).all()
     if name is not None and name not in {d.name for d in deployments}:
         raise UsageError(f"no deployed flow named {name!r}")
+    dead = _dead_letters(tenant)
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:
@@ -77,7 +80,9 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
                 "last_poll": flow.last_poll if flow else "",
                 "completed": flow.completed if flow else 0,
                 "failed": flow.failed if flow else 0,
+                "dead_letters": dead.get(deployment.name, 0),
                 "last_error": (flow.reason or flow.last_error) if flow else "",
+                "warning": flow.warning if flow else "",
             }
         )
     state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
@@ -114,13 +119,35 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
         click.echo("runtime: not running (start it with `flowrt run`)")
     click.echo()
     print_table(
-        rows, ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
+        rows,
+        [
+            "flow",
+            "version",
+            "state",
+            "last_poll",
+            "completed",
+            "failed",
+            "dead_letters",
+            "last_error",
+        ],
     )
+    for row in rows:
+        if row["warning"]:
+            click.echo(f"warning: flow {row['flow']}: {row['warning']}")
+    if any(row["dead_letters"] for row in rows):
+        click.echo("dead letters: see `flowrt deadletter list`")
     if locks:
         click.echo()
         print_table(
             [{"lock": lock.key, "holder": lock.describe()} for lock in locks], ["lock", "holder"]
         )
+
+
+def _dead_letters(tenant: Tenant) -> dict[str, int]:
+    if not tenant.mpl_path.exists():
+        return {}
+    with MplStore(tenant.mpl_path, create=False) as store:
+        return store.dead_letter_counts()
 
 
 COMMANDS: list[click.Command] = [run, status]

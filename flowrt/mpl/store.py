@@ -497,8 +497,7 @@ class MplStore:
         args: list[Any] = [after_row, MplStatus.ESCALATED.value]
         if not include_replayed:
             sql += (
-                " AND message_id NOT IN "
-                "(SELECT message_id FROM properties WHERE name = 'replayed')"
+                " AND message_id NOT IN (SELECT message_id FROM properties WHERE name = 'replayed')"
             )
         if flow is not None:
             sql += " AND flow = ?"
@@ -515,6 +514,17 @@ class MplStore:
             if entry is not None:
                 found.append((int(row_id), entry))
         return found
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters not replayed, by flow."""
+        sql = (
+            "SELECT flow, count(*) FROM entries WHERE status = ? AND message_id IN "
+            "(SELECT message_id FROM properties WHERE name = 'dead-letter') AND message_id "
+            "NOT IN (SELECT message_id FROM properties WHERE name = 'replayed') GROUP BY flow"
+        )
+        with self._guard("count dead letters") as conn:
+            rows = conn.execute(sql, (MplStatus.ESCALATED.value,)).fetchall()
+        return {str(flow): int(n) for flow, n in rows}
 
     def add_property(self, message_id: str, name: str, value: str) -> None:
         """One more custom property on a stored entry (e.g. ``replayed``)."""

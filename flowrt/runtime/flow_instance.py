@@ -224,9 +224,7 @@ class FlowInstance:
             return Verdict(True)
         policy = self._policy
         attempt = int(original.properties.get("mail.attempt", 1) or 1)
-        over, retry_at = verdict_for(
-            result, policy=policy, attempt=attempt, unreadable=unreadable
-        )
+        over, retry_at = verdict_for(result, policy=policy, attempt=attempt, unreadable=unreadable)
         error = failure_text(result)
         if not over:
             return Verdict(False, retry_at=retry_at, error=error)

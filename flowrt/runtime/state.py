@@ -406,9 +406,7 @@ class StateDB:
         refused for good may be tried again, those that have the mail still do not get it."""
         with self._transaction("take a replay") as conn:
             conn.execute("DELETE FROM replays WHERE mailbox = ? AND key = ?", (mailbox, key))
-            conn.execute(
-                "DELETE FROM mail_records WHERE mailbox = ? AND key = ?", (mailbox, key)
-            )
+            conn.execute("DELETE FROM mail_records WHERE mailbox = ? AND key = ?", (mailbox, key))
             conn.execute(
                 "DELETE FROM deliveries WHERE mailbox = ? AND key = ? AND state != 'sent'",
                 (mailbox, key),

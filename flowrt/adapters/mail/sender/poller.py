@@ -391,6 +391,7 @@ class MailPoller:
             SOURCE_RAW: raw,
         }
         unreadable = ""
+        refused: Handle | None = None
         try:
             exchange = mail_to_exchange(
                 raw,
@@ -416,10 +417,7 @@ class MailPoller:
         else:
             exchange.properties.update(source)
         try:
-            if refused is not None:
-                verdict = await refused(exchange)
-            else:
-                verdict = await self.handle(exchange)
+            verdict = await (self.handle if refused is None else refused)(exchange)
         except Exception as exc:
             return Verdict(False, error=summary(exc))
         if isinstance(verdict, Verdict):

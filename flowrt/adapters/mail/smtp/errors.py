@@ -158,8 +158,7 @@ def some_recipients_pending(exc: SendFailedException, pending: list[str]) -> Sen
     """Some recipients have the mail, others were refused for now (4xx): a retry sends it
     to those only, so it may be retried."""
     return SendFailedException(
-        f"{exc.message}; {', '.join(pending)} refused for now (4xx): a retry sends it to "
-        "them only",
+        f"{exc.message}; {', '.join(pending)} refused for now (4xx): a retry sends it to them only",
         invalid=exc.invalid,
         valid_sent=exc.valid_sent,
         replies=exc.replies,
