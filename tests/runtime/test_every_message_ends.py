@@ -217,8 +217,8 @@ def test_a_dead_letter_folder_that_does_not_exist_leaves_the_mail_and_says_so(
 ) -> None:
     smtp = scripted_smtp(rcpt_replies={"a@example.com": "550 5.1.1 no such user"})
     on_error = (
-        '    on-error {\n        permanent-errors dead-letter\n        dead-letter folder "Failed"\n'
-        "    }\n"
+        "    on-error {\n        permanent-errors dead-letter\n"
+        '        dead-letter folder "Failed"\n    }\n'
     )
     deploy(tenant, dovecot, smtp, to="a@example.com", on_error=on_error)
     dovecot.append(source.address, "INBOX", mail("nowhere to go"))
@@ -263,6 +263,6 @@ def test_attempts_wait_for_the_backoff_across_polls(
 
 def _uidvalidity(dovecot: DovecotServer, user: MailboxUser) -> int:
     with dovecot.imap(user.address) as client:
-        typ, data = client.status("INBOX", "(UIDVALIDITY)")
+        _typ, data = client.status("INBOX", "(UIDVALIDITY)")
     text = data[0].decode() if isinstance(data[0], bytes) else str(data[0])
     return int(text.split("UIDVALIDITY")[1].strip(" )"))
