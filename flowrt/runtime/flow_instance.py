@@ -296,6 +296,7 @@ class FlowInstance:
     def refresh(self) -> None:
         """Take the poller's health into the status (and tell the runtime it changed)."""
         if self._poller is not None:
+            self.status.warning = str(getattr(self._poller, "warning", "") or "")
             health = self._poller.health
             if health.last_poll:
                 self.status.last_poll = _iso(health.last_poll)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import socket
 import sqlite3
@@ -143,6 +144,13 @@ class StateDB:
         except BaseException:
             self._conn.close()
             raise
+
+    @property
+    def claim_id(self) -> str:
+        """Names this store's runtimes on a mail server (the IMAP claim keyword): stable
+        across restarts, different for every state DB on every host."""
+        where = f"{socket.gethostname()}:{self.path.resolve()}"
+        return hashlib.sha256(where.encode()).hexdigest()[:12]
 
     @classmethod
     def open(cls, tenant: Tenant, *, create: bool = True) -> StateDB:

@@ -79,6 +79,14 @@ class Pop3Mailbox:
         self._finished = True
         await self.client.quit()
 
+    can_claim = False  # POP3 has no flags: nothing keeps two runtimes off one mail
+
+    async def claim(self, todo: Sequence[Candidate]) -> list[Candidate]:
+        return list(todo)
+
+    async def release_claims(self) -> None:
+        pass
+
     async def dead_letter(self, done: Sequence[Candidate], place: str, folder: str) -> None:
         """POP3 keeps a dead letter in the maildrop (its record stops it being handed over
         again), or deletes it; there are no folders to move it to."""

@@ -88,6 +88,7 @@ class PollResult:
     lock_lost: bool = False  # our lease was taken away during the poll: it stopped early
     waiting: int = 0  # failed before, not handed over: their next attempt is not due yet
     dead_lettered: int = 0  # attempts over: put in their dead-letter place
+    claimed_elsewhere: int = 0  # another runtime (another state store) claimed them first
 
 
 @dataclasses.dataclass
@@ -134,6 +135,7 @@ class MailPoller:
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
+        self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
 
     @property
     def schedule(self) -> Poll:
@@ -190,6 +192,7 @@ class MailPoller:
             folder=self.sender.folder,
             selection=self.sender.selection,
             post_process=self.sender.post_process,
+            claim_owner=self.state.claim_id if self.sender.claim else "",
         )
 
     async def _poll(self, mailbox: Mailbox) -> PollResult:
@@ -218,6 +221,7 @@ class MailPoller:
                 result.skipped += 1  # kept mail (post-process keep), already done
         result.more = len(todo) > self.sender.max_messages
         todo = todo[: self.sender.max_messages]
+        todo = await self._claim(mailbox, todo, result)
         state_error: FlowrtError | None = None
         dead: list[_Dead] = []
         async with contextlib.aclosing(mailbox.batches(todo)) as batches:
@@ -239,6 +243,8 @@ class MailPoller:
         for item in dead:
             await self._dead_letter(mailbox, item, result)
         await mailbox.finish(finish)
+        if getattr(mailbox, "can_claim", False):
+            await mailbox.release_claims()
         if finish:
             self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
             result.post_processed = len(finish)
@@ -258,6 +264,28 @@ class MailPoller:
             self.state.purge_records(now - RECORD_RETENTION, mailbox=scope)
         except FlowrtError as exc:
             self._log.warning("could not purge old mail records", error=summary(exc))
+
+    async def _claim(
+        self, mailbox: Mailbox, todo: list[Candidate], result: PollResult
+    ) -> list[Candidate]:
+        """Only mails this runtime claims on the server are handed over: the lease keeps
+        pollers of one state store apart, the claim also those of other stores."""
+        if not self.sender.claim:
+            return todo
+        if not getattr(mailbox, "can_claim", False):  # (a mailbox that predates claiming)
+            if not self.warning:
+                self.warning = (
+                    f"{self.sender.protocol.upper()} mailbox {self.lock_key} cannot be claimed "
+                    "on the server (POP3, or IMAP without CONDSTORE): a runtime of another "
+                    "tenant polling it too would send its mails again"
+                )
+                self._log.warning("mailbox cannot be claimed", reason=self.warning)
+            return todo
+        if not todo:
+            return todo
+        claimed = await mailbox.claim(todo)
+        result.claimed_elsewhere += len(todo) - len(claimed)
+        return claimed
 
     async def _take_replays(self, mailbox: Mailbox) -> None:
         """Dead letters put back (`flowrt deadletter replay`): unmarked, their record
