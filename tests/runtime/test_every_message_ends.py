@@ -18,7 +18,14 @@ import pytest
 from flowrt.mpl.store import MplStore
 from flowrt.runtime.state import StateDB
 from flowrt.tenant import Tenant
-from tests.runtime.test_runtime_e2e import add_user_credential, flowrt, mail, tenant
+from tests.runtime.test_runtime_e2e import (
+    Runtime,
+    add_user_credential,
+    flowrt,
+    mail,
+    tenant,
+    wait_for,
+)
 
 __all__ = ["tenant"]  # the fixture, imported for pytest
 from tests.servers import DovecotServer, MailboxUser
@@ -259,6 +266,28 @@ def test_attempts_wait_for_the_backoff_across_polls(
         )
     poll(tenant, 2)
     assert entries(tenant) == []  # not due: not handed over
+
+
+def test_an_idle_flow_wakes_up_for_its_due_retries(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(rcpt_replies={"a@example.com": "451 4.3.0 try later"})
+    on_error = "    on-error {\n        retry 1 every 300ms\n        max-attempts 3\n    }\n"
+    deploy(tenant, dovecot, smtp, to="a@example.com", on_error=on_error, poll="idle")
+    runtime = Runtime(tenant)
+    try:
+        dovecot.append(source.address, "INBOX", mail("idle retry"))
+        # no new mail comes, and the IDLE refresh is 25 minutes away: only the retries'
+        # own due times can bring the mail to its end
+        wait_for(lambda: len(dead_letters(tenant)) == 1, timeout=60, what="the dead letter")
+    finally:
+        assert runtime.stop() == 0
+    found = entries(tenant)
+    assert len(found) == 3
+    assert all(len(e["runs"]) == 2 for e in found)  # each attempt retried once in its run
 
 
 def _uidvalidity(dovecot: DovecotServer, user: MailboxUser) -> int:
