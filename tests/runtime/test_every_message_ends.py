@@ -7,6 +7,8 @@ per script (550, 452), so that what each recipient got can be counted. Each poll
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -288,6 +290,40 @@ def test_an_idle_flow_wakes_up_for_its_due_retries(
     found = entries(tenant)
     assert len(found) == 3
     assert all(len(e["runs"]) == 2 for e in found)  # each attempt retried once in its run
+
+
+def test_a_dead_letter_receiver_gets_the_error_and_the_original_mail(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(rcpt_replies={"a@example.com": "550 5.1.1 no such user"})
+    on_error = (
+        "    on-error {\n        max-attempts 2\n        dead-letter receiver errors\n    }\n"
+        "    receiver mail errors {\n"
+        f'        address "127.0.0.1:{smtp.port}"\n        protection off\n        auth none\n'
+        '        from "flowrt@example.com"\n        to "ops@example.com"\n'
+        '        subject "dead letter: ${header.Subject}"\n        attachments from-message\n'
+        "    }\n"
+    )
+    deploy(tenant, dovecot, smtp, to="a@example.com", on_error=on_error)
+    dovecot.append(source.address, "INBOX", mail("poisoned", body="the original text"))
+    poll(tenant, 4)
+    [dead] = [m for m in smtp.received if "ops@example.com" in m.rcpt_tos]
+    assert len(smtp.received) == 1  # nothing else went to the dead-letter receiver
+    text = email.message_from_bytes(dead.data, policy=email.policy.default)
+    assert text["Subject"] == "dead letter: poisoned"
+    body = text.get_body(("plain",))
+    assert body is not None
+    content = body.get_content()
+    assert "after 2 attempt(s)" in content and "550 5.1.1 no such user" in content
+    [original] = [p for p in text.iter_attachments() if p.get_content_type() == "message/rfc822"]
+    assert b"the original text" in original.as_bytes()
+    [row] = dead_letters(tenant)
+    assert row["place"] == "receiver 'errors'"
+    [(mail_flags)] = flags(dovecot, source)
+    assert "$flowrt-dead" in mail_flags
 
 
 def _uidvalidity(dovecot: DovecotServer, user: MailboxUser) -> int:
