@@ -27,8 +27,9 @@ class Pipeline:
     """A compiled flow.
 
     ``receivers`` are the receiver names in flow order: where a message goes when the flow has
-    no route steps (but the dead-letter receiver). ``delivery_steps`` maps a receiver name to the (step ID, model step ID)
-    its delivery is recorded under: ``receiver NAME`` and the line of its block.
+    no route steps (but the dead-letter receiver). ``delivery_steps`` maps a receiver name to
+    the (step ID, model step ID) its delivery is recorded under: ``receiver NAME`` and the
+    line of its block.
     """
 
     flow: m.Flow
