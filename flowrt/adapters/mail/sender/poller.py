@@ -13,9 +13,13 @@ leases, is injected (:class:`flowrt.source_state.SourceState`).
 The rules it keeps (design: "at-least-once without loss, and no duplicates"):
 
 1. The mailbox is changed (mark read, delete, move) only after the flow has finished with a
-   mail: ``handle`` returned True. A mail whose handling failed (False, or it raised, or it
-   is not a mail at all) stays as it was and is tried again on the next poll; its attempts
-   are counted in the state DB and given to the flow as ``mail.attempt``.
+   mail: ``handle`` returned True (or a true :class:`Verdict`). A mail whose handling failed
+   (false, or it raised, or it is not a mail at all) stays as it was and is handed over again
+   when its verdict's ``retry_at`` has come (the next poll, or later; a held IDLE session
+   wakes up for it); its attempts are counted in the state DB and given to the flow as
+   ``mail.attempt``. When the verdict says the attempts are over, the mail goes to its
+   dead-letter place (keyword ``$flowrt-dead``, a folder, deleted, kept) and is recorded done.
+   A mail that is no mail is handed to ``handle.refused``, when the handler has it.
 2. Right after ``handle`` returned True, and before the mailbox is changed, an idempotency
    record (UIDVALIDITY+UID, or UIDL; the Message-ID as a fallback across UIDVALIDITY
    changes) is committed. A crash between the two leaves a record for an unchanged mail:
@@ -25,7 +29,10 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    renewed) while the poll or the IDLE session runs and released at its end. A second
    poller skips and says who holds the lock; a lease that is not renewed expires, so a
    dead runtime does not block the mailbox for good (`flowrt locks release` ends it now).
-5. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
+5. Mails are claimed on the IMAP server (CONDSTORE) before they are handed over, so that
+   pollers with other state stores (another tenant) cannot take them too; see
+   :meth:`ImapMailbox.claim`. Where that is impossible, the poller warns (``warning``).
+6. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
    connection) raises, and the schedule retries it with backoff.
 """
 
