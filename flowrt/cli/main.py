@@ -62,6 +62,7 @@ def _register() -> None:
         keystore,
         locations,
         locks,
+        monitor,
         mpl,
         notify,
         run,
@@ -84,6 +85,7 @@ def _register() -> None:
         locks,
         mpl,
         deadletter,
+        monitor,
         notify,
     ):
         for command in module.COMMANDS:

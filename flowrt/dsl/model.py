@@ -33,7 +33,7 @@ RefKind = Literal["header", "property", "body", "message", "flow", "date", "atta
 @dataclasses.dataclass(frozen=True)
 class Ref:
     """A reference to part of the exchange: ``header.Subject``, ``property.x``, ``body``,
-    ``message.id``, ``flow.name``, ``date:now:%Y-%m-%d``, ``attachment.name``."""
+    ``body.html``, ``message.id``, ``flow.name``, ``date:now:%Y-%m-%d``, ``attachment.name``."""
 
     kind: RefKind
     name: str
@@ -41,7 +41,7 @@ class Ref:
 
     def __str__(self) -> str:
         if self.kind == "body":
-            return "body"
+            return f"body.{self.name}" if self.name else "body"
         if self.kind == "date":
             return f"date:now:{self.name}"
         return f"{self.kind}.{self.name}"

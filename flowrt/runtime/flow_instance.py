@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery, Source
 from flowrt.dsl.model import DEFAULT_POLICY, Flow, RetryPolicy
 from flowrt.engine.exchange import Exchange
@@ -202,7 +203,9 @@ class FlowInstance:
                     _record_unreadable(result, exchange)
                 else:
                     result = await self._runner.process(exchange)
-                self._log_result(result, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._log_result(result, elapsed)
+                metrics.message_done(self.name, result.status.value, elapsed)
                 record_recipients(result.entry, ledger)
                 if scope and result.entry is not None:
                     result.entry.custom_property(SOURCE_PROPERTY, f"{scope} {key}")
@@ -238,6 +241,7 @@ class FlowInstance:
                 return Verdict(False, retry_at=retry_at, error=error)
         mark_dead(result.entry, result, dead, attempt)
         self.status.dead_lettered += 1
+        metrics.dead_letter()
         self._log.warning("message dead-lettered", place=dead.describe(), attempts=attempt)
         return Verdict(
             False,

@@ -225,8 +225,9 @@ def test_mime_settings() -> None:
         "quoted-printable",
     )
     default = only_flow(flow()).receivers[0]
+    # issue 12: the default mirrors the mail read (text/plain for a plain-text mail)
     assert (default.body_type, default.charset, default.transfer_encoding) == (
-        "text/plain",
+        "auto",
         "utf-8",
         "auto",
     )

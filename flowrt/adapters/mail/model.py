@@ -146,6 +146,8 @@ class Receiver:
     encrypt: SmimeSpec | None
     pos: Pos
     positions: Mapping[str, Pos]
+    html: Template | None = None  # None: the mail's HTML alternative (see mime/content.py)
+    attach_original: bool = False
 
     def describe(self) -> str:
         return f"{self.adapter} smtp {self.name} {self.connection.address}"

@@ -128,7 +128,7 @@ SETTINGS = (
     SettingSpec(
         "attachments",
         "keep | drop",
-        "Keep the mail's attachments or drop them.",
+        "Keep the mail's attachments or drop them (the inline parts its HTML shows stay).",
         _keep_drop,
         default="keep",
     ),
