@@ -132,7 +132,11 @@ def dead_letter_exchange(exchange: Exchange, result: Result, attempt: int) -> Ex
     dead.content_type = "text/plain"
     raw = exchange.properties.get(SOURCE_RAW)
     if isinstance(raw, bytes):
+        # for a receiver with `attachments from-message`; one with `attachments original`
+        # attaches ``original`` (set when the sender read the mail)
         dead.attachments.append(Attachment("original.eml", "message/rfc822", raw))
+        if dead.original is None:
+            dead.original = raw
     dead.properties[DEAD_LETTER] = "receiver"
     return dead
 
