@@ -11,11 +11,12 @@ import email
 import email.policy
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from flowrt.mpl.store import MplStore
 from flowrt.runtime.state import StateDB
@@ -60,6 +61,15 @@ FLOW = """flow ends {{
 GOOD = ("a@example.com", "c@example.com")
 ALL = "a@example.com, b@example.com, c@example.com"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """`flowrt run --once` in process points structlog at the CLI runner's stream; the
+    tests after these must find it as it was."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture
