@@ -54,6 +54,7 @@ def cli(ctx: click.Context, tenant_dir: str | None) -> None:
 def _register() -> None:
     # Each command group lives in its own module; the import order is the help order.
     from flowrt.cli import (
+        check,
         connector,
         credentials,
         deadletter,
@@ -65,6 +66,7 @@ def _register() -> None:
         monitor,
         mpl,
         notify,
+        params,
         run,
         simulate,
         test,
@@ -75,8 +77,10 @@ def _register() -> None:
         init,
         validate,
         simulate,
+        check,
         test,
         deploy,
+        params,
         run,
         keystore,
         credentials,

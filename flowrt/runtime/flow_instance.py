@@ -107,7 +107,7 @@ class FlowInstance:
             adapters=self._adapters,
             security=self._security,
             version=str(self.deployment.version),
-            folder=Path(self.deployment.file).parent,
+            folder=self.deployment.scripts_dir or Path(self.deployment.file).parent,
         )
         self._receivers = wired.deliveries
         self._runner = wired.runner
