@@ -15,7 +15,7 @@ import click
 
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
-from flowrt.errors import MplError, UsageError
+from flowrt.errors import MplError, NotFoundError
 from flowrt.mpl._time import iso
 from flowrt.mpl.model import MplEntry
 from flowrt.mpl.store import MplStore
@@ -87,22 +87,22 @@ def replay(cli: CliContext, message_id: str) -> None:
         entry = store.get(message_id)
         place = _first(entry, DEAD_LETTER)
         if not place:
-            raise UsageError(
+            raise NotFoundError(
                 f"message {entry.message_id} is not a dead letter (status {entry.status})",
                 hint="see `flowrt deadletter list`",
             )
         if _first(entry, "replayed"):
-            raise UsageError(
+            raise MplError(
                 f"dead letter {entry.message_id} was replayed already "
                 f"({_first(entry, 'replayed')})",
                 hint="its new attempt has an MPL entry of its own; see `flowrt mpl list`",
             )
         scope, _, key = _first(entry, SOURCE_PROPERTY).partition(" ")
         if not key:
-            raise UsageError(f"dead letter {entry.message_id} does not name its mailbox")
+            raise MplError(f"dead letter {entry.message_id} does not name its mailbox")
         if place.startswith(("delete", "folder")):
             where = "was deleted" if place.startswith("delete") else f"was moved ({place})"
-            raise UsageError(
+            raise MplError(
                 f"dead letter {entry.message_id} {where}: flowrt cannot put it back",
                 hint="move the mail back into the flow's folder by hand: it is a new mail "
                 "there and is handed over again",
