@@ -119,6 +119,10 @@ def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: s
                 click.echo(str(row["chain"]))
             if row["hint"]:
                 click.echo(f"hint: {row['hint']}")
+        if row["warning"]:
+            click.echo(f"warning: flow {row['flow']}: {row['warning']}")
+    if any(row["dead_letters"] for row in rows):
+        click.echo("dead letters: see `flowrt deadletter list`")
     if locks:
         click.echo()
         print_table(

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from flowrt.errors import NotFoundError
+from flowrt.mpl.store import MplStore
 from flowrt.poll_failures import PollFailure
 from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.state import LockInfo, StateDB
@@ -16,7 +17,16 @@ from flowrt.tenant import Tenant
 
 __all__ = ["StatusReport", "poll_failures_report", "status_report"]
 
-FLOW_COLUMNS = ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
+FLOW_COLUMNS = [
+    "flow",
+    "version",
+    "state",
+    "last_poll",
+    "completed",
+    "failed",
+    "dead_letters",
+    "last_error",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,7 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
             f"no deployed flow named {name!r}",
             hint=f"see `flowrt status` (deployed flows: {known})",
         )
+    dead = _dead_letters(tenant)
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:
@@ -72,9 +83,11 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "last_poll": flow.last_poll if flow else "",
                 "completed": flow.completed if flow else 0,
                 "failed": flow.failed if flow else 0,
+                "dead_letters": dead.get(deployment.name, 0),
                 "last_error": (flow.reason or flow.last_error) if flow else "",
                 "hint": flow.last_hint if flow and flow.last_error else "",
                 "chain": "",
+                "warning": flow.warning if flow else "",
             }
         )
     state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
@@ -105,3 +118,11 @@ def poll_failures_report(
         return []
     with StateDB.open(tenant, create=False) as state_db:
         return state_db.poll_failures(name, limit=limit)
+
+
+def _dead_letters(tenant: Tenant) -> dict[str, int]:
+    """Dead letters not replayed, by flow (``flowrt deadletter list`` has them)."""
+    if not tenant.mpl_path.exists():
+        return {}
+    with MplStore(tenant.mpl_path, create=False) as store:
+        return store.dead_letter_counts()

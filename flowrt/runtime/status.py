@@ -47,6 +47,8 @@ class FlowStatus:
     last_error: str = ""
     last_hint: str = ""  # what to do about last_error
     consecutive_failures: int = 0
+    dead_lettered: int = 0
+    warning: str = ""  # e.g. the mailbox cannot be claimed against other runtimes
     updated: str = dataclasses.field(default_factory=now_iso)
 
 
