@@ -17,7 +17,18 @@ from flowrt.runtime.status import read_status
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Poll each deployed flow once, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Poll every deployed flow once now, whatever its schedule, then exit.",
+)
+@click.option(
+    "--due",
+    is_flag=True,
+    help="With --once: poll only the flows whose schedule (every, daily at, cron) has a run "
+    "due since their last poll recorded in the state DB; idle flows and flows whose last "
+    "poll failed are always due. For a cron job or timer that runs flowrt every few minutes.",
+)
 @click.option(
     "--grace",
     default="30s",
@@ -33,18 +44,20 @@ from flowrt.runtime.status import read_status
     help="auto: JSON lines unless stderr is a terminal.",
 )
 @pass_cli
-def run(cli: CliContext, once: bool, grace: str, log_format: str) -> None:
+def run(cli: CliContext, once: bool, due: bool, grace: str, log_format: str) -> None:
     """Run every deployed flow in the foreground, picking up deploys as they happen."""
     from flowrt import logs
     from flowrt.runtime.process import Runtime
 
+    if due and not once:
+        raise UsageError("--due needs --once (a running runtime follows every schedule itself)")
     grace_time = parse_duration(grace)
     if grace_time is None:
         raise UsageError(f"--grace: bad duration {grace!r} (e.g. 30s)")
     tenant = cli.tenant
     logs.configure(json=None if log_format == "auto" else log_format == "json")
     runtime = Runtime(tenant, grace=grace_time.total_seconds())
-    code = asyncio.run(runtime.run(once=once))
+    code = asyncio.run(runtime.run(once=once, due=due))
     raise SystemExit(code)
 
 

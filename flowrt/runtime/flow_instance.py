@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
-from flowrt.runtime.schedule import run_on_schedule
+from flowrt.runtime.schedule import is_due, run_on_schedule
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
@@ -111,6 +112,13 @@ class FlowInstance:
         if self._poller is None or self._task is not None:
             return
         self._task = asyncio.ensure_future(run_on_schedule(self._poller, self._stop))
+
+    def due(self, now: dt.datetime) -> bool:
+        """Whether the flow's schedule has a run due since its last recorded poll."""
+        if self._poller is None:
+            return False
+        health = self._poller.health
+        return is_due(self._poller.schedule, health.last_poll, health.consecutive_failures, now)
 
     async def poll_once(self) -> object | None:
         if self._poller is None:

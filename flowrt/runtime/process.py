@@ -8,13 +8,16 @@
 - SIGTERM or Ctrl-C: polling stops, the mail in hand may finish within the grace period,
   what is still unfinished then is handed back (left unmarked in the mailbox, ABANDONED in
   the MPL), and the process exits.
-- ``once``: one poll of each flow, then exit (for cron and tests).
+- ``once``: one poll of each flow now, then exit (for tests and by hand); with ``due``
+  only the flows whose schedule has a run due since their last recorded poll (for a cron
+  job or systemd timer that starts the runtime every few minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import socket
@@ -66,15 +69,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ entry points
 
-    async def run(self, *, once: bool = False) -> int:
-        """Run until stopped (or one poll each with ``once``); the exit code."""
+    async def run(self, *, once: bool = False, due: bool = False) -> int:
+        """Run until stopped (or one poll each with ``once``, only of the flows whose
+        schedule is due with ``due``); the exit code."""
         self._lock.acquire()
         try:
             self._open()
             try:
                 self._install_signals()
                 if once:
-                    return await self._run_once()
+                    return await self._run_once(due=due)
                 await self._serve()
                 return 0
             finally:
@@ -102,12 +106,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ modes
 
-    async def _run_once(self) -> int:
+    async def _run_once(self, *, due: bool) -> int:
         failures = 0
+        now = dt.datetime.now(dt.UTC)
         for deployment in self.deployments.all():
             instance = self._instance(deployment)
             if not instance.start():
                 failures += 1
+                continue
+            if due and not instance.due(now):
+                _log.info("poll not due", flow=instance.name)
+                self._write_status()
                 continue
             result = await instance.poll_once()
             if result is None or instance.status.failed:
