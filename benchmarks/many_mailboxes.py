@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -472,7 +473,9 @@ def bare_idle(
     proc.stdin.write(json.dumps([[a, p] for a, p, _ in boxes]))
     proc.stdin.close()
     try:
-        proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], 600)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare IDLE reference did not connect every mailbox")
         yield proc
     finally:
         proc.kill()
@@ -506,7 +509,8 @@ def main() -> None:
         for i in range(n)
     ]
     one = [(f"ref@{DOMAIN}", f"pw-ref-{os.urandom(4).hex()}", "idle")]
-    dovecot = ManyUserDovecot(n + 50, ca=ca, cert=cert, users={}, workdir=work / "dovecot")
+    # the runtime's sessions and the bare reference's, side by side
+    dovecot = ManyUserDovecot(2 * n + 100, ca=ca, cert=cert, users={}, workdir=work / "dovecot")
     dovecot.add_users({a: p for a, p, _ in boxes + one})
     sink = Sink(work / "sink")
     runtimes: list[Runtime] = []
