@@ -107,11 +107,14 @@ class FlowInstance:
             flow.sender, self._security, self.handle, self._state, name=flow.name
         )
 
-    def run(self) -> None:
-        """Start polling on the flow's schedule (in the background)."""
+    def run(self, *, start_after: float = 0.0) -> None:
+        """Start polling on the flow's schedule (in the background), the first poll or
+        session after ``start_after`` seconds."""
         if self._poller is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(run_on_schedule(self._poller, self._stop))
+        self._task = asyncio.ensure_future(
+            run_on_schedule(self._poller, self._stop, start_after=start_after)
+        )
 
     def due(self, now: dt.datetime) -> bool:
         """Whether the flow's schedule has a run due since its last recorded poll."""

@@ -8,6 +8,10 @@
 - SIGTERM or Ctrl-C: polling stops, the mail in hand may finish within the grace period,
   what is still unfinished then is handed back (left unmarked in the mailbox, ABANDONED in
   the MPL), and the process exits.
+- Flows that start together (a runtime starting with hundreds of deployed flows) open their
+  first connections at most :data:`START_RATE` a second: a thousand TLS logins at once
+  overwhelm the mail server's login processes and the runtime's own event loop (a quarter of
+  them timed out waiting for the greeting in ``benchmarks/many_mailboxes.py``).
 - ``once``: one poll of each flow now, then exit (for tests and by hand); with ``due``
   only the flows whose schedule has a run due since their last recorded poll (for a cron
   job or systemd timer that starts the runtime every few minutes).
@@ -45,6 +49,7 @@ from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 
 WATCH_INTERVAL = 0.2
+START_RATE = 40.0  # flows per second whose first connection opens, when many start at once
 PURGE_INTERVAL = 3600.0
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -148,6 +153,7 @@ class Runtime:
 
     async def _reconcile(self) -> None:
         wanted = {d.name: d for d in self.deployments.all()}
+        starting = 0
         for name in [n for n in self.instances if n not in wanted]:
             _log.info("undeploying", flow=name)
             await self.instances.pop(name).stop(self.grace)
@@ -163,7 +169,8 @@ class Runtime:
                 await current.stop(self.grace)
             instance = self._instance(deployment)
             if instance.start():
-                instance.run()
+                instance.run(start_after=starting / START_RATE)
+                starting += 1
         self._dirty = True
 
     def _instance(self, deployment: Deployment) -> FlowInstance:

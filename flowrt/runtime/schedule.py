@@ -52,13 +52,20 @@ class Backoff:
 
 
 async def run_on_schedule(
-    source: Source, stop: asyncio.Event | None = None, *, backoff: Backoff | None = None
+    source: Source,
+    stop: asyncio.Event | None = None,
+    *,
+    backoff: Backoff | None = None,
+    start_after: float = 0.0,
 ) -> None:
-    """Poll as the source's schedule says until ``stop`` is set (or cancelled). Failures
-    are the source's to record (its health); they are retried with backoff, never raised."""
+    """Poll as the source's schedule says until ``stop`` is set (or cancelled), the first
+    time after ``start_after`` seconds. Failures are the source's to record (its health);
+    they are retried with backoff, never raised."""
     stop = stop or asyncio.Event()
     backoff = backoff or Backoff()
     schedule = source.schedule
+    if start_after > 0 and await sleep_unless_stopped(stop, start_after):
+        return
     phase = _phase(schedule)
     while not stop.is_set():
         try:

@@ -97,3 +97,22 @@ async def test_every_flows_poll_at_start_then_spread_over_the_interval(
     assert all(0 <= w <= 60 for w in waits)
     assert max(waits) - min(waits) > 30
     assert len({round(w) for w in waits}) > 20
+
+
+async def test_a_staggered_start_waits_and_a_stop_during_the_wait_polls_nothing() -> None:
+    waiting = _Source(PollEvery(dt.timedelta(minutes=1)))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(run_on_schedule(waiting, stop, start_after=30))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 1)
+    assert waiting.polls == 0
+
+    prompt = _Source(PollEvery(dt.timedelta(minutes=1)))
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(run_on_schedule(prompt, stop, start_after=0.01))
+    while not prompt.polls:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 1)
+    assert prompt.polls == 1
