@@ -111,7 +111,9 @@ async def test_a_staggered_start_waits_and_a_stop_during_the_wait_polls_nothing(
     prompt = _Source(PollEvery(dt.timedelta(minutes=1)))
     stop = asyncio.Event()
     task = asyncio.ensure_future(run_on_schedule(prompt, stop, start_after=0.01))
-    while not prompt.polls:
+    for _ in range(200):  # bounded: at most 2 s
+        if prompt.polls:
+            break
         await asyncio.sleep(0.01)
     stop.set()
     await asyncio.wait_for(task, 1)
