@@ -54,6 +54,7 @@ def cli(ctx: click.Context, tenant_dir: str | None) -> None:
 def _register() -> None:
     # Each command group lives in its own module; the import order is the help order.
     from flowrt.cli import (
+        check,
         connector,
         credentials,
         deploy,
@@ -61,8 +62,10 @@ def _register() -> None:
         keystore,
         locations,
         locks,
+        monitor,
         mpl,
         notify,
+        params,
         run,
         simulate,
         test,
@@ -73,8 +76,10 @@ def _register() -> None:
         init,
         validate,
         simulate,
+        check,
         test,
         deploy,
+        params,
         run,
         keystore,
         credentials,
@@ -82,6 +87,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        monitor,
         notify,
     ):
         for command in module.COMMANDS:

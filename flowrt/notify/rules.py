@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 
 from flowrt.errors import summary_of_levels
 from flowrt.mpl.model import MplEntry, MplStatus
 from flowrt.mpl.store import MplStore
 from flowrt.notify.config import NotifyConfig, Rule
-from flowrt.notify.store import NotifyStore
+from flowrt.notify.store import NotifyStore, iso
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, read_status
 from flowrt.security import TenantSecurity
@@ -52,10 +51,6 @@ class Event:
     hint: str = ""
     mpl_id: str = ""
     content: str = ""
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ago(seconds: float) -> str:
@@ -135,6 +130,11 @@ class Evaluator:
             self._mpl.close()
         if self._state is not None:
             self._state.close()
+
+    def prime(self) -> None:
+        """Set the MPL watermark now if this tenant never had one, so that what is logged
+        from here on (``run --once`` polls after this) counts as new, not as history."""
+        self._mpl_store()
 
     def evaluate(self, config: NotifyConfig) -> list[tuple[Rule, Event]]:
         now = self.clock()

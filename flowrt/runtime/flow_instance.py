@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery, Source
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
@@ -94,7 +95,7 @@ class FlowInstance:
             adapters=self._adapters,
             security=self._security,
             version=str(self.deployment.version),
-            folder=Path(self.deployment.file).parent,
+            folder=self.deployment.scripts_dir or Path(self.deployment.file).parent,
         )
         self._receivers = wired.deliveries
         self._runner = wired.runner
@@ -179,7 +180,9 @@ class FlowInstance:
             ):
                 started = time.monotonic()
                 result = await self._runner.process(exchange)
-                self._log_result(result, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._log_result(result, elapsed)
+                metrics.message_done(self.name, result.status.value, elapsed)
         finally:
             self._in_flight -= 1
         ok = result.status is MplStatus.COMPLETED

@@ -26,16 +26,18 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
 from flowrt.adapters.registry import Adapters
+from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
-from flowrt.notify.notifier import NotifierTask, start_notifier
 from flowrt.runtime.deployments import Deployment, Deployments
 from flowrt.runtime.flow_instance import FlowInstance
+from flowrt.runtime.monitor import Monitor
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import (
     ERROR,
@@ -48,6 +50,9 @@ from flowrt.runtime.status import (
 from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 
+if TYPE_CHECKING:
+    from flowrt.notify.notifier import Notifier, NotifierTask
+
 WATCH_INTERVAL = 0.2
 STATUS_GAP = 0.5  # at most two status writes a second for changes (plus the heartbeat)
 START_RATE = 40.0  # flows per second whose first connection opens, when many start at once
@@ -57,9 +62,17 @@ _log = structlog.get_logger("flowrt.runtime")
 
 
 class Runtime:
-    def __init__(self, tenant: Tenant, *, grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        tenant: Tenant,
+        *,
+        grace: float = 30.0,
+        http: str | None = None,
+        tls_alias: str | None = None,
+    ) -> None:
         self.tenant = tenant
         self.grace = grace
+        self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
         self.deployments = Deployments(tenant)
         self.instances: dict[str, FlowInstance] = {}
         self.stopping = asyncio.Event()
@@ -83,6 +96,7 @@ class Runtime:
             self._open()
             try:
                 self._install_signals()
+                await self._monitor.start(self._live_states, lambda: not self.stopping.is_set())
                 if once:
                     return await self._run_once(due=due)
                 await self._serve()
@@ -113,6 +127,7 @@ class Runtime:
     # ------------------------------------------------------------------ modes
 
     async def _run_once(self, *, due: bool) -> int:
+        notifier = self._open_notifier()
         failures = 0
         now = dt.datetime.now(dt.UTC)
         for deployment in self.deployments.all():
@@ -128,10 +143,35 @@ class Runtime:
             if result is None or instance.status.failed:
                 failures += 1
             self._write_status()
+        if notifier is not None:
+            # ``run --once`` from cron: one notifier cycle after the polls, so that the
+            # failures of this run (and due retries of earlier alerts) go out
+            try:
+                self.recorder.flush()  # the notifier reads what this run recorded
+                await notifier.run_once()
+            except Exception as exc:  # an alert that cannot go out must not fail the run
+                _log.warning("notifier cycle failed", error=str(exc))
+            finally:
+                await asyncio.to_thread(notifier.close)
         return 1 if failures else 0
+
+    def _open_notifier(self) -> Notifier | None:
+        # imported here: the notifier sends mail itself, and a runtime whose tenant sends
+        # no alerts should not load the SMTP adapter outside the seam
+        from flowrt.notify.notifier import Notifier
+
+        try:
+            notifier = Notifier(self.tenant, self.security)
+            notifier.prime()  # what this run logs is new, even on a tenant's first run
+        except FlowrtError as exc:
+            _log.warning("notifications off: the notification log cannot be opened", error=str(exc))
+            return None
+        return notifier
 
     async def _serve(self) -> None:
         _log.info("runtime started", tenant=str(self.tenant.root), pid=os.getpid())
+        from flowrt.notify.notifier import start_notifier  # see _open_notifier
+
         self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = 0.0
@@ -208,8 +248,12 @@ class Runtime:
         except OSError as exc:
             _log.warning("could not write the runtime status", error=str(exc))
 
+    def _live_states(self) -> dict[str, str]:
+        return {name: i.status.state for name, i in self.instances.items()}
+
     async def _shutdown(self) -> None:
         self._status.stopping = True
+        await self._monitor.stop()
         if self._notifier is not None:
             await self._notifier.stop()
         await asyncio.gather(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
@@ -58,7 +59,12 @@ def wire(
         deliveries = {r.name: adapters[r.adapter].delivery(r, security) for r in flow.receivers}
 
         async def deliver(name: str, exchange: Exchange) -> None:
-            await deliveries[name].deliver(exchange)
+            try:
+                await deliveries[name].deliver(exchange)
+            except Exception as exc:
+                metrics.send_done(flow.name, name, exc)
+                raise
+            metrics.send_done(flow.name, name)
 
     if not isinstance(recorder, MplRecorder):
         recorder = recorder(pipeline)
