@@ -177,16 +177,22 @@ class Runtime:
         last_beat = last_purge = 0.0
         while not self.stopping.is_set():
             current = self.deployments.generation()
-            if current != generation:
+            reconciled = current != generation
+            if reconciled:
                 generation = current
                 await self._reconcile()
             now = time.monotonic()
             if now - last_purge > PURGE_INTERVAL:
                 last_purge = now
                 await asyncio.to_thread(self._purge)
-            # a change is written within STATUS_GAP; with many flows polling, some flow
-            # changes on every tick, and each write serializes every flow
-            if (self._dirty and now - last_beat >= STATUS_GAP) or now - last_beat >= HEARTBEAT:
+            # a deploy's outcome (STARTED, or ERROR at start) is written at once, for
+            # `flowrt deploy` waiting on it; other changes within STATUS_GAP: with many flows
+            # polling, some flow changes on every tick, and each write serializes every flow
+            if (
+                reconciled
+                or (self._dirty and now - last_beat >= STATUS_GAP)
+                or now - last_beat >= HEARTBEAT
+            ):
                 for instance in self.instances.values():
                     instance.refresh()
                 self._write_status()
