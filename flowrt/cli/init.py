@@ -5,13 +5,15 @@ from __future__ import annotations
 import click
 
 from flowrt.cli._context import CliContext, pass_cli
+from flowrt.cli._output import format_option, print_json
 from flowrt.security.setup import init_tenant
 from flowrt.tenant import MASTER_KEY_ENV
 
 
 @click.command("init")
+@format_option
 @pass_cli
-def init(cli: CliContext) -> None:
+def init(cli: CliContext, fmt: str) -> None:
     """Create a tenant directory.
 
     Writes the master key, an empty keystore and an empty credential store.
@@ -23,6 +25,17 @@ def init(cli: CliContext) -> None:
     never reset.
     """
     result = init_tenant(cli.tenant_dir)
+    if fmt == "json":
+        print_json(
+            {
+                "tenant": str(result.tenant.root),
+                "master_key": None
+                if result.master_key_path is None
+                else str(result.master_key_path),
+                "master_key_from": "file" if result.master_key_path is not None else MASTER_KEY_ENV,
+            }
+        )
+        return
     click.echo(f"created tenant {result.tenant.root}")
     if result.master_key_path is not None:
         click.echo(

@@ -15,7 +15,7 @@ import click
 
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError
 from flowrt.runtime.state import LockInfo, StateDB
 
 
@@ -78,7 +78,7 @@ def release(cli: CliContext, key: str) -> None:
                 existing = state.locks()
     if removed is None:
         known = ", ".join(lock.key for lock in existing[:5]) or "none"
-        raise UsageError(
+        raise NotFoundError(
             f"no lock named {key!r}",
             hint=f"see `flowrt locks list` (locks now: {known})",
         )

@@ -6,6 +6,7 @@ import asyncio
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
@@ -85,7 +86,7 @@ def run(
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_flow_names)
 @format_option
 @pass_cli
 def status(cli: CliContext, name: str | None, fmt: str) -> None:

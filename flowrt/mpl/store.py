@@ -58,7 +58,7 @@ _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step"
+    "log_start, log_end, simulation, failed_step, subject, mail_from"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
@@ -286,14 +286,19 @@ class MplStore:
         message_id: str | None = None,
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = DEFAULT_LIMIT,
+        simulation: bool | None = None,
     ) -> list[MplSummary]:
         """Entries matching every given filter, newest (by log start) first.
 
         ``message_id`` matches as a prefix (a full ID is its own prefix); ``properties``
         are ``(name, value)`` pairs that must all be present; ``since``/``until`` bound the
-        log start (inclusive). ``limit=None`` means no limit.
+        log start (inclusive). ``limit=None`` means no limit. ``simulation`` True keeps only
+        entries of `flowrt simulate`, False only real ones, None both.
         """
         where, args = _filters(flow, status, since, until, message_id, properties)
+        if simulation is not None:
+            where.append("simulation = ?")
+            args.append(1 if simulation else 0)
         sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -323,14 +328,15 @@ class MplStore:
         Keyset pagination: the cursor names the last entry shown (its log start and row id),
         and the next page starts below it through the same index the first page used, so a
         page deep in 10^6 entries costs what the first one does (an OFFSET would walk every
-        row before it). ``text`` is a case-insensitive substring of the correlation or
-        application ID; it is not indexed, so alone it scans until a page is full.
+        row before it). ``text`` is a case-insensitive substring of the subject, the sender
+        (From), the correlation or the application ID; it is not indexed, so alone it scans
+        until a page is full.
         """
         where, args = _filters(flow, status, since, until, message_id, properties)
         if text:
             pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(correlation_id LIKE ? ESCAPE '\\' OR application_id LIKE ? ESCAPE '\\')")
-            args += [pattern, pattern]
+            where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _TEXT_COLUMNS) + ")")
+            args += [pattern] * len(_TEXT_COLUMNS)
         if after is not None:
             start, row_id = _parse_cursor(after)
             where.append("(log_start < ? OR (log_start = ? AND id < ?))")
@@ -447,6 +453,8 @@ class MplStore:
             log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
             log_level=LogLevel(values["log_level"]),
             simulation=bool(values["simulation"]),
+            subject=values["subject"],
+            mail_from=values["mail_from"],
             custom_properties={k: tuple(v) for k, v in props.items()},
             error=error,
             filter_note=values["filter_note"],
@@ -524,6 +532,16 @@ class MplStore:
             removed += len(rows)
             if len(rows) < batch_size:
                 return removed
+
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many entries :meth:`purge` would remove now (for ``--dry-run``)."""
+        with self._guard("count") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM entries "
+                "WHERE log_start < ?1 AND (log_end < ?1 OR log_end IS NULL)",
+                (to_epoch(older_than),),
+            ).fetchone()
+        return int(row[0])
 
     def retention(self) -> timedelta:
         """How long entries are kept by :meth:`purge_expired` (default 30 days)."""
@@ -610,6 +628,10 @@ def _filters(
     return where, args
 
 
+#: what the monitor's text filter searches
+_TEXT_COLUMNS = ("subject", "mail_from", "correlation_id", "application_id")
+
+
 def _parse_cursor(cursor: str) -> tuple[float, int]:
     """``LOG_START:ROW_ID`` as :meth:`MplStore.page` made it; MplError when it is not."""
     start, sep, row_id = cursor.rpartition(":")
@@ -636,6 +658,8 @@ def _summary(row: Sequence[Any]) -> MplSummary:
         log_end=None if row[8] is None else from_epoch(row[8]),
         simulation=bool(row[9]),
         failed_step=row[10],
+        subject=row[11],
+        mail_from=row[12],
     )
 
 
