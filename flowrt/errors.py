@@ -115,6 +115,11 @@ class TenantError(FlowrtError):
     """The tenant directory is missing, unreadable, read-only or locked."""
 
 
+class StoreError(TenantError):
+    """The tenant's shared store (PostgreSQL) is unreachable, refuses us, or has another
+    schema or another tenant's data."""
+
+
 class SecurityError(FlowrtError):
     """Keystore, credential store or master key."""
 

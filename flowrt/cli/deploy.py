@@ -11,10 +11,10 @@ from flowrt.dsl import ParseResult, parse_file
 from flowrt.dsl.diagnostics import render_all
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import FlowError, UsageError
-from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.references import check_references
 from flowrt.runtime.status import ERROR, STARTED, read_status
 from flowrt.security import TenantSecurity
+from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
 
 
@@ -62,8 +62,11 @@ def deploy(cli: CliContext, files: tuple[str, ...], wait_for: str) -> None:
         sources = {r.file: r.source for r in results}
         click.echo(render_all(missing, sources), err=True)
         raise FlowError("nothing was deployed: the tenant lacks what the flows above name")
-    store = Deployments(tenant)
-    outcomes = [store.deploy(flow) for result in results for flow in result.flows]
+    store = open_deployments(tenant)
+    try:
+        outcomes = [store.deploy(flow) for result in results for flow in result.flows]
+    finally:
+        store.close()
     for outcome in outcomes:
         if outcome.changed:
             click.echo(f"deployed {outcome.name} version {outcome.version}")
@@ -115,7 +118,11 @@ def _await_runtime(tenant: Tenant, expected: dict[str, int], timeout: float) -> 
 @pass_cli
 def undeploy(cli: CliContext, name: str) -> None:
     """Stop and remove a deployed flow (its version history stays in the tenant)."""
-    removed = Deployments(cli.tenant).undeploy(name)
+    store = open_deployments(cli.tenant)
+    try:
+        removed = store.undeploy(name)
+    finally:
+        store.close()
     click.echo(f"undeployed {name} (was version {removed.version})")
 
 

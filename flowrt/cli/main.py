@@ -65,12 +65,14 @@ def _register() -> None:
         notify,
         run,
         simulate,
+        store,
         test,
         validate,
     )
 
     for module in (
         init,
+        store,
         validate,
         simulate,
         test,

@@ -28,7 +28,7 @@ from flowrt.dsl import Flow, parse_text
 from flowrt.errors import FlowError, TenantError
 from flowrt.tenant import Tenant
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +64,19 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def flow_digest(flow: Flow) -> str:
+    """What tells a changed deployment from an unchanged one (both store backends)."""
+    return _sha256(flow.source + "\0" + flow.name)
+
+
 class Deployments:
     """The deployed flows of one tenant."""
 
     def __init__(self, tenant: Tenant) -> None:
         self.root = tenant.root / "deployed"
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def _meta(self, name: str) -> Path:
         return self.root / f"{name}.json"
@@ -118,10 +126,10 @@ class Deployments:
 
     def deploy(self, flow: Flow) -> DeployOutcome:
         """Store ``flow`` (its whole file text) as the next version; unchanged -> no-op."""
-        if not _NAME.fullmatch(flow.name):
+        if not NAME_PATTERN.fullmatch(flow.name):
             raise FlowError(f"flow name {flow.name!r} cannot be deployed")
         self._ensure()
-        digest = _sha256(flow.source + "\0" + flow.name)
+        digest = flow_digest(flow)
         current = self.get(flow.name)
         if current is not None and current.sha256 == digest:
             return DeployOutcome(flow.name, current.version, changed=False)

@@ -16,7 +16,7 @@ import structlog
 
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
 from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
-from flowrt.adapters.mail.sender.poller import MailPoller, PollResult
+from flowrt.adapters.mail.sender.poller import LOCK_TTL, MailPoller, PollResult
 from flowrt.adapters.mail.smtp.pool import SmtpPool
 from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.dsl.model import Flow
@@ -27,9 +27,9 @@ from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
-from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.security import TenantSecurity
+from flowrt.store.api import StateBackend
 
 _log = structlog.get_logger("flowrt.runtime")
 
@@ -43,10 +43,12 @@ class FlowInstance:
         *,
         security: TenantSecurity,
         recorder: MplRecorder,
-        state: StateDB,
+        state: StateBackend,
         pool: SmtpPool,
         tokens: OAuth2Tokens,
         on_change: Callable[[], None] = lambda: None,
+        owner: str | None = None,
+        lock_ttl: float | None = None,
     ) -> None:
         self.deployment = deployment
         self.status = FlowStatus(deployment.name, deployment.version)
@@ -56,6 +58,8 @@ class FlowInstance:
         self._pool = pool
         self._tokens = tokens
         self._on_change = on_change
+        self._owner = owner
+        self._lock_ttl = lock_ttl
         self._receivers: dict[str, SmtpReceiver] = {}
         self._poller: MailPoller | None = None
         self._runner: Runner | None = None
@@ -113,6 +117,8 @@ class FlowInstance:
             self.handle,
             self._state,
             name=f"{flow.name}:{flow.sender.protocol}",
+            owner=self._owner,
+            lock_ttl=LOCK_TTL if self._lock_ttl is None else self._lock_ttl,
         )
 
     def run(self) -> None:

@@ -1,6 +1,9 @@
 """The runtime process (``flowrt run``): every deployed flow, kept in step with deployments.
 
 - One runtime per tenant (an exclusive lock); a second one refuses to start and says why.
+  With a PostgreSQL store, one runtime per *node name* instead (``flowrt run --node NAME``):
+  several nodes share the tenant, each mailbox polled by one of them at a time (its lease),
+  and each node reports its status into the store's node registry.
 - Deploys and undeploys are picked up within a second: the deployments' generation counter
   is checked every :data:`WATCH_INTERVAL`. A new version replaces the old one after the old
   one finished the mail in hand (the mailbox lock keeps the two from polling together).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,13 +28,13 @@ import structlog
 
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
 from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
-from flowrt.mpl.store import MplStore
 from flowrt.notify.notifier import NotifierTask, start_notifier
-from flowrt.runtime.deployments import Deployment, Deployments
+from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
-from flowrt.runtime.state import StateDB
+from flowrt.runtime.state import default_owner
 from flowrt.runtime.status import (
     ERROR,
     HEARTBEAT,
@@ -40,6 +44,8 @@ from flowrt.runtime.status import (
     write_status,
 )
 from flowrt.security import TenantSecurity
+from flowrt.store import MplBackend, StateBackend, is_shared, open_deployments, open_mpl, open_state
+from flowrt.store.pg.state import PgStateDB
 from flowrt.tenant import Tenant
 
 WATCH_INTERVAL = 0.2
@@ -49,13 +55,22 @@ _log = structlog.get_logger("flowrt.runtime")
 
 
 class Runtime:
-    def __init__(self, tenant: Tenant, *, grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        tenant: Tenant,
+        *,
+        grace: float = 30.0,
+        node: str | None = None,
+        lease: float | None = None,
+    ) -> None:
         self.tenant = tenant
         self.grace = grace
-        self.deployments = Deployments(tenant)
+        self.shared = is_shared(tenant)
+        self.node = node or (socket.gethostname() if self.shared else None)
+        self.lease = lease
         self.instances: dict[str, FlowInstance] = {}
         self.stopping = asyncio.Event()
-        self._lock = RuntimeLock(tenant)
+        self._lock = RuntimeLock(tenant, node=self.node if self.shared else None)
         self._status = RuntimeStatus(
             pid=os.getpid(),
             host=socket.gethostname(),
@@ -85,8 +100,14 @@ class Runtime:
 
     def _open(self) -> None:
         self.security = TenantSecurity.open(self.tenant)
-        self.state = StateDB.open(self.tenant)
-        self.store = MplStore(self.tenant.mpl_path)
+        state = open_state(self.tenant)
+        store = open_mpl(self.tenant)
+        assert state is not None and store is not None  # create=True opens or raises
+        self.state: StateBackend = state
+        self.store: MplBackend = store
+        self.deployments = open_deployments(self.tenant)
+        if self.node is not None and isinstance(self.state, PgStateDB):
+            self.state.register_node(self.node)
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
         self.pool = SmtpPool()
         self.tokens = OAuth2Tokens()
@@ -123,10 +144,13 @@ class Runtime:
         generation = -1
         last_beat = last_purge = 0.0
         while not self.stopping.is_set():
-            current = self.deployments.generation()
-            if current != generation:
-                generation = current
-                await self._reconcile()
+            try:
+                current = self.deployments.generation()
+                if current != generation:
+                    await self._reconcile()
+                    generation = current
+            except FlowrtError as exc:  # the store is away for a moment: the flows go on
+                _log.warning("cannot read the deployments", error=str(exc), hint=exc.hint)
             now = time.monotonic()
             if now - last_purge > PURGE_INTERVAL:
                 last_purge = now
@@ -168,6 +192,8 @@ class Runtime:
             pool=self.pool,
             tokens=self.tokens,
             on_change=self._changed,
+            owner=None if self.node is None else f"{self.node}/{default_owner()}",
+            lock_ttl=self.lease,
         )
         self.instances[deployment.name] = instance
         self._status.flows[deployment.name] = instance.status
@@ -187,6 +213,14 @@ class Runtime:
 
     def _write_status(self) -> None:
         self._dirty = False
+        if self.node is not None and isinstance(self.state, PgStateDB):
+            try:
+                self.state.node_heartbeat(
+                    self.node, json.loads(self._status.to_json()), stopped=self._status.stopping
+                )
+            except FlowrtError as exc:
+                _log.warning("could not write the node status", error=str(exc))
+            return
         try:
             write_status(self.tenant, self._status)
         except OSError as exc:
@@ -203,7 +237,8 @@ class Runtime:
             await self.pool.aclose()
         self.recorder.close()
         self.store.close()
-        self.state.close()
         self._write_status()
+        self.state.close()
+        self.deployments.close()
         errors = [i.name for i in self.instances.values() if i.status.state == ERROR]
         _log.info("runtime stopped", flows_in_error=errors)

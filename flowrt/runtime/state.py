@@ -39,6 +39,8 @@ from flowrt.errors import TenantError
 from flowrt.tenant import Tenant
 
 __all__ = [
+    "Fence",
+    "LeaseLost",
     "LockInfo",
     "MailRecord",
     "PollerHealth",
@@ -124,12 +126,41 @@ class LockInfo:
     acquired: float
     renewed: float
     expires: float
+    epoch: int = 0  # grows with every new holder (PostgreSQL store); 0 in SQLite
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.key, self.owner, self.epoch)
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires
 
     def describe(self) -> str:
         return f"{self.owner} (pid {self.pid} on {self.host})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """The lease a state write is made under: the write is refused (LeaseLost) unless this
+    owner still holds an unexpired lease ``key`` of this ``epoch``. That is what keeps a
+    paused or partitioned poller, whose lease another node took meanwhile, from writing a
+    final state for a mail the other node now owns."""
+
+    key: str
+    owner: str
+    epoch: int = 0
+
+
+class LeaseLost(TenantError):
+    """A fenced state write found that the lease is no longer ours."""
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(
+            f"the lease {fence.key} is no longer held by {fence.owner}; the write was refused",
+            hint="another runtime node took the mailbox over (the lease expired or was "
+            "released); it processes the mail",
+        )
+        self.fence = fence
 
 
 @dataclasses.dataclass
@@ -285,11 +316,13 @@ class StateDB:
         generation: str = "",
         message_id: str = "",
         action: str = "",
+        fence: Fence | None = None,
     ) -> None:
         """The flow finished with this mail. Committed before returning: this is what stops a
         resend when the process dies before the mailbox was changed."""
         now = time.time()
         with self._transaction("write a mail record") as conn:
+            _check_fence(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
                 "attempts, action, post_processed, created, updated) "
@@ -309,11 +342,13 @@ class StateDB:
         error: str,
         generation: str = "",
         message_id: str = "",
+        fence: Fence | None = None,
     ) -> int:
         """The flow failed with this mail (it stays in the mailbox as it was); returns how
         many times it has failed so far. A ``done`` record is never turned back."""
         now = time.time()
         with self._transaction("write a mail record") as conn:
+            _check_fence(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
                 "attempts, last_error, created, updated) "
@@ -329,10 +364,13 @@ class StateDB:
             ).fetchone()
         return int(row[0]) if row else 1
 
-    def mark_post_processed(self, mailbox: str, keys: Sequence[str]) -> None:
+    def mark_post_processed(
+        self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None
+    ) -> None:
         """The mailbox was changed for these mails (marked, deleted, moved, or kept)."""
         now = time.time()
         with self._transaction("update mail records") as conn:
+            _check_fence(conn, fence, now)
             for start in range(0, len(keys), _CHUNK):
                 chunk = list(keys[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
@@ -342,10 +380,11 @@ class StateDB:
                     (now, mailbox, *chunk),
                 )
 
-    def forget(self, mailbox: str, keys: Sequence[str]) -> int:
+    def forget(self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None) -> int:
         """Drop the records of ``keys`` (mails that are gone from the mailbox)."""
         removed = 0
         with self._transaction("delete mail records") as conn:
+            _check_fence(conn, fence, time.time())
             for start in range(0, len(keys), _CHUNK):
                 chunk = list(keys[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
@@ -397,7 +436,7 @@ class StateDB:
             ).fetchone()
             if row is not None:
                 holder = _lock(row)
-                if holder.owner != owner and not holder.expired(now) and not _dead(holder):
+                if holder.owner != owner and not holder.expired(now) and not dead_holder(holder):
                     return False, holder
             acquired = now
             if row is not None and _lock(row).owner == owner:
@@ -407,7 +446,7 @@ class StateDB:
             )
             conn.execute(
                 f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                dataclasses.astuple(lease),
+                dataclasses.astuple(lease)[:8],
             )
         return True, lease
 
@@ -421,6 +460,12 @@ class StateDB:
                 (now, now + ttl, key, owner),
             )
             return cursor.rowcount == 1
+
+    def check_fence(self, fence: Fence) -> None:
+        """LeaseLost unless ``fence`` is still the lease in force (before changing the
+        mailbox, which is outside any transaction)."""
+        with self._guard("check a lock") as conn:
+            _check_fence(conn, fence, time.time())
 
     def release_lock(self, key: str, owner: str) -> bool:
         with self._transaction("release a lock") as conn:
@@ -466,7 +511,7 @@ class StateDB:
 
 
 _RECORD_COLUMNS = ", ".join(f.name for f in dataclasses.fields(MailRecord))
-_LOCK_COLUMNS = ", ".join(f.name for f in dataclasses.fields(LockInfo))
+_LOCK_COLUMNS = ", ".join(f.name for f in dataclasses.fields(LockInfo) if f.name != "epoch")
 _HEALTH_COLUMNS = ", ".join(f.name for f in dataclasses.fields(PollerHealth))
 
 
@@ -480,7 +525,20 @@ def _lock(row: Sequence[Any]) -> LockInfo:
     return LockInfo(*row)
 
 
-def _dead(holder: LockInfo) -> bool:
+def _check_fence(conn: sqlite3.Connection, fence: Fence | None, now: float) -> None:
+    # In SQLite the owner ID (unique per poller) is the fencing token: a new holder has
+    # another owner, and an expired lease is not ours any more either.
+    if fence is None:
+        return
+    row = conn.execute(
+        "SELECT 1 FROM locks WHERE key = ? AND owner = ? AND expires > ?",
+        (fence.key, fence.owner, now),
+    ).fetchone()
+    if row is None:
+        raise LeaseLost(fence)
+
+
+def dead_holder(holder: LockInfo) -> bool:
     """Whether the holder is a process of this host that is gone."""
     if holder.host != socket.gethostname() or holder.pid == os.getpid() or holder.pid <= 0:
         return False

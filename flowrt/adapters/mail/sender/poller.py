@@ -35,6 +35,7 @@ import random
 import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -44,7 +45,10 @@ from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key,
 from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
-from flowrt.runtime.state import LockInfo, PollerHealth, StateDB, default_owner
+from flowrt.runtime.state import Fence, LeaseLost, LockInfo, PollerHealth, default_owner
+
+if TYPE_CHECKING:
+    from flowrt.store.api import StateBackend
 
 __all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
 
@@ -109,7 +113,7 @@ class MailPoller:
         sender: Sender,
         endpoint: MailEndpoint,
         handle: Handle,
-        state: StateDB,
+        state: StateBackend,
         *,
         name: str | None = None,
         owner: str | None = None,
@@ -132,6 +136,7 @@ class MailPoller:
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once
+        self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
 
@@ -225,14 +230,34 @@ class MailPoller:
                     result.lock_lost = True
                     self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
                     break
+        if finish and self._fence is not None:
+            # the mailbox is changed outside any transaction: make sure, right before, that
+            # no other node took the mailbox while this one was busy (or paused)
+            try:
+                self.state.check_fence(self._fence)
+            except LeaseLost:
+                self._lease_lost(result)
+                finish = []
         await mailbox.finish(finish)
         if finish:
-            self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
+            try:
+                self.state.mark_post_processed(
+                    mailbox.scope, [c.key for c in finish if c.key], fence=self._fence
+                )
+            except LeaseLost:  # taken over after the check: the records say "done" anyway
+                self._lease_lost(result)
             result.post_processed = len(finish)
         if state_error is not None:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
         return result
+
+    def _lease_lost(self, result: PollResult) -> None:
+        self._lost.set()
+        result.lock_lost = True
+        self._log.warning(
+            "lease taken over by another node; leaving the mailbox to it", lock=self.lock_key
+        )
 
     def _purge_now_and_then(self, scope: str) -> None:
         # once a day: records of mails that were marked, moved or deleted long ago (records
@@ -281,6 +306,7 @@ class MailPoller:
                 generation=mailbox.generation,
                 message_id=message_id,
                 action=self.sender.post_process.action,
+                fence=self._fence,
             )
             result.recovered += 1
             return True
@@ -288,13 +314,18 @@ class MailPoller:
         verdict, error = await self._hand_over(mailbox, candidate, raw, attempt)
         if not verdict:
             result.failed += 1
-            count = self.state.record_failure(
-                mailbox.scope,
-                candidate.key,
-                error=error,
-                generation=mailbox.generation,
-                message_id=message_id,
-            )
+            try:
+                count = self.state.record_failure(
+                    mailbox.scope,
+                    candidate.key,
+                    error=error,
+                    generation=mailbox.generation,
+                    message_id=message_id,
+                    fence=self._fence,
+                )
+            except LeaseLost:
+                self._lease_lost(result)
+                return False
             self._log.warning(
                 "mail not processed; left in the mailbox",
                 key=candidate.key,
@@ -310,7 +341,13 @@ class MailPoller:
                 generation=mailbox.generation,
                 message_id=message_id,
                 action=self.sender.post_process.action,
+                fence=self._fence,
             )
+        except LeaseLost:
+            # another node owns the mailbox now: it decides about this mail (it finds no
+            # record and hands the mail over again); this node must not change the mailbox
+            self._lease_lost(result)
+            return False
         except FlowrtError as exc:
             raise _RecordFailed(exc) from exc
         return True
@@ -339,7 +376,7 @@ class MailPoller:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
         gone = [key for key in self.state.keys(mailbox.scope) if key not in present]
         if gone:
-            self.state.forget(mailbox.scope, gone)
+            self.state.forget(mailbox.scope, gone, fence=self._fence)
 
     # ------------------------------------------------------------------ the schedule
 
@@ -424,6 +461,7 @@ class MailPoller:
         )
         if not taken:
             raise _Busy(holder)
+        self._fence = holder.fence
         self._lost.clear()
         renewer = asyncio.ensure_future(self._renew())
         try:

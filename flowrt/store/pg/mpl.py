@@ -1,0 +1,324 @@
+"""The MPL on PostgreSQL: the same methods, queries and filters as the SQLite
+:class:`~flowrt.mpl.store.MplStore`, for several nodes writing at once.
+
+Writes are ``executemany`` upserts, which psycopg sends in pipeline mode (one round trip per
+batch, not per row). Retention purges in batches of short transactions that take only rows
+no writer holds (``SKIP LOCKED``), so recording never waits for a purge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from flowrt.errors import MplError, StoreError
+from flowrt.mpl import _schema
+from flowrt.mpl._time import format_duration, to_epoch
+from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
+from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION, MIN_PREFIX, build_entry
+from flowrt.mpl.store import _summary as summary_of
+from flowrt.store.pg.connect import PgDatabase
+
+__all__ = ["PgMplStore"]
+
+_ID_MAX = "\U0010ffff"
+_RETENTION_KEY = "retention_seconds"
+_UNFINISHED = [MplStatus.PROCESSING.value, MplStatus.RETRY.value]
+_SUMMARY_COLUMNS = (
+    "id, message_id, correlation_id, application_id, flow, flow_version, status, "
+    "log_start, log_end, simulation, failed_step"
+)
+_ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
+_UPSERT = (
+    f"INSERT INTO mpl_entries ({_ENTRY_COLUMNS}) VALUES "
+    f"({', '.join(['%s'] * len(_schema.ENTRY_COLUMNS))}) ON CONFLICT (message_id) DO UPDATE SET "
+    + ", ".join(f"{col} = excluded.{col}" for col in _schema.ENTRY_COLUMNS[1:])
+)
+_PROPERTY = (
+    "INSERT INTO mpl_properties (message_id, seq, name, value) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (message_id, seq) DO UPDATE SET name = excluded.name, value = excluded.value"
+)
+_CONTENT = (
+    "INSERT INTO mpl_contents (message_id, run, step, headers, body, truncated, size) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (message_id, run, step) DO UPDATE SET "
+    "headers = excluded.headers, body = excluded.body, truncated = excluded.truncated, "
+    "size = excluded.size"
+)
+
+
+class PgMplStore:
+    """The MPL of a tenant whose store is PostgreSQL. ``db`` is owned (closed with us)."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self.db = db
+        self.path = db.shown  # what messages name as the MPL's place
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self.db.close()
+
+    def set_checkpointing(self, *, background: bool) -> None:
+        """Nothing to do: PostgreSQL checkpoints by itself."""
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints by itself."""
+
+    def __enter__(self) -> PgMplStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.db.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise MplError(
+                f"MPL database {self.path}: {action} failed: {_first_line(exc)}",
+                hint="is PostgreSQL running and reachable? Recording goes on once it is back",
+            ) from exc
+        except StoreError as exc:  # from the pool: the recorder retries MplErrors
+            raise MplError(exc.args[0] if exc.args else str(exc), hint=exc.hint) from exc
+
+    @property
+    def schema_version(self) -> int:
+        with self._guard("read schema version") as conn:
+            row = conn.execute(
+                "SELECT value FROM flowrt_meta WHERE name = 'schema_version'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ writing
+
+    def write_batch(
+        self,
+        entries: Sequence[Sequence[Any]],
+        properties: Sequence[Sequence[Any]] = (),
+        contents: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        """Upsert entry rows, property rows and content rows in one transaction."""
+        with self._guard("write") as conn, conn.transaction(), conn.cursor() as cur:
+            if entries:
+                cur.executemany(_UPSERT, entries)
+            if properties:
+                cur.executemany(_PROPERTY, properties)
+            if contents:
+                cur.executemany(_CONTENT, contents)
+
+    # ------------------------------------------------------------------ listing
+
+    def list_entries(
+        self,
+        *,
+        flow: str | None = None,
+        status: MplStatus | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        message_id: str | None = None,
+        properties: Iterable[tuple[str, str]] = (),
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[MplSummary]:
+        where: list[str] = []
+        args: list[Any] = []
+        if flow is not None:
+            where.append("flow = %s")
+            args.append(flow)
+        if status is not None:
+            where.append("status = %s")
+            args.append(MplStatus(status).value)
+        if since is not None:
+            where.append("log_start >= %s")
+            args.append(to_epoch(since))
+        if until is not None:
+            where.append("log_start <= %s")
+            args.append(to_epoch(until))
+        if message_id:
+            where.append("message_id >= %s AND message_id < %s")
+            args += [message_id, message_id + _ID_MAX]
+        for name, value in properties:
+            where.append(
+                "message_id IN (SELECT message_id FROM mpl_properties "
+                "WHERE name = %s AND value = %s)"
+            )
+            args += [name, value]
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY log_start DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        with self._guard("list") as conn:
+            return [summary_of(row) for row in conn.execute(sql.encode(), args)]
+
+    # ------------------------------------------------------------------ one entry
+
+    def find(self, message_id: str) -> MplEntry | None:
+        with self._guard("read entry") as conn:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM mpl_entries WHERE message_id = %s".encode(),
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            props = conn.execute(
+                "SELECT name, value FROM mpl_properties WHERE message_id = %s ORDER BY seq",
+                (message_id,),
+            ).fetchall()
+            contents = conn.execute(
+                "SELECT run, step, headers, body, truncated, size FROM mpl_contents "
+                "WHERE message_id = %s",
+                (message_id,),
+            ).fetchall()
+        return build_entry(row, props, contents)
+
+    def get(self, id_or_prefix: str) -> MplEntry:
+        entry = self.find(id_or_prefix)
+        if entry is not None:
+            return entry
+        if len(id_or_prefix) < MIN_PREFIX:
+            raise MplError(
+                f"no MPL entry with message ID {id_or_prefix!r}",
+                hint=f"give the full message ID or a prefix of at least {MIN_PREFIX} characters "
+                "(see `flowrt mpl list`)",
+            )
+        with self._guard("read entry") as conn:
+            ids = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT message_id FROM mpl_entries WHERE message_id >= %s AND "
+                    "message_id < %s ORDER BY message_id LIMIT 3",
+                    (id_or_prefix, id_or_prefix + _ID_MAX),
+                )
+            ]
+        if not ids:
+            raise MplError(
+                f"no MPL entry with message ID {id_or_prefix!r}",
+                hint="see `flowrt mpl list` for the IDs that are stored",
+            )
+        if len(ids) > 1:
+            shown = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
+            raise MplError(
+                f"message ID prefix {id_or_prefix!r} matches more than one entry ({shown})",
+                hint="give more characters of the message ID",
+            )
+        found = self.find(ids[0])
+        if found is None:
+            raise MplError(f"no MPL entry with message ID {id_or_prefix!r}")
+        return found
+
+    # ------------------------------------------------------------------ following (tail)
+
+    def last_row_id(self) -> int:
+        with self._guard("read") as conn:
+            row = conn.execute("SELECT coalesce(max(id), 0) FROM mpl_entries").fetchone()
+        return int(row[0]) if row else 0
+
+    def rows_after(
+        self, row_id: int, *, flow: str | None = None, limit: int = 1000
+    ) -> list[tuple[int, MplSummary]]:
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries WHERE id > %s"
+        args: list[Any] = [row_id]
+        if flow is not None:
+            sql += " AND flow = %s"
+            args.append(flow)
+        sql += " ORDER BY id LIMIT %s"
+        args.append(limit)
+        with self._guard("read") as conn:
+            return [(int(row[0]), summary_of(row)) for row in conn.execute(sql.encode(), args)]
+
+    def unfinished(self, *, flow: str | None = None) -> list[MplSummary]:
+        sql = f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries WHERE status = ANY(%s)"
+        args: list[Any] = [_UNFINISHED]
+        if flow is not None:
+            sql += " AND flow = %s"
+            args.append(flow)
+        with self._guard("read") as conn:
+            return [summary_of(row) for row in conn.execute(sql.encode(), args)]
+
+    def summaries(self, message_ids: Iterable[str]) -> dict[str, MplSummary]:
+        ids = list(message_ids)
+        found: dict[str, MplSummary] = {}
+        with self._guard("read") as conn:
+            for i in range(0, len(ids), 1000):
+                rows = conn.execute(
+                    f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries "
+                    "WHERE message_id = ANY(%s)".encode(),
+                    (ids[i : i + 1000],),
+                )
+                for row in rows:
+                    summary = summary_of(row)
+                    found[summary.message_id] = summary
+        return found
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, older_than: datetime, *, batch_size: int = 5000) -> int:
+        """Delete what ended (or started, never ending) before ``older_than``, ``batch_size``
+        entries per transaction; rows a writer holds are left for the next purge."""
+        cutoff = to_epoch(older_than)
+        removed = 0
+        while True:
+            with self._guard("purge") as conn, conn.transaction():
+                ids = [
+                    str(r[0])
+                    for r in conn.execute(
+                        "DELETE FROM mpl_entries WHERE id IN (SELECT id FROM mpl_entries "
+                        "WHERE log_start < %(c)s AND (log_end < %(c)s OR log_end IS NULL) "
+                        "LIMIT %(n)s FOR UPDATE SKIP LOCKED) RETURNING message_id",
+                        {"c": cutoff, "n": batch_size},
+                    )
+                ]
+                if ids:
+                    conn.execute("DELETE FROM mpl_properties WHERE message_id = ANY(%s)", (ids,))
+                    conn.execute("DELETE FROM mpl_contents WHERE message_id = ANY(%s)", (ids,))
+            removed += len(ids)
+            if len(ids) < batch_size:
+                return removed
+
+    def retention(self) -> timedelta:
+        stored = self.stored_retention()
+        return DEFAULT_RETENTION if stored is None else stored
+
+    def stored_retention(self) -> timedelta | None:
+        value = self.get_setting(_RETENTION_KEY)
+        return None if value is None else timedelta(seconds=float(value))
+
+    def set_retention(self, value: timedelta) -> None:
+        if value.total_seconds() <= 0:
+            raise MplError(f"retention must be positive, not {format_duration(value)}")
+        self.set_setting(_RETENTION_KEY, repr(value.total_seconds()))
+
+    def purge_expired(self, *, now: datetime | None = None) -> int:
+        moment = now if now is not None else datetime.now(UTC)
+        return self.purge(moment - self.retention())
+
+    def get_setting(self, name: str) -> str | None:
+        with self._guard("read setting") as conn:
+            row = conn.execute("SELECT value FROM mpl_settings WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self._guard("write setting") as conn:
+            conn.execute(
+                "INSERT INTO mpl_settings (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def count(self) -> int:
+        with self._guard("count") as conn:
+            row = conn.execute("SELECT count(*) FROM mpl_entries").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
