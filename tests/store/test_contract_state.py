@@ -1,0 +1,111 @@
+"""The runtime-state contract: idempotency records, leases with fencing, poller health and
+deployments behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowrt.dsl import parse_text
+from flowrt.errors import FlowError
+from flowrt.runtime.state import Fence, LeaseLost, PollerHealth
+from flowrt.store import StateBackend, open_deployments, open_state
+from flowrt.tenant import Tenant
+
+FLOW = Path(__file__).resolve().parents[2] / "flows"
+
+
+@pytest.fixture
+def state(tenant: Tenant) -> Iterator[StateBackend]:
+    opened = open_state(tenant)
+    assert opened is not None
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_records_count_attempts_and_never_turn_back(state: StateBackend) -> None:
+    assert state.record_failure("mb", "k1", error="smtp down", message_id="<a@x>") == 1
+    assert state.record_failure("mb", "k1", error="smtp down again") == 2
+    state.record_done("mb", "k1", generation="7", message_id="<a@x>", action="archive")
+    assert state.record_failure("mb", "k1", error="late") == 3  # done stays done
+    record = state.records("mb", ["k1", "k2"])["k1"]
+    assert record.done and record.attempts == 3 and not record.post_processed
+    state.mark_post_processed("mb", ["k1"])
+    assert state.records("mb", ["k1"])["k1"].post_processed
+    assert state.find_by_message_id("mb", "<a@x>", other_generation_than="8") is not None
+    assert state.find_by_message_id("mb", "<a@x>", other_generation_than="7") is None
+    assert state.keys("mb") == ["k1"]
+    assert state.forget("mb", ["k1"]) == 1
+    assert state.records("mb", ["k1"]) == {}
+
+
+def test_purge_keeps_kept_mails(state: StateBackend) -> None:
+    state.record_done("mb", "kept", action="keep")
+    state.record_done("mb", "moved", action="archive")
+    state.mark_post_processed("mb", ["kept", "moved"])
+    assert state.purge_records(time.time() + 10, mailbox="mb") == 1
+    assert list(state.records("mb", ["kept", "moved"])) == ["kept"]
+
+
+def test_lease_busy_takeover_and_fencing(state: StateBackend) -> None:
+    taken, lease = state.acquire_lock("box", "node-a/1", 60, info="flow:imap")
+    assert taken
+    busy, holder = state.acquire_lock("box", "node-b/2", 60)
+    assert not busy and holder.owner == "node-a/1"
+    assert state.renew_lock("box", "node-a/1", 60)
+    state.record_done("mb", "k", fence=lease.fence)  # our lease: accepted
+    # node-a stops renewing (paused); its lease runs out and node-b takes the mailbox
+    assert state.renew_lock("box", "node-a/1", 0.01)
+    time.sleep(0.05)
+    taken, lease_b = state.acquire_lock("box", "node-b/2", 60)
+    assert taken and lease_b.owner == "node-b/2"
+    with pytest.raises(LeaseLost):
+        state.record_done("mb", "k2", fence=lease.fence)
+    with pytest.raises(LeaseLost):
+        state.mark_post_processed("mb", ["k"], fence=lease.fence)
+    with pytest.raises(LeaseLost):
+        state.check_fence(lease.fence)
+    assert "k2" not in state.records("mb", ["k2"])
+    assert not state.renew_lock("box", "node-a/1", 60)  # a's renewal learns it lost
+    state.check_fence(lease_b.fence)
+    assert [lock.owner for lock in state.locks()] == ["node-b/2"]
+    released = state.force_release("box")
+    assert released is not None and released.owner == "node-b/2"
+    assert state.locks() == []
+    with pytest.raises(LeaseLost):
+        state.check_fence(Fence("box", "node-b/2", lease_b.epoch))
+
+
+def test_poller_health_round_trip(state: StateBackend) -> None:
+    state.save_health(PollerHealth("flow:imap", mailbox="box", consecutive_failures=2))
+    state.save_health(PollerHealth("flow:imap", mailbox="box", handled=5))
+    [health] = state.health("flow:imap")
+    assert health.handled == 5 and health.consecutive_failures == 0
+
+
+def test_deployments_versions_and_generation(tenant: Tenant) -> None:
+    store = open_deployments(tenant)
+    try:
+        text = (FLOW / "mail.flow").read_text()
+        [flow] = parse_text(text, str(FLOW / "mail.flow")).flows
+        start = store.generation()
+        first = store.deploy(flow)
+        assert first.changed and first.version == 1
+        assert not store.deploy(flow).changed
+        [changed] = parse_text(text + "\n# changed\n", "x.flow").flows
+        assert store.deploy(changed).version == 2
+        assert store.generation() == start + 2
+        assert store.names() == [flow.name]
+        current = store.get(flow.name)
+        assert current is not None and current.version == 2 and current.load().name == flow.name
+        assert store.undeploy(flow.name).version == 2
+        assert store.all() == []
+        with pytest.raises(FlowError, match="no deployed flow"):
+            store.undeploy(flow.name)
+    finally:
+        store.close()
