@@ -13,7 +13,9 @@ from flowrt.dsl import parse_text
 from flowrt.errors import FlowError
 from flowrt.runtime.state import Fence, LeaseLost, PollerHealth
 from flowrt.store import StateBackend, open_deployments, open_state
+from flowrt.store.config import StoreConfig
 from flowrt.tenant import Tenant
+from tests.store.conftest import make_pg_tenant
 
 FLOW = Path(__file__).resolve().parents[2] / "flows"
 
@@ -52,7 +54,31 @@ def test_purge_keeps_kept_mails(state: StateBackend) -> None:
     assert list(state.records("mb", ["kept", "moved"])) == ["kept"]
 
 
-def test_lease_busy_takeover_and_fencing(state: StateBackend) -> None:
+def test_lease_busy_and_takeover(state: StateBackend) -> None:
+    taken, _lease = state.acquire_lock("box", "node-a/1", 60, info="flow:imap")
+    assert taken
+    busy, holder = state.acquire_lock("box", "node-b/2", 60)
+    assert not busy and holder.owner == "node-a/1" and holder.info == "flow:imap"
+    assert state.renew_lock("box", "node-a/1", 0.01)
+    time.sleep(0.05)
+    taken, lease_b = state.acquire_lock("box", "node-b/2", 60)
+    assert taken and lease_b.owner == "node-b/2"
+    assert not state.renew_lock("box", "node-a/1", 60)  # a's renewal learns it lost
+    assert state.release_lock("box", "node-b/2")
+    assert state.force_release("box") is None
+
+
+def test_fenced_writes_refused_after_takeover(pg_config: StoreConfig, tmp_path: Path) -> None:
+    """PostgreSQL only: the SQLite store has one runtime and does not fence (unchanged)."""
+    state = open_state(make_pg_tenant(tmp_path / "t", pg_config))
+    assert state is not None
+    try:
+        _fencing(state)
+    finally:
+        state.close()
+
+
+def _fencing(state: StateBackend) -> None:
     taken, lease = state.acquire_lock("box", "node-a/1", 60, info="flow:imap")
     assert taken
     busy, holder = state.acquire_lock("box", "node-b/2", 60)
