@@ -14,7 +14,7 @@ from flowrt.errors import FlowError, UsageError
 from flowrt.runtime.references import check_references
 from flowrt.runtime.status import ERROR, STARTED, read_status
 from flowrt.security import TenantSecurity
-from flowrt.store import open_deployments
+from flowrt.store import is_shared, open_deployments
 from flowrt.tenant import Tenant
 
 
@@ -82,6 +82,12 @@ def _report(results: list[ParseResult]) -> None:
 
 
 def _await_runtime(tenant: Tenant, expected: dict[str, int], timeout: float) -> None:
+    if is_shared(tenant):
+        click.echo(
+            "stored in the shared store: every running node picks it up within a "
+            "second (`flowrt status` shows them)"
+        )
+        return
     status = read_status(tenant)
     if status is None or not status.alive():
         click.echo("no runtime is running on this tenant; `flowrt run` starts the flows")

@@ -217,6 +217,8 @@ class FlowInstance:
             )
 
     async def _deliver(self, receiver: str, exchange: Exchange) -> None:
+        if self._poller is not None:
+            self._poller.check_lease()
         await self._receivers[receiver].deliver(exchange)
 
     # ------------------------------------------------------------------ status

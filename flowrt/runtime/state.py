@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrt._sqlite import open_wal
-from flowrt.errors import TenantError
+from flowrt.errors import HandedBack, TenantError
 from flowrt.tenant import Tenant
 
 __all__ = [
@@ -151,7 +151,7 @@ class Fence:
     epoch: int = 0
 
 
-class LeaseLost(TenantError):
+class LeaseLost(HandedBack, TenantError):
     """A fenced state write found that the lease is no longer ours."""
 
     def __init__(self, fence: Fence) -> None:

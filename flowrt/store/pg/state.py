@@ -56,7 +56,10 @@ class NodeInfo:
     status: dict[str, Any]
 
     def alive(self, now: float, ttl: float) -> bool:
-        return not self.stopped and now - self.heartbeat < ttl
+        if self.stopped or now - self.heartbeat >= ttl:
+            return False
+        probe = LockInfo(self.name, self.name, self.host, self.pid, "", 0, 0, 0)
+        return not dead_holder(probe)  # a node of this host whose process is gone
 
 
 class PgStateDB:
@@ -383,7 +386,7 @@ class PgStateDB:
         ]
 
 
-NODE_TTL = 30.0
+NODE_TTL = 5.0
 """A node whose heartbeat is older than this is shown as gone."""
 
 

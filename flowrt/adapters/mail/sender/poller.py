@@ -252,6 +252,13 @@ class MailPoller:
         self._purge_now_and_then(mailbox.scope)
         return result
 
+    def check_lease(self) -> None:
+        """LeaseLost when the lease this poll runs under is no longer ours: called before a
+        mail is sent on, so that a node that was paused past its lease hands the mail back
+        instead of sending what the node that took over sends too."""
+        if self._fence is not None:
+            self.state.check_fence(self._fence)
+
     def _lease_lost(self, result: PollResult) -> None:
         self._lost.set()
         result.lock_lost = True
