@@ -21,6 +21,14 @@ And to show where the time goes:
   starts (``send_message`` still flattens each one);
 - ``flowrt_send_only_vs_aiosmtplib_prebuilt``: the adapter's SMTP part against that loop.
 
+And for a 200 KB multipart/alternative + related mail (text, HTML, two cid: images), read
+by ``mail_to_exchange`` and forwarded with ``body-type auto`` (``--rich-mails`` of them):
+
+- ``rich_compose_us_per_mail``: composing it (alternative, related, images base64);
+- ``rich_flowrt_rate``: ``deliver`` (compose and send), same concurrency;
+- ``rich_aiosmtplib_loop_rate``: one aiosmtplib connection sending the same bytes;
+- ``rich_flowrt_vs_aiosmtplib_loop``.
+
 Usage: ``python benchmarks/smtp_send.py [--mails 2000] [--concurrency 4] [--rounds 3]``;
 best of ``rounds`` per sender. Needs the ``postfix`` package (smtp-sink, smtp-source).
 Nothing is asserted.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import email.message
 import json
 import logging
@@ -46,9 +55,10 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.servers (the smtp-sink fixture)
 
+from flowrt.adapters.mail.mime.read import mail_to_exchange  # noqa: E402
+from flowrt.adapters.mail.model import Receiver  # noqa: E402
 from flowrt.adapters.mail.smtp.receiver import SmtpReceiver  # noqa: E402
 from flowrt.dsl import parse_text  # noqa: E402
-from flowrt.dsl.model import Receiver  # noqa: E402
 from flowrt.engine.exchange import Exchange, Headers  # noqa: E402
 from flowrt.security import TenantSecurity  # noqa: E402
 from flowrt.security.setup import init_tenant  # noqa: E402
@@ -85,6 +95,56 @@ def receiver_block(port: int, concurrency: int) -> Receiver:
     result = parse_text(text, "bench.flow")
     assert result.ok, result.render()
     return result.flows[0].receivers[0]
+
+
+def rich_mail() -> bytes:
+    """About 200 KB: text, HTML and two images, as Outlook or Apple Mail send them."""
+    text = "".join(f"Line {i:05d} of the report, with some words in it.\n" for i in range(400))
+    html = "".join(f"<p>Line {i:05d} of the <b>report</b>.</p>\n" for i in range(500))
+    html += '<img src="cid:one@bench"><img src="cid:two@bench">\n'
+    image = base64.encodebytes(os.urandom(60_000)).decode()
+    return (
+        "From: a@example.com\nTo: b@example.com\nSubject: Rich\n"
+        "Date: Mon, 3 Jun 2024 09:00:00 +0000\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="alt"\n\n'
+        "--alt\nContent-Type: text/plain; charset=utf-8\n\n" + text + "\n"
+        '--alt\nContent-Type: multipart/related; boundary="rel"\n\n'
+        "--rel\nContent-Type: text/html; charset=utf-8\n\n" + html + "\n"
+        "--rel\nContent-Type: image/png\nContent-ID: <one@bench>\n"
+        "Content-Transfer-Encoding: base64\n\n" + image + "\n"
+        "--rel\nContent-Type: image/png\nContent-ID: <two@bench>\n"
+        "Content-Transfer-Encoding: base64\n\n" + image + "\n"
+        "--rel--\n\n--alt--\n"
+    ).encode()
+
+
+async def rich_flowrt_round(
+    receiver: SmtpReceiver, todo: list[Exchange], concurrency: int
+) -> float:
+    queue = iter(todo)
+
+    async def worker() -> None:
+        for exchange in queue:
+            await receiver.deliver(exchange)
+
+    async def run() -> None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    return await timed(run)
+
+
+async def rich_aiosmtplib_round(port: int, data: list[bytes]) -> float:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await smtp.connect()
+
+    async def run() -> None:
+        for message in data:
+            await smtp.sendmail(SENDER, [RECIPIENT], message)
+
+    try:
+        return await timed(run)
+    finally:
+        await smtp.quit()
 
 
 async def timed(run: Callable[[], Awaitable[None]]) -> float:
@@ -185,6 +245,16 @@ async def main_async(opts: argparse.Namespace) -> None:
                 recipient=RECIPIENT,
             )
             best["smtp_source"] = min(best.get("smtp_source", source.seconds), source.seconds)
+        source_mail = mail_to_exchange(rich_mail())
+        rich = [source_mail.copy() for _ in range(opts.rich_mails)]
+        rich_data = [receiver.composer.compose(e).data for e in rich]
+        for _ in range(opts.rounds):
+            for name, round_ in (
+                ("rich_flowrt", lambda: rich_flowrt_round(receiver, rich, concurrency)),
+                ("rich_aiosmtplib_loop", lambda: rich_aiosmtplib_round(port, rich_data)),
+            ):
+                seconds = await round_()
+                best[name] = min(best.get(name, seconds), seconds)
         sessions = receiver.pool.stats.opened
         await receiver.aclose()
         todo = exchanges(n)
@@ -192,9 +262,19 @@ async def main_async(opts: argparse.Namespace) -> None:
         for exchange in todo:
             receiver.composer.compose(exchange)
         compose_us = (time.perf_counter() - started) / n * 1e6
+        started = time.perf_counter()
+        for exchange in rich:
+            receiver.composer.compose(exchange)
+        rich_us = (time.perf_counter() - started) / len(rich) * 1e6
 
     common = {"mails": opts.mails, "size": SIZE, "concurrency": opts.concurrency}
-    rates = {name: opts.mails / seconds for name, seconds in best.items()}
+    rich_common = {
+        "mails": opts.rich_mails,
+        "size": len(rich_data[0]),
+        "concurrency": opts.concurrency,
+    }
+    rates = {name: opts.mails / seconds for name, seconds in best.items() if "rich" not in name}
+    rich_rates = {name: opts.rich_mails / s for name, s in best.items() if "rich" in name}
     for name, rate in rates.items():
         extra = {"sessions_opened": sessions} if name == "flowrt" else {}
         emit(f"{name}_rate", round(rate), "mails/s", **common, **extra)
@@ -213,6 +293,15 @@ async def main_async(opts: argparse.Namespace) -> None:
         "x",
         **common,
     )
+    emit("rich_compose_us_per_mail", round(rich_us), "us", **rich_common)
+    for name, rate in rich_rates.items():
+        emit(f"{name}_rate", round(rate), "mails/s", **rich_common)
+    emit(
+        "rich_flowrt_vs_aiosmtplib_loop",
+        round(rich_rates["rich_flowrt"] / rich_rates["rich_aiosmtplib_loop"], 2),
+        "x",
+        **rich_common,
+    )
 
 
 def main() -> None:
@@ -220,6 +309,7 @@ def main() -> None:
     args.add_argument("--mails", type=int, default=2000)
     args.add_argument("--concurrency", type=int, default=4)
     args.add_argument("--rounds", type=int, default=3)
+    args.add_argument("--rich-mails", type=int, default=200)
     asyncio.run(main_async(args.parse_args()))
 
 

@@ -16,7 +16,7 @@ import click
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import UsageError
-from flowrt.runtime.state import LockInfo
+from flowrt.source_state import LockInfo
 from flowrt.store import open_state
 
 

@@ -1,147 +1,47 @@
 """``flowrt simulate FLOW --message FILE.eml``: run a flow on a sample mail, send nothing.
 
-The mail becomes an exchange exactly as the mail sender makes it (``mail_to_exchange`` with the
-sender's ``headers``/``attachments``/``keep-original``), runs through the same compiled
-pipeline and runner as in production, and each receiver composes its mail with the same
-``MailComposer``; only the last hop differs: the mail is written to ``--out`` as ``.eml``
-instead of being sent, and a retry does not wait. The MPL entry is recorded in the tenant,
-marked as a simulation, when there is a tenant.
+The simulation itself is a runtime variant (:mod:`flowrt.runtime.simulation`: the same
+wiring as the runtime, only the last hop captured); this command parses the options, writes
+the composed mails to ``--out`` as ``.eml`` and prints the report.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import email
 import email.policy
-import logging
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import click
-import structlog
 
 from flowrt._fs import atomic_write
-from flowrt.adapters.mail.mime.compose import MailComposer, OutgoingMail
-from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY, mail_to_exchange
-from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
+from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.dsl import load_flow
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
-from flowrt.engine.pipeline import Pipeline, compile_flow
-from flowrt.engine.runner import Result, Runner, StepEvent
+from flowrt.engine.runner import Result
 from flowrt.errors import (
-    MessageFormatException,
-    MplError,
     UsageError,
     chain_levels,
     find_hint,
     render_chain,
 )
 from flowrt.mpl.model import MplEntry
-from flowrt.mpl.recorder import MplRecorder
-from flowrt.mpl.store import MplStore
+from flowrt.runtime.simulation import Output, Trace, TracedStep
+from flowrt.runtime.simulation import simulate as run_simulation
 from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 
-_VERSION = "simulation"
 _PREVIEW_CHARS = 300
 _PREVIEW_LINES = 6
 _NOT_A_MAIL_HINT = (
     "--message takes a mail as a mail client saves it (.eml, RFC 5322: header lines, a blank "
     "line, the body)"
 )
-
-
-# ----------------------------------------------------------------------------- what happened
-
-
-@dataclasses.dataclass
-class TracedStep:
-    """A step as the observer heard it, with the log lines it wrote."""
-
-    event: StepEvent
-    log: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class Output:
-    """One mail a receiver would have sent."""
-
-    receiver: str
-    branch: str
-    mail: OutgoingMail
-    path: Path | None = None
-    sent: str | None = None  # with --live: what the server answered
-
-
-class Trace:
-    """Collects what the runner reports: steps (with their log lines), retry waits and the
-    mails composed. It is the runner's observer, sleep and delivery at once."""
-
-    def __init__(
-        self, flow: Flow, keystore: object | None = None, *, live: TenantSecurity | None = None
-    ) -> None:
-        self.flow = flow
-        self._keystore = keystore
-        self._live = live  # with --live: send through the real receivers
-        self._smtp: dict[str, SmtpReceiver] = {}
-        self.steps: list[TracedStep] = []
-        self.waits: list[tuple[int, float]] = []  # (after run, seconds)
-        self.outputs: list[Output] = []
-        self._pending_log: list[tuple[str, str]] = []
-        self._composers: dict[str, MailComposer] = {}
-
-    @property
-    def live(self) -> bool:
-        return self._live is not None
-
-    def observe(self, event: StepEvent) -> None:
-        self.steps.append(TracedStep(event, self._pending_log))
-        self._pending_log = []
-
-    async def sleep(self, seconds: float) -> None:
-        run = self.steps[-1].event.run if self.steps else 0
-        self.waits.append((run, seconds))
-
-    async def deliver(self, name: str, exchange: Exchange) -> None:
-        composer = self._composers.get(name)
-        if composer is None:  # made on first use, so that a receiver it rejects is recorded
-            receiver = self.flow.receiver(name)
-            composer = MailComposer(receiver, keystore=self._keystore)
-            self._composers[name] = composer
-        output = Output(name, exchange.branch, composer.compose(exchange))
-        self.outputs.append(output)
-        if self._live is not None:
-            smtp = self._smtp.get(name)
-            if smtp is None:
-                smtp = SmtpReceiver(self.flow.receiver(name), self._live)
-                self._smtp[name] = smtp
-            report = await smtp.send(output.mail, exchange=exchange)
-            output.sent = f"sent to {report.server}: {report.data_reply}"
-
-    async def close(self) -> None:
-        for receiver in self._smtp.values():
-            await receiver.aclose()
-
-    def capture_log(self, logger: Any, method: str, event_dict: Mapping[str, Any]) -> Any:
-        """A structlog processor: the ``log`` steps' lines go into the trace, not to a
-        terminal, so that ``--format json`` stays one JSON document."""
-        self._pending_log.append((method, str(event_dict.get("event", ""))))
-        raise structlog.DropEvent
-
-    def logger(self) -> Any:
-        return structlog.wrap_logger(
-            structlog.ReturnLogger(),
-            processors=[self.capture_log],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        )
 
 
 # ----------------------------------------------------------------------------- command
@@ -221,25 +121,18 @@ def simulate(
     out = _prepare_out(Path(out_dir)) if out_dir else None
     tenant = cli.tenant if live else cli.tenant_layout
     security = TenantSecurity.open(tenant) if live else None
-    trace = Trace(flow, security or _keystore(flow, tenant), live=security)
-    pipeline = compile_flow(flow, logger=trace.logger())
-    with ExitStack() as stack:
-        recorder, store_path, mpl_problem = _open_recorder(tenant, stack, pipeline)
-        runner = Runner(
-            pipeline,
-            recorder,
-            trace.deliver,
-            version=_VERSION,
-            simulation=True,
-            sleep=trace.sleep,
-            observer=trace.observe,
-        )
-        try:
-            source, result = _run(runner, pipeline, raw, headers, properties, trace)
-        finally:
-            closing_problem = _close(recorder)
-        mpl_problem = mpl_problem or closing_problem
-        entry = _read_back(store_path, result.message_id)
+    done = run_simulation(
+        flow,
+        raw,
+        tenant=tenant,
+        live=security,
+        headers=headers,
+        properties=properties,
+        inspect=_input,
+        unreadable_hint=_NOT_A_MAIL_HINT,
+    )
+    source, result, trace, entry = done.source, done.result, done.trace, done.entry
+    mpl_problem = done.mpl_problem
     _write_outputs(trace.outputs, out)
     report = _report(
         flow,
@@ -275,87 +168,6 @@ def _prepare_out(path: Path) -> Path:
     except OSError as exc:
         raise UsageError(f"--out {path}: cannot create the directory ({exc.strerror})") from None
     return path
-
-
-def _keystore(flow: Flow, tenant: Tenant) -> TenantSecurity | None:
-    """The tenant's keys, opened only when a receiver signs or encrypts (S/MIME)."""
-    if not tenant.exists() or all(r.sign is None and r.encrypt is None for r in flow.receivers):
-        return None
-    return TenantSecurity.open(tenant)
-
-
-def _open_recorder(
-    tenant: Tenant, stack: ExitStack, pipeline: Pipeline
-) -> tuple[MplRecorder, Path, str | None]:
-    """A recorder on the tenant's MPL, or (no tenant, or its MPL cannot be opened) on a
-    throw-away database, so that the runner works the same either way."""
-    problem = None
-    if tenant.exists():
-        try:
-            store = MplStore(tenant.mpl_path)
-            return MplRecorder(store, level=pipeline.level, owns_store=True), tenant.mpl_path, None
-        except MplError as exc:
-            problem = str(exc)
-    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowrt-simulate-"))
-    path = Path(folder) / "mpl.sqlite"
-    return MplRecorder(MplStore(path), level=pipeline.level, owns_store=True), path, problem
-
-
-def _close(recorder: MplRecorder) -> str | None:
-    try:
-        recorder.close()
-    except MplError as exc:
-        return str(exc)
-    return None
-
-
-def _run(
-    runner: Runner,
-    pipeline: Pipeline,
-    raw: bytes,
-    headers: list[tuple[str, str]],
-    properties: list[tuple[str, str]],
-    trace: Trace,
-) -> tuple[dict[str, Any] | None, Result]:
-    """The mail as read (summarised before the pipeline changes it) and how it ended."""
-    sender = pipeline.flow.sender
-    try:
-        exchange = mail_to_exchange(
-            raw,
-            headers=None if sender is None else sender.headers,
-            attachments="keep" if sender is None else sender.attachments,
-            keep_original=False if sender is None else sender.keep_original,
-        )
-    except MessageFormatException as exc:
-        exc.hint = exc.hint or _NOT_A_MAIL_HINT
-        return None, runner.record_unreadable(exc)
-    except Exception as exc:  # a reader bug must still end in a clear result, not a traceback
-        error = MessageFormatException(
-            "the mail could not be read", hint="this is a flowrt bug: please report it"
-        )
-        error.__cause__ = exc
-        return None, runner.record_unreadable(error)
-    for name, value in headers:
-        exchange.headers.set(name, value)
-    for name, value in properties:
-        exchange.properties[name] = value
-    summary = _input(exchange)
-
-    async def process() -> Result:
-        try:
-            return await runner.process(exchange)
-        finally:
-            await trace.close()
-
-    return summary, asyncio.run(process())
-
-
-def _read_back(path: Path, message_id: str) -> MplEntry | None:
-    try:
-        with MplStore(path, create=False) as store:
-            return store.find(message_id)
-    except MplError:
-        return None
 
 
 def _write_outputs(outputs: list[Output], out: Path | None) -> None:

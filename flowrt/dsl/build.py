@@ -1,24 +1,21 @@
-"""Raw flow -> typed model, through the specs, reporting every problem of the file at once."""
+"""Raw flow -> typed model, through the specs, reporting every problem of the file at once.
+
+Sender and receiver blocks come from the adapter registry (each adapter's specs build its
+own model); this module knows blocks and settings, not what an adapter does with them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from flowrt.adapters.mail.spec import receiver as receiver_spec
-from flowrt.adapters.mail.spec import sender as sender_spec
+from flowrt.adapters import registry
 from flowrt.dsl import model as m
 from flowrt.dsl._parse import RawBlock, RawFlow, RawSetting
 from flowrt.dsl.flow_spec import FLOW_SETTINGS, ON_ERROR
-from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
+from flowrt.dsl.spec import Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader, close_match, did_you_mean
 
-#: (block keyword, adapter) -> spec; adapter None for blocks without one
-BLOCKS: dict[tuple[str, str | None], BlockSpec] = {
-    ("sender", "mail"): sender_spec.SPEC,
-    ("receiver", "mail"): receiver_spec.SPEC,
-    ("on-error", None): ON_ERROR,
-}
 BLOCK_KEYWORDS = ("sender", "receiver", "on-error", "pipeline")
 
 
@@ -79,9 +76,10 @@ def _build_block(block: RawBlock, report: Report) -> tuple[str, Any]:
         )
         return next(iter(close_match(block.keyword, BLOCK_KEYWORDS)), ""), None
     if block.keyword == "on-error":
-        spec = BLOCKS[("on-error", None)]
+        spec = ON_ERROR
     else:
-        known = sorted(a for k, a in BLOCKS if k == block.keyword and a)
+        blocks = registry.blocks()
+        known = sorted(a for k, a in blocks if k == block.keyword)
         if adapter is None:
             report.error(
                 block.pos,
@@ -89,7 +87,7 @@ def _build_block(block: RawBlock, report: Report) -> tuple[str, Any]:
                 f"{block.keyword} needs an adapter: {block.keyword} mail ...",
             )
             return block.keyword, None
-        if (block.keyword, adapter) not in BLOCKS:
+        if (block.keyword, adapter) not in blocks:
             report.error(
                 block.args[0].pos,
                 "unknown-adapter",
@@ -97,7 +95,7 @@ def _build_block(block: RawBlock, report: Report) -> tuple[str, Any]:
                 + did_you_mean(adapter, known),
             )
             return block.keyword, None
-        spec = BLOCKS[(block.keyword, adapter)]
+        spec = blocks[(block.keyword, adapter)]
     where = (
         f"{block.keyword} {adapter}" if adapter and block.keyword != "on-error" else block.keyword
     )
@@ -121,8 +119,8 @@ def _build_block(block: RawBlock, report: Report) -> tuple[str, Any]:
 def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
     errors_before = sum(d.is_error for d in report.diagnostics)
     flow_settings = read_settings(raw.settings, FLOW_SETTINGS, raw.pos, f"flow {raw.name}", report)
-    sender: m.Sender | None = None
-    receivers: list[m.Receiver] = []
+    sender: m.SenderBlock | None = None
+    receivers: list[m.ReceiverBlock] = []
     on_error: m.RetryPolicy | None = None
     seen: dict[str, m.Pos] = {}
     for block in raw.blocks:
@@ -135,9 +133,11 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
             continue
         meant, built = _build_block(block, report)
         seen.setdefault(meant, block.pos)
-        if isinstance(built, m.Sender):
+        if built is None:
+            continue
+        if meant == "sender":
             sender = built
-        elif isinstance(built, m.Receiver):
+        elif meant == "receiver":
             if any(r.name == built.name for r in receivers):
                 report.error(
                     block.pos, "repeated-receiver", f"there are two receivers named {built.name!r}"
@@ -173,7 +173,9 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
     )
 
 
-def _check_steps(steps: Sequence[m.Step], receivers: Sequence[m.Receiver], report: Report) -> None:
+def _check_steps(
+    steps: Sequence[m.Step], receivers: Sequence[m.ReceiverBlock], report: Report
+) -> None:
     from flowrt.engine.steps import PIPELINE_CHECKS, SPECS
 
     by_name = {r.name: r for r in receivers}

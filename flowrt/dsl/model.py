@@ -33,7 +33,7 @@ RefKind = Literal["header", "property", "body", "message", "flow", "date", "atta
 @dataclasses.dataclass(frozen=True)
 class Ref:
     """A reference to part of the exchange: ``header.Subject``, ``property.x``, ``body``,
-    ``message.id``, ``flow.name``, ``date:now:%Y-%m-%d``, ``attachment.name``."""
+    ``body.html``, ``message.id``, ``flow.name``, ``date:now:%Y-%m-%d``, ``attachment.name``."""
 
     kind: RefKind
     name: str
@@ -41,7 +41,7 @@ class Ref:
 
     def __str__(self) -> str:
         if self.kind == "body":
-            return "body"
+            return f"body.{self.name}" if self.name else "body"
         if self.kind == "date":
             return f"date:now:{self.name}"
         return f"{self.kind}.{self.name}"
@@ -137,84 +137,31 @@ class Step(Protocol):
     def kind(self) -> str: ...
 
 
-# ----------------------------------------------------------------------------- settings
+# ----------------------------------------------------------------------------- blocks
 
 
-@dataclasses.dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-    explicit_port: bool
+class Block(Protocol):
+    """What the DSL core and the runtime need of an adapter's block (``sender mail {...}``);
+    the adapter's own model class has the rest."""
 
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Proxy:
-    """``internet`` (location is None) or ``on-premise location "ID"``."""
-
-    type: Literal["internet", "on-premise"]
-    location: Template | None = None
+    @property
+    def adapter(self) -> str: ...
+    @property
+    def pos(self) -> Pos: ...
+    @property
+    def positions(self) -> Mapping[str, Pos]: ...
+    def describe(self) -> str: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Auth:
-    method: Literal["none", "plain", "encrypted", "oauth2"]
-    credential: str | None = None
-    # oauth2 only: the mailbox to log in as (a client-credentials grant names none)
-    user: str | None = None
+class SenderBlock(Block, Protocol):
+    """A built ``sender ADAPTER { ... }`` block."""
 
 
-Protection = Literal["off", "starttls-mandatory", "starttls-optional", "smtps", "imaps", "pop3s"]
+class ReceiverBlock(Block, Protocol):
+    """A built ``receiver ADAPTER NAME { ... }`` block."""
 
-
-@dataclasses.dataclass(frozen=True)
-class PollEvery:
-    interval: dt.timedelta
-    kind: Literal["every"] = "every"
-
-
-@dataclasses.dataclass(frozen=True)
-class PollDaily:
-    at: dt.time
-    tz: str | None = None
-    kind: Literal["daily"] = "daily"
-
-
-@dataclasses.dataclass(frozen=True)
-class PollIdle:
-    kind: Literal["idle"] = "idle"
-
-
-Poll: TypeAlias = PollEvery | PollDaily | PollIdle
-
-
-@dataclasses.dataclass(frozen=True)
-class PostProcess:
-    action: Literal["mark-read", "delete", "archive", "keep"]
-    folder: str | None = None
-    mark_read: bool = False  # archive "F" mark-read
-
-
-@dataclasses.dataclass(frozen=True)
-class AttachSpec:
-    """``attach NAME type MIME from header|property NAME`` in a receiver."""
-
-    name: Template
-    content_type: str
-    source: Literal["header", "property"]
-    source_name: str
-    pos: Pos
-
-
-@dataclasses.dataclass(frozen=True)
-class SmimeSpec:
-    """``sign alias "A" [algorithm X]`` or ``encrypt alias "A"[, "B"] [algorithm X]``."""
-
-    aliases: tuple[str, ...]
-    algorithm: str
+    @property
+    def name(self) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,65 +173,6 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         return self.interval.total_seconds() * (self.backoff ** (attempt - 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class Connection:
-    """What sender and receiver share: where and how to connect."""
-
-    address: Address
-    proxy: Proxy
-    protection: Protection
-    auth: Auth
-    timeout: dt.timedelta
-    allow_plaintext_auth: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Sender:
-    adapter: str  # "mail"
-    protocol: Literal["imap", "pop3"]
-    connection: Connection
-    folder: str
-    selection: Literal["unread", "all"]
-    max_messages: int
-    post_process: PostProcess
-    poll: Poll
-    attachments: Literal["keep", "drop"]
-    headers: tuple[str, ...] | None  # None: all headers
-    keep_original: bool
-    pos: Pos
-    positions: Mapping[str, Pos]
-
-    def describe(self) -> str:
-        where = f"{self.connection.address}"
-        folder = f"/{self.folder}" if self.protocol == "imap" else ""
-        return f"{self.adapter} {self.protocol} {where}{folder}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Receiver:
-    adapter: str  # "mail"
-    name: str
-    connection: Connection
-    from_: Template
-    to: tuple[Template, ...]
-    cc: tuple[Template, ...]
-    bcc: tuple[Template, ...]
-    subject: Template | None
-    body: Template | None
-    body_type: str
-    charset: str
-    transfer_encoding: str
-    attachments_from_message: bool
-    attach: tuple[AttachSpec, ...]
-    sign: SmimeSpec | None
-    encrypt: SmimeSpec | None
-    pos: Pos
-    positions: Mapping[str, Pos]
-
-    def describe(self) -> str:
-        return f"{self.adapter} smtp {self.name} {self.connection.address}"
 
 
 class MplLogLevel(enum.Enum):
@@ -299,9 +187,9 @@ class Flow:
     name: str
     description: str
     log_level: MplLogLevel
-    sender: Sender | None
+    sender: SenderBlock | None
     steps: tuple[Step, ...]
-    receivers: tuple[Receiver, ...]
+    receivers: tuple[ReceiverBlock, ...]
     on_error: RetryPolicy | None
     pos: Pos
     source: str  # the flow file's text, kept so that deploy stores exactly what was validated
@@ -310,7 +198,7 @@ class Flow:
     def file(self) -> str:
         return self.pos.file
 
-    def receiver(self, name: str) -> Receiver:
+    def receiver(self, name: str) -> ReceiverBlock:
         for r in self.receivers:
             if r.name == name:
                 return r

@@ -11,7 +11,7 @@ import datetime as dt
 from flowrt.dsl.model import Pos, Ref, Template
 
 REFERENCE_HELP = (
-    "header.NAME, property.NAME, body, message.id, message.correlation-id, "
+    "header.NAME, property.NAME, body, body.html, message.id, message.correlation-id, "
     "flow.name, attachment.name, date:now or date:now:FORMAT"
 )
 _MESSAGE_FIELDS = ("id", "correlation-id", "timestamp")
@@ -51,6 +51,8 @@ def parse_ref(text: str, pos: Pos) -> Ref:
     text = text.strip()
     if text == "body":
         return Ref("body", "", pos)
+    if text == "body.html":
+        return Ref("body", "html", pos)
     if text == "date:now" or text.startswith("date:now:"):
         fmt = text[len("date:now:") :] if text.startswith("date:now:") else ""
         if fmt:

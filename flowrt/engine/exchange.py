@@ -2,6 +2,12 @@
 
 Headers are case-insensitive and may repeat (mail headers do); properties are the flow's own
 variables; the body is bytes with a charset; attachments keep their names and types.
+
+A mail's content maps onto it without loss: ``body`` is the text (or the HTML of an HTML-only
+mail, with ``content_type`` text/html), ``html`` the HTML alternative, ``related`` the inline
+parts the HTML shows (by ``cid:``), ``attachments`` everything else, and ``original`` the mail
+as it was read. ``sealed`` holds a structure that must not be rebuilt (a signed mail, a
+report) for a receiver that forwards the message unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ from typing import Any
 
 from flowrt.mpl.ids import new_message_id as time_ordered_id
 
-__all__ = ["Attachment", "Exchange", "Headers", "new_message_id"]
+__all__ = ["Attachment", "Exchange", "Headers", "Sealed", "new_message_id"]
+
+# Fields a mail has at most once (RFC 5322 section 3.6): a second one is a mistake of the
+# sender, and joining two subjects or dates would make one that neither said.
+_ONCE = frozenset(
+    ("subject", "date", "from", "sender", "message-id", "in-reply-to", "references", "mime-version")
+)
 
 
 class Headers:
@@ -38,7 +50,8 @@ class Headers:
 
     def joined(self, name: str) -> str:
         """Every value of ``name`` joined by ", " (empty when there is none): what an
-        expression such as ``${header.Received}`` sees.
+        expression such as ``${header.Received}`` sees. Of a field a mail has only once
+        (Subject, Date, From...) a repeat is ignored: the first value is the one.
 
         On the per-message path, so it lowercases only names of the right length: header
         names are ASCII, and two ASCII names of different lengths never match.
@@ -46,7 +59,7 @@ class Headers:
         key = name.lower()
         size = len(key)
         found = [v for k, v in self._items if len(k) == size and k.lower() == key]
-        if len(found) == 1:
+        if len(found) == 1 or (found and key in _ONCE):
             return found[0]
         return ", ".join(found)
 
@@ -93,13 +106,46 @@ class Headers:
 
 @dataclasses.dataclass
 class Attachment:
+    """A file or part: ``content_type`` may carry parameters (``text/plain; charset=koi8-r``),
+    ``disposition`` is ``attachment`` or ``inline``, ``content_id`` has no angle brackets."""
+
     name: str
     content_type: str
     data: bytes
+    disposition: str = "attachment"
+    content_id: str = ""
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def mime_type(self) -> str:
+        """The content type without parameters, lower case."""
+        return self.content_type.partition(";")[0].strip().lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Sealed:
+    """A mail structure to forward byte-exact (multipart/signed, multipart/report,
+    multipart/encrypted): its entity (the Content-* header lines, a blank line, the body; CRLF
+    line endings) and what the exchange held when it was read, to tell whether the flow
+    changed the content since."""
+
+    content_type: str
+    entity: bytes
+    body: bytes
+    html: bytes | None
+    attachments: tuple[Attachment, ...]
+    related: tuple[Attachment, ...]
+
+    def unchanged(self, exchange: Exchange) -> bool:
+        return (
+            exchange.body == self.body
+            and exchange.html == self.html
+            and tuple(exchange.attachments) == self.attachments
+            and tuple(exchange.related) == self.related
+        )
 
 
 def new_message_id() -> str:
@@ -128,6 +174,12 @@ class Exchange:
     # lower-case names of the headers the flow set: receivers write these into the mail,
     # while the headers the incoming mail brought (Received, DKIM-Signature...) stay behind
     flow_headers: set[str] = dataclasses.field(default_factory=set)
+    body_params: str = ""  # the text's format=flowed and delsp, to write them back
+    html: bytes | None = None
+    html_charset: str = "utf-8"
+    related: list[Attachment] = dataclasses.field(default_factory=list)
+    original: bytes | None = None
+    sealed: Sealed | None = None
 
     def __post_init__(self) -> None:
         if not self.correlation_id:
@@ -136,10 +188,14 @@ class Exchange:
     @property
     def text(self) -> str:
         """The body as text in its charset; undecodable bytes become U+FFFD, never an error."""
-        try:
-            return self.body.decode(self.charset or "utf-8", errors="replace")
-        except LookupError:  # an unknown charset name
-            return self.body.decode("utf-8", errors="replace")
+        return _decode(self.body, self.charset)
+
+    @property
+    def html_text(self) -> str:
+        """The HTML as text: the HTML alternative, else the body of an HTML-only message."""
+        if self.html is not None:
+            return _decode(self.html, self.html_charset)
+        return self.text if self.content_type == "text/html" else ""
 
     def set_text(self, text: str) -> None:
         """Replace the body with text; the charset stays unless it cannot hold the text."""
@@ -158,5 +214,13 @@ class Exchange:
         clone.headers = self.headers.copy()
         clone.properties = dict(self.properties)
         clone.attachments = list(self.attachments)
+        clone.related = list(self.related)
         clone.flow_headers = set(self.flow_headers)
         return clone
+
+
+def _decode(data: bytes, charset: str) -> str:
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name
+        return data.decode("utf-8", errors="replace")

@@ -59,6 +59,8 @@ def compile_ref(ref: m.Ref) -> Value:
     if ref.kind == "property":
         return _property(ref.name)
     if ref.kind == "body":
+        if ref.name == "html":
+            return lambda ex: ex.html_text
         return lambda ex: ex.text
     if ref.kind == "date":
         return _date(ref.name)
@@ -93,6 +95,8 @@ def _exists(operand: m.Operand) -> Predicate:
     if ref.kind == "property":
         return lambda ex: ref.name in ex.properties
     if ref.kind == "body":
+        if ref.name == "html":
+            return lambda ex: bool(ex.html_text)
         return lambda ex: bool(ex.body)
     if ref.kind == "attachment":
         return lambda ex: ex.attachment is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from flowrt.dsl.model import Proxy
+from flowrt.adapters.mail.model import Proxy
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.expressions import compile_template
 from flowrt.errors import SocksException

@@ -90,6 +90,10 @@ class Notifier:
         self.evaluator.close()
         self.log.close()
 
+    def prime(self) -> None:
+        """See :meth:`Evaluator.prime`."""
+        self.evaluator.prime()
+
     async def run_once(self) -> None:
         config = await asyncio.to_thread(load_config, self.tenant)
         matched = await asyncio.to_thread(self.evaluator.evaluate, config)

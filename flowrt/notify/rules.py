@@ -135,6 +135,11 @@ class Evaluator:
         if self._state is not None:
             self._state.close()
 
+    def prime(self) -> None:
+        """Set the MPL watermark now if this tenant never had one, so that what is logged
+        from here on (``run --once`` polls after this) counts as new, not as history."""
+        self._mpl_store()
+
     def evaluate(self, config: NotifyConfig) -> list[tuple[Rule, Event]]:
         now = self.clock()
         events: list[Event] = []

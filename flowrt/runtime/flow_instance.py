@@ -1,7 +1,9 @@
-"""One deployed flow at work: its compiled pipeline, its receivers, and its mail poller.
+"""One deployed flow at work: its compiled pipeline, its receivers, and its sender's source.
 
-The poller hands each mail to :meth:`FlowInstance.handle`, which runs it through the engine;
-the mailbox is changed only when that returns True (the flow finished with the mail).
+The source (a mail poller, for the mail adapter) hands each exchange to
+:meth:`FlowInstance.handle`, which runs it through the engine; the origin (the mailbox) is
+changed only when that returns True (the flow finished with it). Sources and receivers come
+from the adapter registry; this module names no protocol.
 """
 
 from __future__ import annotations
@@ -14,20 +16,18 @@ from pathlib import Path
 
 import structlog
 
-from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
-from flowrt.adapters.mail.sender.poller import LOCK_TTL, MailPoller, PollResult
-from flowrt.adapters.mail.smtp.pool import SmtpPool
-from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
+from flowrt.adapters.registry import Adapters, Delivery, Source
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
-from flowrt.engine.pipeline import compile_flow
 from flowrt.engine.runner import Result, Runner
 from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
+from flowrt.runtime.leases import check_current_lease
+from flowrt.runtime.schedule import run_on_schedule
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
+from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
 from flowrt.store.api import StateBackend
 
@@ -44,24 +44,18 @@ class FlowInstance:
         security: TenantSecurity,
         recorder: MplRecorder,
         state: StateBackend,
-        pool: SmtpPool,
-        tokens: OAuth2Tokens,
+        adapters: Adapters,
         on_change: Callable[[], None] = lambda: None,
-        owner: str | None = None,
-        lock_ttl: float | None = None,
     ) -> None:
         self.deployment = deployment
         self.status = FlowStatus(deployment.name, deployment.version)
         self._security = security
         self._recorder = recorder
         self._state = state
-        self._pool = pool
-        self._tokens = tokens
+        self._adapters = adapters
         self._on_change = on_change
-        self._owner = owner
-        self._lock_ttl = lock_ttl
-        self._receivers: dict[str, SmtpReceiver] = {}
-        self._poller: MailPoller | None = None
+        self._receivers: dict[str, Delivery] = {}
+        self._poller: Source | None = None
         self._runner: Runner | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -94,40 +88,35 @@ class FlowInstance:
     def _build(self, flow: Flow) -> None:
         if flow.sender is None:  # the validator requires one; a deployment always has it
             raise FlowError(f"flow {flow.name} has no sender")
-        folder = Path(self.deployment.file).parent
-        pipeline = compile_flow(flow, folder=folder)
-        self._receivers = {
-            r.name: SmtpReceiver(r, self._security, pool=self._pool, tokens=self._tokens)
-            for r in flow.receivers
-        }
-        self._runner = Runner(
-            pipeline, self._recorder, self._deliver, version=str(self.deployment.version)
+        wired = wire(
+            flow,
+            recorder=self._recorder,
+            adapters=self._adapters,
+            security=self._security,
+            version=str(self.deployment.version),
+            folder=Path(self.deployment.file).parent,
+            # a node paused past its mailbox lease hands the mail back instead of sending
+            # what the node that took the mailbox over sends too
+            guard=check_current_lease,
         )
-        oauth2_user = flow.sender.connection.auth.credential if False else None
-        endpoint = endpoint_from_tenant(
-            flow.sender, self._security, tokens=self._tokens, oauth2_user=oauth2_user
-        )
-        timeouts = [flow.sender.connection.timeout.total_seconds()] + [
-            r.connection.timeout.total_seconds() for r in flow.receivers
+        self._receivers = wired.deliveries
+        self._runner = wired.runner
+        sender = self._adapters[flow.sender.adapter]
+        timeouts = [sender.timeout_seconds(flow.sender)] + [
+            self._adapters[r.adapter].timeout_seconds(r) for r in flow.receivers
         ]
         self._hard_cap = 2 * max(timeouts) + 5
-        self._poller = MailPoller(
-            flow.sender,
-            endpoint,
-            self.handle,
-            self._state,
-            name=f"{flow.name}:{flow.sender.protocol}",
-            owner=self._owner,
-            lock_ttl=LOCK_TTL if self._lock_ttl is None else self._lock_ttl,
+        self._poller = sender.source(
+            flow.sender, self._security, self.handle, self._state, name=flow.name
         )
 
     def run(self) -> None:
         """Start polling on the flow's schedule (in the background)."""
         if self._poller is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(self._poller.run(self._stop))
+        self._task = asyncio.ensure_future(run_on_schedule(self._poller, self._stop))
 
-    async def poll_once(self) -> PollResult | None:
+    async def poll_once(self) -> object | None:
         if self._poller is None:
             return None
         try:
@@ -215,11 +204,6 @@ class FlowInstance:
                 error=summary(result.error),
                 hint=find_hint(result.error),
             )
-
-    async def _deliver(self, receiver: str, exchange: Exchange) -> None:
-        if self._poller is not None:
-            self._poller.check_lease()
-        await self._receivers[receiver].deliver(exchange)
 
     # ------------------------------------------------------------------ status
 

@@ -23,18 +23,16 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
-from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.smtp.pool import SmtpPool
+from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
-from flowrt.notify.notifier import NotifierTask, start_notifier
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
-from flowrt.runtime.state import default_owner
 from flowrt.runtime.status import (
     ERROR,
     HEARTBEAT,
@@ -47,6 +45,9 @@ from flowrt.security import TenantSecurity
 from flowrt.store import MplBackend, StateBackend, is_shared, open_deployments, open_mpl, open_state
 from flowrt.store.pg.state import PgStateDB
 from flowrt.tenant import Tenant
+
+if TYPE_CHECKING:
+    from flowrt.notify.notifier import Notifier, NotifierTask
 
 WATCH_INTERVAL = 0.2
 PURGE_INTERVAL = 3600.0
@@ -106,11 +107,12 @@ class Runtime:
         self.state: StateBackend = state
         self.store: MplBackend = store
         self.deployments = open_deployments(self.tenant)
+        self.state.lease_ttl = self.lease
         if self.node is not None and isinstance(self.state, PgStateDB):
             self.state.register_node(self.node)
+            self.state.node = self.node  # its leases' owners start with the node's name
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
-        self.pool = SmtpPool()
-        self.tokens = OAuth2Tokens()
+        self.adapters = Adapters()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,6 +128,7 @@ class Runtime:
     # ------------------------------------------------------------------ modes
 
     async def _run_once(self) -> int:
+        notifier = self._open_notifier()
         failures = 0
         for deployment in self.deployments.all():
             instance = self._instance(deployment)
@@ -136,10 +139,35 @@ class Runtime:
             if result is None or instance.status.failed:
                 failures += 1
             self._write_status()
+        if notifier is not None:
+            # ``run --once`` from cron: one notifier cycle after the polls, so that the
+            # failures of this run (and due retries of earlier alerts) go out
+            try:
+                self.recorder.flush()  # the notifier reads what this run recorded
+                await notifier.run_once()
+            except Exception as exc:  # an alert that cannot go out must not fail the run
+                _log.warning("notifier cycle failed", error=str(exc))
+            finally:
+                await asyncio.to_thread(notifier.close)
         return 1 if failures else 0
+
+    def _open_notifier(self) -> Notifier | None:
+        # imported here: the notifier sends mail itself, and a runtime whose tenant sends
+        # no alerts should not load the SMTP adapter outside the seam
+        from flowrt.notify.notifier import Notifier
+
+        try:
+            notifier = Notifier(self.tenant, self.security)
+            notifier.prime()  # what this run logs is new, even on a tenant's first run
+        except FlowrtError as exc:
+            _log.warning("notifications off: the notification log cannot be opened", error=str(exc))
+            return None
+        return notifier
 
     async def _serve(self) -> None:
         _log.info("runtime started", tenant=str(self.tenant.root), pid=os.getpid())
+        from flowrt.notify.notifier import start_notifier  # see _open_notifier
+
         self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = 0.0
@@ -189,11 +217,8 @@ class Runtime:
             security=self.security,
             recorder=self.recorder,
             state=self.state,
-            pool=self.pool,
-            tokens=self.tokens,
+            adapters=self.adapters,
             on_change=self._changed,
-            owner=None if self.node is None else f"{self.node}/{default_owner()}",
-            lock_ttl=self.lease,
         )
         self.instances[deployment.name] = instance
         self._status.flows[deployment.name] = instance.status
@@ -234,7 +259,7 @@ class Runtime:
             *(i.stop(self.grace) for i in self.instances.values()), return_exceptions=True
         )
         with contextlib.suppress(Exception):
-            await self.pool.aclose()
+            await self.adapters.aclose()
         self.recorder.close()
         self.store.close()
         self._write_status()

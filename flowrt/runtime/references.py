@@ -1,100 +1,22 @@
-"""What a flow needs from its tenant: credentials, keystore aliases, location IDs.
+"""What a flow needs from its tenant (credentials, keystore aliases, location IDs), each
+block checked by its own adapter through the registry.
 
 Deploy checks these before storing a version, and names the flow line of each one missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+from flowrt.adapters import registry
 from flowrt.dsl import Diagnostic
-from flowrt.dsl.model import Connection, Flow, Pos, Receiver, Sender
-from flowrt.errors import FlowrtError
-from flowrt.security import OAuth2ClientCredentials, TenantSecurity, UserCredential
-
-_KIND_FOR_AUTH = {
-    "plain": (UserCredential, "user"),
-    "encrypted": (UserCredential, "user"),
-    "oauth2": (OAuth2ClientCredentials, "oauth2-client-credentials"),
-}
-
-
-def _blocks(flow: Flow) -> Iterator[Sender | Receiver]:
-    if flow.sender is not None:
-        yield flow.sender
-    yield from flow.receivers
+from flowrt.dsl.model import Flow
+from flowrt.security import TenantSecurity
 
 
 def check_references(flow: Flow, security: TenantSecurity) -> list[Diagnostic]:
     """One diagnostic per missing or unfit credential, alias or location."""
     problems: list[Diagnostic] = []
-
-    def error(pos: Pos, code: str, message: str) -> None:
-        problems.append(Diagnostic.at(pos, code, message))
-
-    for block in _blocks(flow):
-        connection: Connection = block.connection
-        auth = connection.auth
-        where = block.positions.get("auth", block.pos)
-        if auth.credential is not None:
-            try:
-                credential = security.credential(auth.credential)
-            except FlowrtError:
-                error(
-                    where,
-                    "missing-credential",
-                    f"credential {auth.credential!r} does not exist in the tenant "
-                    f"(add it with `flowrt credentials add {auth.credential} ...`)",
-                )
-            else:
-                kind, kind_name = _KIND_FOR_AUTH[auth.method]
-                if not isinstance(credential, kind):
-                    error(
-                        where,
-                        "credential-kind",
-                        f"auth {auth.method} needs a {kind_name} credential; "
-                        f"{auth.credential!r} is a {credential.kind}",
-                    )
-        location = connection.proxy.location
-        if location is not None and location.is_literal:
-            try:
-                security.location(location.literal)
-            except FlowrtError:
-                error(
-                    block.positions.get("proxy", block.pos),
-                    "missing-location",
-                    f"location ID {location.literal!r} is not registered in the tenant "
-                    f"(`flowrt locations add {location.literal} --proxy HOST:PORT`)",
-                )
-        if isinstance(block, Receiver):
-            problems.extend(_alias_problems(block, security))
-    return problems
-
-
-def _alias_problems(receiver: Receiver, security: TenantSecurity) -> list[Diagnostic]:
-    problems: list[Diagnostic] = []
-    keystore = security.keystore()
-    for setting, spec in (("sign", receiver.sign), ("encrypt", receiver.encrypt)):
-        if spec is None:
-            continue
-        for alias in spec.aliases:
-            if alias not in keystore:
-                problems.append(
-                    Diagnostic.at(
-                        receiver.positions.get(setting, receiver.pos),
-                        "missing-alias",
-                        f"keystore alias {alias!r} does not exist (`flowrt keystore list`)",
-                    )
-                )
-            elif setting == "sign":
-                try:
-                    keystore.key_pair(alias)
-                except FlowrtError:
-                    problems.append(
-                        Diagnostic.at(
-                            receiver.positions.get(setting, receiver.pos),
-                            "alias-kind",
-                            f"sign needs a key pair; keystore alias {alias!r} is a certificate",
-                        )
-                    )
+    if flow.sender is not None:
+        problems.extend(registry.references(flow.sender, security))
+    for receiver in flow.receivers:
+        problems.extend(registry.references(receiver, security))
     return problems

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from flowrt._sqlite import open_wal
-from flowrt.errors import HandedBack, TenantError
+from flowrt.errors import TenantError
+from flowrt.runtime.leases import HeldLease
+from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
 from flowrt.tenant import Tenant
 
 __all__ = [
-    "Fence",
-    "LeaseLost",
     "LockInfo",
     "MailRecord",
     "PollerHealth",
@@ -95,99 +95,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _CHUNK = 500  # keys per IN (...) query: well below SQLite's variable limit
 
 
-@dataclasses.dataclass(frozen=True)
-class MailRecord:
-    """What the state DB knows about one mail of one mailbox."""
-
-    mailbox: str
-    key: str
-    generation: str
-    message_id: str
-    status: str  # "done" | "failed"
-    attempts: int
-    last_error: str
-    action: str
-    post_processed: bool
-    created: float
-    updated: float
-
-    @property
-    def done(self) -> bool:
-        return self.status == "done"
-
-
-@dataclasses.dataclass(frozen=True)
-class LockInfo:
-    key: str
-    owner: str
-    host: str
-    pid: int
-    info: str
-    acquired: float
-    renewed: float
-    expires: float
-    epoch: int = 0  # grows with every new holder (PostgreSQL store); 0 in SQLite
-
-    @property
-    def fence(self) -> Fence:
-        return Fence(self.key, self.owner, self.epoch)
-
-    def expired(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) >= self.expires
-
-    def describe(self) -> str:
-        return f"{self.owner} (pid {self.pid} on {self.host})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Fence:
-    """The lease a state write is made under: the write is refused (LeaseLost) unless this
-    owner still holds an unexpired lease ``key`` of this ``epoch``. That is what keeps a
-    paused or partitioned poller, whose lease another node took meanwhile, from writing a
-    final state for a mail the other node now owns."""
-
-    key: str
-    owner: str
-    epoch: int = 0
-
-
-class LeaseLost(HandedBack, TenantError):
-    """A fenced state write found that the lease is no longer ours."""
-
-    def __init__(self, fence: Fence) -> None:
-        super().__init__(
-            f"the lease {fence.key} is no longer held by {fence.owner}; the write was refused",
-            hint="another runtime node took the mailbox over (the lease expired or was "
-            "released); it processes the mail",
-        )
-        self.fence = fence
-
-
-@dataclasses.dataclass
-class PollerHealth:
-    """How a poller is doing; kept in memory by the poller and saved after every poll."""
-
-    poller: str
-    mailbox: str = ""
-    last_poll: float | None = None
-    last_success: float | None = None
-    last_error: str = ""
-    last_error_at: float | None = None
-    consecutive_failures: int = 0
-    handled: int = 0
-    failed: int = 0
-    note: str = ""  # e.g. why the last poll was skipped
-
-    @property
-    def healthy(self) -> bool:
-        return self.consecutive_failures == 0
-
-
-def default_owner() -> str:
-    """An owner ID unique to this process: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
 _DAMAGED_HINT = (
     "another process may hold a long write lock; if the file is damaged, stop the runtime "
     "and move it away (idempotency records are lost then)"
@@ -200,6 +107,7 @@ class StateDB:
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
         self.path = Path(path)
+        self.lease_ttl: float | None = None
         self._lock = threading.RLock()
         self._conn = open_wal(
             self.path,
@@ -471,6 +379,11 @@ class StateDB:
         with self._transaction("release a lock") as conn:
             cursor = conn.execute("DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner))
             return cursor.rowcount == 1
+
+    def lease(self, key: str, owner: str, ttl: float, *, info: str = "") -> HeldLease:
+        """The lease ``key`` held for an ``async with`` block and renewed while it runs
+        (for :attr:`lease_ttl` seconds when the runtime set one: ``flowrt run --lease``)."""
+        return HeldLease(self, key, owner, self.lease_ttl or ttl, info=info)
 
     def force_release(self, key: str) -> LockInfo | None:
         """Remove the lock ``key`` whoever holds it; the removed lock, or None if none."""

@@ -12,7 +12,8 @@ from typing import Any, Protocol, Self
 from flowrt.dsl import Flow
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.runtime.deployments import Deployment, DeployOutcome
-from flowrt.runtime.state import Fence, LockInfo, MailRecord, PollerHealth
+from flowrt.runtime.leases import HeldLease
+from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
 
 __all__ = ["DeploymentStore", "MplBackend", "StateBackend"]
 
@@ -61,7 +62,11 @@ class MplBackend(Protocol):
 
 
 class StateBackend(Protocol):
+    lease_ttl: float | None
+    """Overrides the ttl a source asks for (``flowrt run --lease``)."""
+
     def close(self) -> None: ...
+    def lease(self, key: str, owner: str, ttl: float, *, info: str = "") -> HeldLease: ...
     def records(self, mailbox: str, keys: Iterable[str]) -> dict[str, MailRecord]: ...
     def find_by_message_id(
         self, mailbox: str, message_id: str, *, other_generation_than: str

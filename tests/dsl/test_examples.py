@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flowrt.adapters.mail import model as mail
 from flowrt.dsl import load_flow, model, parse_file
 from flowrt.engine.steps.route import RouteStep
 
@@ -30,10 +31,10 @@ def test_design_example_parses_into_the_model() -> None:
     assert sender.connection.proxy.type == "on-premise"
     assert sender.connection.proxy.location is not None
     assert sender.connection.proxy.location.literal == "plant-1"
-    assert sender.connection.auth == model.Auth("plain", "plant-mailbox")
+    assert sender.connection.auth == mail.Auth("plain", "plant-mailbox")
     assert sender.connection.timeout == dt.timedelta(seconds=30)
-    assert sender.post_process == model.PostProcess("archive", "Processed")
-    assert sender.poll == model.PollEvery(dt.timedelta(minutes=5))
+    assert sender.post_process == mail.PostProcess("archive", "Processed")
+    assert sender.poll == mail.PollEvery(dt.timedelta(minutes=5))
     assert sender.max_messages == 50
     assert [s.kind for s in flow.steps] == ["filter", "set", "set", "log"]
     (receiver,) = flow.receivers
@@ -51,4 +52,4 @@ def test_router_example_has_two_receivers_and_a_router() -> None:
     routes = [s for s in flow.steps if isinstance(s, RouteStep)]
     assert [r.receiver for r in routes] == ["oncall", "tickets"]
     assert routes[1].condition is None
-    assert isinstance(flow.sender.poll if flow.sender else None, model.PollIdle)
+    assert isinstance(flow.sender.poll if flow.sender else None, mail.PollIdle)

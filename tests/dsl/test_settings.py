@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from flowrt.adapters.mail import model as mail
 from flowrt.dsl import model as m
 from tests.dsl.helpers import SENDER, flow, only_flow
 
@@ -21,12 +22,12 @@ POP3_SENDER = """    sender mail {
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ('address "imap.example.com:1993"', m.Address("imap.example.com", 1993, True)),
-        ('address "[::1]:143"', m.Address("::1", 143, True)),
-        ('address "127.0.0.1"', m.Address("127.0.0.1", 993, False)),
+        ('address "imap.example.com:1993"', mail.Address("imap.example.com", 1993, True)),
+        ('address "[::1]:143"', mail.Address("::1", 143, True)),
+        ('address "127.0.0.1"', mail.Address("127.0.0.1", 993, False)),
     ],
 )
-def test_address(line: str, expected: m.Address) -> None:
+def test_address(line: str, expected: mail.Address) -> None:
     text = flow(sender=SENDER.replace('address    "imap.example.com"', line) % "")
     sender = only_flow(text).sender
     assert sender.connection.address == expected
@@ -72,14 +73,14 @@ def test_protection_defaults_to_starttls_mandatory() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("proxy internet", m.Proxy("internet")),
+        ("proxy internet", mail.Proxy("internet")),
         ('proxy on-premise location "plant-1"', "plant-1"),
         ('proxy on-premise location "${property.site}"', "property.site"),
     ],
 )
 def test_proxy(line: str, expected: object) -> None:
     proxy = only_flow(flow(sender_extra=line)).sender.connection.proxy
-    if isinstance(expected, m.Proxy):
+    if isinstance(expected, mail.Proxy):
         assert proxy == expected
     else:
         assert proxy.type == "on-premise"
@@ -91,18 +92,18 @@ def test_proxy(line: str, expected: object) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("auth none", m.Auth("none")),
-        ('auth plain credential "smtp-out"', m.Auth("plain", "smtp-out")),
-        ('auth encrypted credential "smtp-out"', m.Auth("encrypted", "smtp-out")),
-        ('auth oauth2 credential "o365"', m.Auth("oauth2", "o365")),
+        ("auth none", mail.Auth("none")),
+        ('auth plain credential "smtp-out"', mail.Auth("plain", "smtp-out")),
+        ('auth encrypted credential "smtp-out"', mail.Auth("encrypted", "smtp-out")),
+        ('auth oauth2 credential "o365"', mail.Auth("oauth2", "o365")),
     ],
 )
-def test_receiver_auth(line: str, expected: m.Auth) -> None:
+def test_receiver_auth(line: str, expected: mail.Auth) -> None:
     assert only_flow(flow(receiver_extra=line)).receivers[0].connection.auth == expected
 
 
 def test_receiver_auth_defaults_to_none() -> None:
-    assert only_flow(flow()).receivers[0].connection.auth == m.Auth("none")
+    assert only_flow(flow()).receivers[0].connection.auth == mail.Auth("none")
 
 
 @pytest.mark.parametrize(
@@ -145,33 +146,33 @@ def test_folder_selection_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("post-process mark-read", m.PostProcess("mark-read")),
-        ("post-process delete", m.PostProcess("delete")),
-        ('post-process archive "Done"', m.PostProcess("archive", "Done")),
-        ('post-process archive "Done" mark-read', m.PostProcess("archive", "Done", True)),
-        ("post-process keep", m.PostProcess("keep")),
+        ("post-process mark-read", mail.PostProcess("mark-read")),
+        ("post-process delete", mail.PostProcess("delete")),
+        ('post-process archive "Done"', mail.PostProcess("archive", "Done")),
+        ('post-process archive "Done" mark-read', mail.PostProcess("archive", "Done", True)),
+        ("post-process keep", mail.PostProcess("keep")),
     ],
 )
-def test_post_process(line: str, expected: m.PostProcess) -> None:
+def test_post_process(line: str, expected: mail.PostProcess) -> None:
     assert only_flow(flow(sender_extra=line)).sender.post_process == expected
 
 
 def test_post_process_defaults_by_protocol() -> None:
-    assert only_flow(flow()).sender.post_process == m.PostProcess("mark-read")
+    assert only_flow(flow()).sender.post_process == mail.PostProcess("mark-read")
     pop3 = only_flow(flow(sender=POP3_SENDER % "pop3s")).sender
-    assert pop3.post_process == m.PostProcess("delete")
+    assert pop3.post_process == mail.PostProcess("delete")
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("poll every 5m", m.PollEvery(dt.timedelta(minutes=5))),
-        ("poll daily at 07:30", m.PollDaily(dt.time(7, 30))),
-        ('poll daily at 23:05 tz "Europe/Berlin"', m.PollDaily(dt.time(23, 5), "Europe/Berlin")),
-        ("poll idle", m.PollIdle()),
+        ("poll every 5m", mail.PollEvery(dt.timedelta(minutes=5))),
+        ("poll daily at 07:30", mail.PollDaily(dt.time(7, 30))),
+        ('poll daily at 23:05 tz "Europe/Berlin"', mail.PollDaily(dt.time(23, 5), "Europe/Berlin")),
+        ("poll idle", mail.PollIdle()),
     ],
 )
-def test_poll(line: str, expected: m.Poll) -> None:
+def test_poll(line: str, expected: mail.Poll) -> None:
     assert only_flow(flow(sender_extra=line)).sender.poll == expected
 
 
@@ -224,8 +225,9 @@ def test_mime_settings() -> None:
         "quoted-printable",
     )
     default = only_flow(flow()).receivers[0]
+    # issue 12: the default mirrors the mail read (text/plain for a plain-text mail)
     assert (default.body_type, default.charset, default.transfer_encoding) == (
-        "text/plain",
+        "auto",
         "utf-8",
         "auto",
     )
@@ -268,8 +270,8 @@ def test_sign_and_encrypt() -> None:
             )
         )
     ).receivers[0]
-    assert receiver.sign == m.SmimeSpec(("our-key",), "sha384")
-    assert receiver.encrypt == m.SmimeSpec(("partner-a", "partner-b"), "aes256-cbc")
+    assert receiver.sign == mail.SmimeSpec(("our-key",), "sha384")
+    assert receiver.encrypt == mail.SmimeSpec(("partner-a", "partner-b"), "aes256-cbc")
 
 
 def test_flow_settings() -> None:
@@ -304,6 +306,6 @@ def test_comments_blank_lines_and_tabs() -> None:
 
 def test_oauth2_auth_with_user() -> None:
     text = flow(receiver_extra='auth oauth2 credential "o365" user "robot@example.com"')
-    assert only_flow(text).receivers[0].connection.auth == m.Auth(
+    assert only_flow(text).receivers[0].connection.auth == mail.Auth(
         "oauth2", "o365", "robot@example.com"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from flowrt.engine.exchange import Attachment
 from flowrt.mpl.model import MplStatus
 from tests.engine.conftest import Harness, flow_text, message
 
@@ -75,3 +76,30 @@ async def test_every_branch_filtered_notes_each(harness: Callable[..., Harness])
     assert entry.filter_note is not None
     assert entry.filter_note.startswith("attachment-1: filtered at line")
     assert "; attachment-2: filtered at line" in entry.filter_note
+
+
+async def test_inline_parts_of_the_html_are_not_split_and_go_with_each_branch(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(flow_text(SPLIT))
+    ex = message(attachments=(("a.pdf", "application/pdf"),))
+    ex.html = b'<img src="cid:logo@x">'
+    ex.related = [Attachment("", "image/png", b"png", "inline", "logo@x")]
+    result, _ = await h.run(ex)
+    assert result.sent == 1
+    ((_, out),) = h.sent
+    assert out.attachment is not None and out.attachment.name == "a.pdf"
+    assert out.html == b'<img src="cid:logo@x">'
+    assert [a.content_id for a in out.related] == ["logo@x"]
+
+
+async def test_attachments_drop_leaves_the_inline_parts_of_the_html(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(flow_text('attachments drop "*"'))
+    ex = message(attachments=(("a.pdf", "application/pdf"),))
+    ex.related = [Attachment("", "image/png", b"png", "inline", "logo@x")]
+    await h.run(ex)
+    ((_, out),) = h.sent
+    assert out.attachments == []
+    assert [a.content_id for a in out.related] == ["logo@x"]

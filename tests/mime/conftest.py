@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flowrt.adapters.mail.mime.compose import MailComposer
+from flowrt.adapters.mail.model import Receiver
 from flowrt.dsl import parse_text
-from flowrt.dsl.model import Receiver
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "mime"
 FIXED_NOW = dt.datetime(2024, 6, 3, 9, 0, tzinfo=dt.UTC)

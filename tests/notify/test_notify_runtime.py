@@ -157,3 +157,63 @@ def test_a_notification_server_that_is_down_does_not_stop_processing(
     runtime_log = (tmp_path / "runtime.log").read_text()
     for user in (good_in, bad_in, target):
         assert user.password not in runtime_log
+
+
+def test_run_once_sends_the_alerts_of_its_run(
+    bare_tenant: Path,
+    test_ca: TestCA,
+    dovecot: DovecotServer,
+    postfix: PostfixServer,
+    new_mailbox_user: Callable[..., MailboxUser],
+    tmp_path: Path,
+) -> None:
+    """`flowrt run --once` from cron: a message that failed in this run is alerted before the
+    command exits (here the notification server is down, so the attempt is recorded with its
+    chain and a next try, which the next `--once` takes up)."""
+    tenant = bare_tenant
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(test_ca.cert_pem)
+    ok(flowrt(tenant, "keystore", "add", "test-root", str(ca)))
+    bad_in = new_mailbox_user("once")
+    credential(tenant, "bad-in", bad_in)
+    flow = tmp_path / "bad.flow"
+    flow.write_text(
+        FLOW.format(
+            name="bad",
+            imap=dovecot.imap_port,
+            smtps=postfix.smtps_port,
+            login=bad_in.address,
+            to="nobody@example.com",
+        )
+    )
+    ok(flowrt(tenant, "deploy", str(flow)))
+    down = NotifyServer("127.0.0.1", free_port(), "smtps", "flowrt@example.com", timeout=5)
+    with edit_config(Tenant(tenant)) as edit:
+        edit.value = replace(edit.value, server=down)
+    ok(
+        flowrt(
+            tenant,
+            "notify",
+            "rule",
+            "add",
+            "all",
+            "--on",
+            "message-failed",
+            "--to",
+            "ops@x.example",
+        )
+    )
+    dovecot.append(bad_in.address, "INBOX", a_mail("will fail"))
+
+    run = subprocess.run(
+        ["flowrt", "--tenant", str(tenant), "run", "--once", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr  # the message failed
+    alerts = json.loads(ok(flowrt(tenant, "notify", "log", "--format", "json")).output)
+    assert len(alerts) == 1
+    assert alerts[0]["status"] == "failed" and alerts[0]["next_try"]
+    assert "ConnectException: Connection refused" in str(alerts[0]["chain"])
+    assert bad_in.password not in run.stdout + run.stderr

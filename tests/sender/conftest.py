@@ -14,21 +14,22 @@ from typing import Any, Literal
 
 import pytest
 
-from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
-from flowrt.adapters.mail.sender.poller import Backoff, MailPoller
-from flowrt.dsl.model import (
+from flowrt.adapters.mail.model import (
     Address,
     Auth,
     Connection,
     Poll,
     PollEvery,
-    Pos,
     PostProcess,
     Proxy,
     Sender,
 )
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
+from flowrt.adapters.mail.sender.poller import MailPoller
+from flowrt.dsl.model import Pos
 from flowrt.engine.exchange import Exchange
 from flowrt.net import ProxyRoute
+from flowrt.runtime.schedule import Backoff, run_on_schedule
 from flowrt.runtime.state import StateDB
 from flowrt.security.secret import Secret
 from tests.servers import DovecotServer, MailboxUser, TestCA
@@ -166,8 +167,12 @@ def poller(
     state: StateDB,
     **kwargs: Any,
 ) -> MailPoller:
-    kwargs.setdefault("backoff", FAST)
     return MailPoller(sender, endpoint, handle, state, **kwargs)
+
+
+async def run(p: MailPoller, stop: asyncio.Event, backoff: Backoff = FAST) -> None:
+    """The poller on its schedule, as the runtime runs it (fast backoff for tests)."""
+    await run_on_schedule(p, stop, backoff=backoff)
 
 
 def fill(

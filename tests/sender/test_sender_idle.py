@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from flowrt.adapters.mail.imap.mailbox import ImapMailbox
+from flowrt.adapters.mail.model import PollIdle
 from flowrt.adapters.mail.sender.mailbox import Mailbox
 from flowrt.adapters.mail.sender.poller import MailPoller
-from flowrt.dsl.model import PollIdle
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import (
     Recorder,
@@ -21,6 +21,7 @@ from tests.sender.conftest import (
     make_mail,
     make_sender,
     poller,
+    run,
 )
 from tests.servers import DovecotServer, MailboxUser
 
@@ -70,7 +71,7 @@ async def test_idle_delivers_an_appended_mail_within_a_second(
     opener = CountingOpener(lambda: p)
     p._opener = opener
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(run(p, stop))
     try:
         await wait_until(lambda: opener.idles >= 1)  # the waiting mail is done, IDLE runs
         assert handle.subjects == ["waiting"]
@@ -99,7 +100,7 @@ async def test_idle_is_reissued_and_each_wake_polls(
     opener = CountingOpener(lambda: p)
     p._opener = opener
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(run(p, stop))
     try:
         await wait_until(lambda: opener.idles >= 5)
         fill(dovecot, mailbox_user, [make_mail("late")])
@@ -119,7 +120,7 @@ async def test_idle_reconnects_after_a_server_restart(
     opener = CountingOpener(lambda: p)
     p._opener = opener
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(run(p, stop))
     try:
         await wait_until(lambda: opener.idles >= 1)
         await asyncio.to_thread(dovecot.restart)
@@ -169,7 +170,7 @@ async def test_half_open_idle_connection_is_detected_and_replaced(state: StateDB
         sender, endpoint_for(sender, MailboxUser("u@x", "p")), Recorder(), state, idle_refresh=0.1
     )
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(run(p, stop))
     try:
         await wait_until(lambda: connections >= 2, timeout=5)
     finally:
@@ -187,7 +188,7 @@ async def test_stop_ends_idle_at_once(
     opener = CountingOpener(lambda: p)
     p._opener = opener
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(run(p, stop))
     await wait_until(lambda: opener.idles >= 1)
     started = time.monotonic()
     stop.set()

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from flowrt.adapters.mail.model import PollDaily, PollEvery
 from flowrt.adapters.mail.sender.mailbox import Candidate, message_id_of, plan_batches
-from flowrt.adapters.mail.sender.poller import Backoff, MailPoller, next_daily_run
-from flowrt.dsl.model import PollDaily, PollEvery
+from flowrt.adapters.mail.sender.poller import MailPoller
 from flowrt.errors import MailConnectException, TenantError
+from flowrt.runtime.schedule import Backoff, next_daily_run, run_on_schedule
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import Recorder, endpoint_for, make_mail, make_sender
 from tests.servers import MailboxUser
@@ -78,7 +79,6 @@ def scripted_poller(
         handle,
         state,
         opener=opener,  # type: ignore[arg-type]
-        backoff=Backoff(initial=0.01, maximum=0.05),
     )
 
 
@@ -121,7 +121,9 @@ async def test_run_every_polls_on_schedule_and_stops(state: StateDB) -> None:
 
     p.poll_once = counting  # type: ignore[method-assign]
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(
+        run_on_schedule(p, stop, backoff=Backoff(initial=0.01, maximum=0.05))
+    )
     await asyncio.sleep(0.32)
     stop.set()
     await asyncio.wait_for(task, 1)
@@ -147,10 +149,11 @@ async def test_run_backs_off_after_failures_and_recovers(state: StateDB) -> None
         handle,
         state,
         opener=flaky,  # type: ignore[arg-type]
-        backoff=Backoff(initial=0.01, maximum=0.05),
     )
     stop = asyncio.Event()
-    task = asyncio.ensure_future(p.run(stop))
+    task = asyncio.ensure_future(
+        run_on_schedule(p, stop, backoff=Backoff(initial=0.01, maximum=0.05))
+    )
     await asyncio.wait_for(handle.event.wait(), 2)  # after three failures, well before 10 s
     stop.set()
     await asyncio.wait_for(task, 1)

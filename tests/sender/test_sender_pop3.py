@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.pop3.session import open_pop3
-from flowrt.dsl.model import PostProcess
 from flowrt.errors import (
     AuthenticationFailedException,
     MailConnectException,

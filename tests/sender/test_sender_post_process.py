@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from flowrt.adapters.mail.imap.mailbox import ImapMailbox
+from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.sender.mailbox import Mailbox
-from flowrt.dsl.model import PostProcess
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FolderNotFoundException, StepException
 from flowrt.runtime.state import StateDB

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrt.dsl.model import PostProcess
+from flowrt.adapters.mail.model import PostProcess
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import MailConnectException, MessagingException, render_chain
 from flowrt.net import ProxyRoute

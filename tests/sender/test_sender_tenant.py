@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from flowrt.adapters.mail.model import PostProcess, Proxy
 from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
-from flowrt.dsl.model import PostProcess, Proxy, Template
+from flowrt.dsl.model import Template
 from flowrt.errors import MessagingException, render_chain
 from flowrt.runtime.state import StateDB
 from flowrt.security import TenantSecurity, edit_credentials, edit_keystore, edit_locations

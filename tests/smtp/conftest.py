@@ -28,8 +28,8 @@ import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from flowrt.adapters.mail.model import Receiver
 from flowrt.dsl import parse_text
-from flowrt.dsl.model import Receiver
 from flowrt.security import (
     Location,
     OAuth2ClientCredentials,

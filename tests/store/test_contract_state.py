@@ -11,7 +11,7 @@ import pytest
 
 from flowrt.dsl import parse_text
 from flowrt.errors import FlowError
-from flowrt.runtime.state import Fence, LeaseLost, PollerHealth
+from flowrt.source_state import Fence, LeaseLost, PollerHealth
 from flowrt.store import StateBackend, open_deployments, open_state
 from flowrt.store.config import StoreConfig
 from flowrt.tenant import Tenant

@@ -58,7 +58,8 @@ SPEC = StepSpec(
     name="attachments",
     syntax='attachments keep|drop "GLOB"',
     summary="Keeps only the attachments whose name matches GLOB, or drops those that match "
-    "(case-insensitive shell patterns such as *.pdf).",
+    "(case-insensitive shell patterns such as *.pdf). The inline parts the HTML shows "
+    "(cid: images) are not attachments and stay.",
     example='attachments keep "*.pdf"',
 )
 

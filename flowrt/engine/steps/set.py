@@ -82,7 +82,8 @@ def check(step: SetStep, receivers: Mapping[str, Any], report: Report) -> None:
 SPEC = StepSpec(
     name="set",
     syntax='set header "NAME" = VALUE | set property "NAME" = VALUE | set body = VALUE',
-    summary="Sets a header, a property or the body. VALUE is a quoted string with ${...} "
+    summary="Sets a header, a property or the body (the text; the mail's HTML alternative "
+    "is then left out). VALUE is a quoted string with ${...} "
     "expressions, or a reference such as header.From. Headers set here are written into "
     "the mail that receivers send.",
     example='set header "X-Forwarded-By" = "flowrt"',
@@ -111,5 +112,6 @@ def compile(step: SetStep, ctx: CompileContext) -> CompiledStep:
 
         def run(ex: Exchange, log: MessageLog) -> None:
             ex.set_text(value(ex))
+            ex.html = None  # the flow's text replaces the mail's content; its HTML said the old
 
     return CompiledStep(run, f"set {kind} {name}".rstrip(), line_of(step.pos))

@@ -37,7 +37,8 @@ SPEC = StepSpec(
     syntax="split attachments",
     summary="Continues with one branch per attachment: each branch carries one attachment "
     "(${attachment.name}, ${attachment.type}) and is recorded with its branch ID in the MPL. "
-    "A message without attachments completes here.",
+    "A message without attachments completes here. The inline parts the HTML shows (cid: "
+    "images) are not attachments: they go with every branch.",
     example="split attachments",
 )
 

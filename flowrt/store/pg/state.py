@@ -25,14 +25,9 @@ from typing import Any
 import psycopg
 
 from flowrt.errors import StoreError, TenantError
-from flowrt.runtime.state import (
-    Fence,
-    LeaseLost,
-    LockInfo,
-    MailRecord,
-    PollerHealth,
-    dead_holder,
-)
+from flowrt.runtime.leases import HeldLease
+from flowrt.runtime.state import dead_holder
+from flowrt.source_state import Fence, LeaseLost, LockInfo, MailRecord, PollerHealth
 from flowrt.store.pg.connect import PgDatabase
 
 __all__ = ["NodeInfo", "PgStateDB"]
@@ -68,6 +63,8 @@ class PgStateDB:
     def __init__(self, db: PgDatabase) -> None:
         self.db = db
         self.path = db.shown
+        self.node: str | None = None
+        self.lease_ttl: float | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -295,6 +292,13 @@ class PgStateDB:
                 (now, now + ttl, key, owner),
             )
             return cursor.rowcount == 1
+
+    def lease(self, key: str, owner: str, ttl: float, *, info: str = "") -> HeldLease:
+        """As :meth:`StateDB.lease`; a node's leases are owned by ``NODE/owner``, which is
+        how `flowrt status` tells which node holds what."""
+        if self.node is not None:
+            owner = f"{self.node}/{owner}"
+        return HeldLease(self, key, owner, self.lease_ttl or ttl, info=info)
 
     def release_lock(self, key: str, owner: str) -> bool:
         with self._guard("release a lock") as conn:

@@ -18,11 +18,12 @@ from typing import TypeVar
 from cryptography import x509
 
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.model import Proxy
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
-from flowrt.dsl.model import Pos, Proxy, Template
+from flowrt.dsl.model import Pos, Template
 from flowrt.errors import (
     FlowrtError,
     IOException,

@@ -18,9 +18,9 @@ from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient
 from flowrt.adapters.mail.imap.parse import response_code, response_text
 from flowrt.adapters.mail.imap.session import open_imap
+from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
-from flowrt.dsl.model import PostProcess
 from flowrt.errors import FolderNotFoundException
 
 __all__ = ["ImapMailbox"]

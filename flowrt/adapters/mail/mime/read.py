@@ -11,8 +11,13 @@ What the exchange gets:
 - headers: every header of the mail, in order, repeats kept, unfolded and RFC 2047-decoded
   (or only those named in ``headers``);
 - body: the text/plain part (else the text/html part) as bytes in its own charset;
+- html: the text/html alternative of a mail that has a text/plain part too;
+- related: the inline parts of a multipart/related (images the HTML shows by ``cid:``), with
+  their Content-IDs;
 - attachments: every other part with a file name or ``Content-Disposition: attachment``, every
-  non-text part, and nested mails as ``.eml`` files; names decoded, made safe and unique;
+  non-text part, further text parts (inline), and nested mails as ``.eml`` files; names
+  decoded, made safe and unique; content type parameters, disposition and Content-ID kept;
+- original: the mail's bytes; sealed: a signed, report or encrypted mail's entity as it was;
 - IDs: a new message ID; the correlation ID is the mail's Message-ID.
 """
 
@@ -33,6 +38,7 @@ from email.policy import Compat32, compat32
 from io import BytesIO
 from typing import Literal
 
+from flowrt.adapters.mail.mime.sealed import seal
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from flowrt.errors import MessageFormatException
 
@@ -48,6 +54,9 @@ _MAX_NAME = 200  # longest attachment name we keep (file systems stop at 255 byt
 # A header field name: printable ASCII except the colon (RFC 5322 section 2.2), then ':'.
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_LEADING_BLANK = re.compile(rb"(?:[ \t]*\r?\n)*")
+_ENCODED_WORD_8BIT = re.compile(rb"=\?([^?\s]+)\?([QqBb])\?([^?]*[\x80-\xff][^?]*)\?=")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?]*)\?=")
 _UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_EML_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
@@ -93,6 +102,7 @@ _DEFECT_TEXT: dict[type[email_errors.MessageDefect], str] = {
 _MAX_DEPTH = 50  # multipart nesting we follow; real mail stays within 5 or so
 _TOO_DEEP = "parts nested too deeply to read; the rest was kept as raw text"
 _RECOVERED = "the declared boundary is not used; the parts were found by the one that is"
+_UNFOLDED = "the boundary parameter is folded; it was read unfolded, as mail clients do"
 _SUPERSEDED = (
     email_errors.StartBoundaryNotFoundDefect,
     email_errors.NoBoundaryInMultipartDefect,
@@ -131,6 +141,8 @@ def mail_to_exchange(
             root = BytesHeaderParser(policy=compat32).parsebytes(raw[start:])
             reader.max_depth = 0
         exchange = reader.read(root, headers)
+        exchange.sealed = seal(raw, start, root, exchange)
+    exchange.original = raw
     if keep_original:
         exchange.properties[ORIGINAL_PROPERTY] = raw
     if defects:
@@ -147,7 +159,8 @@ def _header_start(raw: bytes) -> int | None:
     if not head.strip():
         what = "empty" if not raw else "only white space"
         raise MessageFormatException(f"not a mail: the input is {what}")
-    start = len(head) - len(head.lstrip(b"\r\n"))
+    blank = _LEADING_BLANK.match(head)
+    start = blank.end() if blank else 0
     if head.startswith(b"From ", start) or _HEADER_LINE.match(head, start):
         return start
     kind = _binary_kind(head)
@@ -200,7 +213,9 @@ class _MailReader:
         self.keep_attachments = keep_attachments
         self.linesep = linesep
         self.nodes: list[tuple[Message, str]] = []  # every part visited, for its defects
-        self.recovered: set[int] = set()  # id() of multiparts re-read with their real boundary
+        # id() of multiparts re-read with their real boundary -> the defect that says so
+        self.recovered: dict[int, str] = {}
+        self.alternatives: list[str] = []  # paths of the multipart/alternative parts
         self.names = _Names()
         self.max_depth = _MAX_DEPTH
 
@@ -212,15 +227,30 @@ class _MailReader:
         if wanted is not None:
             keep = {name.strip().lower() for name in wanted}
             items = [(name, value) for name, value in items if name.lower() in keep]
+        self._check_once(items)
         leaves = list(self._leaves(root, ""))
         exchange = Exchange(headers=Headers(items), correlation_id=correlation)
-        body = _pick_body(leaves)
-        if body is not None:
-            self._read_body(*body, exchange)
-        if self.keep_attachments:
-            exchange.attachments = [
-                self._attachment(part, path) for part, path, kind in leaves if kind == "attachment"
-            ]
+        text, html = _pick_body(leaves, self.alternatives)
+        if text is not None:
+            self._read_body(*text, exchange)
+        if html is not None and text is not None:
+            part, path = html
+            where = _where(part, path)
+            exchange.html = self._content(part, where)
+            exchange.html_charset = _body_charset(part, exchange.html, where, self.defects)
+        elif html is not None:
+            self._read_body(*html, exchange)
+        chosen = {id(found[0]) for found in (text, html) if found is not None}
+        for part, path, kind in leaves:
+            if id(part) in chosen:
+                continue
+            if kind == "related":
+                exchange.related.append(self._attachment(part, path, "inline", related=True))
+            elif self.keep_attachments:
+                # a further text (the 2nd text of a report, texts between images) is kept
+                # where it was: inline, as an attachment part
+                inline = "inline" if kind == "body" else "attachment"
+                exchange.attachments.append(self._attachment(part, path, inline))
         self._collect_parser_defects()
         return exchange
 
@@ -230,6 +260,14 @@ class _MailReader:
         text, problems = decode_words(_unfold(str(raw)))
         self.defects.extend(f"header {name}: {problem}" for problem in problems)
         return text
+
+    def _check_once(self, items: list[tuple[str, str]]) -> None:
+        counts: dict[str, int] = {}
+        for name, _ in items:
+            counts[name.lower()] = counts.get(name.lower(), 0) + 1
+        for name in ("Subject", "Date", "From", "Message-ID"):
+            if counts.get(name.lower(), 0) > 1:
+                self.defects.append(f"{counts[name.lower()]} {name} headers; the first is used")
 
     def _check_required(self, items: list[tuple[str, str]]) -> None:
         present = {name.lower() for name, _ in items}
@@ -252,14 +290,27 @@ class _MailReader:
             yield part, path, "body" if not path else "attachment"
             return
         if maintype == "multipart" and not part.is_multipart():
-            recovered = _recover_multipart(part)
+            unfolded = _unfolded_boundary(part)
+            recovered = _recover_multipart(part, unfolded)
             if recovered is not None:
-                self.recovered.add(id(part))
+                self.recovered[id(part)] = _UNFOLDED if unfolded else _RECOVERED
                 part = recovered
         if part.is_multipart() and maintype != "message":
-            for index, sub in enumerate(part.get_payload(), 1):
-                assert isinstance(sub, Message)
-                yield from self._leaves(sub, f"{path}.{index}" if path else str(index))
+            subparts = [sub for sub in part.get_payload() if isinstance(sub, Message)]
+            related = part.get_content_subtype() == "related"
+            if part.get_content_subtype() == "alternative":
+                self.alternatives.append(path)
+            start = _related_start(part, subparts) if related else -1
+            for index, sub in enumerate(subparts, 1):
+                where = f"{path}.{index}" if path else str(index)
+                if start >= 0 and index - 1 != start and not sub.is_multipart():
+                    kind = _kind(sub, sub.get_content_maintype())
+                    self.nodes.append((sub, where))
+                    _fix_8bit_headers(sub, _where(sub, where), self.defects)
+                    inline = kind != "attachment" or _is_inline(sub)
+                    yield sub, where, "related" if inline else kind
+                    continue
+                yield from self._leaves(sub, where)
         else:
             yield part, path, _kind(part, maintype)
 
@@ -270,22 +321,38 @@ class _MailReader:
         exchange.body = self._content(part, where)
         if part.get_content_type() == "text/html":
             exchange.content_type = "text/html"
+        elif str(part.get_param("format", "")).lower() == "flowed":
+            delsp = str(part.get_param("delsp", "")).lower()
+            exchange.body_params = "format=flowed" + ("; delsp=yes" if delsp == "yes" else "")
         exchange.charset = _body_charset(part, exchange.body, where, self.defects)
 
     # -- attachments
 
-    def _attachment(self, part: Message, path: str) -> Attachment:
+    def _attachment(
+        self, part: Message, path: str, disposition: str, *, related: bool = False
+    ) -> Attachment:
         where = _where(part, path)
         content_type = part.get_content_type()
         filename = _filename(part, where, self.defects)
+        disposition = part.get_content_disposition() or disposition
+        content_id = str(part.get("content-id", "")).strip().strip("<>").strip()
+        full_type = _full_type(part, content_type)
+        if related and not filename and content_id:
+            # an image the HTML shows by cid: needs no file name, and gets none it never had
+            data = self._content(part, where)
+            return Attachment("", full_type, data, disposition, content_id)
         if not part.is_multipart():  # a leaf, or a message/* sent base64-encoded
             data = self._content(part, where)
         elif content_type == "message/rfc822" and (inner := _first_part(part)) is not None:
             data, subject = self._nested_mail(part, inner, where)
-            return Attachment(self.names.nested(filename or _eml_name(subject)), content_type, data)
+            name = self.names.nested(filename or _eml_name(subject))
+            return Attachment(name, content_type, data, disposition, content_id)
         else:  # message/delivery-status, a multipart nested too deeply: the body as it was
             data = _flatten(part, self.linesep).split(self.linesep.encode() * 2, 1)[-1]
-        return Attachment(self.names.take(filename, content_type), content_type, data)
+            if content_type.startswith("multipart/"):
+                self.defects.append(f"{where}: kept as an attachment ({content_type}, unread)")
+        name = self.names.take(filename, content_type)
+        return Attachment(name, full_type, data, disposition, content_id)
 
     def _content(self, part: Message, where: str) -> bytes:
         """The part's bytes after transfer decoding; releases the parser's encoded copy."""
@@ -322,7 +389,7 @@ class _MailReader:
         for part, path in self.nodes:
             where = _where(part, path)
             if id(part) in self.recovered:
-                self.defects.append(f"{where}: {_RECOVERED}")
+                self.defects.append(f"{where}: {self.recovered[id(part)]}")
             for defect in part.defects:
                 if id(part) in self.recovered and isinstance(defect, _SUPERSEDED):
                     continue
@@ -359,14 +426,68 @@ def _kind(part: Message, maintype: str) -> str:
     return "attachment"  # inline images, calendars, anything else
 
 
-def _pick_body(leaves: list[tuple[Message, str, str]]) -> tuple[Message, str] | None:
-    """The first text/plain body candidate, else the first text/html one (alternatives and
-    extra inline texts are left out: they repeat the body)."""
+_Found = tuple[Message, str] | None
+
+
+def _pick_body(
+    leaves: list[tuple[Message, str, str]], alternatives: list[str]
+) -> tuple[_Found, _Found]:
+    """The first text/plain body candidate, and the text/html one that is its alternative
+    (within one multipart/alternative), or the first text/html when there is no text. The
+    others are kept as inline attachments by the caller."""
     candidates = [(part, path) for part, path, kind in leaves if kind == "body"]
-    for part, path in candidates:
-        if part.get_content_type() != "text/html":
-            return part, path
-    return candidates[0] if candidates else None
+    texts = [found for found in candidates if found[0].get_content_type() != "text/html"]
+    htmls = [found for found in candidates if found[0].get_content_type() == "text/html"]
+    text = texts[0] if texts else None
+    if text is None:
+        return None, htmls[0] if htmls else None
+    for part, path in htmls:
+        if any(_within(text[1], alt) and _within(path, alt) for alt in alternatives):
+            return text, (part, path)
+    return text, None
+
+
+def _within(path: str, parent: str) -> bool:
+    return not parent or path.startswith(parent + ".")
+
+
+def _related_start(part: Message, subparts: list[Message]) -> int:
+    """Index of a multipart/related's root part: the one its ``start`` parameter names, else
+    the first (RFC 2387)."""
+    start = part.get_param("start", None)
+    if isinstance(start, str) and start.strip():
+        wanted = start.strip().strip("<>")
+        for index, sub in enumerate(subparts):
+            if str(sub.get("content-id", "")).strip().strip("<>") == wanted:
+                return index
+    return 0
+
+
+def _is_inline(part: Message) -> bool:
+    return part.get_content_disposition() != "attachment" and "content-id" in part
+
+
+def _full_type(part: Message, content_type: str) -> str:
+    """The content type with its parameters (charset, format, method...), without the name
+    (the attachment carries that decoded) and the boundary."""
+    out = [content_type]
+    try:
+        params = part.get_params(None, "content-type") or []
+    except (TypeError, ValueError, LookupError, UnicodeError):
+        return content_type
+    for key, value in params[1:]:
+        key = key.lower()
+        if key in ("name", "boundary") or not key or not _TOKEN.fullmatch(key):
+            continue
+        text = value if isinstance(value, str) else ""  # RFC 2231 ones other than the name: rare
+        if not text:
+            continue
+        if _TOKEN.fullmatch(text):
+            out.append(f"{key}={text}")
+        elif text.isascii() and "\n" not in text and "\r" not in text:
+            quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'{key}="{quoted}"')
+    return "; ".join(out)
 
 
 def _where(part: Message, path: str) -> str:
@@ -385,22 +506,39 @@ def _message_id(items: list[tuple[str, str]]) -> str:
 # ----------------------------------------------------------------------------- recovery
 
 
-def _recover_multipart(part: Message) -> Message | None:
+def _recover_multipart(part: Message, unfolded: bytes | None) -> Message | None:
     """A multipart whose declared boundary is missing or wrong: look for the boundary the
     parts actually use (the first ``--TOKEN`` line) and parse again with it."""
     payload = part.get_payload(decode=True)  # the raw bytes: a multipart is 7bit or 8bit
     if not isinstance(payload, bytes):
         return None
-    match = re.search(rb"^--([!-~]{1,70})[ \t]*\r?$", payload, re.MULTILINE)
-    if match is None or payload.count(b"--" + match.group(1)) < 2:
-        return None
-    boundary = match.group(1).replace(b'"', b"").replace(b"\\", b"")
-    header = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\n\n'
+    boundary = (
+        unfolded if unfolded and re.search(rb"^--" + re.escape(unfolded), payload, re.M) else None
+    )
+    if boundary is None:
+        match = re.search(rb"^--([!-~](?:[ -~]{0,68}[!-~])?)[ \t]*\r?$", payload, re.MULTILINE)
+        if match is None or payload.count(b"--" + match.group(1)) < 2:
+            return None
+        boundary = match.group(1)
+    boundary = boundary.replace(b'"', b"").replace(b"\\", b"")
+    subtype = part.get_content_subtype().encode("ascii", "replace")
+    if not re.fullmatch(rb"[a-z0-9.+-]+", subtype):
+        subtype = b"mixed"
+    header = b"Content-Type: multipart/" + subtype + b'; boundary="' + boundary + b'"\n\n'
     try:
         recovered = _parse(header + payload, 0)
     except RecursionError:
         return None
     return recovered if recovered.is_multipart() else None
+
+
+def _unfolded_boundary(part: Message) -> bytes | None:
+    """The declared boundary when folding broke it (``boundary="abc\\n def"``): mail clients
+    unfold it, keeping the white space at the fold, and so do we."""
+    declared = part.get_param("boundary", None)
+    if not isinstance(declared, str) or "\n" not in declared:
+        return None
+    return re.sub(rb"\r?\n", b"", declared.encode("utf-8", "surrogateescape")).strip() or None
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -528,13 +666,45 @@ def _fix_8bit_headers(part: Message, where: str, defects: list[str]) -> None:
         del part[name]
     for name, value in items:
         if _has_8bit(value):
-            data = value.encode("ascii", "surrogateescape")
+            data = _decode_8bit_words(value.encode("ascii", "surrogateescape"))
             try:
                 value = data.decode("utf-8")
             except UnicodeDecodeError:
                 value = data.decode("windows-1252", errors="replace")
                 defects.append(f"{where}: header {name} has 8-bit bytes that are not UTF-8")
         part.set_raw(name, value)
+
+
+def _decode_8bit_words(data: bytes) -> bytes:
+    """Encoded words with raw 8-bit bytes inside (=?iso-8859-1?Q?caf\xc3\xa9?=), decoded as
+    mail readers do: the bytes as UTF-8 when they are, else in the declared charset. The
+    result is written back as UTF-8 text, which the caller then reads."""
+
+    def decode(match: re.Match[bytes]) -> bytes:
+        charset = match.group(1).decode("ascii", "replace").split("*", 1)[0].lower()
+        encoded = match.group(3)
+        if match.group(2) in b"Bb":
+            return match.group(0)  # base64 has no 8-bit bytes to read: leave it to the decoder
+        raw = binascii.a2b_qp(encoded, header=True)
+        try:
+            return raw.decode("utf-8").encode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        if not known_charset(charset):
+            charset = "windows-1252"
+        return raw.decode(charset, "replace").encode("utf-8")
+
+    out: list[bytes] = []
+    position = 0
+    for match in _ENCODED_WORD_8BIT.finditer(data):
+        gap = data[position : match.start()]
+        # white space between two encoded words is not part of the text (RFC 2047 6.2)
+        if not (position and not gap.strip()):
+            out.append(gap)
+        out.append(decode(match))
+        position = match.end()
+    out.append(data[position:])
+    return b"".join(out)
 
 
 def _has_8bit(value: object) -> bool:

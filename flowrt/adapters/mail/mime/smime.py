@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from flowrt.dsl.model import SmimeSpec
+from flowrt.adapters.mail.model import SmimeSpec
 from flowrt.errors import KeystoreError, MessagingException
 from flowrt.security.keystore import KeyPair, Keystore, TrustedCertificate
 from flowrt.security.tenant_security import TenantSecurity

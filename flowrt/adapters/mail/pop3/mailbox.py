@@ -14,11 +14,11 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.pop3.client import Pop3Client
 from flowrt.adapters.mail.pop3.session import open_pop3
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate
-from flowrt.dsl.model import PostProcess
 
 __all__ = ["Pop3Mailbox"]
 

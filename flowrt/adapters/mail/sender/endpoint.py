@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from cryptography import x509
 
-from flowrt.dsl.model import Sender
+from flowrt.adapters.mail.model import Sender
 from flowrt.errors import (
     AuthenticationFailedException,
     CredentialError,

@@ -3,8 +3,12 @@ exchange, to ``handle``; the runtime wires ``handle`` to the engine.
 
     poller = MailPoller(sender, endpoint, handle, state)
     result = await poller.poll_once()       # one poll; raises the chain when it fails
-    await poller.run(stop)                  # poll every / daily at / idle, until stop is set
+    await poller.session(stop)              # idle: one held IDLE session
     poller.health                           # last success, last error, consecutive failures
+
+When it polls (``poll every`` / ``daily at`` / ``idle``, backoff after failures) is the
+runtime's job (:func:`flowrt.runtime.schedule.run_on_schedule`); the state store, with its
+leases, is injected (:class:`flowrt.source_state.SourceState`).
 
 The rules it keeps (design: "at-least-once without loss, and no duplicates"):
 
@@ -17,12 +21,12 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    changes) is committed. A crash between the two leaves a record for an unchanged mail:
    the next poll does not hand it over again, it only post-processes it.
 3. One broken mail never blocks the others; ``max-messages`` counts mails handed over.
-4. One poller per mailbox: a lease lock (user + host + folder) in the state DB, renewed while
-   the poll (or the IDLE session) runs and released at its end. A second poller skips and
-   says who holds the lock; a lease that is not renewed expires, so a dead runtime does not
-   block the mailbox for good (and `flowrt locks release` ends it at once).
-5. Every wait is bounded; a poll that fails (server restarted, half-open connection) is
-   retried with backoff, and IDLE reconnects the same way.
+4. One poller per mailbox: a lease (user + host + folder) from the state store, held (and
+   renewed) while the poll or the IDLE session runs and released at its end. A second
+   poller skips and says who holds the lock; a lease that is not renewed expires, so a
+   dead runtime does not block the mailbox for good (`flowrt locks release` ends it now).
+5. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
+   connection) raises, and the schedule retries it with backoff.
 """
 
 from __future__ import annotations
@@ -31,26 +35,29 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import random
 import time
-import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import structlog
 
 from flowrt.adapters.mail.mime.read import mail_to_exchange
+from flowrt.adapters.mail.model import Poll, Sender
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
-from flowrt.dsl.model import PollDaily, PollEvery, PollIdle, Sender
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
-from flowrt.runtime.state import Fence, LeaseLost, LockInfo, PollerHealth, default_owner
+from flowrt.source_state import (
+    Fence,
+    Lease,
+    LeaseBusy,
+    LeaseLost,
+    LockInfo,
+    PollerHealth,
+    SourceState,
+    default_owner,
+)
 
-if TYPE_CHECKING:
-    from flowrt.store.api import StateBackend
-
-__all__ = ["Backoff", "Handle", "MailPoller", "PollResult", "next_daily_run"]
+__all__ = ["Handle", "MailPoller", "PollResult"]
 
 Handle = Callable[[Exchange], Awaitable[bool]]
 """True: the flow finished with the mail (completed, or filtered out); False: it failed."""
@@ -58,27 +65,11 @@ Handle = Callable[[Exchange], Awaitable[bool]]
 MailboxOpener = Callable[[], Awaitable[Mailbox]]
 
 IDLE_REFRESH = 25 * 60.0  # servers may drop an IDLE after 30 minutes (RFC 2177)
-DAILY_RETRY_CAP = 15 * 60.0
 LOCK_TTL = 120.0
 RECORD_RETENTION = 30 * 86400.0  # records of mails that left the mailbox's selection
 PURGE_EVERY = 86400.0
 
 _log = structlog.get_logger("flowrt.sender")
-
-
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    """Delays between failed attempts: ``initial * factor**(n-1)``, at most ``maximum``,
-    with some jitter so that pollers of one server do not reconnect in step."""
-
-    initial: float = 1.0
-    maximum: float = 300.0
-    factor: float = 2.0
-    jitter: float = 0.1
-
-    def delay(self, failures: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
-        return base * (1 + random.uniform(-self.jitter, self.jitter))
 
 
 @dataclasses.dataclass
@@ -99,12 +90,6 @@ class _RecordFailed(Exception):
         self.error = error
 
 
-class _Busy(Exception):
-    def __init__(self, holder: LockInfo) -> None:
-        super().__init__(holder.key)
-        self.holder = holder
-
-
 class MailPoller:
     """Polls one mailbox for one flow; see the module docstring for the rules."""
 
@@ -113,12 +98,11 @@ class MailPoller:
         sender: Sender,
         endpoint: MailEndpoint,
         handle: Handle,
-        state: StateBackend,
+        state: SourceState,
         *,
         name: str | None = None,
         owner: str | None = None,
         lock_ttl: float = LOCK_TTL,
-        backoff: Backoff | None = None,
         idle_refresh: float = IDLE_REFRESH,
         opener: MailboxOpener | None = None,
     ) -> None:
@@ -131,14 +115,17 @@ class MailPoller:
         self.name = name or f"{sender.protocol}:{self.lock_key}"
         self.owner = owner or default_owner()
         self.lock_ttl = lock_ttl
-        self.backoff = backoff or Backoff()
         self.idle_refresh = idle_refresh
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
-        self._lost = asyncio.Event()  # our lease was taken away: stop at once
+        self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
+
+    @property
+    def schedule(self) -> Poll:
+        return self.sender.poll
 
     @property
     def health(self) -> PollerHealth:
@@ -171,7 +158,7 @@ class MailPoller:
                     mailbox.abort()
                     raise
                 await mailbox.close()
-        except _Busy as busy:
+        except LeaseBusy as busy:
             return self._skipped(busy.holder)
         except Exception as exc:
             self._failed(exc)
@@ -251,13 +238,6 @@ class MailPoller:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
         return result
-
-    def check_lease(self) -> None:
-        """LeaseLost when the lease this poll runs under is no longer ours: called before a
-        mail is sent on, so that a node that was paused past its lease hands the mail back
-        instead of sending what the node that took over sends too."""
-        if self._fence is not None:
-            self.state.check_fence(self._fence)
 
     def _lease_lost(self, result: PollResult) -> None:
         self._lost.set()
@@ -385,64 +365,31 @@ class MailPoller:
         if gone:
             self.state.forget(mailbox.scope, gone, fence=self._fence)
 
-    # ------------------------------------------------------------------ the schedule
+    # ------------------------------------------------------------------ IDLE
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Poll as the flow's ``poll`` setting says until ``stop`` is set (or cancelled).
-        Failures are recorded in the health and retried with backoff; never raises them."""
-        stop = stop or asyncio.Event()
-        if isinstance(self.sender.poll, PollIdle):
-            await self._run_idle(stop)
-            return
-        while not stop.is_set():
-            started = time.time()
-            try:
-                await self.poll_once()
-                delay = self._until_next_poll(started)
-            except Exception:
-                cap = (
-                    self.sender.poll.interval.total_seconds()
-                    if isinstance(self.sender.poll, PollEvery)
-                    else DAILY_RETRY_CAP
-                )
-                delay = min(self.backoff.delay(self._health.consecutive_failures), cap)
-            if await _sleep(stop, delay):
-                return
-
-    def _until_next_poll(self, started: float) -> float:
-        poll = self.sender.poll
-        if isinstance(poll, PollEvery):
-            return max(0.0, started + poll.interval.total_seconds() - time.time())
-        if isinstance(poll, PollDaily):
-            now = dt.datetime.now(dt.UTC)
-            return (next_daily_run(now, poll) - now).total_seconds()
-        return 0.0
-
-    async def _run_idle(self, stop: asyncio.Event) -> None:
+    async def session(self, stop: asyncio.Event) -> float:
         """One connection, held with the lock: poll, IDLE until mail comes (or the refresh
-        interval passes: the next poll doubles as the keepalive), poll again. A drop or a
-        half-open connection reconnects with backoff."""
-        while not stop.is_set():
-            delay = 0.0
-            try:
-                async with self._lease():
-                    mailbox = await self._opener()
-                    try:
-                        await self._idle_session(mailbox, stop)
-                    except BaseException:
-                        mailbox.abort()
-                        raise
-                    await mailbox.close()
-            except _Busy as busy:
-                self._skipped(busy.holder)
-                delay = min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failed(exc)
-                delay = self.backoff.delay(self._health.consecutive_failures)
-            if delay and await _sleep(stop, delay):
-                return
+        interval passes: the next poll doubles as the keepalive), poll again, until ``stop``.
+        Raises when the connection fails (the schedule reconnects with backoff); returns the
+        seconds to wait before the next session (when another poller holds the lock)."""
+        try:
+            async with self._lease():
+                mailbox = await self._opener()
+                try:
+                    await self._idle_session(mailbox, stop)
+                except BaseException:
+                    mailbox.abort()
+                    raise
+                await mailbox.close()
+        except LeaseBusy as busy:
+            self._skipped(busy.holder)
+            return min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        return 0.0
 
     async def _idle_session(self, mailbox: Mailbox, stop: asyncio.Event) -> None:
         wake = asyncio.Event()  # stop, or the lease lost: IDLE must end now, not in minutes
@@ -462,35 +409,13 @@ class MailPoller:
     # ------------------------------------------------------------------ lock
 
     @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[None]:
-        taken, holder = self.state.acquire_lock(
+    async def _lease(self) -> AsyncIterator[Lease]:
+        async with self.state.lease(
             self.lock_key, self.owner, self.lock_ttl, info=self.name
-        )
-        if not taken:
-            raise _Busy(holder)
-        self._fence = holder.fence
-        self._lost.clear()
-        renewer = asyncio.ensure_future(self._renew())
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            with contextlib.suppress(FlowrtError):
-                self.state.release_lock(self.lock_key, self.owner)
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.lock_ttl / 3)
-            try:
-                kept = self.state.renew_lock(self.lock_key, self.owner, self.lock_ttl)
-            except FlowrtError as exc:  # try again next time; the lease has slack
-                self._log.warning("could not renew the lock", error=summary(exc))
-                continue
-            if not kept:
-                self._lost.set()
-                return
+        ) as lease:
+            self._lost = lease.lost
+            self._fence = lease.fence
+            yield lease
 
     # ------------------------------------------------------------------ health
 
@@ -534,25 +459,6 @@ class MailPoller:
             self.state.save_health(self._health)
         except FlowrtError as exc:  # health is a report; never fail a poll over it
             self._log.warning("could not save the poller health", error=summary(exc))
-
-
-def next_daily_run(now: dt.datetime, poll: PollDaily) -> dt.datetime:
-    """The next ``daily at HH:MM [tz]`` after ``now`` (an aware datetime)."""
-    zone = zoneinfo.ZoneInfo(poll.tz) if poll.tz else dt.UTC
-    local = now.astimezone(zone)
-    candidate = dt.datetime.combine(local.date(), poll.at, tzinfo=zone)
-    if candidate <= local:
-        candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), poll.at, tzinfo=zone)
-    return candidate.astimezone(dt.UTC)
-
-
-async def _sleep(stop: asyncio.Event, delay: float) -> bool:
-    """Sleep ``delay`` seconds or until ``stop``; True when stopped."""
-    if stop.is_set():
-        return True
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
-    return stop.is_set()
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

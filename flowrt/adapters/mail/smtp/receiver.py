@@ -39,13 +39,13 @@ from typing import Any, Protocol
 import structlog
 
 from flowrt.adapters.mail.mime.compose import MailComposer
+from flowrt.adapters.mail.model import Receiver
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
 from flowrt.adapters.mail.smtp.errors import couldnt_connect, some_recipients_refused
 from flowrt.adapters.mail.smtp.pool import PoolKey, SmtpPool
 from flowrt.adapters.mail.smtp.session import Login, SmtpSession, local_hostname, open_session
 from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.adapters.mail.smtp.transaction import TransactionResult, send_transaction
-from flowrt.dsl.model import Receiver
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import (
     ConnectorError,

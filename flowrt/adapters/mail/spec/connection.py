@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flowrt.dsl.model import Address, Auth, Connection, Proxy
+from flowrt.adapters.mail.model import Address, Auth, Connection, Proxy
 from flowrt.dsl.spec import Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader, split_host_port
 

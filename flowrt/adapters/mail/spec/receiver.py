@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from flowrt.adapters.mail.model import AttachSpec, Receiver, SmimeSpec
 from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
-from flowrt.dsl.model import AttachSpec, Receiver, SmimeSpec, Template
+from flowrt.dsl.model import Template
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.template import parse_ref
 from flowrt.dsl.values import ValueReader
@@ -30,14 +31,23 @@ def _addresses(r: ValueReader) -> tuple[Template, ...]:
     return r.address_list('addresses, comma-separated, such as "a@example.com, b@example.com"')
 
 
-def _mime_type(r: ValueReader) -> str:
+def _body_type(r: ValueReader) -> str:
+    nxt = r.peek()
+    if nxt is not None and not nxt.quoted and nxt.text == "auto":
+        return r.choice(["auto"])
     value = _mime_type_value(r)
     r.end()
     return value
 
 
-def _attachments(r: ValueReader) -> bool:
-    return r.choice(["from-message", "none"]) == "from-message"
+def _attachments(r: ValueReader) -> frozenset[str]:
+    words = {r.word(["from-message", "original", "none"])}
+    while not r.at_end():
+        value = r.peek()
+        words.add(r.word(["from-message", "original"]))
+        if "none" in words and value is not None:
+            raise r.fail(value, "attachments none stands alone")
+    return frozenset(words - {"none"})
 
 
 def _attach(r: ValueReader) -> AttachSpec:
@@ -105,7 +115,20 @@ SETTINGS = (
         "body", '"TEXT"', "Mail body; may use ${...}.", _one_template("a body"), default='"${body}"'
     ),
     SettingSpec(
-        "body-type", "TYPE/SUBTYPE", "MIME type of the body.", _mime_type, default="text/plain"
+        "html",
+        '"TEXT"',
+        "HTML alternative of the body (body-type auto); left out: the mail's HTML "
+        "when body is the mail's own text.",
+        _one_template("an HTML text"),
+        default='"${body.html}"',
+    ),
+    SettingSpec(
+        "body-type",
+        "auto | TYPE/SUBTYPE",
+        "auto mirrors the mail read: text and HTML as multipart/alternative, inline parts as "
+        "multipart/related, HTML-only as text/html; a TYPE/SUBTYPE sends the body alone as it.",
+        _body_type,
+        default="auto",
     ),
     SettingSpec(
         "charset",
@@ -123,8 +146,9 @@ SETTINGS = (
     ),
     SettingSpec(
         "attachments",
-        "from-message | none",
-        "Attach the message's attachments to the mail.",
+        "from-message | original | from-message original | none",
+        "from-message: the message's attachments (and inline parts no HTML shows); "
+        "original: the mail as read, as message/rfc822 (original.eml).",
         _attachments,
         default="none",
     ),
@@ -158,6 +182,13 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Receiver | None
     if len(args) > 2:
         report.error(s.pos, "syntax", f"unexpected {args[2]!r} after the receiver name")
     connection = build_connection(s, "smtp", "none", report)
+    body_type = s.get("body-type", "auto")
+    if s.written("html") and body_type != "auto":
+        report.error(
+            s.where("html"),
+            "conflict",
+            f"html needs body-type auto (body-type {body_type} sends the body alone)",
+        )
     if connection is None or not s.written("from") or not s.written("to"):
         return None
     return Receiver(
@@ -170,15 +201,17 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Receiver | None
         bcc=s.get("bcc", ()),
         subject=s.get("subject"),
         body=s.get("body"),
-        body_type=s.get("body-type", "text/plain"),
+        body_type=body_type,
         charset=s.get("charset", "utf-8"),
         transfer_encoding=s.get("transfer-encoding", "auto"),
-        attachments_from_message=s.get("attachments", False),
+        attachments_from_message="from-message" in s.get("attachments", frozenset()),
         attach=tuple(s.get("attach", ())),
         sign=s.get("sign"),
         encrypt=s.get("encrypt"),
         pos=s.pos,
         positions=dict(s.positions),
+        html=s.get("html"),
+        attach_original="original" in s.get("attachments", frozenset()),
     )
 
 

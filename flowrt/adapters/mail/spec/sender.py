@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
+from flowrt.adapters.mail.model import Poll, PollDaily, PollEvery, PollIdle, PostProcess, Sender
 from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
-from flowrt.dsl.model import Poll, PollDaily, PollEvery, PollIdle, PostProcess, Sender
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader
 
@@ -128,7 +128,7 @@ SETTINGS = (
     SettingSpec(
         "attachments",
         "keep | drop",
-        "Keep the mail's attachments or drop them.",
+        "Keep the mail's attachments or drop them (the inline parts its HTML shows stay).",
         _keep_drop,
         default="keep",
     ),
