@@ -383,7 +383,10 @@ class MailPoller:
                 await mailbox.close()
         except LeaseBusy as busy:
             self._skipped(busy.holder)
-            return min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
+            # try again when the holder's lease runs out (a node that died is taken over
+            # then), or sooner: the holder may release it
+            remaining = busy.holder.expires - time.time()
+            return min(self.lock_ttl, max(1.0, min(self.lock_ttl / 4, remaining)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
