@@ -30,8 +30,8 @@ from flowrt.notify.config import (
 )
 from flowrt.notify.rules import iso
 from flowrt.notify.store import Attempt, NotifyStore
-from flowrt.runtime.deployments import Deployments
 from flowrt.security import TenantSecurity
+from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
 
 _MAX_LIMIT = 1000
@@ -298,7 +298,7 @@ def rule_add(
         flow=flow,
         duration=duration,
         include_content=include_content,
-        known_flows=Deployments(tenant).names() if flow not in (None, "*") else (),
+        known_flows=_deployed_names(tenant) if flow not in (None, "*") else (),
     )
     with edit_config(tenant) as edit:
         existing = edit.value.rule(name)
@@ -477,6 +477,14 @@ def _attempt_dict(a: Attempt) -> dict[str, Any]:
         "hint": a.hint or None,
         "digested_in": a.digested_in,
     }
+
+
+def _deployed_names(tenant: Tenant) -> list[str]:
+    store = open_deployments(tenant)
+    try:
+        return store.names()
+    finally:
+        store.close()
 
 
 COMMANDS: list[click.Command] = [notify]

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from flowrt.notify.notifier import Notifier, NotifierTask
 
 WATCH_INTERVAL = 0.2
+NOTIFIER_LEASE = "runtime:notifier"
+NOTIFIER_TTL = 60.0
 PURGE_INTERVAL = 3600.0
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -168,7 +170,8 @@ class Runtime:
         _log.info("runtime started", tenant=str(self.tenant.root), pid=os.getpid())
         from flowrt.notify.notifier import start_notifier  # see _open_notifier
 
-        self._notifier = start_notifier(self.tenant, self.security)
+        if not self.shared:
+            self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = 0.0
         while not self.stopping.is_set():
@@ -187,9 +190,30 @@ class Runtime:
                 for instance in self.instances.values():
                     instance.refresh()
                 self._write_status()
+                if self.shared:
+                    await self._notifier_turn()
                 last_beat = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
+
+    async def _notifier_turn(self) -> None:
+        """On a shared store the nodes read one MPL: one of them sends the alerts, the one
+        holding the notifier's lease; another takes it over when that node is gone."""
+        from flowrt.notify.notifier import start_notifier  # see _open_notifier
+
+        owner = f"{self.node}/notifier:{os.getpid()}"
+        try:
+            held, _ = self.state.acquire_lock(
+                NOTIFIER_LEASE, owner, self.lease or NOTIFIER_TTL, info="notifier"
+            )
+        except FlowrtError as exc:  # the store is away: keep what we have
+            _log.warning("cannot renew the notifier's lease", error=str(exc))
+            return
+        if held and self._notifier is None:
+            self._notifier = start_notifier(self.tenant, self.security)
+        elif not held and self._notifier is not None:
+            await self._notifier.stop()
+            self._notifier = None
 
     async def _reconcile(self) -> None:
         wanted = {d.name: d for d in self.deployments.all()}
@@ -255,6 +279,9 @@ class Runtime:
         self._status.stopping = True
         if self._notifier is not None:
             await self._notifier.stop()
+            if self.shared:
+                with contextlib.suppress(FlowrtError):
+                    self.state.release_lock(NOTIFIER_LEASE, f"{self.node}/notifier:{os.getpid()}")
         await asyncio.gather(
             *(i.stop(self.grace) for i in self.instances.values()), return_exceptions=True
         )

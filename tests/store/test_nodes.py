@@ -286,6 +286,19 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
         survivor.name: "running",
     }
     assert survivor.proc.poll() is None
+    # one node sends the alerts (both read the one MPL): now the survivor
+    wait_for(lambda: notifier_node(tenant) == survivor.name, 15, "the notifier's takeover")
+
+
+def notifier_node(tenant: Path) -> str:
+    result = flowrt(tenant, "locks", "list", "--format", "json")
+    held = [
+        lock["owner"].split("/")[0]
+        for lock in json.loads(result.output)
+        if lock["key"] == "runtime:notifier" and lock["state"] == "held"
+    ]
+    assert len(held) <= 1
+    return held[0] if held else ""
 
 
 def test_a_paused_node_does_not_touch_what_another_took(

@@ -151,3 +151,32 @@ def test_node_needs_a_shared_store(tmp_path: Path) -> None:
     assert flowrt(tenant, "init").exit_code == 0
     result = flowrt(tenant, "run", "--node", "n1", "--once")
     assert result.exit_code == 2 and "--node needs a PostgreSQL store" in result.output
+
+
+def test_locks_and_status_across_nodes(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    from flowrt.store import open_state
+    from flowrt.store.pg.state import PgStateDB
+    from flowrt.tenant import Tenant
+
+    tenant = tmp_path / "t"
+    assert flowrt(tenant, "init", "--store", new_database()).exit_code == 0
+    state = open_state(Tenant(tenant))
+    assert isinstance(state, PgStateDB)
+    try:
+        state.register_node("node-x")  # as another machine's node would
+        state.node_heartbeat("node-x", {"flows": {}})
+        taken, lease = state.acquire_lock("u@mail/INBOX", "node-x/other:1:ab", 60, info="f1")
+        assert taken
+    finally:
+        state.close()
+    listing = flowrt(tenant, "locks", "list", "--format", "json")
+    [lock] = json.loads(listing.output)
+    assert lock["key"] == "u@mail/INBOX" and lock["state"] == "held"
+    shown = json.loads(flowrt(tenant, "status", "--format", "json").output)
+    [node] = shown["nodes"]
+    assert node["node"] == "node-x" and node["state"] == "running" and node["holds"] == "f1"
+    assert shown["locks"][0]["node"] == "node-x" and shown["locks"][0]["epoch"] == lease.epoch
+    released = flowrt(tenant, "locks", "release", "u@mail/INBOX")
+    assert released.exit_code == 0 and "released lock u@mail/INBOX" in released.output
+    assert "still valid" in released.output  # the holder stops at its next renewal
+    assert json.loads(flowrt(tenant, "locks", "list", "--format", "json").output) == []
