@@ -27,8 +27,8 @@ from flowrt.security.certificates import (
     self_signed,
     to_pem,
 )
+from flowrt.security.expiry import SOON, entry_row, expiry_status
 from flowrt.security.keystore import (
-    Entry,
     Keystore,
     backup_keystore,
     edit_keystore,
@@ -39,7 +39,6 @@ from flowrt.security.keystore import (
 )
 from flowrt.security.masterkey import load_master_key
 
-SOON = datetime.timedelta(days=30)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -59,28 +58,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _status(until: datetime.datetime, now: datetime.datetime, soon: datetime.timedelta) -> str:
-    if until <= now:
-        return "EXPIRED"
-    left = until - now
-    if left <= soon:
-        return f"expires in {left.days}d" if left.days else f"expires in {left.seconds // 3600}h"
-    return ""
-
-
-def _row(entry: Entry, now: datetime.datetime) -> dict[str, Any]:
-    until = valid_until(entry)
-    return {
-        "alias": entry.alias,
-        "type": entry.kind,
-        "owner": entry.owner,
-        "valid_until": until.isoformat(),
-        "expired": until <= now,
-        "expires_within_30_days": now < until <= now + SOON,
-        "status": _status(until, now, SOON),
-        "subject": entry.certificate.subject.rfc4514_string(),
-        "issuer": entry.certificate.issuer.rfc4514_string(),
-    }
+_status = expiry_status
+_row = entry_row
 
 
 def _text_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ def _register() -> None:
         keystore,
         locations,
         locks,
+        monitor,
         mpl,
         notify,
         run,
@@ -84,6 +85,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        monitor,
         notify,
     ):
         for command in module.COMMANDS:

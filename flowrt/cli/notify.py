@@ -435,7 +435,7 @@ def log(
         with store:
             attempts = store.attempts(recipient=recipient, status=status, limit=count)
     if fmt == "json":
-        print_json([_attempt_dict(a) for a in attempts])
+        print_json([a.to_dict() for a in attempts])
         return
     rows = [
         {
@@ -457,26 +457,6 @@ def log(
                 click.echo(f"\n#{a.id} {a.status} to {a.recipient}:\n{a.chain}")
                 if a.hint:
                     click.echo(f"hint: {a.hint}")
-
-
-def _attempt_dict(a: Attempt) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "created": iso(a.created),
-        "updated": iso(a.updated),
-        "status": a.status,
-        "tries": a.tries,
-        "recipient": a.recipient,
-        "rule": a.rule,
-        "trigger": a.trigger,
-        "subject": a.subject,
-        "mpl_id": a.mpl_id or None,
-        "next_try": iso(a.next_try) if a.next_try is not None else None,
-        "reply": a.reply or None,
-        "chain": a.chain or None,
-        "hint": a.hint or None,
-        "digested_in": a.digested_in,
-    }
 
 
 def _deployed_names(tenant: Tenant) -> list[str]:

@@ -13,7 +13,7 @@ from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import UsageError
-from flowrt.runtime.status import read_status
+from flowrt.runtime.report import FLOW_COLUMNS, status_report
 from flowrt.store import is_shared, open_deployments, open_state
 from flowrt.tenant import Tenant
 
@@ -35,6 +35,16 @@ from flowrt.tenant import Tenant
     help="auto: JSON lines unless stderr is a terminal.",
 )
 @click.option(
+    "--http",
+    "address",
+    metavar="HOST:PORT",
+    help="Also serve the web monitor, JSON API, /metrics and health endpoints here "
+    "(default: the tenant's `flowrt monitor settings`).",
+)
+@click.option(
+    "--tls-alias", metavar="ALIAS", help="Serve the monitor over HTTPS with this key pair."
+)
+@click.option(
     "--node",
     metavar="NAME",
     help="This runtime node's name (PostgreSQL store: several nodes share the tenant; "
@@ -52,6 +62,8 @@ def run(
     once: bool,
     grace: str,
     log_format: str,
+    address: str | None,
+    tls_alias: str | None,
     node: str | None,
     lease: str | None,
 ) -> None:
@@ -78,7 +90,17 @@ def run(
             hint="create the tenant with `flowrt init --store postgresql://...`",
         )
     logs.configure(json=None if log_format == "auto" else log_format == "json")
-    runtime = Runtime(tenant, grace=grace_time.total_seconds(), node=node, lease=lease_time)
+    from flowrt.monitor.server import MonitorSettings
+
+    settings = MonitorSettings.load(tenant)
+    runtime = Runtime(
+        tenant,
+        grace=grace_time.total_seconds(),
+        http=None if once else address or settings.http,
+        tls_alias=tls_alias or settings.tls_alias,
+        node=node,
+        lease=lease_time,
+    )
     code = asyncio.run(runtime.run(once=once))
     raise SystemExit(code)
 
@@ -92,58 +114,14 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 @pass_cli
 def status(cli: CliContext, name: str | None, fmt: str) -> None:
     """Each deployed flow: version, state, last poll, messages, last error; and held locks."""
-    tenant = cli.tenant
-    if is_shared(tenant):
-        _shared_status(tenant, name, fmt)
+    if is_shared(cli.tenant):
+        _shared_status(cli.tenant, name, fmt)
         return
-    runtime = read_status(tenant)
-    alive = runtime is not None and runtime.alive()
-    store = open_deployments(tenant)
-    deployments = store.all()
-    store.close()
-    if name is not None and name not in {d.name for d in deployments}:
-        raise UsageError(f"no deployed flow named {name!r}")
-    rows: list[dict[str, Any]] = []
-    for deployment in deployments:
-        if name is not None and deployment.name != name:
-            continue
-        # a stopped runtime's last report still tells the counts and the last error
-        flow = runtime.flows.get(deployment.name) if runtime else None
-        if flow is not None and flow.version != deployment.version:
-            flow = None
-        state = (flow.state if flow else "PENDING") if alive else "NOT RUNNING"
-        rows.append(
-            {
-                "flow": deployment.name,
-                "version": deployment.version,
-                "state": state,
-                "last_poll": flow.last_poll if flow else "",
-                "completed": flow.completed if flow else 0,
-                "failed": flow.failed if flow else 0,
-                "last_error": (flow.reason or flow.last_error) if flow else "",
-            }
-        )
-    state_db = open_state(tenant, create=False)
-    locks = state_db.locks() if state_db is not None else []
-    if state_db is not None:
-        state_db.close()
+    report = status_report(cli.tenant, name)
     if fmt == "json":
-        print_json(
-            {
-                "runtime": None
-                if runtime is None
-                else {
-                    "alive": alive,
-                    "pid": runtime.pid,
-                    "host": runtime.host,
-                    "started_at": runtime.started_at,
-                    "heartbeat_at": runtime.heartbeat_at,
-                },
-                "flows": rows,
-                "locks": [{"key": lock.key, "holder": lock.describe()} for lock in locks],
-            }
-        )
+        print_json(report.to_dict())
         return
+    runtime, alive, rows, locks = report.runtime, report.alive, report.flows, report.locks
     if alive and runtime is not None:
         click.echo(
             f"runtime: running (pid {runtime.pid} on {runtime.host} since {runtime.started_at})"
@@ -156,9 +134,7 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
     else:
         click.echo("runtime: not running (start it with `flowrt run`)")
     click.echo()
-    print_table(
-        rows, ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
-    )
+    print_table(rows, FLOW_COLUMNS)
     if locks:
         click.echo()
         print_table(

@@ -293,28 +293,7 @@ class MplStore:
         are ``(name, value)`` pairs that must all be present; ``since``/``until`` bound the
         log start (inclusive). ``limit=None`` means no limit.
         """
-        where: list[str] = []
-        args: list[Any] = []
-        if flow is not None:
-            where.append("flow = ?")
-            args.append(flow)
-        if status is not None:
-            where.append("status = ?")
-            args.append(MplStatus(status).value)
-        if since is not None:
-            where.append("log_start >= ?")
-            args.append(to_epoch(since))
-        if until is not None:
-            where.append("log_start <= ?")
-            args.append(to_epoch(until))
-        if message_id:
-            where.append("message_id >= ? AND message_id < ?")
-            args += [message_id, message_id + _ID_MAX]
-        for name, value in properties:
-            where.append(
-                "message_id IN (SELECT message_id FROM properties WHERE name = ? AND value = ?)"
-            )
-            args += [name, value]
+        where, args = _filters(flow, status, since, until, message_id, properties)
         sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -324,6 +303,57 @@ class MplStore:
             args.append(limit)
         with self._guard("list") as conn:
             return [_summary(row) for row in conn.execute(sql, args)]
+
+    def page(
+        self,
+        *,
+        flow: str | None = None,
+        status: MplStatus | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        message_id: str | None = None,
+        properties: Iterable[tuple[str, str]] = (),
+        text: str | None = None,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> tuple[list[MplSummary], str | None]:
+        """One page of :meth:`list_entries` (same filters and order) and the cursor of the
+        next page (None on the last one).
+
+        Keyset pagination: the cursor names the last entry shown (its log start and row id),
+        and the next page starts below it through the same index the first page used, so a
+        page deep in 10^6 entries costs what the first one does (an OFFSET would walk every
+        row before it). ``text`` is a case-insensitive substring of the correlation or
+        application ID; it is not indexed, so alone it scans until a page is full.
+        """
+        where, args = _filters(flow, status, since, until, message_id, properties)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(correlation_id LIKE ? ESCAPE '\\' OR application_id LIKE ? ESCAPE '\\')")
+            args += [pattern, pattern]
+        if after is not None:
+            start, row_id = _parse_cursor(after)
+            where.append("(log_start < ? OR (log_start = ? AND id < ?))")
+            args += [start, start, row_id]
+        sql = f"SELECT {_SUMMARY_COLUMNS}, log_start FROM entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY log_start DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        with self._guard("list") as conn:
+            rows = conn.execute(sql, args).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = f"{rows[-1][-1]!r}:{rows[-1][0]}" if more else None
+        return [_summary(row) for row in rows], cursor
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many entries each (flow, status) has; a full scan, for metrics."""
+        with self._guard("count") as conn:
+            rows = conn.execute(
+                "SELECT flow, status, count(*) FROM entries GROUP BY flow, status"
+            ).fetchall()
+        return {(str(flow), str(status)): int(n) for flow, status, n in rows}
 
     # ------------------------------------------------------------------ one entry
 
@@ -557,6 +587,54 @@ def _hint_for(exc: sqlite3.Error) -> str | None:
     if "full" in text:
         return "free disk space where the tenant lives"
     return None
+
+
+def _filters(
+    flow: str | None,
+    status: MplStatus | str | None,
+    since: datetime | None,
+    until: datetime | None,
+    message_id: str | None,
+    properties: Iterable[tuple[str, str]],
+) -> tuple[list[str], list[Any]]:
+    """The WHERE terms and arguments of the list filters (see :meth:`MplStore.list_entries`)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if flow is not None:
+        where.append("flow = ?")
+        args.append(flow)
+    if status is not None:
+        where.append("status = ?")
+        args.append(MplStatus(status).value)
+    if since is not None:
+        where.append("log_start >= ?")
+        args.append(to_epoch(since))
+    if until is not None:
+        where.append("log_start <= ?")
+        args.append(to_epoch(until))
+    if message_id:
+        where.append("message_id >= ? AND message_id < ?")
+        args += [message_id, message_id + _ID_MAX]
+    for name, value in properties:
+        where.append(
+            "message_id IN (SELECT message_id FROM properties WHERE name = ? AND value = ?)"
+        )
+        args += [name, value]
+    return where, args
+
+
+def _parse_cursor(cursor: str) -> tuple[float, int]:
+    """``LOG_START:ROW_ID`` as :meth:`MplStore.page` made it; MplError when it is not."""
+    start, sep, row_id = cursor.rpartition(":")
+    try:
+        if not sep:
+            raise ValueError(cursor)
+        return float(start), int(row_id)
+    except ValueError:
+        raise MplError(
+            f"{cursor!r} is not a page cursor",
+            hint="use the next-page link or cursor that a list returned",
+        ) from None
 
 
 def _summary(row: Sequence[Any]) -> MplSummary:

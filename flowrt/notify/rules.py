@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 
 from flowrt.errors import summary_of_levels
 from flowrt.mpl.model import MplEntry, MplStatus
 from flowrt.notify.config import NotifyConfig, Rule
-from flowrt.notify.store import NotifyStore
+from flowrt.notify.store import NotifyStore, iso
 from flowrt.runtime.status import ERROR, read_status
 from flowrt.security import TenantSecurity
 from flowrt.security.keystore import valid_until
@@ -51,10 +50,6 @@ class Event:
     hint: str = ""
     mpl_id: str = ""
     content: str = ""
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ago(seconds: float) -> str:

@@ -18,6 +18,7 @@ import dataclasses
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,31 @@ class Attempt:
     hint: str
     reply: str
     digested_in: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of ``flowrt notify log --format json`` (and the monitor's API)."""
+        return {
+            "id": self.id,
+            "created": iso(self.created),
+            "updated": iso(self.updated),
+            "status": self.status,
+            "tries": self.tries,
+            "recipient": self.recipient,
+            "rule": self.rule,
+            "trigger": self.trigger,
+            "subject": self.subject,
+            "mpl_id": self.mpl_id or None,
+            "next_try": iso(self.next_try) if self.next_try is not None else None,
+            "reply": self.reply or None,
+            "chain": self.chain or None,
+            "hint": self.hint or None,
+            "digested_in": self.digested_in,
+        }
+
+
+def iso(timestamp: float) -> str:
+    """``2024-05-01T10:00:00Z`` from epoch seconds."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery, Source
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
@@ -172,7 +173,9 @@ class FlowInstance:
             ):
                 started = time.monotonic()
                 result = await self._runner.process(exchange)
-                self._log_result(result, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._log_result(result, elapsed)
+                metrics.message_done(self.name, result.status.value, elapsed)
         finally:
             self._in_flight -= 1
         ok = result.status is MplStatus.COMPLETED

@@ -33,6 +33,7 @@ from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
+from flowrt.runtime.monitor import Monitor
 from flowrt.runtime.status import (
     ERROR,
     HEARTBEAT,
@@ -63,11 +64,14 @@ class Runtime:
         tenant: Tenant,
         *,
         grace: float = 30.0,
+        http: str | None = None,
+        tls_alias: str | None = None,
         node: str | None = None,
         lease: float | None = None,
     ) -> None:
         self.tenant = tenant
         self.grace = grace
+        self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
         self.shared = is_shared(tenant)
         self.node = node or (socket.gethostname() if self.shared else None)
         self.lease = lease
@@ -92,6 +96,7 @@ class Runtime:
             self._open()
             try:
                 self._install_signals()
+                await self._monitor.start(self._live_states, lambda: not self.stopping.is_set())
                 if once:
                     return await self._run_once()
                 await self._serve()
@@ -275,8 +280,12 @@ class Runtime:
         except OSError as exc:
             _log.warning("could not write the runtime status", error=str(exc))
 
+    def _live_states(self) -> dict[str, str]:
+        return {name: i.status.state for name, i in self.instances.items()}
+
     async def _shutdown(self) -> None:
         self._status.stopping = True
+        await self._monitor.stop()
         if self._notifier is not None:
             await self._notifier.stop()
             if self.shared:

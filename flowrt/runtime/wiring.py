@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
@@ -63,7 +64,12 @@ def wire(
         async def deliver(name: str, exchange: Exchange) -> None:
             if guard is not None:
                 guard()
-            await deliveries[name].deliver(exchange)
+            try:
+                await deliveries[name].deliver(exchange)
+            except Exception as exc:
+                metrics.send_done(flow.name, name, exc)
+                raise
+            metrics.send_done(flow.name, name)
 
     if not isinstance(recorder, MplRecorder):
         recorder = recorder(pipeline)

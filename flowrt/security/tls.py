@@ -96,7 +96,17 @@ def _build(keystore: Keystore, client_alias: str | None) -> ssl.SSLContext:
     return context
 
 
-def _load_client_certificate(context: ssl.SSLContext, pair: KeyPair) -> None:
+def server_context(keystore: Keystore, alias: str) -> ssl.SSLContext:
+    """A TLS server context presenting the key pair ``alias`` (the monitor's HTTPS)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_client_certificate(context, keystore.key_pair(alias), use="a TLS server certificate")
+    return context
+
+
+def _load_client_certificate(
+    context: ssl.SSLContext, pair: KeyPair, *, use: str = "a TLS client certificate"
+) -> None:
     one_time = secrets.token_urlsafe(32)
     key_pem = pair.private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -108,9 +118,7 @@ def _load_client_certificate(context: ssl.SSLContext, pair: KeyPair) -> None:
         with _private_file(data) as path:
             context.load_cert_chain(path, password=one_time)
     except (ssl.SSLError, OSError) as exc:
-        raise KeystoreError(
-            f"the key pair '{pair.alias}' cannot be used as a TLS client certificate ({exc})"
-        ) from exc
+        raise KeystoreError(f"the key pair '{pair.alias}' cannot be used as {use} ({exc})") from exc
 
 
 @contextlib.contextmanager

@@ -43,6 +43,20 @@ class MplBackend(Protocol):
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = ...,
     ) -> list[MplSummary]: ...
+    def page(
+        self,
+        *,
+        flow: str | None = None,
+        status: MplStatus | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        message_id: str | None = None,
+        properties: Iterable[tuple[str, str]] = (),
+        text: str | None = None,
+        after: str | None = None,
+        limit: int = ...,
+    ) -> tuple[list[MplSummary], str | None]: ...
+    def counts(self) -> dict[tuple[str, str], int]: ...
     def find(self, message_id: str) -> MplEntry | None: ...
     def get(self, id_or_prefix: str) -> MplEntry: ...
     def last_row_id(self) -> int: ...

@@ -99,3 +99,21 @@ def test_purge_in_batches_and_retention(store: MplBackend) -> None:
     with pytest.raises(MplError, match="positive"):
         store.set_retention(dt.timedelta(0))
     assert store.purge_expired() == 12
+
+
+def test_pages_and_counts(store: MplBackend) -> None:
+    _record(store, 12)
+    first, cursor = store.page(limit=5)
+    assert [s.message_id[:9] for s in first] == [f"msg-{i:05d}" for i in (11, 10, 9, 8, 7)]
+    assert cursor is not None
+    second, cursor = store.page(limit=5, after=cursor)
+    assert [s.message_id[:9] for s in second] == [f"msg-{i:05d}" for i in (6, 5, 4, 3, 2)]
+    last, cursor = store.page(limit=5, after=cursor)
+    assert len(last) == 2 and cursor is None
+    found, _ = store.page(text="CORR-1", limit=50)  # case-insensitive, in correlation IDs
+    assert {s.correlation_id for s in found} == {"corr-1", "corr-10", "corr-11"}
+    with pytest.raises(MplError, match="not a page cursor"):
+        store.page(after="nonsense")
+    counts = store.counts()
+    assert counts[("flow-a", "FAILED")] == 1 and counts[("flow-b", "FAILED")] == 2
+    assert sum(counts.values()) == 12

@@ -20,6 +20,8 @@ from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION, MIN_PREFIX, build_entry
+from flowrt.mpl.store import _filters as sqlite_filters
+from flowrt.mpl.store import _parse_cursor as parse_cursor
 from flowrt.mpl.store import _summary as summary_of
 from flowrt.store.pg.connect import PgDatabase
 
@@ -125,29 +127,7 @@ class PgMplStore:
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = DEFAULT_LIMIT,
     ) -> list[MplSummary]:
-        where: list[str] = []
-        args: list[Any] = []
-        if flow is not None:
-            where.append("flow = %s")
-            args.append(flow)
-        if status is not None:
-            where.append("status = %s")
-            args.append(MplStatus(status).value)
-        if since is not None:
-            where.append("log_start >= %s")
-            args.append(to_epoch(since))
-        if until is not None:
-            where.append("log_start <= %s")
-            args.append(to_epoch(until))
-        if message_id:
-            where.append("message_id >= %s AND message_id < %s")
-            args += [message_id, message_id + _ID_MAX]
-        for name, value in properties:
-            where.append(
-                "message_id IN (SELECT message_id FROM mpl_properties "
-                "WHERE name = %s AND value = %s)"
-            )
-            args += [name, value]
+        where, args = _filters(flow, status, since, until, message_id, properties)
         sql = f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -157,6 +137,49 @@ class PgMplStore:
             args.append(limit)
         with self._guard("list") as conn:
             return [summary_of(row) for row in conn.execute(sql.encode(), args)]
+
+    def page(
+        self,
+        *,
+        flow: str | None = None,
+        status: MplStatus | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        message_id: str | None = None,
+        properties: Iterable[tuple[str, str]] = (),
+        text: str | None = None,
+        after: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> tuple[list[MplSummary], str | None]:
+        """As :meth:`MplStore.page`: keyset pages, the cursor names the last entry shown."""
+        where, args = _filters(flow, status, since, until, message_id, properties)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(correlation_id ILIKE %s OR application_id ILIKE %s)")
+            args += [pattern, pattern]
+        if after is not None:
+            start, row_id = parse_cursor(after)
+            where.append("(log_start < %s OR (log_start = %s AND id < %s))")
+            args += [start, start, row_id]
+        sql = f"SELECT {_SUMMARY_COLUMNS}, log_start FROM mpl_entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY log_start DESC, id DESC LIMIT %s"
+        args.append(limit + 1)
+        with self._guard("list") as conn:
+            rows = conn.execute(sql.encode(), args).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = f"{rows[-1][-1]!r}:{rows[-1][0]}" if more else None
+        return [summary_of(row) for row in rows], cursor
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many entries each (flow, status) has, for metrics."""
+        with self._guard("count") as conn:
+            rows = conn.execute(
+                "SELECT flow, status, count(*) FROM mpl_entries GROUP BY flow, status"
+            ).fetchall()
+        return {(str(flow), str(status)): int(n) for flow, status, n in rows}
 
     # ------------------------------------------------------------------ one entry
 
@@ -317,6 +340,21 @@ class PgMplStore:
         with self._guard("count") as conn:
             row = conn.execute("SELECT count(*) FROM mpl_entries").fetchone()
         return int(row[0]) if row else 0
+
+
+def _filters(
+    flow: str | None,
+    status: MplStatus | str | None,
+    since: datetime | None,
+    until: datetime | None,
+    message_id: str | None,
+    properties: Iterable[tuple[str, str]],
+) -> tuple[list[str], list[Any]]:
+    """The SQLite store's list filters (one definition of what they mean), in this
+    database's placeholders and table names."""
+    where, args = sqlite_filters(flow, status, since, until, message_id, properties)
+    terms = [t.replace("?", "%s").replace("FROM properties", "FROM mpl_properties") for t in where]
+    return terms, args
 
 
 def _first_line(exc: BaseException) -> str:

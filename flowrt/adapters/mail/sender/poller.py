@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
+from flowrt import metrics
 from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.model import Poll, Sender
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
@@ -430,6 +431,7 @@ class MailPoller:
         h.failed += result.failed
         h.note = "lease lost during the poll" if result.lock_lost else ""
         self._save_health()
+        metrics.poll_done(self.name, ok=True)
 
     def _failed(self, exc: BaseException) -> None:
         h = self._health
@@ -438,6 +440,7 @@ class MailPoller:
         h.consecutive_failures += 1
         h.note = ""
         self._save_health()
+        metrics.poll_done(self.name, ok=False)
         self._log.error(
             "poll failed",
             error=render_chain(exc),

@@ -1,0 +1,81 @@
+"""What ``flowrt status`` and the monitor's flows view show: each deployed flow with what the
+runtime last reported about it, and the held locks. Read from the tenant's files only, so it
+works with or without a running runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flowrt.errors import UsageError
+from flowrt.runtime.status import RuntimeStatus, read_status
+from flowrt.source_state import LockInfo
+from flowrt.store import open_deployments, open_state
+from flowrt.tenant import Tenant
+
+__all__ = ["StatusReport", "status_report"]
+
+FLOW_COLUMNS = ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport:
+    runtime: RuntimeStatus | None
+    alive: bool
+    flows: list[dict[str, Any]]
+    locks: list[LockInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of ``flowrt status --format json``."""
+        runtime = self.runtime
+        return {
+            "runtime": None
+            if runtime is None
+            else {
+                "alive": self.alive,
+                "pid": runtime.pid,
+                "host": runtime.host,
+                "started_at": runtime.started_at,
+                "heartbeat_at": runtime.heartbeat_at,
+            },
+            "flows": self.flows,
+            "locks": [{"key": lock.key, "holder": lock.describe()} for lock in self.locks],
+        }
+
+
+def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
+    """Every deployed flow (or the one named; UsageError if it is not deployed)."""
+    runtime = read_status(tenant)
+    alive = runtime is not None and runtime.alive()
+    store = open_deployments(tenant)
+    try:
+        deployments = store.all()
+    finally:
+        store.close()
+    if name is not None and name not in {d.name for d in deployments}:
+        raise UsageError(f"no deployed flow named {name!r}")
+    rows: list[dict[str, Any]] = []
+    for deployment in deployments:
+        if name is not None and deployment.name != name:
+            continue
+        # a stopped runtime's last report still tells the counts and the last error
+        flow = runtime.flows.get(deployment.name) if runtime else None
+        if flow is not None and flow.version != deployment.version:
+            flow = None
+        state = (flow.state if flow else "PENDING") if alive else "NOT RUNNING"
+        rows.append(
+            {
+                "flow": deployment.name,
+                "version": deployment.version,
+                "state": state,
+                "last_poll": flow.last_poll if flow else "",
+                "completed": flow.completed if flow else 0,
+                "failed": flow.failed if flow else 0,
+                "last_error": (flow.reason or flow.last_error) if flow else "",
+            }
+        )
+    state_db = open_state(tenant, create=False)
+    locks = state_db.locks() if state_db is not None else []
+    if state_db is not None:
+        state_db.close()
+    return StatusReport(runtime=runtime, alive=alive, flows=rows, locks=locks)
