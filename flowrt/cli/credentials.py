@@ -69,7 +69,8 @@ def credentials() -> None:
     """Named passwords and secrets (encrypted).
 
     The store is encrypted with AES-GCM under a key derived from the tenant master key.
-    Secrets go in from stdin or a no-echo prompt; no command prints them.
+    Secrets go in from stdin or a no-echo prompt; no command prints them. Refresh tokens
+    for Microsoft 365 and Gmail come from `oauth2-login` (a sign-in in a browser).
     """
 
 
@@ -211,3 +212,13 @@ def delete(cli: CliContext, name: str) -> None:
 
 
 COMMANDS: list[click.Command] = [credentials]
+
+
+def _sign_in_command() -> None:
+    # Its own module (browser, loopback listener); listed under `credentials`.
+    from flowrt.cli.oauth2_login import oauth2_login
+
+    credentials.add_command(oauth2_login)
+
+
+_sign_in_command()

@@ -1,20 +1,23 @@
-"""``flowrt deploy FLOW...`` and ``flowrt undeploy NAME``."""
+"""``flowrt deploy FLOW... [--params FILE] [--dry-run]`` and ``flowrt undeploy NAME``."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any
 
 import click
 
 from flowrt.cli._context import CliContext, pass_cli
-from flowrt.dsl import ParseResult, parse_file
+from flowrt.cli._output import format_option, print_json
 from flowrt.dsl.diagnostics import render_all
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import FlowError, UsageError
-from flowrt.runtime.references import check_references
+from flowrt.runtime.deployments import DeployOutcome
+from flowrt.runtime.parameters import from_environment, read_param_file
+from flowrt.runtime.prepare import Preparation, prepare
 from flowrt.runtime.status import ERROR, STARTED, read_status
-from flowrt.security import TenantSecurity
-from flowrt.store import is_shared, open_deployments
+from flowrt.store import DeploymentStore, is_shared, open_deployments
 from flowrt.tenant import Tenant
 
 
@@ -28,6 +31,15 @@ def _seconds(text: str) -> float:
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
+    "--params",
+    "params_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help='Parameter values (TOML: NAME = "value", [flow-name] tables); above the '
+    "environment (FLOWRT_PARAM_NAME) and the tenant's sets (flowrt params set).",
+)
+@click.option("--dry-run", is_flag=True, help="Check everything and show what would be stored.")
+@click.option(
     "--wait",
     "wait_for",
     default="30s",
@@ -35,38 +47,34 @@ def _seconds(text: str) -> float:
     metavar="DURATION",
     help="How long to wait for a running runtime to report the outcome (0s: don't).",
 )
+@format_option
 @pass_cli
-def deploy(cli: CliContext, files: tuple[str, ...], wait_for: str) -> None:
-    """Validate flow files, check what they need from the tenant, and deploy them.
+def deploy(
+    cli: CliContext,
+    files: tuple[str, ...],
+    params_file: str | None,
+    dry_run: bool,
+    wait_for: str,
+    fmt: str,
+) -> None:
+    """Validate flow files, check what they need, and deploy them, scripts included.
 
-    Nothing is deployed unless every file is valid and every credential, keystore alias
-    and location ID they name exists. An unchanged flow is not deployed again.
+    Nothing is deployed unless every file is valid, every parameter has a value, every
+    credential, keystore alias and location ID they name exists, and every script imports
+    from what is bundled. An unchanged flow is not deployed again.
     """
     timeout = _seconds(wait_for)
     tenant = cli.tenant
-    results = [parse_file(path) for path in files]
-    _report(results)
-    if any(not r.ok for r in results):
-        raise FlowError("nothing was deployed: fix the errors above")
-    security = TenantSecurity.open(tenant)
-    missing = sorted(
-        (
-            problem
-            for result in results
-            for flow in result.flows
-            for problem in check_references(flow, security)
-        ),
-        key=lambda d: (d.file, d.line, d.column),
-    )
-    if missing:
-        sources = {r.file: r.source for r in results}
-        click.echo(render_all(missing, sources), err=True)
-        raise FlowError("nothing was deployed: the tenant lacks what the flows above name")
-    store = open_deployments(tenant)
-    try:
-        outcomes = [store.deploy(flow) for result in results for flow in result.flows]
-    finally:
-        store.close()
+    param_file = read_param_file(params_file) if params_file else None
+    prep = prepare(files, tenant, param_file=param_file, environment=from_environment())
+    if prep.problems:
+        click.echo(render_all(prep.problems, dict(prep.sources)), err=True)
+    if not prep.ok:
+        raise FlowError(_REFUSED[prep.stage])
+    if dry_run:
+        _show_dry_run(prep, open_deployments(tenant), fmt)
+        return
+    outcomes = publish(tenant, prep)
     for outcome in outcomes:
         if outcome.changed:
             click.echo(f"deployed {outcome.name} version {outcome.version}")
@@ -75,10 +83,69 @@ def deploy(cli: CliContext, files: tuple[str, ...], wait_for: str) -> None:
     _await_runtime(tenant, {o.name: o.version for o in outcomes}, timeout)
 
 
-def _report(results: list[ParseResult]) -> None:
-    for result in results:
-        if result.diagnostics:
-            click.echo(result.render(), err=True)
+_REFUSED = {
+    "validate": "nothing was deployed: fix the errors above",
+    "params": "nothing was deployed: fix the parameters above",
+    "tenant": "nothing was deployed: the tenant lacks what the flows above name",
+    "scripts": "nothing was deployed: the scripts above cannot be loaded",
+}
+
+
+def _show_dry_run(prep: Preparation, store: DeploymentStore, fmt: str) -> None:
+    rows: list[dict[str, Any]] = []
+    for item in prep.flows:
+        current = store.get(item.flow.name)
+        rows.append(
+            {
+                "flow": item.flow.name,
+                "file": item.flow.file,
+                "version": 1 if current is None else current.version + 1,
+                "current_version": None if current is None else current.version,
+                "params": [
+                    {"name": n, "value": v, "source": item.resolved.sources[n]}
+                    for n, v in sorted(item.resolved.values.items())
+                ],
+                "defaults": sorted(
+                    {use.name for use in item.flow.params if use.name not in item.resolved.values}
+                ),
+                "scripts": [dataclasses.asdict(ref) for ref in item.bundle.scripts],
+                "script_files": {n: len(d) for n, d in sorted(item.bundle.files.items())},
+            }
+        )
+    if fmt == "json":
+        print_json({"dry_run": True, "flows": rows})
+        return
+    for row in rows:
+        click.echo(
+            f"would deploy {row['flow']} from {row['file']} "
+            f"(as version {row['version']} if it changed)"
+        )
+        for param in row["params"]:
+            click.echo(f"  param {param['name']} = {param['value']}  ({param['source']})")
+        for name in row["defaults"]:
+            click.echo(f"  param {name}: the flow's default")
+        for ref in row["scripts"]:
+            where = "bundled" if ref["bundled"] else "from the Python path"
+            click.echo(f"  script {ref['module']}:{ref['function']} (line {ref['line']}, {where})")
+        for name, size in row["script_files"].items():
+            click.echo(f"  file {name} ({size} bytes)")
+    click.echo("nothing was stored (--dry-run)")
+
+
+def publish(tenant: Tenant, prep: Preparation) -> list[DeployOutcome]:
+    store = open_deployments(tenant)
+    try:
+        return [
+            store.deploy(
+                item.flow,
+                params=item.resolved.values,
+                param_sources=item.resolved.sources,
+                bundle=item.bundle,
+            )
+            for item in prep.flows
+        ]
+    finally:
+        store.close()
 
 
 def _await_runtime(tenant: Tenant, expected: dict[str, int], timeout: float) -> None:

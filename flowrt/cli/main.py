@@ -54,6 +54,7 @@ def cli(ctx: click.Context, tenant_dir: str | None) -> None:
 def _register() -> None:
     # Each command group lives in its own module; the import order is the help order.
     from flowrt.cli import (
+        check,
         connector,
         credentials,
         deploy,
@@ -64,6 +65,7 @@ def _register() -> None:
         monitor,
         mpl,
         notify,
+        params,
         run,
         simulate,
         store,
@@ -76,8 +78,10 @@ def _register() -> None:
         store,
         validate,
         simulate,
+        check,
         test,
         deploy,
+        params,
         run,
         keystore,
         credentials,

@@ -20,7 +20,6 @@ from flowrt._fs import atomic_write
 from flowrt.adapters.mail.mime.read import DEFECTS_PROPERTY
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
-from flowrt.dsl import load_flow
 from flowrt.dsl.model import Flow
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.runner import Result
@@ -31,6 +30,8 @@ from flowrt.errors import (
     render_chain,
 )
 from flowrt.mpl.model import MplEntry
+from flowrt.runtime.parameters import from_environment, read_param_file
+from flowrt.runtime.prepare import load_with_params
 from flowrt.runtime.simulation import Output, Trace, TracedStep
 from flowrt.runtime.simulation import simulate as run_simulation
 from flowrt.security import TenantSecurity
@@ -97,6 +98,13 @@ def _pairs(
     is_flag=True,
     help="Send for real through the receivers (tenant credentials, keystore, locations).",
 )
+@click.option(
+    "--params",
+    "params_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Parameter values (TOML), as for deploy; above FLOWRT_PARAM_NAME and the tenant's.",
+)
 @format_option
 @pass_cli
 def simulate(
@@ -107,6 +115,7 @@ def simulate(
     properties: list[tuple[str, str]],
     out_dir: str | None,
     live: bool,
+    params_file: str | None,
     fmt: str,
 ) -> None:
     """Run FLOW on a sample mail; nothing is sent unless --live.
@@ -116,10 +125,15 @@ def simulate(
     a simulation, when there is one. Exit 0 when the message completed (also when it was
     filtered), 1 when it failed or was escalated, 2 for usage errors.
     """
-    flow = load_flow(flow_file)
+    tenant = cli.tenant if live else cli.tenant_layout
+    flow = load_with_params(
+        flow_file,
+        tenant,
+        param_file=read_param_file(params_file) if params_file else None,
+        environment=from_environment(),
+    )
     raw = _read_message(Path(message_file))
     out = _prepare_out(Path(out_dir)) if out_dir else None
-    tenant = cli.tenant if live else cli.tenant_layout
     security = TenantSecurity.open(tenant) if live else None
     done = run_simulation(
         flow,

@@ -40,15 +40,21 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
             ),
             click.option(
                 "--auth",
-                type=click.Choice(["none", "plain", "encrypted"]),
+                type=click.Choice(["none", "plain", "encrypted", "oauth2"]),
                 default="none" if protocol == "smtp" else None,
                 show_default=protocol == "smtp",
-                help=None
+                help="oauth2: OAUTHBEARER or XOAUTH2 with a token of an oauth2 credential."
                 if protocol == "smtp"
-                else "Login: plain (LOGIN/USER) or encrypted (CRAM-MD5). Default: plain with "
-                "--credential, else none (connection and TLS only).",
+                else "Login: plain (LOGIN/USER), encrypted (CRAM-MD5) or oauth2 (OAUTHBEARER "
+                "or XOAUTH2). Default: plain with --credential, else none (connection and TLS "
+                "only).",
             ),
-            click.option("--credential", metavar="NAME", help="User credential to log in with."),
+            click.option("--credential", metavar="NAME", help="Credential to log in with."),
+            click.option(
+                "--user",
+                metavar="ADDRESS",
+                help="Mailbox to log in as with --auth oauth2 (default: the credential's).",
+            ),
             click.option(
                 "--proxy",
                 type=click.Choice(["internet", "on-premise"]),
@@ -95,6 +101,10 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
     auth = kw["auth"] or ("plain" if kw["credential"] else "none")
     if auth != "none" and not kw["credential"]:
         raise UsageError(f"--auth {auth} needs --credential NAME")
+    if kw["user"] is not None and auth != "oauth2":
+        raise UsageError(
+            "--user goes with --auth oauth2; other logins take the user from the credential"
+        )
     list_folders, check_mailbox = kw.get("list_folders", False), kw.get("check_mailbox")
     if list_folders and check_mailbox:
         raise UsageError("--list-folders and --check-mailbox: give one of them")
@@ -118,6 +128,7 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
         rcpt_to=tuple(kw.get("rcpt_to") or ()),
         list_folders=list_folders,
         check_mailbox=check_mailbox,
+        user=kw["user"],
     )
 
 

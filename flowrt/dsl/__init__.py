@@ -10,6 +10,8 @@ Public surface::
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 from pathlib import Path
 
 from flowrt.dsl import model
@@ -17,12 +19,14 @@ from flowrt.dsl._parse import SyntaxProblem, parse_raw
 from flowrt.dsl.build import build_flow
 from flowrt.dsl.diagnostics import Diagnostic, has_errors, render_all
 from flowrt.dsl.model import Flow, Pos
+from flowrt.dsl.params import PARAM_CODES
 from flowrt.dsl.spec import Report
 from flowrt.errors import FlowError, UsageError
 
 __all__ = [
     "Diagnostic",
     "Flow",
+    "ParamValues",
     "ParseResult",
     "load_flow",
     "model",
@@ -46,10 +50,19 @@ class ParseResult:
         return render_all(self.diagnostics, {self.file: self.source})
 
 
-def parse_text(text: str, file: str = "<flow>") -> ParseResult:
-    """Parse and validate a flow file's text; every problem found is in ``diagnostics``."""
-    report = Report()
-    raws, problems = parse_raw(text, file)
+ParamValues = Mapping[str, Mapping[str, str]]
+
+
+def parse_text(text: str, file: str = "<flow>", params: ParamValues | None = None) -> ParseResult:
+    """Parse and validate a flow file's text; every problem found is in ``diagnostics``.
+
+    ``params`` maps a flow's name to its parameter values; a parameter of that flow without
+    a value (and without a default) is then an error. For a flow not in ``params`` defaults
+    or placeholders stand in, and a problem in a value holding a placeholder is a warning.
+    """
+    parsed = parse_raw(text, file, params)
+    report = Report(functools.partial(_stand_in, parsed.stand_ins) if parsed.stand_ins else None)
+    raws, problems = parsed.flows, parsed.problems
     for problem in problems:
         code = "syntax" if isinstance(problem, SyntaxProblem) else problem.code
         report.error(problem.pos, code, problem.message)
@@ -73,7 +86,20 @@ def parse_text(text: str, file: str = "<flow>") -> ParseResult:
     return ParseResult(file, text, tuple(flows), diagnostics)
 
 
-def parse_file(path: str | Path) -> ParseResult:
+def _stand_in(spans: list[tuple[int, int, int, str, str]], diag: Diagnostic) -> Diagnostic | None:
+    """A problem in a value holding a stand-in for a parameter: dropped when the use itself
+    is wrong (that is the one problem reported), a warning when the parameter has no value
+    yet (it is checked at deploy, when it has one)."""
+    span = next((s for s in spans if diag.line == s[0] and s[1] <= diag.column <= s[2]), None)
+    if span is None or not diag.is_error or diag.code in PARAM_CODES:
+        return diag
+    if span[4] == "failed":
+        return None
+    message = f"{diag.message} (not checked: parameter {span[3]} has no value here)"
+    return dataclasses.replace(diag, severity="warning", message=message)
+
+
+def parse_file(path: str | Path, params: ParamValues | None = None) -> ParseResult:
     """Read and validate a flow file. A file that cannot be read is a UsageError."""
     path = Path(path)
     try:
@@ -90,7 +116,7 @@ def parse_file(path: str | Path) -> ParseResult:
         line = data[: exc.start].count(b"\n") + 1
         diag = Diagnostic(str(path), line, 1, "error", "encoding", "the file is not UTF-8 text")
         return ParseResult(str(path), "", (), (diag,))
-    return parse_text(text, str(path))
+    return parse_text(text, str(path), params)
 
 
 def load_flow(path: str | Path) -> Flow:

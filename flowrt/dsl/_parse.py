@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lark import Lark, Token, Transformer
+from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from flowrt.dsl import model as m
+from flowrt.dsl.params import ParamUse, substitute
 from flowrt.dsl.step_syntax import StepTransform
 from flowrt.dsl.template import SpecError, parse_ref, parse_template, unescape
 from flowrt.dsl.values import RawValue, did_you_mean
@@ -128,6 +129,7 @@ class RawFlow:
     blocks: tuple[RawBlock, ...]
     pipelines: tuple[RawPipeline, ...]
     pos: m.Pos
+    params: tuple[ParamUse, ...] = ()
 
 
 class _SpecErrors(Exception):
@@ -306,15 +308,45 @@ class SyntaxProblem:
     pos: m.Pos
 
 
-def parse_raw(text: str, file: str) -> tuple[list[RawFlow], list[SpecError | SyntaxProblem]]:
-    """Parse ``text``; a syntax error yields no flows and one problem said in words."""
+@dataclasses.dataclass
+class RawParse:
+    flows: list[RawFlow]
+    problems: list[SpecError | SyntaxProblem]
+    #: values holding a stand-in for a parameter (see flowrt.dsl.params.Substitution)
+    stand_ins: list[tuple[int, int, int, str, str]] = dataclasses.field(default_factory=list)
+
+
+def parse_raw(
+    text: str, file: str, params: Mapping[str, Mapping[str, str]] | None = None
+) -> RawParse:
+    """Parse ``text``; a syntax error yields no flows and one problem said in words.
+
+    ``params`` holds parameter values by flow name; a flow not in it (or no ``params``:
+    ``flowrt validate``) has none to be had, so defaults or placeholders stand in.
+    """
     try:
         tree = parser().parse(text)
     except UnexpectedInput as exc:
-        return [], [_explain(exc, text, file)]
+        return RawParse([], [_explain(exc, text, file)])
+    problems: list[SpecError | SyntaxProblem] = []
+    stand_ins: list[tuple[int, int, int, str, str]] = []
+    uses: dict[int, tuple[ParamUse, ...]] = {}
+    for index, flow_tree in enumerate(tree.children):
+        if not isinstance(flow_tree, Tree):
+            continue
+        name = str(flow_tree.children[1])
+        values = None if params is None else params.get(name)
+        found = substitute(flow_tree, file, values)
+        problems.extend(found.errors)
+        stand_ins.extend(found.stand_ins)
+        uses[index] = tuple(sorted(found.uses, key=lambda use: (use.pos.line, use.pos.column)))
     to_raw = _ToRaw(file)
     flows = to_raw.transform(tree)
-    return flows, list(to_raw.errors)
+    flows = [
+        dataclasses.replace(flow, params=uses.get(index, ())) for index, flow in enumerate(flows)
+    ]
+    problems.extend(to_raw.errors)
+    return RawParse(flows, problems, stand_ins)
 
 
 def _describe_expected(names: set[str]) -> str:

@@ -111,9 +111,13 @@ def _build_block(block: RawBlock, report: Report) -> tuple[str, Any]:
         report.error(
             block.pos, "missing-setting", f"{where} is missing the setting {name!r}{example}"
         )
+    # Built even with settings missing or wrong: the builder's combination checks (imaps on
+    # POP3, auth without a credential ...) are problems of their own, reported in the same
+    # run; a builder returns None when what it needs is not there.
+    built = spec.build(settings, args, report)
     if missing or settings.failed & set(spec.required):
-        return block.keyword, None  # building would only repeat the problem in other words
-    return block.keyword, spec.build(settings, args, report)
+        return block.keyword, None
+    return block.keyword, built
 
 
 def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
@@ -123,6 +127,7 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
     receivers: list[m.ReceiverBlock] = []
     on_error: m.RetryPolicy | None = None
     seen: dict[str, m.Pos] = {}
+    unbuilt: set[str] = set()
     for block in raw.blocks:
         if block.keyword in ("sender", "on-error") and block.keyword in seen:
             report.error(
@@ -134,6 +139,8 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
         meant, built = _build_block(block, report)
         seen.setdefault(meant, block.pos)
         if built is None:
+            if meant == "receiver" and len(block.args) > 1:
+                unbuilt.add(block.args[1].text)  # its own problems are reported already
             continue
         if meant == "sender":
             sender = built
@@ -157,7 +164,7 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
             f"a flow has one pipeline block (first on line {raw.pipelines[0].pos.line})",
         )
     steps = raw.pipelines[0].steps if raw.pipelines else ()
-    _check_steps(steps, receivers, report)
+    _check_steps(steps, receivers, unbuilt, report)
     if sum(d.is_error for d in report.diagnostics) > errors_before:
         return None
     return m.Flow(
@@ -170,15 +177,21 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
         on_error=on_error,
         pos=raw.pos,
         source=source,
+        params=raw.params,
     )
 
 
 def _check_steps(
-    steps: Sequence[m.Step], receivers: Sequence[m.ReceiverBlock], report: Report
+    steps: Sequence[m.Step],
+    receivers: Sequence[m.ReceiverBlock],
+    unbuilt: set[str],
+    report: Report,
 ) -> None:
     from flowrt.engine.steps import PIPELINE_CHECKS, SPECS
 
-    by_name = {r.name: r for r in receivers}
+    # a receiver that could not be built still exists: a route to it is not a problem too
+    by_name: dict[str, Any] = {name: None for name in unbuilt}
+    by_name.update({r.name: r for r in receivers})
     for step in steps:
         spec = SPECS[step.kind]
         if spec.check is not None:

@@ -183,6 +183,15 @@ class MplLogLevel(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True)
+class ParamUse:
+    """One place a flow uses a parameter (``${param.NAME}``, ``param.NAME:default``)."""
+
+    name: str
+    default: str | None
+    pos: Pos
+
+
+@dataclasses.dataclass(frozen=True)
 class Flow:
     name: str
     description: str
@@ -193,10 +202,15 @@ class Flow:
     on_error: RetryPolicy | None
     pos: Pos
     source: str  # the flow file's text, kept so that deploy stores exactly what was validated
+    params: tuple[ParamUse, ...] = ()  # every use of a parameter, in file order
 
     @property
     def file(self) -> str:
         return self.pos.file
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(use.name for use in self.params))
 
     def receiver(self, name: str) -> ReceiverBlock:
         for r in self.receivers:

@@ -20,11 +20,17 @@ __all__ = ["BlockSpec", "Report", "SettingSpec", "Settings", "StepSpec"]
 class Report:
     """Collects every problem of a file, so that all of them are shown in one run."""
 
-    def __init__(self) -> None:
+    def __init__(self, adjust: Callable[[Diagnostic], Diagnostic | None] | None = None) -> None:
         self.diagnostics: list[Diagnostic] = []
+        # may turn a problem into a warning or drop it (values holding a parameter stand-in)
+        self._adjust = adjust
 
     def add(self, pos: Pos, code: str, message: str, severity: Severity = "error") -> None:
-        self.diagnostics.append(Diagnostic.at(pos, code, message, severity))
+        diagnostic: Diagnostic | None = Diagnostic.at(pos, code, message, severity)
+        if self._adjust is not None and diagnostic is not None:
+            diagnostic = self._adjust(diagnostic)
+        if diagnostic is not None:
+            self.diagnostics.append(diagnostic)
 
     def error(self, pos: Pos, code: str, message: str) -> None:
         self.add(pos, code, message, "error")

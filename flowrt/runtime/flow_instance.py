@@ -95,7 +95,7 @@ class FlowInstance:
             adapters=self._adapters,
             security=self._security,
             version=str(self.deployment.version),
-            folder=Path(self.deployment.file).parent,
+            folder=self.deployment.scripts_dir or Path(self.deployment.file).parent,
             # a node paused past its mailbox lease hands the mail back instead of sending
             # what the node that took the mailbox over sends too
             guard=check_current_lease,

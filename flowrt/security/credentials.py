@@ -38,6 +38,8 @@ from flowrt.tenant import Tenant
 KIND_USER = "user"
 KIND_SECURE_PARAMETER = "secure-parameter"
 KIND_OAUTH2 = "oauth2-client-credentials"
+KIND_OAUTH2_REFRESH = "oauth2-refresh-token"
+# what `credentials add --kind` takes; a refresh token comes from `credentials oauth2-login`
 KINDS = (KIND_USER, KIND_SECURE_PARAMETER, KIND_OAUTH2)
 
 NAME_MAX = 150
@@ -88,7 +90,31 @@ class OAuth2ClientCredentials:
     changed: datetime.datetime = dataclasses.field(default_factory=_now)
 
 
-Credential = UserCredential | SecureParameter | OAuth2ClientCredentials
+@dataclasses.dataclass(frozen=True)
+class OAuth2RefreshToken:
+    """Delegated OAuth 2.0 access to one mailbox: a refresh token from the authorization-code
+    flow (`flowrt credentials oauth2-login`), exchanged for access tokens as they expire.
+
+    ``provider`` (microsoft, google, custom) and ``authorize_url`` are kept so that the hint
+    after a revoked refresh token can name the exact login command to run again.
+    """
+
+    kind: ClassVar[str] = KIND_OAUTH2_REFRESH
+    name: str
+    token_url: str
+    client_id: str
+    refresh_token: Secret
+    client_secret: Secret | None = None
+    scope: str | None = None
+    user: str | None = None
+    provider: str = "custom"
+    authorize_url: str | None = None
+    changed: datetime.datetime = dataclasses.field(default_factory=_now)
+    rotated: datetime.datetime | None = None
+
+
+OAuth2Credential = OAuth2ClientCredentials | OAuth2RefreshToken
+Credential = UserCredential | SecureParameter | OAuth2ClientCredentials | OAuth2RefreshToken
 
 
 def validate_name(name: str) -> str:
@@ -114,6 +140,13 @@ def describe(credential: Credential) -> dict[str, Any]:
         row["token_url"] = credential.token_url
         row["client_id"] = credential.client_id
         row["scope"] = credential.scope
+    elif isinstance(credential, OAuth2RefreshToken):
+        row["user"] = credential.user
+        row["provider"] = credential.provider
+        row["token_url"] = credential.token_url
+        row["client_id"] = credential.client_id
+        row["scope"] = credential.scope
+        row["rotated"] = credential.rotated.isoformat() if credential.rotated else None
     row["changed"] = credential.changed.isoformat()
     return row
 
@@ -200,6 +233,17 @@ class CredentialStore:
             )
         self._credentials[credential.name] = credential
 
+    def replace_refresh_token(self, name: str, used: Secret, new: Secret) -> bool:
+        """Store the refresh token an identity provider rotated ``used`` into, unless the
+        stored one is no longer ``used`` (a new login replaced it meanwhile: that one wins)."""
+        credential = self._credentials.get(name)
+        if not isinstance(credential, OAuth2RefreshToken):
+            return False
+        if credential.refresh_token.reveal() != used.reveal():
+            return False
+        self._credentials[name] = dataclasses.replace(credential, refresh_token=new, rotated=_now())
+        return True
+
     def delete(self, name: str) -> Credential:
         credential = self.get(name)
         del self._credentials[name]
@@ -279,6 +323,19 @@ def _to_json(credential: Credential) -> dict[str, Any]:
         item.update(user=credential.user, password=credential.password.reveal())
     elif isinstance(credential, SecureParameter):
         item.update(value=credential.value.reveal())
+    elif isinstance(credential, OAuth2RefreshToken):
+        secret = credential.client_secret
+        item.update(
+            token_url=credential.token_url,
+            client_id=credential.client_id,
+            refresh_token=credential.refresh_token.reveal(),
+            client_secret=secret.reveal() if secret is not None else None,
+            scope=credential.scope,
+            user=credential.user,
+            provider=credential.provider,
+            authorize_url=credential.authorize_url,
+            rotated=credential.rotated.isoformat() if credential.rotated else None,
+        )
     else:
         item.update(
             token_url=credential.token_url,
@@ -305,5 +362,20 @@ def _from_json(item: dict[str, Any]) -> Credential:
             Secret(item["client_secret"]),
             item.get("scope"),
             changed,
+        )
+    if kind == KIND_OAUTH2_REFRESH:
+        secret, rotated = item.get("client_secret"), item.get("rotated")
+        return OAuth2RefreshToken(
+            name,
+            str(item["token_url"]),
+            str(item["client_id"]),
+            Secret(item["refresh_token"]),
+            Secret(secret) if secret is not None else None,
+            item.get("scope"),
+            item.get("user"),
+            str(item.get("provider") or "custom"),
+            item.get("authorize_url"),
+            changed,
+            datetime.datetime.fromisoformat(rotated) if rotated else None,
         )
     raise ValueError(f"unknown credential kind {kind!r}")

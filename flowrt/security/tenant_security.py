@@ -15,10 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from flowrt.security.credentials import Credential, CredentialStore, UserCredential
+from flowrt.security.credentials import (
+    Credential,
+    CredentialStore,
+    UserCredential,
+    edit_credentials,
+)
 from flowrt.security.keystore import Keystore, keystore_password
 from flowrt.security.locations import Location, Locations
 from flowrt.security.masterkey import MasterKey, load_master_key
+from flowrt.security.secret import Secret
 from flowrt.security.tls import client_context
 from flowrt.tenant import Tenant
 
@@ -92,6 +98,12 @@ class TenantSecurity:
     def user_credential(self, name: str) -> UserCredential:
         """A ``user`` credential by name (mail logins, the SOCKS5 connector)."""
         return self.credentials().get_user(name)
+
+    def replace_refresh_token(self, name: str, used: Secret, new: Secret) -> bool:
+        """Store a rotated refresh token (locked, atomic rename: a crash leaves the old or
+        the new file, never none); False when the stored token is no longer ``used``."""
+        with edit_credentials(self.tenant, self._master_key) as store:
+            return store.replace_refresh_token(name, used, new)
 
     def location(self, location_id: str) -> Location:
         """An on-premise location; ConnectorError (with a hint) when it is unknown."""

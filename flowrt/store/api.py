@@ -5,12 +5,13 @@ classes (:class:`~flowrt.mpl.store.MplStore`, :class:`~flowrt.runtime.state.Stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, Self
 
 from flowrt.dsl import Flow
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
+from flowrt.runtime.bundle import Bundle
 from flowrt.runtime.deployments import Deployment, DeployOutcome
 from flowrt.runtime.leases import HeldLease
 from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
@@ -129,5 +130,13 @@ class DeploymentStore(Protocol):
     def names(self) -> list[str]: ...
     def get(self, name: str) -> Deployment | None: ...
     def all(self) -> list[Deployment]: ...
-    def deploy(self, flow: Flow) -> DeployOutcome: ...
+    def deploy(
+        self,
+        flow: Flow,
+        *,
+        params: Mapping[str, str] | None = None,
+        param_sources: Mapping[str, str] | None = None,
+        bundle: Bundle | None = None,
+    ) -> DeployOutcome: ...
+    def bundle(self, deployment: Deployment) -> Bundle: ...
     def undeploy(self, name: str) -> Deployment: ...

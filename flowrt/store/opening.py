@@ -90,4 +90,4 @@ def open_deployments(tenant: Tenant) -> DeploymentStore:
         return Deployments(tenant)
     from flowrt.store.pg.deployments import PgDeployments
 
-    return PgDeployments(open_database(tenant, config, max_size=2))
+    return PgDeployments(open_database(tenant, config, max_size=2), tenant)

@@ -8,6 +8,8 @@ stopped even when the process that started them dies:
 * ``DovecotServer`` - IMAP/IMAPS/POP3/POP3S/LMTP + SASL auth, ``imaplib``-based helpers;
 * ``PostfixServer`` - SMTP/submission/SMTPS with Dovecot SASL, LMTP delivery to Dovecot;
 * ``DanteServer`` - SOCKS5 passing only listed destinations;
+* ``AuthorizationServer`` - a tiny OAuth2 server (sign-in, tokens with rotation, introspection
+  for Dovecot's ``oauth2`` passdb: ``DovecotServer(oauth2_introspection_url=...)``);
 * ``ScriptedSMTPServer`` - aiosmtpd servers that misbehave on purpose;
 * ``SmtpSink`` / ``run_smtp_source`` - Postfix' smtp-sink and smtp-source for benchmarks;
 * ``MailStack`` - all of the above wired together (for ``scripts/demo``).
@@ -21,6 +23,7 @@ from ._proc import ServerStartError, ServerUnavailable
 from .ca import DEFAULT_SERVER_NAMES, ServerCert, TestCA
 from .dante import DanteServer
 from .dovecot import DEFAULT_USERS, DovecotServer, MailboxUser, Message
+from .oauth2 import AuthorizationServer
 from .postfix import (
     DEFAULT_DOMAINS,
     SMTP_SINK,
@@ -40,6 +43,7 @@ __all__ = [
     "DEFAULT_USERS",
     "SMTP_SINK",
     "SMTP_SOURCE",
+    "AuthorizationServer",
     "DanteServer",
     "DeliveryFailed",
     "DovecotServer",

@@ -107,7 +107,10 @@ class DovecotServer:
     STARTTLS/STLS, ``imaps_port == pop3s_port == 0``.
 
     Users: ``users`` ({address: password}, default ``DEFAULT_USERS``), ``add_user``,
-    ``new_user``, ``password(address)``. Without ``cert``, a certificate is issued by ``ca``
+    ``new_user``, ``password(address)``. With ``oauth2_introspection_url``, an ``oauth2``
+    passdb takes bearer tokens (``oauth2_mechanisms``: XOAUTH2 and/or OAUTHBEARER, for IMAP,
+    POP3 and Postfix SASL alike) and asks that RFC 7662 endpoint whether a token is active
+    and whose it is (``username``). Without ``cert``, a certificate is issued by ``ca``
     (or a throw-away CA). A ``workdir`` given by the caller must be reachable by the
     ``dovecot`` user (every parent directory world-executable).
     """
@@ -124,8 +127,12 @@ class DovecotServer:
         hostname: str = "mail.test.example",
         workdir: str | Path | None = None,
         start_timeout: float = 20.0,
+        oauth2_introspection_url: str | None = None,
+        oauth2_mechanisms: Sequence[str] = ("xoauth2", "oauthbearer"),
     ) -> None:
         self.binary = require_binary(DOVECOT, "dovecot-imapd", "Dovecot")
+        self.oauth2_introspection_url = oauth2_introspection_url
+        self.oauth2_mechanisms = tuple(oauth2_mechanisms)
         require_root("Dovecot")
         for binary, package in (
             ("/usr/lib/dovecot/imap", "dovecot-imapd"),
@@ -302,12 +309,12 @@ mail_location = maildir:~/Maildir
 mail_max_userip_connections = 1000
 mail_fsync = optimized
 
-auth_mechanisms = plain login cram-md5
+auth_mechanisms = plain login cram-md5{self._oauth2_mechanisms()}
 disable_plaintext_auth = no
 auth_verbose = yes
 auth_failure_delay = 0
 auth_username_format = %Lu
-{tls}
+{tls}{self._oauth2_passdb()}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {self.users_dir}/%Lu
@@ -369,6 +376,32 @@ protocol lmtp {{
   postmaster_address = postmaster@example.com
 }}
 """
+
+    def _oauth2_mechanisms(self) -> str:
+        if self.oauth2_introspection_url is None:
+            return ""
+        return " " + " ".join(self.oauth2_mechanisms)
+
+    def _oauth2_passdb(self) -> str:
+        """The oauth2 passdb (before passwd-file, for the bearer mechanisms only)."""
+        if self.oauth2_introspection_url is None:
+            return ""
+        conf = self.workdir / "dovecot-oauth2.conf.ext"
+        conf.write_text(
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "introspection_mode = post\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            "timeout_msecs = 10000\n"
+        )
+        return f"""
+passdb {{
+  driver = oauth2
+  mechanisms = {" ".join(self.oauth2_mechanisms)}
+  args = {conf}
+}}"""
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from flowrt.adapters.mail.oauth2 import OAuth2Tokens, _dechunk, _parse_http
+from flowrt.adapters.mail.oauth2 import OAuth2Tokens
 from flowrt.adapters.mail.smtp.receiver import SmtpReceiver
 from flowrt.engine.exchange import Exchange, Headers
 from flowrt.errors import (
@@ -237,22 +237,3 @@ async def test_https_token_endpoint_is_trusted_through_the_keystore_only(
     assert "SSLHandshakeException: PKIX path building failed" in chain
     assert "issued by CN=flowrt Test Intermediate CA" in chain
     assert not is_retryable(info.value)
-
-
-def test_http_responses_chunked_and_sized() -> None:
-    body = b'{"access_token":"t","expires_in":60}'
-    sized = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sTRAILING" % (len(body), body)
-    assert _parse_http(sized, "u") == (200, body)
-    chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"10\r\n"
-        + body[:16]
-        + b"\r\n"
-        + b"%x\r\n" % (len(body) - 16)
-        + body[16:]
-        + b"\r\n0\r\n\r\n"
-    )
-    assert _parse_http(chunked, "u") == (200, body)
-    assert _dechunk(b"0\r\n\r\n") == b""
-    with pytest.raises(MessagingException):
-        _parse_http(b"SSH-2.0-OpenSSH\r\n", "u")

@@ -135,3 +135,33 @@ def test_deployments_versions_and_generation(tenant: Tenant) -> None:
             store.undeploy(flow.name)
     finally:
         store.close()
+
+
+def test_a_version_keeps_its_parameters_and_scripts(tenant: Tenant) -> None:
+    from flowrt.runtime.bundle import Bundle, ScriptRef
+
+    store = open_deployments(tenant)
+    try:
+        text = (FLOW / "mail.flow").read_text()
+        [flow] = parse_text(text, str(FLOW / "mail.flow")).flows
+        bundle = Bundle(
+            {"steps.py": b"def go(exchange):\n    return None\n", "pkg/util.py": b"X = 1\n"},
+            (ScriptRef(module="steps", function="go", line=12, bundled=True),),
+        )
+        first = store.deploy(
+            flow, params={"HOST": "a"}, param_sources={"HOST": "file"}, bundle=bundle
+        )
+        again = store.deploy(flow, params={"HOST": "a"}, bundle=bundle)
+        assert first.changed and not again.changed
+        assert store.deploy(flow, params={"HOST": "b"}, bundle=bundle).version == 2
+        current = store.get(flow.name)
+        assert current is not None and current.params == {"HOST": "b"}
+        assert current.scripts == (
+            {"module": "steps", "function": "go", "line": 12, "bundled": True},
+        )
+        assert current.scripts_dir is not None
+        assert (current.scripts_dir / "steps.py").read_bytes().startswith(b"def go")
+        assert (current.scripts_dir / "pkg" / "util.py").read_text() == "X = 1\n"
+        assert store.bundle(current).files == bundle.files
+    finally:
+        store.close()

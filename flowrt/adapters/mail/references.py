@@ -10,12 +10,20 @@ from flowrt.adapters.mail.model import Connection, Receiver, Sender
 from flowrt.dsl import Diagnostic
 from flowrt.dsl.model import Pos
 from flowrt.errors import FlowrtError
-from flowrt.security import OAuth2ClientCredentials, TenantSecurity, UserCredential
+from flowrt.security import (
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TenantSecurity,
+    UserCredential,
+)
 
-_KIND_FOR_AUTH = {
+_KIND_FOR_AUTH: dict[str, tuple[type | tuple[type, ...], str]] = {
     "plain": (UserCredential, "user"),
     "encrypted": (UserCredential, "user"),
-    "oauth2": (OAuth2ClientCredentials, "oauth2-client-credentials"),
+    "oauth2": (
+        (OAuth2ClientCredentials, OAuth2RefreshToken),
+        "oauth2-client-credentials or oauth2-refresh-token",
+    ),
 }
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import importlib
-import importlib.machinery
-import importlib.util
 import inspect
 import re
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +32,7 @@ __all__ = [
     "ScriptStep",
     "compile",
     "load_function",
+    "local_names",
 ]
 
 
@@ -72,7 +72,8 @@ SPEC = StepSpec(
     name="script",
     syntax='script "module:function"',
     summary="Calls a Python function with the exchange. The module is looked up in the "
-    "flow's folder, then on the Python path; what it raises is recorded in the MPL chain.",
+    "flow's folder (a deployed flow: in its version's copy), then on the Python path; what "
+    "it raises is recorded in the MPL chain.",
     example='script "transforms:enrich"',
 )
 
@@ -141,27 +142,42 @@ def load_function(step: ScriptStep, folder: Path) -> Callable[[Exchange], Any]:
     return function  # type: ignore[no-any-return]
 
 
-def _import(module: str, folder: Path) -> ModuleType:
-    top, _, rest = module.partition(".")
-    spec = importlib.machinery.PathFinder.find_spec(top, [str(folder)])
-    if spec is None or spec.origin is None:  # not in the folder (or a bare namespace dir)
-        return importlib.import_module(module)
-    # A private name per folder: two flows with their own transforms.py must not share one
-    # module object, and the Python path's module of the same name stays untouched.
-    digest = hashlib.sha1(str(folder.resolve()).encode(), usedforsecurity=False).hexdigest()[:10]
-    private = f"_flowrt_script_{digest}_{top}"
-    for loaded in [n for n in sys.modules if n == private or n.startswith(private + ".")]:
-        del sys.modules[loaded]  # load the file as it is now (a redeploy may have changed it)
-    spec = importlib.util.spec_from_file_location(
-        private, spec.origin, submodule_search_locations=spec.submodule_search_locations
-    )
-    if spec is None or spec.loader is None:  # pragma: no cover - the finder found it above
-        return importlib.import_module(module)
-    loaded_module = importlib.util.module_from_spec(spec)
-    sys.modules[private] = loaded_module
+_IMPORT_LOCK = threading.Lock()
+
+
+def local_names(folder: Path) -> set[str]:
+    """The top-level modules a folder holds: ``name.py`` files and ``name/`` packages."""
     try:
-        spec.loader.exec_module(loaded_module)
-    except BaseException:
-        del sys.modules[private]
-        raise
-    return importlib.import_module(f"{private}.{rest}") if rest else loaded_module
+        entries = list(folder.iterdir())
+    except OSError:
+        return set()
+    names = {p.stem for p in entries if p.suffix == ".py" and p.is_file()}
+    names |= {p.name for p in entries if (p / "__init__.py").is_file()}
+    return names
+
+
+def _import(module: str, folder: Path) -> ModuleType:
+    top = module.partition(".")[0]
+    local = local_names(folder)
+    if top not in local:
+        return importlib.import_module(module)
+    # The folder's modules are imported with the folder first on the path, so that they
+    # import each other by their plain names, and are taken out of sys.modules afterwards:
+    # two flows (or two versions of one) with their own transforms.py never share a module,
+    # and the next load reads the files as they are then. The lock: sys.path is global.
+    with _IMPORT_LOCK:
+        saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in local}
+        entry = str(folder)
+        sys.path.insert(0, entry)
+        bytecode = sys.dont_write_bytecode
+        sys.dont_write_bytecode = True  # no __pycache__ in the flow folder or the tenant
+        importlib.invalidate_caches()
+        try:
+            return importlib.import_module(module)
+        finally:
+            sys.dont_write_bytecode = bytecode
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+            for name in [n for n in sys.modules if n.split(".")[0] in local]:
+                del sys.modules[name]
+            sys.modules.update(saved)

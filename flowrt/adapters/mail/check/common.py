@@ -25,15 +25,22 @@ from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.dsl.model import Pos, Template
 from flowrt.errors import (
+    CredentialError,
     FlowrtError,
     IOException,
     MessagingException,
     SocketTimeoutException,
     SSLHandshakeException,
     StoreClosedException,
+    UsageError,
 )
 from flowrt.net import ProxyRoute, connect, resolve_route, tls_failure
-from flowrt.security import TenantSecurity, unverified_context
+from flowrt.security import (
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TenantSecurity,
+    unverified_context,
+)
 
 NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3"}
 IMPLICIT_TLS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s"}
@@ -302,20 +309,50 @@ def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> Messaging
 
 
 def refuse_plaintext(opts: CheckOptions, encrypted: bool) -> None:
-    """``auth plain`` over a link that is not encrypted is refused unless allowed."""
-    if opts.auth == "plain" and not encrypted and not opts.allow_plaintext_auth:
+    """``auth plain`` (or a bearer token) over a link that is not encrypted is refused
+    unless allowed."""
+    if opts.auth in ("plain", "oauth2") and not encrypted and not opts.allow_plaintext_auth:
         raise MessagingException(
-            "refusing auth plain over a connection that is not encrypted",
+            f"refusing auth {opts.auth} over a connection that is not encrypted",
             hint=f"use --protection starttls-mandatory or {IMPLICIT_TLS[opts.protocol]}, or "
             "--auth encrypted, or --allow-plaintext-auth (on a trusted network only)",
         )
 
 
 def mail_login(opts: CheckOptions, security: TenantSecurity) -> MailLogin:
-    """The user and password of ``--credential``; the password stays a Secret."""
+    """The user and password of ``--credential`` (the password stays a Secret), or with
+    ``--auth oauth2`` the user and a token source, as a flow would have them."""
     assert opts.credential is not None
+    if opts.auth == "oauth2":
+        return oauth2_login(opts, security)
     credential = security.user_credential(opts.credential)
     return MailLogin(credential.user, credential.password, None, opts.credential)
+
+
+def oauth2_login(opts: CheckOptions, security: TenantSecurity) -> MailLogin:
+    from flowrt.adapters.mail.oauth2 import OAuth2Tokens
+
+    name = opts.credential or ""
+    credential = security.credential(name)
+    if not isinstance(credential, OAuth2ClientCredentials | OAuth2RefreshToken):
+        raise CredentialError(
+            f"--auth oauth2 needs an oauth2-client-credentials or oauth2-refresh-token "
+            f"credential, but '{name}' is of kind {credential.kind}",
+            hint=f"sign in with `flowrt credentials oauth2-login {name} --provider ...`",
+        )
+    user = opts.user or getattr(credential, "user", None)
+    if not user:
+        raise UsageError(
+            f"credential '{name}' names no mailbox: give the one to log in as with --user ADDRESS"
+        )
+    source = OAuth2Tokens().source(
+        credential,
+        tls=security.client_context,
+        timeout=opts.timeout,
+        route=route_for(opts, security),
+        store=security,
+    )
+    return MailLogin(user, None, source, name)
 
 
 def mail_endpoint(
@@ -328,7 +365,11 @@ def mail_endpoint(
         host=opts.host,
         port=opts.port,
         protection=opts.protection,
-        auth="encrypted" if opts.auth == "encrypted" else "plain",
+        auth="encrypted"
+        if opts.auth == "encrypted"
+        else "oauth2"
+        if opts.auth == "oauth2"
+        else "plain",
         login=login,
         tls=context,
         route=route,

@@ -25,6 +25,7 @@ class CheckOptions:
     rcpt_to: tuple[str, ...] = ()
     list_folders: bool = False
     check_mailbox: str | None = None
+    user: str | None = None  # --auth oauth2: the mailbox to log in as
 
     @property
     def title(self) -> str:

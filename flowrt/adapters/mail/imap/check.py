@@ -34,6 +34,7 @@ from flowrt.adapters.mail.imap.parse import encode_folder, response_code, respon
 # The sender's login (LOGIN / AUTHENTICATE PLAIN / CRAM-MD5, and its error mapping), reused
 # as it is rather than written twice.
 from flowrt.adapters.mail.imap.session import authenticate
+from flowrt.adapters.mail.sasl import oauth2_mechanism
 from flowrt.adapters.mail.sender.endpoint import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
@@ -110,6 +111,8 @@ def _mechanism(client: ImapClient, opts: CheckOptions, login: MailLogin) -> str:
         return "PREAUTH"
     if opts.auth == "encrypted":
         return "AUTHENTICATE CRAM-MD5"
+    if opts.auth == "oauth2":
+        return f"AUTHENTICATE {oauth2_mechanism(lambda m: client.has(f'AUTH={m}')) or 'XOAUTH2'}"
     password = login.password.reveal() if login.password is not None else ""
     if client.has("AUTH=PLAIN") and (
         client.has("LOGINDISABLED") or not (login.user.isascii() and password.isascii())

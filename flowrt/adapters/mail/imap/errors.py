@@ -27,6 +27,7 @@ __all__ = [
     "no_answer",
     "no_cram_md5",
     "no_idle",
+    "no_oauth2",
     "not_a_greeting",
     "read_timeout",
     "refused",
@@ -131,6 +132,13 @@ def no_cram_md5(where: str) -> AuthenticationFailedException:
     return AuthenticationFailedException(
         f"IMAP host {where} does not offer CRAM-MD5 (auth encrypted)",
         hint="use auth plain over TLS (protection starttls-mandatory or imaps)",
+    )
+
+
+def no_oauth2(where: str) -> AuthenticationFailedException:
+    return AuthenticationFailedException(
+        f"IMAP host {where} offers neither OAUTHBEARER nor XOAUTH2 (auth oauth2)",
+        hint="this server does not take OAuth2 tokens; use auth plain over TLS",
     )
 
 

@@ -9,21 +9,26 @@ The rules (trust comes only from the keystore; see ARCHITECTURE.md):
 - ``auth plain`` over a connection that is not encrypted is refused unless the flow says
   ``allow-plaintext-auth``.
 - ``auth plain`` uses LOGIN, or AUTHENTICATE PLAIN when the server says LOGINDISABLED or the
-  user or password is not ASCII; ``encrypted`` is CRAM-MD5; ``oauth2`` is XOAUTH2.
+  user or password is not ASCII; ``encrypted`` is CRAM-MD5; ``oauth2`` is OAUTHBEARER when
+  the server offers it, else XOAUTH2.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from aioimaplib import Response
+
 from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.client import ImapClient, Responder
 from flowrt.adapters.mail.imap.parse import response_text
 from flowrt.adapters.mail.sasl import (
+    OAUTHBEARER_ABORT,
     cram_md5_response,
+    oauth2_mechanism,
+    oauth2_response,
     plain_response,
     unsafe_for_wire,
-    xoauth2_response,
 )
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, connect_failure
 from flowrt.adapters.mail.sender.session import (
@@ -84,16 +89,7 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
     if unsafe_for_wire(login.user):
         raise errors.user_has_line_break(login.credential, endpoint.credential_hint())
     if endpoint.auth == "oauth2":
-        token, fresh = await login.access_token()
-        response = await client.authenticate(
-            "XOAUTH2", [], initial=xoauth2_response(login.user, token)
-        )
-        if response.result != "OK" and not fresh:
-            # a cached token may have been revoked before its time: one fresh token, once
-            token, _ = await login.access_token(refresh=True)
-            response = await client.authenticate(
-                "XOAUTH2", [], initial=xoauth2_response(login.user, token)
-            )
+        response = await _oauth2(client, endpoint)
     else:
         password = login_password(endpoint)
         if endpoint.auth == "encrypted":
@@ -113,6 +109,26 @@ async def authenticate(client: ImapClient, endpoint: MailEndpoint) -> None:
         raise errors.auth_refused(
             response.result, response_text(response), endpoint.credential_hint()
         )
+
+
+async def _oauth2(client: ImapClient, endpoint: MailEndpoint) -> Response:
+    login = endpoint.login
+    mechanism = oauth2_mechanism(lambda m: client.has(f"AUTH={m}"))
+    if mechanism is None:
+        raise errors.no_oauth2(f"{endpoint.host}:{endpoint.port}")
+    abort: list[Responder] = [lambda _c: OAUTHBEARER_ABORT] if mechanism == "OAUTHBEARER" else []
+
+    async def attempt(token: Secret) -> Response:
+        initial = oauth2_response(mechanism, login.user, token, endpoint.host, endpoint.port)
+        return await client.authenticate(mechanism, abort, initial=initial)
+
+    token, fresh = await login.access_token()
+    response = await attempt(token)
+    if response.result != "OK" and not fresh:
+        # a cached token may have been revoked before its time: one fresh token, once
+        token, _ = await login.access_token(refresh=True)
+        response = await attempt(token)
+    return response
 
 
 def _use_authenticate_plain(client: ImapClient, user: str, password: Secret) -> bool:

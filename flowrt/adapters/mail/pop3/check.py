@@ -30,6 +30,7 @@ from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 # The sender's login (USER/PASS, AUTH PLAIN, CRAM-MD5 or APOP, and its error mapping),
 # reused as it is rather than written twice.
 from flowrt.adapters.mail.pop3.session import authenticate
+from flowrt.adapters.mail.sasl import oauth2_mechanism
 from flowrt.adapters.mail.sender.endpoint import MailLogin
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
@@ -114,6 +115,8 @@ def _mechanism(client: Pop3Client, opts: CheckOptions) -> str:
     """What the sender's login will say (for the stage line only)."""
     if opts.auth == "encrypted":
         return "AUTH CRAM-MD5" if client.sasl("CRAM-MD5") else "APOP"
+    if opts.auth == "oauth2":
+        return f"AUTH {oauth2_mechanism(client.sasl) or 'XOAUTH2'}"
     if client.capabilities and not client.has("USER") and client.sasl("PLAIN"):
         return "AUTH PLAIN"
     return "USER/PASS"

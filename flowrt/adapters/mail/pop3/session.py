@@ -4,7 +4,7 @@ clear-text password without ``allow-plaintext-auth``, failures as chains with hi
 
 ``auth plain`` is USER/PASS (AUTH PLAIN when the server has no USER); ``encrypted`` is AUTH
 CRAM-MD5, or APOP where the server offers it (a timestamp in its greeting) and not CRAM-MD5;
-``oauth2`` is AUTH XOAUTH2.
+``oauth2`` is AUTH OAUTHBEARER when the server offers it, else AUTH XOAUTH2.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from flowrt.adapters.mail.pop3 import errors
 from flowrt.adapters.mail.pop3.client import Pop3Client
 from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 from flowrt.adapters.mail.sasl import (
+    OAUTHBEARER_ABORT,
     cram_md5_response,
+    oauth2_mechanism,
+    oauth2_response,
     plain_response,
     unsafe_for_wire,
-    xoauth2_response,
 )
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, connect_failure
 from flowrt.adapters.mail.sender.session import (
@@ -76,7 +78,7 @@ async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
         raise errors.user_unsafe(login.credential, endpoint.credential_hint())
     try:
         if endpoint.auth == "oauth2":
-            await _xoauth2(client, endpoint)
+            await _oauth2(client, endpoint)
         elif endpoint.auth == "encrypted":
             await _encrypted(client, endpoint, login_password(endpoint))
         else:
@@ -91,17 +93,25 @@ async def authenticate(client: Pop3Client, endpoint: MailEndpoint) -> None:
         raise errors.auth_refused(exc.reply, endpoint.credential_hint()) from None
 
 
-async def _xoauth2(client: Pop3Client, endpoint: MailEndpoint) -> None:
+async def _oauth2(client: Pop3Client, endpoint: MailEndpoint) -> None:
     login = endpoint.login
+    # A server without CAPA (or without a SASL line) may still take XOAUTH2: try that one.
+    mechanism = oauth2_mechanism(client.sasl) or "XOAUTH2"
+    abort = [lambda _c: OAUTHBEARER_ABORT] if mechanism == "OAUTHBEARER" else []
+
+    async def attempt(token: Secret) -> None:
+        initial = oauth2_response(mechanism, login.user, token, endpoint.host, endpoint.port)
+        await client.auth(mechanism, abort, initial=initial)
+
     token, fresh = await login.access_token()
     try:
-        await client.auth("XOAUTH2", [], initial=xoauth2_response(login.user, token))
+        await attempt(token)
     except Pop3ErrorReply:
         if fresh:
             raise
         # a cached token may have been revoked before its time: one fresh token, once
         token, _ = await login.access_token(refresh=True)
-        await client.auth("XOAUTH2", [], initial=xoauth2_response(login.user, token))
+        await attempt(token)
 
 
 async def _encrypted(client: Pop3Client, endpoint: MailEndpoint, password: Secret) -> None:

@@ -73,9 +73,17 @@ class MailLogin:
         if self.token is None:
             raise AuthenticationFailedException(
                 f"auth oauth2 needs an access token, but credential '{self.credential}' gives none",
-                hint="use an oauth2-client-credentials credential for auth oauth2",
+                hint="use an oauth2-client-credentials or oauth2-refresh-token credential for "
+                "auth oauth2",
             )
         return await self.token.token(refresh=refresh)
+
+    def hint_when_refused(self) -> str:
+        """What to check when the server refuses this login."""
+        refused = getattr(self.token, "refused_hint", None)
+        if isinstance(refused, str):
+            return refused
+        return f"check credential {self.credential!r} (`flowrt credentials show {self.credential}`)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +167,8 @@ class MailEndpoint:
 
     def credential_hint(self) -> str:
         name = self.login.credential or "NAME"
+        if self.auth == "oauth2":
+            return self.login.hint_when_refused()
         return (
             f"check the user and password of credential '{name}' (user {self.login.user}); "
             f"change them with `flowrt credentials add {name} --user USER --password-stdin "
@@ -245,31 +255,44 @@ def endpoint_from_tenant(
 ) -> MailEndpoint:
     """Resolve a sender's credential, TLS context (tenant keystore only) and route.
 
-    ``auth oauth2`` takes an oauth2-client-credentials credential; its grant names no
-    mailbox, so XOAUTH2 logs in as ``oauth2_user`` (the mailbox address). ``tokens`` shares
-    cached tokens between pollers and receivers.
+    ``auth oauth2`` takes an oauth2-client-credentials credential (its grant names no
+    mailbox, so the login is ``oauth2_user``, the flow's ``user``) or an oauth2-refresh-token
+    one (``oauth2_user``, else the mailbox it was signed in for). The token request takes
+    the sender's route. ``tokens`` shares cached tokens between pollers and receivers.
     """
     from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-    from flowrt.security.credentials import OAuth2ClientCredentials, UserCredential
+    from flowrt.security.credentials import (
+        OAuth2ClientCredentials,
+        OAuth2RefreshToken,
+        UserCredential,
+    )
 
     c = sender.connection
     name = c.auth.credential or ""
     credential = security.credential(name)
+    route = resolve_route(
+        c.proxy, locations=security.locations(), credentials=security.credentials()
+    )
     if c.auth.method == "oauth2":
-        if not isinstance(credential, OAuth2ClientCredentials):
+        if not isinstance(credential, OAuth2ClientCredentials | OAuth2RefreshToken):
             raise CredentialError(
-                f"auth oauth2 needs an oauth2-client-credentials credential, but '{name}' is "
-                f"of kind {credential.kind}"
+                f"auth oauth2 needs an oauth2-client-credentials or oauth2-refresh-token "
+                f"credential, but '{name}' is of kind {credential.kind}"
             )
-        if not oauth2_user:
+        user = oauth2_user or getattr(credential, "user", None)
+        if not user:
             raise CredentialError(
                 f"auth oauth2 with credential '{name}': the client-credentials grant names no "
                 "mailbox, and no mailbox address was given to log in as"
             )
         source = (tokens or OAuth2Tokens()).source(
-            credential, tls=security.client_context, timeout=c.timeout.total_seconds()
+            credential,
+            tls=security.client_context,
+            timeout=c.timeout.total_seconds(),
+            route=route,
+            store=security,
         )
-        login = MailLogin(oauth2_user, None, source, name)
+        login = MailLogin(user, None, source, name)
     elif isinstance(credential, UserCredential):
         login = MailLogin(credential.user, credential.password, None, name)
     else:
@@ -278,7 +301,4 @@ def endpoint_from_tenant(
             f"is of kind {credential.kind}"
         )
     tls = security.client_context() if c.protection != "off" else None
-    route = resolve_route(
-        c.proxy, locations=security.locations(), credentials=security.credentials()
-    )
     return MailEndpoint.for_sender(sender, login=login, tls=tls, route=route)

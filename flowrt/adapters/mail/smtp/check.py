@@ -10,6 +10,8 @@ from cryptography import x509
 from flowrt.adapters.mail.check.common import (
     TlsFailed,
     connect_stage,
+    failing,
+    mail_login,
     refuse_plaintext,
     run_check,
     ssl_cause,
@@ -17,6 +19,9 @@ from flowrt.adapters.mail.check.common import (
     tls_stage,
 )
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.sasl import OAUTH2_MECHANISMS
+from flowrt.adapters.mail.smtp.session import bearer_auth
+from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.errors import AuthenticationFailedException, FlowrtError, MessagingException
@@ -124,12 +129,15 @@ async def _authenticate(
     report: ConnectivityReport,
 ) -> None:
     assert opts.credential is not None
-    login = security.user_credential(opts.credential)
     try:
         refuse_plaintext(opts, encrypted)
     except MessagingException as refused:
         report.fail("auth", refused)
         raise
+    if opts.auth == "oauth2":
+        await _oauth2(client, opts, security, report)
+        return
+    login = security.user_credential(opts.credential)
     try:
         if opts.auth == "encrypted":
             response = await client.auth_crammd5(login.user, login.password.reveal())
@@ -151,6 +159,34 @@ async def _authenticate(
         report.fail("auth", error)
         raise error from None
     report.stage("auth", f"{response.code} {response.message} (user {login.user})")
+
+
+async def _oauth2(
+    client: aiosmtplib.SMTP,
+    opts: CheckOptions,
+    security: TenantSecurity,
+    report: ConnectivityReport,
+) -> None:
+    """The receiver's own OAuth2 login (token request, mechanism choice, error hints)."""
+    with failing(report, "auth"):
+        login = mail_login(opts, security)
+        offered = [m.upper() for m in client.server_auth_methods]
+        mechanism = next((m for m in OAUTH2_MECHANISMS if m in offered), None)
+        if mechanism is None:
+            raise AuthenticationFailedException(
+                f"{opts.host}:{opts.port} offers AUTH {' '.join(offered) or '-'}, neither "
+                "OAUTHBEARER nor XOAUTH2",
+                hint="this server does not take OAuth2 tokens for SMTP",
+            )
+        token, _ = await login.access_token()
+        target = SmtpTarget(opts.host, opts.port, opts.protection, opts.timeout)
+        try:
+            await bearer_auth(client, login.user, token, target, mechanism)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise AuthenticationFailedException(
+                f"{exc.code} {exc.message}", hint=login.hint_when_refused()
+            ) from None
+    report.stage("auth", f"{mechanism} as {login.user}")
 
 
 async def _addresses(

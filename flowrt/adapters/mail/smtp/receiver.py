@@ -63,6 +63,7 @@ from flowrt.security import (
     Keystore,
     Locations,
     OAuth2ClientCredentials,
+    OAuth2RefreshToken,
     TenantSecurity,
     UserCredential,
     client_context,
@@ -184,7 +185,7 @@ class SmtpReceiver:
             raise
 
     async def _send(self, target: SmtpTarget, mail: ComposedMail) -> DeliveryReport:
-        login = self._login(mail.sender)
+        login = self._login(mail.sender, target.route)
         recipients = list(mail.recipients)
         if not recipients:
             raise MessagingException(
@@ -310,7 +311,7 @@ class SmtpReceiver:
         except (SecurityError, ConnectorError) as exc:
             raise self._tenant_error(exc) from exc
 
-    def _login(self, sender: str) -> Login | None:
+    def _login(self, sender: str, route: ProxyRoute | None = None) -> Login | None:
         connection = self.receiver.connection
         auth = connection.auth
         if auth.method == "none":
@@ -318,15 +319,22 @@ class SmtpReceiver:
         name = auth.credential or ""
         credential = self._credential(name)
         if auth.method == "oauth2":
-            if not isinstance(credential, OAuth2ClientCredentials):
+            if not isinstance(credential, OAuth2ClientCredentials | OAuth2RefreshToken):
                 raise self._wrong_kind(name, credential, "oauth2-client-credentials")
-            # The client-credentials grant names no mailbox: XOAUTH2 logs in as the flow's
-            # `user`, else as the envelope sender.
-            source = self.tokens.source(credential, tls=self._tls, timeout=self._timeout)
+            # The client-credentials grant names no mailbox: the login is the flow's `user`,
+            # else the mailbox signed in for (refresh token), else the envelope sender. The
+            # token request takes the mail connection's route.
+            source = self.tokens.source(
+                credential,
+                tls=self._tls,
+                timeout=self._timeout,
+                route=route,
+                store=self.resources if isinstance(self.resources, TenantSecurity) else None,
+            )
             return Login(
                 "oauth2",
                 name,
-                auth.user or sender,
+                auth.user or getattr(credential, "user", None) or sender,
                 token=source,
                 allow_plaintext=connection.allow_plaintext_auth,
             )
@@ -354,11 +362,14 @@ class SmtpReceiver:
         )
 
     def _wrong_kind(self, name: str, credential: Credential, wanted: str) -> MessagingException:
+        fix = f"`flowrt credentials add {name} --replace ...`"
+        if wanted == "oauth2-client-credentials":
+            # a delegated sign-in (oauth2-refresh-token) serves as well
+            fix += f", or sign in as the mailbox: `flowrt credentials oauth2-login {name} ...`"
         return MessagingException(
             f"receiver {self.receiver.name}: auth {self.receiver.connection.auth.method} needs "
             f"a credential of kind {wanted}, but '{name}' is of kind {credential.kind}",
-            hint=f"replace it with one of kind {wanted}: `flowrt credentials add {name} "
-            "--replace ...`",
+            hint=f"replace it with one of kind {wanted}: {fix}",
             retryable=False,
         )
 

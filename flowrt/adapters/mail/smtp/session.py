@@ -17,6 +17,7 @@ failure at the boundary:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import socket
@@ -36,10 +37,12 @@ from aiosmtplib import (
     SMTPHeloError,
     SMTPResponseException,
     SMTPServerDisconnected,
+    SMTPStatus,
     SMTPTimeoutError,
 )
 from cryptography import x509
 
+from flowrt.adapters.mail.sasl import OAUTH2_MECHANISMS, OAUTHBEARER_ABORT, oauthbearer_response
 from flowrt.adapters.mail.smtp.errors import (
     connection_dropped_cause,
     could_not_connect,
@@ -330,7 +333,7 @@ async def _authenticate(
     try:
         with wire_errors(target, f"AUTH {mechanism}"):
             if login.method == "oauth2":
-                await _xoauth2(smtp, login, target)
+                await _oauth2(smtp, login, target, mechanism)
             else:
                 assert login.password is not None
                 password = login.password.reveal()
@@ -352,10 +355,10 @@ def _mechanism(smtp: aiosmtplib.SMTP, target: SmtpTarget, login: Login, *, encry
     elif login.method == "encrypted":
         wanted = ["CRAM-MD5"] if "CRAM-MD5" in offered else []
     else:
-        wanted = ["XOAUTH2"] if "XOAUTH2" in offered else []
+        wanted = [m for m in OAUTH2_MECHANISMS if m in offered]
     if wanted:
         return wanted[0]
-    names = {"plain": "PLAIN or LOGIN", "encrypted": "CRAM-MD5", "oauth2": "XOAUTH2"}
+    names = {"plain": "PLAIN or LOGIN", "encrypted": "CRAM-MD5", "oauth2": "OAUTHBEARER or XOAUTH2"}
     if not offered:
         what = "offers no AUTH at all"
         hint = (
@@ -377,23 +380,46 @@ def _mechanism(smtp: aiosmtplib.SMTP, target: SmtpTarget, login: Login, *, encry
     )
 
 
-async def _xoauth2(smtp: aiosmtplib.SMTP, login: Login, target: SmtpTarget) -> None:
+async def _oauth2(smtp: aiosmtplib.SMTP, login: Login, target: SmtpTarget, mechanism: str) -> None:
     assert login.token is not None
     token, fresh = await login.token.token()
     try:
-        await smtp.auth_xoauth2(login.user, token.reveal())
+        await bearer_auth(smtp, login.user, token, target, mechanism)
     except SMTPAuthenticationError:
         if fresh or not smtp.is_connected:
             raise
         # A cached token may have been revoked before its time: one fresh token, once.
         log.info("smtp.oauth2_token_refused", **target.log_fields(), credential=login.credential)
         token, _ = await login.token.token(refresh=True)
-        await smtp.auth_xoauth2(login.user, token.reveal())
+        await bearer_auth(smtp, login.user, token, target, mechanism)
+
+
+async def bearer_auth(
+    smtp: aiosmtplib.SMTP, user: str, token: Secret, target: SmtpTarget, mechanism: str
+) -> None:
+    """AUTH XOAUTH2 or OAUTHBEARER with the initial response; the server's error challenge
+    (334 + JSON) is answered as each mechanism wants, to get the final 5xx."""
+    if mechanism == "XOAUTH2":
+        await smtp.auth_xoauth2(user, token.reveal())
+        return
+    initial = oauthbearer_response(user, token, target.host, target.port)
+    response = await smtp.execute_command(b"AUTH", b"OAUTHBEARER", base64.b64encode(initial))
+    if response.code == SMTPStatus.auth_continue:
+        response = await smtp.execute_command(base64.b64encode(OAUTHBEARER_ABORT))
+    if response.code != SMTPStatus.auth_successful:
+        raise SMTPAuthenticationError(response.code, response.message)
 
 
 def _auth_failed(
     target: SmtpTarget, login: Login, code: int, message: str
 ) -> AuthenticationFailedException:
+    refused = getattr(login.token, "refused_hint", None)
+    if login.method == "oauth2" and isinstance(refused, str) and not temporary(code):
+        return AuthenticationFailedException(
+            reply_text(code, message),
+            hint=f"{target.address} refused the login of {login.user}; {refused}",
+            retryable=False,
+        )
     what = {
         "plain": "user and password",
         "encrypted": "user and password",

@@ -126,9 +126,10 @@ def connection_settings(default_auth: str | None) -> tuple[SettingSpec, ...]:
             "auth",
             'none | plain | encrypted | oauth2 [credential "NAME"] [user "ADDRESS"]',
             "How to log in: plain user/password (only over TLS), encrypted (CRAM-MD5), or "
-            "OAuth2 (XOAUTH2); the credential is a name in the tenant credential store. "
-            "With oauth2, user is the mailbox to log in as (required on a sender; a "
-            "receiver logs in as its from address unless told).",
+            "OAuth2 (OAUTHBEARER or XOAUTH2, as the server offers); the credential is a name "
+            "in the tenant credential store. With oauth2, user is the mailbox to log in as "
+            "(required on a sender; a receiver logs in as the credential's user, else its "
+            "from address, unless told).",
             _auth,
             default=auth_default,
             example='auth encrypted credential "smtp-out"',

@@ -110,16 +110,27 @@ CREATE TABLE poller_health (
     updated              double precision NOT NULL
 );
 
--- Deployed flows: every version's text; `deployed` says which is current. `generation`
--- (in flowrt_meta) grows with every deploy and undeploy; nodes watch it.
+-- Deployed flows: every version, self-contained (text, resolved parameter values, the
+-- script modules it bundles); `deployed` says which is current. `generation` (in
+-- flowrt_meta) grows with every deploy and undeploy; nodes watch it.
 CREATE TABLE deployment_versions (
-    name        text    NOT NULL,
-    version     integer NOT NULL,
-    sha256      text    NOT NULL,
-    file        text    NOT NULL,
-    deployed_at text    NOT NULL,
-    source      text    NOT NULL,
+    name          text    NOT NULL,
+    version       integer NOT NULL,
+    sha256        text    NOT NULL,
+    file          text    NOT NULL,
+    deployed_at   text    NOT NULL,
+    source        text    NOT NULL,
+    params        text    NOT NULL DEFAULT '{}',  -- JSON {"NAME": "value"}
+    param_sources text    NOT NULL DEFAULT '{}',  -- JSON {"NAME": "file|environment|..."}
+    scripts       text    NOT NULL DEFAULT '[]',  -- JSON [ScriptRef, ...]
     PRIMARY KEY (name, version)
+);
+CREATE TABLE deployment_files (
+    name    text    NOT NULL,
+    version integer NOT NULL,
+    path    text    NOT NULL,  -- relative to the flow's folder, as bundled
+    content bytea   NOT NULL,
+    PRIMARY KEY (name, version, path)
 );
 CREATE TABLE deployed (
     name    text    PRIMARY KEY,
