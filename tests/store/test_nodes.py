@@ -1,7 +1,7 @@
 """Several `flowrt run --node` processes on one PostgreSQL store, with the real mail servers:
 Dovecot mailboxes -> deployed flows -> Postfix -> a Dovecot target mailbox.
 
-A script step (``slow.py`` beside the flows) makes the mail with the subject ``slow ...``
+A script step (``slow.py``, bundled with the flows) makes the mail with the subject ``slow ...``
 take a while and leaves a marker file named after the process handling it, so that a test
 can kill or pause exactly the node that is in the middle of a batch.
 """
@@ -36,7 +36,7 @@ def maybe_sleep(exchange):
     exchange.headers.set("X-Handled-By", str(os.getpid()))
     subject = exchange.headers.get("Subject") or ""
     if subject.startswith("slow"):
-        marker = pathlib.Path(__file__).with_name("markers") / str(os.getpid())
+        marker = pathlib.Path(os.environ["FLOWRT_TEST_MARKERS"]) / str(os.getpid())
         marker.write_text(subject)
         time.sleep(float(os.environ.get("SLOW_SECONDS", "2")))
 """
@@ -101,7 +101,12 @@ class Node:
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "FLOWRT_TEST_MARKERS": str(tenant.parent / "flows" / "markers"),
+                **env,
+            },
         )
 
     def stop(self) -> None:
