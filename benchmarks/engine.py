@@ -243,6 +243,8 @@ def bare_chain_sqlite(messages: list[Exchange], folder: Path) -> float:
                 None,
                 encode([[1, us, end, "COMPLETED", steps]]),
                 "[]",
+                ex.headers.get("Subject") or "",
+                ex.headers.get("From") or "",
             )
         )
         if len(entries) == 1000:

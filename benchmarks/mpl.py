@@ -167,6 +167,8 @@ def synthetic_rows(
                 "step4" if failed else None,
                 runs,
                 "[]",
+                "Invoice 2026-0815",
+                "billing@supplier.example",
             )
         )
         if i % 10 == 0:

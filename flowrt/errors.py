@@ -8,6 +8,7 @@ The tree::
 
     FlowrtError
     ├── UsageError                       bad command-line input (exit 2)
+    ├── NotFoundError                    a name the tenant does not have (exit 1)
     ├── FlowError                        a flow file that does not parse or validate
     ├── TenantError                      tenant missing, read-only, locked by another runtime
     ├── SecurityError
@@ -57,6 +58,7 @@ __all__ = [
     "MessageFormatException",
     "MessagingException",
     "MplError",
+    "NotFoundError",
     "ProcessingError",
     "SSLHandshakeException",
     "SecurityError",
@@ -99,6 +101,11 @@ class UsageError(FlowrtError):
     """The command line asks for something that cannot be done as asked."""
 
     exit_code = 2
+
+
+class NotFoundError(FlowrtError):
+    """A name the tenant does not have (flow, lock, ...): exit 1 like any failed check; 2 is
+    for a command line that is wrong before the tenant is looked at."""
 
 
 class FlowError(FlowrtError):

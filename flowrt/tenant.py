@@ -84,7 +84,7 @@ class Tenant:
         """Return self, or raise a TenantError that says how to create the tenant."""
         if not self.root.exists():
             raise TenantError(
-                f"no tenant at {self.root}",
+                missing_tenant_reason(self.root),
                 hint=f"create one with `flowrt --tenant {self.root} init`, "
                 f"or point --tenant / {TENANT_ENV} at an existing tenant",
             )
@@ -104,3 +104,14 @@ def resolve_tenant_dir(explicit: str | os.PathLike[str] | None) -> Path:
     if env:
         return Path(env)
     return Path(DEFAULT_TENANT_DIR)
+
+
+def missing_tenant_reason(root: Path) -> str:
+    """``no tenant at DIR``, saying so when DIR is only the default: a forgotten
+    ``FLOWRT_HOME`` should not look like a missing tenant."""
+    if str(root) == DEFAULT_TENANT_DIR and not os.environ.get(TENANT_ENV):
+        return (
+            f"no tenant at {root} (neither --tenant nor {TENANT_ENV} is set, so flowrt "
+            f"looked in ./{DEFAULT_TENANT_DIR})"
+        )
+    return f"no tenant at {root}"

@@ -74,3 +74,9 @@ def test_setup_commands_exist_and_ci_runs_the_test_command() -> None:
     for command in commands:
         assert os.access(ROOT / command, os.X_OK), command
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_expression_list_is_the_one_the_validator_gives() -> None:
+    from flowrt.dsl.template import REFERENCE_HELP
+
+    assert REFERENCE_HELP in README

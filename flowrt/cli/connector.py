@@ -34,16 +34,24 @@ def connector() -> None:
 @_CONFIG
 @click.option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
+    type=click.Choice(["auto", "json", "console", "text"]),
+    default="auto",
     show_default=True,
-    help="One log line per decision, as key=value text or as JSON.",
+    help="One log line per decision, as with `flowrt run`: auto is JSON lines unless stderr "
+    "is a terminal, console is key=value text (text is the same as console).",
 )
 def run(config_path: Path, log_format: str) -> None:
-    """Serve the location in CONFIG.toml until SIGTERM or Ctrl-C."""
+    """Serve the location in CONFIG.toml until SIGTERM or Ctrl-C.
+
+    SIGHUP reads CONFIG.toml again: a valid file applies to new connections (open relays go
+    on); a file with an error is not taken, the log says why and the old configuration
+    stays. Changing `listen` needs a restart.
+    """
     config = load_config(config_path)
+    if log_format == "auto":
+        log_format = "console" if sys.stderr.isatty() else "json"
     logger = make_logger(fmt="json" if log_format == "json" else "text")
-    asyncio.run(serve(config, logger=logger))
+    asyncio.run(serve(config, logger=logger, reload=lambda: load_config(config_path)))
 
 
 @connector.command("check")
@@ -101,7 +109,9 @@ def new_token(token_file: Path | None, force: bool) -> None:
         if token_file.exists() and not force:
             raise UsageError(f"{token_file} exists", hint="pass --force to replace it")
         atomic_write(token_file, (token + "\n").encode("ascii"), mode=0o600)
-        click.echo(f'token_file = "{token_file}"')
+        # token_file in a config is relative to the config's folder: an absolute path is
+        # right wherever the line is pasted.
+        click.echo(f'token_file = "{token_file.resolve()}"')
     else:
         click.echo(token)
     echo_err(f'token_sha256 = "{hash_token(token)}"')

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from flowrt.cli._complete import complete_credentials
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import CredentialError, UsageError
@@ -179,7 +180,7 @@ def list_(cli: CliContext, fmt: str) -> None:
 
 
 @credentials.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_credentials)
 @format_option
 @pass_cli
 def show(cli: CliContext, name: str, fmt: str) -> None:
@@ -193,7 +194,7 @@ def show(cli: CliContext, name: str, fmt: str) -> None:
 
 
 @credentials.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_credentials)
 @pass_cli
 def delete(cli: CliContext, name: str) -> None:
     """Delete credential NAME (refused while an on-premise location uses it)."""

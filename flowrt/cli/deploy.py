@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.dsl.diagnostics import render_all
@@ -75,12 +76,28 @@ def deploy(
         _show_dry_run(prep, open_deployments(tenant), fmt)
         return
     outcomes = publish(tenant, prep)
-    for outcome in outcomes:
-        if outcome.changed:
-            click.echo(f"deployed {outcome.name} version {outcome.version}")
-        else:
-            click.echo(f"{outcome.name} is unchanged (version {outcome.version})")
-    _await_runtime(tenant, {o.name: o.version for o in outcomes}, timeout)
+    text = fmt == "text"
+    if text:
+        for outcome in outcomes:
+            if outcome.changed:
+                click.echo(f"deployed {outcome.name} version {outcome.version}")
+            else:
+                click.echo(f"{outcome.name} is unchanged (version {outcome.version})")
+    reports, ok = _await_runtime(tenant, {o.name: o.version for o in outcomes}, timeout, text)
+    if not text:
+        print_json(
+            [
+                {
+                    "flow": o.name,
+                    "version": o.version,
+                    "changed": o.changed,
+                    **reports.get(o.name, {"runtime": None, "reason": None}),
+                }
+                for o in outcomes
+            ]
+        )
+    if not ok:
+        raise SystemExit(1)
 
 
 _REFUSED = {
@@ -148,54 +165,71 @@ def publish(tenant: Tenant, prep: Preparation) -> list[DeployOutcome]:
         store.close()
 
 
-def _await_runtime(tenant: Tenant, expected: dict[str, int], timeout: float) -> None:
+def _await_runtime(
+    tenant: Tenant, expected: dict[str, int], timeout: float, text: bool
+) -> tuple[dict[str, dict[str, str | None]], bool]:
+    """What a running runtime reports per flow (``runtime``: STARTED, ERROR, NOT RUNNING,
+    NO REPORT), and whether all is well; prints as it learns when ``text``."""
+    reports: dict[str, dict[str, str | None]] = {}
     if is_shared(tenant):
-        click.echo(
-            "stored in the shared store: every running node picks it up within a "
-            "second (`flowrt status` shows them)"
-        )
-        return
+        if text:
+            click.echo(
+                "stored in the shared store: every running node picks it up within a "
+                "second (`flowrt status` shows them)"
+            )
+        return {name: {"runtime": "SHARED STORE", "reason": None} for name in expected}, True
     status = read_status(tenant)
     if status is None or not status.alive():
-        click.echo("no runtime is running on this tenant; `flowrt run` starts the flows")
-        return
+        if text:
+            click.echo("no runtime is running on this tenant; `flowrt run` starts the flows")
+        return {name: {"runtime": "NOT RUNNING", "reason": None} for name in expected}, True
     if timeout <= 0:
-        return
+        return reports, True
     deadline = time.monotonic() + timeout
     pending = dict(expected)
-    failed = False
     while pending and time.monotonic() < deadline:
         status = read_status(tenant)
         if status is None or not status.alive():
-            click.echo("the runtime stopped before reporting", err=True)
-            raise SystemExit(1)
+            if text:
+                click.echo("the runtime stopped before reporting", err=True)
+            for name in pending:
+                reports[name] = {"runtime": "STOPPED", "reason": "the runtime stopped"}
+            return reports, False
         for name, version in list(pending.items()):
             flow = status.flows.get(name)
             if flow is None or flow.version != version or flow.state not in (STARTED, ERROR):
                 continue
             del pending[name]
+            reports[name] = {"runtime": flow.state, "reason": flow.reason or None}
+            if not text:
+                continue
             if flow.state == STARTED:
                 click.echo(f"{name}: STARTED (version {version})")
             else:
-                failed = True
                 click.echo(f"{name}: ERROR (version {version}): {flow.reason}", err=True)
         time.sleep(0.1)
     for name in pending:
-        click.echo(f"{name}: the runtime did not report within {timeout:g}s", err=True)
-    if failed or pending:
-        raise SystemExit(1)
+        reports[name] = {"runtime": "NO REPORT", "reason": f"no report within {timeout:g}s"}
+        if text:
+            click.echo(f"{name}: the runtime did not report within {timeout:g}s", err=True)
+    failed = any(r["runtime"] != STARTED for r in reports.values())
+    return reports, not failed
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_flow_names)
+@format_option
 @pass_cli
-def undeploy(cli: CliContext, name: str) -> None:
+def undeploy(cli: CliContext, name: str, fmt: str) -> None:
     """Stop and remove a deployed flow (its version history stays in the tenant)."""
     store = open_deployments(cli.tenant)
     try:
         removed = store.undeploy(name)
     finally:
         store.close()
+    if fmt == "json":
+        print_json({"flow": name, "version": removed.version, "undeployed": True})
+        return
     click.echo(f"undeployed {name} (was version {removed.version})")
 
 

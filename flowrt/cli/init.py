@@ -8,6 +8,7 @@ import uuid
 import click
 
 from flowrt.cli._context import CliContext, pass_cli
+from flowrt.cli._output import format_option, print_json
 from flowrt.errors import UsageError
 from flowrt.security.masterkey import MasterKey
 from flowrt.security.setup import init_tenant
@@ -32,8 +33,9 @@ STORE_CREDENTIAL = "flowrt-store"
     help=f"Read the database password from stdin and keep it in the credential store (as "
     f"{STORE_CREDENTIAL!r}); without it libpq's password or service file is used.",
 )
+@format_option
 @pass_cli
-def init(cli: CliContext, store_url: str | None, store_password_stdin: bool) -> None:
+def init(cli: CliContext, store_url: str | None, store_password_stdin: bool, fmt: str) -> None:
     """Create a tenant directory.
 
     Writes the master key, an empty keystore and an empty credential store.
@@ -77,6 +79,17 @@ def init(cli: CliContext, store_url: str | None, store_password_stdin: bool) -> 
         store=None if config is None else config.to_json(),
         prepare=None if config is None else prepare,
     )
+    if fmt == "json":
+        print_json(
+            {
+                "tenant": str(result.tenant.root),
+                "master_key": None
+                if result.master_key_path is None
+                else str(result.master_key_path),
+                "master_key_from": "file" if result.master_key_path is not None else MASTER_KEY_ENV,
+            }
+        )
+        return
     click.echo(f"created tenant {result.tenant.root}")
     if config is not None:
         click.echo(f"store: {config.shown} (PostgreSQL, tenant id {config.tenant_id})")

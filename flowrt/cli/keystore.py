@@ -10,10 +10,11 @@ from typing import Any
 import click
 
 from flowrt._fs import atomic_write
+from flowrt.cli._complete import complete_aliases
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.cli.credentials import read_secret
-from flowrt.errors import KeystoreError
+from flowrt.errors import KeystoreError, UsageError
 from flowrt.security.certificates import (
     DEFAULT_KEY_SPEC,
     KEY_SPECS,
@@ -22,11 +23,13 @@ from flowrt.security.certificates import (
     describe_key,
     generate_key,
     load_key_pair_file,
+    parse_san,
     parse_subject,
     read_certificate_file,
     self_signed,
     to_pem,
 )
+from flowrt.security.certificates import subject as subject_text
 from flowrt.security.expiry import SOON, entry_row, expiry_status
 from flowrt.security.keystore import (
     Keystore,
@@ -138,7 +141,19 @@ def import_key(cli: CliContext, alias: str, file: Path, from_stdin: bool, replac
 
 @keystore.command("generate")
 @click.argument("alias")
-@click.option("--subject", required=True, help='Distinguished name, e.g. "CN=client,O=Example".')
+@click.option(
+    "--subject",
+    required=True,
+    help='Distinguished name, e.g. "CN=client,O=Example" or "CN=Jo Doe,E=jo@example.com".',
+)
+@click.option(
+    "--san",
+    "sans",
+    multiple=True,
+    metavar="TYPE:VALUE",
+    help="Subject alternative name: dns:HOST, email:ADDRESS or ip:ADDRESS (repeatable). "
+    "An e-mail address makes the certificate fit for S/MIME.",
+)
 @click.option(
     "--key",
     "key_spec",
@@ -153,7 +168,13 @@ def import_key(cli: CliContext, alias: str, file: Path, from_stdin: bool, replac
 @click.option("--replace", is_flag=True, help="Replace an entry with the same alias.")
 @pass_cli
 def generate(
-    cli: CliContext, alias: str, subject: str, key_spec: str, days: int, replace: bool
+    cli: CliContext,
+    alias: str,
+    subject: str,
+    sans: tuple[str, ...],
+    key_spec: str,
+    days: int,
+    replace: bool,
 ) -> None:
     """Generate a key pair (self-signed).
 
@@ -161,20 +182,21 @@ def generate(
     """
     validate_alias(alias)
     name = parse_subject(subject)
+    alternative = [parse_san(san) for san in sans]
     with edit_keystore(cli.tenant) as store:
         # Refuse a used or system alias before a (slow, for RSA) key generation.
         store.check_writable(alias, replace=replace)
         key = generate_key(key_spec)
-        cert = self_signed(name, key, days=days)
+        cert = self_signed(name, key, days=days, sans=alternative)
         pair = store.add_key_pair(alias, key, [cert], replace=replace)
     click.echo(
-        f"generated key pair {pair.alias}: {cert.subject.rfc4514_string()} "
+        f"generated key pair {pair.alias}: {subject_text(cert)} "
         f"({describe_key(key.public_key())}, valid until {cert.not_valid_after_utc:%Y-%m-%d})"
     )
 
 
 @keystore.command("csr")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to FILE.")
 @pass_cli
 def csr(cli: CliContext, alias: str, out: Path | None) -> None:
@@ -206,7 +228,7 @@ def list_(cli: CliContext, fmt: str) -> None:
 
 
 @keystore.command("show")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @format_option
 @pass_cli
 def show(cli: CliContext, alias: str, fmt: str) -> None:
@@ -230,6 +252,7 @@ def show(cli: CliContext, alias: str, fmt: str) -> None:
         ("issuer", details["issuer"]),
         ("serial", details["serial"]),
         ("key", details["key"]),
+        ("alternative names", details["alternative_names"] or "-"),
         ("signature algorithm", details["signature_algorithm"]),
         ("valid from", details["valid_from"]),
         ("valid until", details["valid_until"] + (f"  [{status}]" if status else "")),
@@ -245,7 +268,7 @@ def show(cli: CliContext, alias: str, fmt: str) -> None:
 
 
 @keystore.command("rename")
-@click.argument("old")
+@click.argument("old", shell_complete=complete_aliases)
 @click.argument("new")
 @pass_cli
 def rename(cli: CliContext, old: str, new: str) -> None:
@@ -257,7 +280,7 @@ def rename(cli: CliContext, old: str, new: str) -> None:
 
 
 @keystore.command("delete")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @pass_cli
 def delete(cli: CliContext, alias: str) -> None:
     """Delete entry ALIAS."""
@@ -267,7 +290,7 @@ def delete(cli: CliContext, alias: str) -> None:
 
 
 @keystore.command("export")
-@click.argument("alias")
+@click.argument("alias", shell_complete=complete_aliases)
 @click.option("--chain", is_flag=True, help="The whole chain, not only the certificate.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to FILE.")
 @pass_cli
@@ -320,14 +343,19 @@ def _format_window(window: datetime.timedelta) -> str:
 
 
 @keystore.command("backup")
-@click.option("--out", type=click.Path(path_type=Path), help="File or folder for the copy.")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="File or folder for the copy (same as FILE)."
+)
 @pass_cli
-def backup(cli: CliContext, out: Path | None) -> None:
-    """Copy the keystore file to a backup.
+def backup(cli: CliContext, file: Path | None, out: Path | None) -> None:
+    """Copy the keystore file to FILE (a file or a folder), as `restore FILE` takes it back.
 
     Default: a timestamped file in the tenant's backups/ folder.
     """
-    path = backup_keystore(cli.tenant, out)
+    if file is not None and out is not None and file != out:
+        raise UsageError("give the backup's place once: FILE or --out FILE")
+    path = backup_keystore(cli.tenant, file or out)
     click.echo(f"keystore backed up to {path}")
 
 

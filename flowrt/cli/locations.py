@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flowrt.cli._complete import complete_credentials, complete_locations
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import CredentialError
@@ -28,7 +29,12 @@ def locations() -> None:
 @locations.command("add")
 @click.argument("location_id", metavar="ID")
 @click.option("--proxy", required=True, metavar="HOST:PORT", help="The connector's address.")
-@click.option("--credential", metavar="NAME", help="Credential the connector checks.")
+@click.option(
+    "--credential",
+    metavar="NAME",
+    help="Credential the connector checks.",
+    shell_complete=complete_credentials,
+)
 @click.option("--replace", is_flag=True, help="Change an existing location.")
 @pass_cli
 def add(
@@ -71,7 +77,7 @@ def list_(cli: CliContext, fmt: str) -> None:
 
 
 @locations.command("delete")
-@click.argument("location_id", metavar="ID")
+@click.argument("location_id", metavar="ID", shell_complete=complete_locations)
 @pass_cli
 def delete(cli: CliContext, location_id: str) -> None:
     """Delete location ID."""

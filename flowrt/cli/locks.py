@@ -15,7 +15,7 @@ import click
 
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError
 from flowrt.source_state import LockInfo
 from flowrt.store import open_state
 
@@ -83,7 +83,7 @@ def release(cli: CliContext, key: str) -> None:
             state.close()
     if removed is None:
         known = ", ".join(lock.key for lock in existing[:5]) or "none"
-        raise UsageError(
+        raise NotFoundError(
             f"no lock named {key!r}",
             hint=f"see `flowrt locks list` (locks now: {known})",
         )

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from flowrt import __version__
+from flowrt.cli._complete import TENANT_META
 from flowrt.cli._context import CliContext
 from flowrt.errors import FlowrtError, render_chain
 from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
@@ -94,6 +95,34 @@ def _register() -> None:
     ):
         for command in module.COMMANDS:
             cli.add_command(command)
+    for command in cli.commands.values():
+        _accept_tenant_anywhere(command)
+
+
+def _tenant_after_verb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    ctx.meta[TENANT_META] = value  # for shell completion, which runs no group callback
+    found = ctx.find_object(CliContext)
+    if found is not None:
+        found.tenant_dir = resolve_tenant_dir(value)
+
+
+def _accept_tenant_anywhere(command: click.Command) -> None:
+    """``flowrt init --tenant X`` means ``flowrt --tenant X init``: people put it after the verb."""
+    if not any("--tenant" in getattr(param, "opts", ()) for param in command.params):
+        command.params.append(
+            click.Option(
+                ["--tenant", "tenant_after_verb"],
+                metavar="DIR",
+                expose_value=False,
+                callback=_tenant_after_verb,
+                help="Tenant directory (also accepted before the verb).",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_tenant_anywhere(sub)
 
 
 _register()

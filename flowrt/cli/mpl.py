@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import MplError
@@ -63,7 +64,9 @@ _status_option = click.option(
     type=click.Choice(_STATUSES, case_sensitive=False),
     help="Only entries with this status.",
 )
-_flow_option = click.option("--flow", metavar="NAME", help="Only entries of this flow.")
+_flow_option = click.option(
+    "--flow", metavar="NAME", help="Only entries of this flow.", shell_complete=complete_flow_names
+)
 
 
 def _open(cli: CliContext, *, create: bool = False) -> MplBackend | None:
@@ -100,7 +103,20 @@ def mpl_group() -> None:
     callback=_properties,
     help="Custom header property NAME=VALUE (repeat: all must match).",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["all", "real", "simulation"]),
+    default="all",
+    show_default=True,
+    help="real: entries of `flowrt run`; simulation: entries of `flowrt simulate`.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    help="At most this many entries (the newest).",
+)
 @format_option
 @pass_cli
 def list_command(
@@ -111,6 +127,7 @@ def list_command(
     until: datetime | None,
     message_id: str | None,
     properties: list[tuple[str, str]],
+    kind: str,
     limit: int,
     fmt: str,
 ) -> None:
@@ -131,6 +148,7 @@ def list_command(
                 message_id=message_id,
                 properties=properties,
                 limit=limit,
+                simulation=None if kind == "all" else kind == "simulation",
             )
     if fmt == "json":
         print_json([s.to_dict() for s in summaries])
@@ -230,20 +248,42 @@ def tail_command(
     callback=_duration,
     help="Remove entries that ended longer ago than this (default: the retention).",
 )
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+@format_option
 @pass_cli
-def purge_command(cli: CliContext, older_than: timedelta | None) -> None:
+def purge_command(cli: CliContext, older_than: timedelta | None, dry_run: bool, fmt: str) -> None:
     """Remove old MPL entries now. Without --older-than, the retention setting decides
     (see `flowrt mpl retention`)."""
     store = _open(cli)
-    if store is None:
-        click.echo("removed 0 entries (nothing has been recorded yet)")
+    removed = 0
+    age = older_than
+    if store is not None:
+        with store:
+            age = store.retention() if older_than is None else older_than
+            cutoff = datetime.now(UTC) - age
+            removed = store.count_purgeable(cutoff) if dry_run else store.purge(cutoff)
+    if fmt == "json":
+        print_json(
+            {
+                "removed": 0 if dry_run else removed,
+                "would_remove": removed if dry_run else None,
+                "older_than": None if age is None else format_duration(age),
+                "dry_run": dry_run,
+            }
+        )
         return
-    with store:
-        age = store.retention() if older_than is None else older_than
-        cutoff = datetime.now(UTC) - age
-        removed = store.purge(cutoff)
     noun = "entry" if removed == 1 else "entries"
-    click.echo(f"removed {removed} {noun} that ended more than {format_duration(age)} ago")
+    if age is None:
+        click.echo(
+            f"{'would remove' if dry_run else 'removed'} 0 entries (nothing has been recorded yet)"
+        )
+    elif dry_run:
+        click.echo(
+            f"would remove {removed} {noun} that ended more than {format_duration(age)} ago "
+            "(dry run: nothing removed)"
+        )
+    else:
+        click.echo(f"removed {removed} {noun} that ended more than {format_duration(age)} ago")
 
 
 @mpl_group.command("retention")
@@ -254,23 +294,32 @@ def purge_command(cli: CliContext, older_than: timedelta | None) -> None:
     callback=_duration,
     help="Keep entries this long, e.g. 30d.",
 )
+@format_option
 @pass_cli
-def retention_command(cli: CliContext, new_value: timedelta | None) -> None:
+def retention_command(cli: CliContext, new_value: timedelta | None, fmt: str) -> None:
     """Show or set how long MPL entries are kept."""
     store = _open(cli, create=new_value is not None)
-    if store is None:
-        click.echo(f"retention: {format_duration(DEFAULT_RETENTION)} (default)")
-        return
-    with store:
-        if new_value is not None:
-            store.set_retention(new_value)
-            click.echo(f"retention set to {format_duration(new_value)}")
-            return
-        stored = store.stored_retention()
-        if stored is None:
-            click.echo(f"retention: {format_duration(DEFAULT_RETENTION)} (default)")
-        else:
-            click.echo(f"retention: {format_duration(stored)}")
+    value, default = DEFAULT_RETENTION, True
+    if store is not None:
+        with store:
+            if new_value is not None:
+                store.set_retention(new_value)
+            stored = store.stored_retention()
+        if stored is not None:
+            value, default = stored, False
+    if fmt == "json":
+        print_json(
+            {
+                "retention": format_duration(value),
+                "seconds": value.total_seconds(),
+                "default": default,
+                "changed": new_value is not None,
+            }
+        )
+    elif new_value is not None:
+        click.echo(f"retention set to {format_duration(new_value)}")
+    else:
+        click.echo(f"retention: {format_duration(value)}{' (default)' if default else ''}")
 
 
 COMMANDS: list[click.Command] = [mpl_group]

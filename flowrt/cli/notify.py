@@ -14,7 +14,7 @@ from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.connectivity import ConnectivityReport
 from flowrt.dsl.values import parse_duration
-from flowrt.errors import FlowrtError, UsageError
+from flowrt.errors import FlowrtError, NotFoundError, UsageError
 from flowrt.notify.config import (
     ALLOWED_PROTECTIONS,
     REFUSED_PROTECTIONS,
@@ -96,10 +96,21 @@ def server_group() -> None:
     required=True,
     help="smtps or starttls-mandatory (off and starttls-optional are refused).",
 )
-@click.option("--auth", type=click.Choice(["none", "plain", "encrypted"]), default=None)
+@click.option(
+    "--auth",
+    type=click.Choice(["none", "plain", "encrypted"]),
+    default=None,
+    help="Login: plain or encrypted (CRAM-MD5). Default: plain with --credential, else none.",
+)
 @click.option("--credential", metavar="NAME", help="User credential to log in with.")
 @click.option("--from", "sender", required=True, metavar="ADDRESS", help="Sender of alerts.")
-@click.option("--timeout", default="30s", show_default=True, metavar="DURATION")
+@click.option(
+    "--timeout",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Connect and read timeout; more than 0 and less than 5m.",
+)
 @format_option
 @pass_cli
 def server_set(
@@ -191,7 +202,7 @@ def server_remove(cli: CliContext) -> None:
     """Remove the notification server: no alerts are sent until one is set again."""
     with edit_config(cli.tenant) as edit:
         if edit.value.server is None:
-            raise UsageError("no notification server is set")
+            raise NotFoundError("no notification server is set")
         removed = edit.value.server
         edit.value = replace(edit.value, server=None)
     click.echo(f"removed {removed.address}: no alerts are sent until a server is set again")
@@ -222,7 +233,7 @@ def _test(cli: CliContext, to: str, fmt: str) -> None:
 def _server(tenant: Tenant) -> NotifyServer:
     server = load_config(tenant).server
     if server is None:
-        raise UsageError(
+        raise NotFoundError(
             "no notification server is set",
             hint="set one with `flowrt notify server set HOST:PORT --protection smtps "
             "--credential NAME --from ADDRESS`",
@@ -255,7 +266,13 @@ def rule_group() -> None:
 
 @rule_group.command("add")
 @click.argument("name")
-@click.option("--on", "trigger", required=True, type=click.Choice(list(TRIGGERS)))
+@click.option(
+    "--on",
+    "trigger",
+    required=True,
+    type=click.Choice(list(TRIGGERS)),
+    help="What sends the alert.",
+)
 @click.option(
     "--to",
     "recipients",
@@ -351,7 +368,7 @@ def rule_remove(cli: CliContext, name: str) -> None:
     with edit_config(cli.tenant) as edit:
         if edit.value.rule(name) is None:
             known = ", ".join(r.name for r in edit.value.rules) or "none"
-            raise UsageError(f"no rule named {name!r}", hint=f"rules: {known}")
+            raise NotFoundError(f"no rule named {name!r}", hint=f"rules: {known}")
         edit.value = replace(edit.value, rules=tuple(r for r in edit.value.rules if r.name != name))
     click.echo(f"removed rule {name}")
 
@@ -404,7 +421,7 @@ def reset(cli: CliContext, address: str) -> None:
         with store:
             done = store.reset(recipient, now=time.time())
     if not done:
-        raise UsageError(
+        raise NotFoundError(
             f"no alerts were ever sent to {recipient}", hint="see `flowrt notify counters`"
         )
     click.echo(f"reset the counter of {recipient}: the next alert goes out")
@@ -413,9 +430,19 @@ def reset(cli: CliContext, address: str) -> None:
 @notify.command("log")
 @click.option("--to", "recipient", metavar="ADDRESS", help="Only attempts for this recipient.")
 @click.option(
-    "--status", type=click.Choice(["pending", "sent", "held", "failed", "gave-up"]), default=None
+    "--status",
+    type=click.Choice(["pending", "sent", "held", "failed", "gave-up"]),
+    default=None,
+    help="Only attempts in this state.",
 )
-@click.option("--limit", "count", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option(
+    "--limit",
+    "count",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many attempts (the newest).",
+)
 @click.option("--chain", is_flag=True, help="Show the chain and hint of failed attempts.")
 @format_option
 @pass_cli

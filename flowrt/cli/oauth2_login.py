@@ -56,9 +56,29 @@ PROVIDER_NAMES = ["microsoft", "google", "custom"]
     is_flag=True,
     help="Do not open a browser or wait on 127.0.0.1: paste the redirected address instead.",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
-@click.option("--wait", "wait_text", default="5m", show_default=True, metavar="DURATION")
-@click.option("--timeout", "timeout_text", default="30s", show_default=True, metavar="DURATION")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Loopback port for the redirect (0: any free port).",
+)
+@click.option(
+    "--wait",
+    "wait_text",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="How long to wait for the sign-in in the browser.",
+)
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Timeout of each request to the token endpoint.",
+)
 @click.option("--replace", is_flag=True, help="Replace an existing credential NAME.")
 @pass_cli
 def oauth2_login(

@@ -13,7 +13,7 @@ from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.cli.deploy import _REFUSED, _await_runtime, _seconds, publish
 from flowrt.dsl.diagnostics import render_all
-from flowrt.errors import FlowError, UsageError
+from flowrt.errors import FlowError, NotFoundError, UsageError
 from flowrt.runtime.parameters import ParameterStore, check_name
 from flowrt.runtime.prepare import prepare_redeploy
 from flowrt.store import open_deployments
@@ -63,7 +63,9 @@ def _redeploy(tenant: Tenant, flow: str, change: dict[str, str | None], timeout:
             click.echo(f"deployed {outcome.name} version {outcome.version}")
         else:
             click.echo(f"{outcome.name} is unchanged (version {outcome.version})")
-    _await_runtime(tenant, {o.name: o.version for o in outcomes}, timeout)
+    _, ok = _await_runtime(tenant, {o.name: o.version for o in outcomes}, timeout, True)
+    if not ok:
+        raise SystemExit(1)
     return True
 
 
@@ -116,7 +118,7 @@ def unset_param(cli: CliContext, flow: str, name: str, wait_for: str) -> None:
     values = store.get(flow)
     if name not in values:
         known = ", ".join(sorted(values)) or "none"
-        raise UsageError(f"{flow} has no parameter {name} in the tenant (it has: {known})")
+        raise NotFoundError(f"{flow} has no parameter {name} in the tenant (it has: {known})")
     current = open_deployments(tenant).get(flow)
     change: dict[str, str | None] = {}
     if current is not None and current.param_sources.get(name) == "tenant":

@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 
+from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError, UsageError
 from flowrt.runtime.report import FLOW_COLUMNS, status_report
 from flowrt.store import is_shared, open_deployments, open_state
 from flowrt.tenant import Tenant
@@ -109,7 +110,7 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_flow_names)
 @format_option
 @pass_cli
 def status(cli: CliContext, name: str | None, fmt: str) -> None:
@@ -156,7 +157,7 @@ def _shared_status(tenant: Tenant, name: str | None, fmt: str) -> None:
     finally:
         deployments_store.close()
     if name is not None and name not in {d.name for d in deployments}:
-        raise UsageError(f"no deployed flow named {name!r}")
+        raise NotFoundError(f"no deployed flow named {name!r}")
     state = open_state(tenant)
     assert isinstance(state, PgStateDB)
     try:

@@ -35,7 +35,7 @@ from flowrt.runtime.prepare import load_with_params
 from flowrt.runtime.simulation import Output, Trace, TracedStep
 from flowrt.runtime.simulation import simulate as run_simulation
 from flowrt.security import TenantSecurity
-from flowrt.tenant import Tenant
+from flowrt.tenant import Tenant, missing_tenant_reason
 
 _PREVIEW_CHARS = 300
 _PREVIEW_LINES = 6
@@ -202,7 +202,7 @@ def _mpl_note(tenant: Tenant, message_id: str, problem: str | None) -> dict[str,
     if problem is not None:
         return {"recorded": False, "tenant": str(tenant.root), "reason": problem}
     if not tenant.exists():
-        return {"recorded": False, "tenant": None, "reason": f"no tenant at {tenant.root}"}
+        return {"recorded": False, "tenant": None, "reason": missing_tenant_reason(tenant.root)}
     return {"recorded": True, "tenant": str(tenant.root), "message_id": message_id}
 
 

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes
 
 from flowrt._fs import atomic_write
 from flowrt.adapters.mail.check.target import CheckOptions, parse_target
+from flowrt.adapters.mail.spec.connection import CONNECTOR_TLS
+from flowrt.cli._complete import complete_credentials, complete_locations
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json
 from flowrt.connectivity import ConnectivityReport
@@ -22,9 +24,9 @@ from flowrt.security import TenantSecurity, edit_keystore
 
 Check = Callable[[CheckOptions, TenantSecurity, ConnectivityReport], Coroutine[Any, Any, None]]
 PROTECTIONS = {
-    "smtp": ["off", "starttls-mandatory", "starttls-optional", "smtps"],
-    "imap": ["off", "starttls-mandatory", "starttls-optional", "imaps"],
-    "pop3": ["off", "starttls-mandatory", "starttls-optional", "pop3s"],
+    "smtp": ["off", "starttls-mandatory", "starttls-optional", "smtps", CONNECTOR_TLS],
+    "imap": ["off", "starttls-mandatory", "starttls-optional", "imaps", CONNECTOR_TLS],
+    "pop3": ["off", "starttls-mandatory", "starttls-optional", "pop3s", CONNECTOR_TLS],
 }
 
 
@@ -37,19 +39,23 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
                 type=click.Choice(PROTECTIONS[protocol]),
                 default=default,
                 show_default=True,
+                help="TLS as a flow's protection setting says it; connector-tls: the "
+                "on-premise connector does TLS (a tcp-tls mapping; needs --proxy on-premise).",
             ),
             click.option(
                 "--auth",
                 type=click.Choice(["none", "plain", "encrypted", "oauth2"]),
-                default="none" if protocol == "smtp" else None,
-                show_default=protocol == "smtp",
-                help="oauth2: OAUTHBEARER or XOAUTH2 with a token of an oauth2 credential."
-                if protocol == "smtp"
-                else "Login: plain (LOGIN/USER), encrypted (CRAM-MD5) or oauth2 (OAUTHBEARER "
+                default=None,
+                help="Login: plain (LOGIN/USER), encrypted (CRAM-MD5) or oauth2 (OAUTHBEARER "
                 "or XOAUTH2). Default: plain with --credential, else none (connection and TLS "
                 "only).",
             ),
-            click.option("--credential", metavar="NAME", help="Credential to log in with."),
+            click.option(
+                "--credential",
+                metavar="NAME",
+                help="Credential to log in with.",
+                shell_complete=complete_credentials,
+            ),
             click.option(
                 "--user",
                 metavar="ADDRESS",
@@ -60,15 +66,31 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
                 type=click.Choice(["internet", "on-premise"]),
                 default="internet",
                 show_default=True,
+                help="Connect directly, or through the on-premise connector of --location.",
             ),
-            click.option("--location", metavar="ID", help="Location ID for --proxy on-premise."),
-            click.option("--timeout", default="30s", show_default=True, metavar="DURATION"),
+            click.option(
+                "--location",
+                metavar="ID",
+                help="Location ID for --proxy on-premise.",
+                shell_complete=complete_locations,
+            ),
+            click.option(
+                "--timeout",
+                default="30s",
+                show_default=True,
+                metavar="DURATION",
+                help="Connect and read timeout of each stage.",
+            ),
             click.option(
                 "--no-validate",
                 is_flag=True,
                 help="Do not validate the server's certificate (only shows the chain).",
             ),
-            click.option("--allow-plaintext-auth", is_flag=True),
+            click.option(
+                "--allow-plaintext-auth",
+                is_flag=True,
+                help="Permit --auth plain without TLS (on a trusted network only).",
+            ),
             click.option(
                 "--download",
                 type=click.Path(dir_okay=False),
@@ -94,6 +116,15 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
 
 
 def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
+    protection, allow_plaintext = kw["protection"], kw["allow_plaintext_auth"]
+    if protection == CONNECTOR_TLS:
+        if kw["proxy"] != "on-premise":
+            raise UsageError(
+                "--protection connector-tls means the on-premise connector does TLS: it "
+                "needs --proxy on-premise --location ID"
+            )
+        # The hop to the connector is plain by the user's word; the connector encrypts on.
+        protection, allow_plaintext = "off", True
     host, port = parse_target(protocol, target, kw["protection"])
     timeout = parse_duration(kw["timeout"])
     if timeout is None or timeout.total_seconds() <= 0:
@@ -117,13 +148,14 @@ def _options(protocol: str, target: str, kw: dict[str, Any]) -> CheckOptions:
         protocol=protocol,
         host=host,
         port=port,
-        protection=kw["protection"],
+        protection=protection,
         auth=auth,
         credential=kw["credential"] if auth != "none" else None,
         location=kw["location"] if kw["proxy"] == "on-premise" else None,
         timeout=timeout.total_seconds(),
         validate=not kw["no_validate"],
-        allow_plaintext_auth=kw["allow_plaintext_auth"],
+        allow_plaintext_auth=allow_plaintext,
+        tls_by_connector=kw["protection"] == CONNECTOR_TLS,
         mail_from=kw.get("mail_from"),
         rcpt_to=tuple(kw.get("rcpt_to") or ()),
         list_folders=list_folders,

@@ -14,12 +14,23 @@ from flowrt.dsl import parse_file
 def validate(files: tuple[str, ...], fmt: str) -> None:
     """Check flow files. Exit 0 when all are valid, 1 when any is not.
 
-    Warnings are shown but do not fail.
+    Warnings are shown but do not fail. With --format json: one object per file with its
+    flows and its diagnostics (errors and warnings).
     """
     results = [parse_file(path) for path in files]
     invalid = [r for r in results if not r.ok]
     if fmt == "json":
-        print_json([d.to_dict() for r in results for d in r.diagnostics])
+        print_json(
+            [
+                {
+                    "file": str(r.file),
+                    "ok": r.ok,
+                    "flows": [f.name for f in r.flows],
+                    "diagnostics": [d.to_dict() for d in r.diagnostics],
+                }
+                for r in results
+            ]
+        )
     else:
         for result in results:
             if result.diagnostics:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import time
@@ -107,6 +108,39 @@ class ConnectorServer:
             max_connections=config.max_connections,
             idle_timeout=config.idle_timeout,
         )
+
+    def reload(self, load: Callable[[], ConnectorConfig]) -> bool:
+        """Take a new configuration for the connections to come; relays in progress keep
+        theirs. A configuration that does not load is not taken: the old one stays, and the
+        log says why. The listening address cannot change without a restart."""
+        old = self.config
+        try:
+            new = load()
+        except ConnectorError as exc:
+            self.log.error(
+                "reload failed",
+                error=exc.message,
+                hint=exc.hint,
+                kept="the previous configuration",
+            )
+            return False
+        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
+            self.log.warning(
+                "listen change needs a restart",
+                listen=old.listen,
+                configured=new.listen,
+            )
+            new = dataclasses.replace(new, listen_host=old.listen_host, listen_port=old.listen_port)
+        self.config = new
+        self.log.info(
+            "reloaded",
+            location=new.location_id,
+            mappings=len(new.mappings),
+            token_source=new.token.source,
+            max_connections=new.max_connections,
+            idle_timeout=new.idle_timeout,
+        )
+        return True
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -422,11 +456,17 @@ def _peer(conn: socket.socket) -> str:
     return str(peer)
 
 
-async def serve(config: ConnectorConfig, *, logger: FilteringBoundLogger | None = None) -> None:
+async def serve(
+    config: ConnectorConfig,
+    *,
+    logger: FilteringBoundLogger | None = None,
+    reload: Callable[[], ConnectorConfig] | None = None,
+) -> None:
     """Run the connector until SIGTERM or SIGINT (Ctrl-C), then shut down cleanly.
 
     The signals are handled by the event loop, so a stop is an orderly ``close()`` (every open
-    connection logged as ``shutdown``), never a ``KeyboardInterrupt`` traceback.
+    connection logged as ``shutdown``), never a ``KeyboardInterrupt`` traceback. On SIGHUP,
+    ``reload`` reads the configuration again (see :meth:`ConnectorServer.reload`).
     """
     server = ConnectorServer(config, logger=logger)
     await server.start()
@@ -438,8 +478,15 @@ async def serve(config: ConnectorConfig, *, logger: FilteringBoundLogger | None 
         received.append(name)
         stop.set()
 
+    def on_hangup() -> None:
+        if reload is None:
+            server.log.info("reload not possible", signal="SIGHUP", reason="no config file")
+            return
+        server.reload(reload)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await stop.wait()
         server.log.info(
@@ -448,6 +495,6 @@ async def serve(config: ConnectorConfig, *, logger: FilteringBoundLogger | None 
             open_connections=server.active_relays,
         )
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await server.close()

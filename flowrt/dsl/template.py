@@ -10,13 +10,22 @@ import datetime as dt
 
 from flowrt.dsl.model import Pos, Ref, Template
 
-REFERENCE_HELP = (
-    "header.NAME, property.NAME, body, body.html, message.id, message.correlation-id, "
-    "flow.name, attachment.name, date:now or date:now:FORMAT"
-)
 _MESSAGE_FIELDS = ("id", "correlation-id", "timestamp")
 _FLOW_FIELDS = ("name", "version")
 _ATTACHMENT_FIELDS = ("name", "type", "size", "index")
+# Built from the field lists so that errors, and the README (a test compares), name them all.
+REFERENCE_HELP = ", ".join(
+    [
+        "header.NAME",
+        "property.NAME",
+        "body",
+        "body.html",
+        *(f"message.{f}" for f in _MESSAGE_FIELDS),
+        *(f"flow.{f}" for f in _FLOW_FIELDS),
+        f"attachment.{'|'.join(_ATTACHMENT_FIELDS)} (in a split branch)",
+        "date:now or date:now:FORMAT (strftime)",
+    ]
+)
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "$": "$"}
 
 

@@ -161,6 +161,8 @@ class Runner:
             simulation=self._simulation,
             level=pipeline.level,
             start=clock(),
+            subject=exchange.headers.get("Subject") or "",
+            mail_from=exchange.headers.get("From") or "",
         )
         policy = self._policy
         delivered: set[tuple[str, str]] | None = None if policy is None else set()

@@ -46,6 +46,8 @@ ENTRY_COLUMNS = (
     "runs",  # JSON [[number, start µs, stop µs, status, [step, ...]], ...] where a step is
     #          [step_id, model_step_id, branch, status, start offset µs, duration µs, error]
     "log_lines",  # JSON [[epoch µs, level, text], ...]
+    "subject",  # the mail's Subject and From as the sender read them ("" when none)
+    "mail_from",
 )
 NULLABLE_COLUMNS = (
     "application_id",
@@ -127,7 +129,13 @@ CREATE TABLE settings (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# V2: subject and sender of the mail, for `mpl list` (issue 20).
+_V2 = """
+ALTER TABLE entries ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+ALTER TABLE entries ADD COLUMN mail_from TEXT NOT NULL DEFAULT ''
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Migration ``i`` takes a database from ``user_version == i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -215,6 +215,8 @@ class MplSummary:
     log_end: datetime | None
     simulation: bool
     failed_step: str | None
+    subject: str = ""
+    mail_from: str = ""
 
     @property
     def duration_ms(self) -> float | None:
@@ -233,6 +235,8 @@ class MplSummary:
             "duration_ms": self.duration_ms,
             "simulation": self.simulation,
             "failed_step": self.failed_step,
+            "subject": self.subject,
+            "from": self.mail_from,
         }
 
 
@@ -263,6 +267,8 @@ class MplEntry:
     filter_note: str | None = None
     runs: tuple[Run, ...] = ()
     log: tuple[LogLine, ...] = ()
+    subject: str = ""
+    mail_from: str = ""
 
     @property
     def duration_ms(self) -> float | None:
@@ -280,6 +286,8 @@ class MplEntry:
             log_end=self.log_end,
             simulation=self.simulation,
             failed_step=None if self.error is None else self.error.failed_step,
+            subject=self.subject,
+            mail_from=self.mail_from,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,4 +310,6 @@ class MplEntry:
             "error": None if self.error is None else self.error.to_dict(),
             "runs": [run.to_dict() for run in self.runs],
             "log": [line.to_dict() for line in self.log],
+            "subject": self.subject,
+            "from": self.mail_from,
         }

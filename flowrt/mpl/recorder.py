@@ -178,6 +178,7 @@ class EntryHandle:
         "log_end",
         "log_lines",
         "log_start",
+        "mail_from",
         "message_id",
         "properties",
         "receivers",
@@ -185,6 +186,7 @@ class EntryHandle:
         "sender",
         "simulation",
         "status",
+        "subject",
         "traces",
         "version",
     )
@@ -202,8 +204,12 @@ class EntryHandle:
         simulation: bool,
         level: LogLevel,
         start: float,
+        subject: str = "",
+        mail_from: str = "",
     ) -> None:
         self._recorder = recorder
+        self.subject = subject
+        self.mail_from = mail_from
         self.message_id = message_id
         self.correlation_id = correlation_id
         self.application_id = application_id
@@ -319,6 +325,8 @@ class EntryHandle:
             *(self.error or _NO_ERROR),
             _runs_json(self.runs) if self.runs else "[]",
             _encode(self.log_lines) if self.log_lines else "[]",
+            self.subject,
+            self.mail_from,
         )
 
 
@@ -385,12 +393,15 @@ class MplRecorder:
         simulation: bool = False,
         level: LogLevel | str | None = None,
         start: float | None = None,
+        subject: str = "",
+        mail_from: str = "",
     ) -> EntryHandle:
         """Start the entry of one message, status PROCESSING. ``message_id`` must be unique;
         use :func:`flowrt.mpl.ids.new_message_id` (time-ordered IDs keep writes fast).
         Beginning an ID again overwrites that entry. ``level`` overrides the recorder's level
         for this entry (a flow's own log level); ``simulation`` marks an entry recorded by
-        ``flowrt simulate``; ``start`` defaults to now (``time.time()``)."""
+        ``flowrt simulate``; ``start`` defaults to now (``time.time()``); ``subject`` and
+        ``mail_from`` are the mail's, for `flowrt mpl list`."""
         if self._closed:
             raise MplError("the MPL recorder is closed")
         if level is None:
@@ -409,6 +420,8 @@ class MplRecorder:
             simulation,
             level,
             time.time() if start is None else start,
+            subject,
+            mail_from,
         )
         self._put(message_id, entry)
         return entry

@@ -22,7 +22,9 @@ __all__ = [
     "tail_line",
 ]
 
-LIST_COLUMNS = ("message id", "flow", "version", "status", "log start", "duration", "failed step")
+TAIL_COLUMNS = ("message id", "flow", "version", "status", "log start", "duration", "failed step")
+LIST_COLUMNS = (*TAIL_COLUMNS[:-1], "from", "subject", TAIL_COLUMNS[-1])
+_SHOWN_TEXT = 40  # a long subject or sender is cut in the table (JSON has it whole)
 
 # Fixed widths for `tail`, which prints rows one at a time and cannot align them afterwards.
 _TAIL_WIDTHS = (36, 24, 7, 16, 24, 11)
@@ -56,16 +58,22 @@ def summary_row(summary: MplSummary) -> dict[str, str]:
         "log start": format_time(summary.log_start),
         "duration": format_ms(summary.duration_ms),
         "failed step": summary.failed_step or "",
+        "from": _cut(summary.mail_from),
+        "subject": _cut(summary.subject),
     }
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_TEXT else text[: _SHOWN_TEXT - 1] + "…"
+
+
 def tail_header() -> str:
-    return _fixed([col.upper() for col in LIST_COLUMNS])
+    return _fixed([col.upper() for col in TAIL_COLUMNS])
 
 
 def tail_line(summary: MplSummary) -> str:
     row = summary_row(summary)
-    return _fixed([row[col] or "-" for col in LIST_COLUMNS])
+    return _fixed([row[col] or "-" for col in TAIL_COLUMNS])
 
 
 def _fixed(cells: Sequence[str]) -> str:
@@ -81,6 +89,8 @@ def render_entry(entry: MplEntry) -> str:
         ("Correlation ID", entry.correlation_id),
         ("Application ID", entry.application_id or "-"),
         ("Flow", f"{entry.flow} (version {entry.flow_version})"),
+        ("From", entry.mail_from or "-"),
+        ("Subject", entry.subject or "-"),
         ("Sender", entry.sender),
         ("Receivers", ", ".join(entry.receivers) or "-"),
         ("Status", entry.status.value),

@@ -58,7 +58,7 @@ _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step"
+    "log_start, log_end, simulation, failed_step, subject, mail_from"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
@@ -286,14 +286,19 @@ class MplStore:
         message_id: str | None = None,
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = DEFAULT_LIMIT,
+        simulation: bool | None = None,
     ) -> list[MplSummary]:
         """Entries matching every given filter, newest (by log start) first.
 
         ``message_id`` matches as a prefix (a full ID is its own prefix); ``properties``
         are ``(name, value)`` pairs that must all be present; ``since``/``until`` bound the
-        log start (inclusive). ``limit=None`` means no limit.
+        log start (inclusive). ``limit=None`` means no limit. ``simulation`` True keeps only
+        entries of `flowrt simulate`, False only real ones, None both.
         """
         where, args = _filters(flow, status, since, until, message_id, properties)
+        if simulation is not None:
+            where.append("simulation = ?")
+            args.append(1 if simulation else 0)
         sql = f"SELECT {_SUMMARY_COLUMNS} FROM entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -481,6 +486,16 @@ class MplStore:
             if len(rows) < batch_size:
                 return removed
 
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many entries :meth:`purge` would remove now (for ``--dry-run``)."""
+        with self._guard("count") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM entries "
+                "WHERE log_start < ?1 AND (log_end < ?1 OR log_end IS NULL)",
+                (to_epoch(older_than),),
+            ).fetchone()
+        return int(row[0])
+
     def retention(self) -> timedelta:
         """How long entries are kept by :meth:`purge_expired` (default 30 days)."""
         stored = self.stored_retention()
@@ -567,6 +582,8 @@ def build_entry(
         log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
         log_level=LogLevel(values["log_level"]),
         simulation=bool(values["simulation"]),
+        subject=values["subject"],
+        mail_from=values["mail_from"],
         custom_properties={k: tuple(v) for k, v in props.items()},
         error=error,
         filter_note=values["filter_note"],
@@ -649,6 +666,8 @@ def _summary(row: Sequence[Any]) -> MplSummary:
         log_end=None if row[8] is None else from_epoch(row[8]),
         simulation=bool(row[9]),
         failed_step=row[10],
+        subject=row[11],
+        mail_from=row[12],
     )
 
 

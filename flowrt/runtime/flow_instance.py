@@ -181,6 +181,7 @@ class FlowInstance:
         ok = result.status is MplStatus.COMPLETED
         if ok:
             self.status.completed += 1
+            self.status.last_error = ""  # the flow works again; the MPL keeps the failure
         else:
             self.status.failed += 1
             if result.error is not None:
@@ -231,6 +232,8 @@ class FlowInstance:
                         f"{health.last_error}"
                     )
                 else:
+                    if self.status.state == ERROR:
+                        self.status.last_error = ""  # recovered: `status` shows no stale error
                     self.status.state = STARTED
                     self.status.reason = ""
         self.status.updated = now_iso()

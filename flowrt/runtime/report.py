@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError
 from flowrt.runtime.status import RuntimeStatus, read_status
 from flowrt.source_state import LockInfo
 from flowrt.store import open_deployments, open_state
@@ -44,7 +44,7 @@ class StatusReport:
 
 
 def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
-    """Every deployed flow (or the one named; UsageError if it is not deployed)."""
+    """Every deployed flow (or the one named; NotFoundError if it is not deployed)."""
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
     store = open_deployments(tenant)
@@ -53,7 +53,11 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
     finally:
         store.close()
     if name is not None and name not in {d.name for d in deployments}:
-        raise UsageError(f"no deployed flow named {name!r}")
+        known = ", ".join(d.name for d in deployments[:5]) or "none"
+        raise NotFoundError(
+            f"no deployed flow named {name!r}",
+            hint=f"see `flowrt status` (deployed flows: {known})",
+        )
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:

@@ -15,7 +15,14 @@ appendix B key derivation + HMAC). The file flowrt writes is::
 
 Reading splits the AuthenticatedSafe along the same lines and hands each group, wrapped as a
 PKCS#12 of its own, to ``cryptography``'s loader. The same layout is what ``openssl pkcs12
--export`` writes for one key pair, so such files read too; other layouts are refused.
+-export`` writes for one key pair, so such files read too.
+
+keytool writes another layout: one ``data`` ContentInfo with every key bag, then one
+``encryptedData`` with every certificate (key pairs' certificates, their chains and trusted
+certificates together). Such a file is read key bag by key bag: each key bag alone, with all
+the certificate content beside it, goes to the loader, which pairs the key with the
+certificate of the same localKeyId; the named certificates that are no key pair's own are
+the trusted ones.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ _DATA = _der.encode_oid("1.2.840.113549.1.7.1")
 _ENCRYPTED_DATA = _der.encode_oid("1.2.840.113549.1.7.6")
 _KEY_BAG = _der.encode_oid("1.2.840.113549.1.12.10.1.1")
 _SHROUDED_KEY_BAG = _der.encode_oid("1.2.840.113549.1.12.10.1.2")
+_FRIENDLY_NAME = _der.encode_oid("1.2.840.113549.1.9.20")
 
 # MAC digest OIDs (DigestInfo.digestAlgorithm) -> hashlib names; SHA-256 is what flowrt writes.
 _MAC_DIGESTS = {
@@ -136,6 +144,8 @@ def parse(data: bytes, password: str) -> RawContent:
     except _der.DerError as exc:
         raise Pkcs12FormatError(f"malformed PKCS#12 content ({exc})") from exc
 
+    if not _flowrt_layout(infos, kinds):
+        return _parse_by_local_key_id(infos, kinds, password)
     content = RawContent(trusted=[], key_pairs=[])
     i = 0
     while i < len(infos):
@@ -151,6 +161,128 @@ def parse(data: bytes, password: str) -> RawContent:
                 "certificates before it)"
             )
     return content
+
+
+def _flowrt_layout(infos: list[_der.Tlv], kinds: list[str]) -> bool:
+    """Certificates, each key (one per ContentInfo) right after its certificates."""
+    for i, kind in enumerate(kinds):
+        if kind == "other":
+            return False
+        if kind == "key" and (i == 0 or kinds[i - 1] != "certs" or len(_key_bags(infos[i])) != 1):
+            return False
+    return True
+
+
+def _parse_by_local_key_id(infos: list[_der.Tlv], kinds: list[str], password: str) -> RawContent:
+    """Any layout (keytool's): keys and certificates paired by localKeyId by the loader."""
+    try:
+        bags = [
+            bag
+            for info, kind in zip(infos, kinds, strict=True)
+            if kind == "key"
+            for bag in _bags(info)
+        ]
+    except _der.DerError as exc:
+        raise Pkcs12FormatError(f"malformed PKCS#12 content ({exc})") from exc
+    key_bags = [bag for bag in bags if _first(bag).raw in (_KEY_BAG, _SHROUDED_KEY_BAG)]
+    # certificates that sit beside the keys, and every other ContentInfo, are certificate content
+    cert_infos = [info.raw for info, kind in zip(infos, kinds, strict=True) if kind != "key"]
+    loose = [bag.raw for bag in bags if _first(bag).raw not in (_KEY_BAG, _SHROUDED_KEY_BAG)]
+    if loose:
+        cert_infos.append(_data_info(loose))
+    named: list[tuple[str, x509.Certificate]] = []
+    if cert_infos:
+        loaded = _load_group(cert_infos, password)
+        found = [*([loaded.cert] if loaded.cert else []), *loaded.additional_certs]
+        named = [
+            (item.friendly_name.decode("utf-8", "replace"), item.certificate)
+            for item in found
+            if item.friendly_name
+        ]
+    every_cert = [cert for _, cert in named]
+    pairs: list[RawKeyPair] = []
+    for bag in key_bags:
+        loaded = _load_group([*cert_infos, _data_info([bag.raw])], password)
+        key = loaded.key
+        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+            raise Pkcs12FormatError("a key pair entry holds a key that is neither RSA nor EC")
+        if loaded.cert is None:
+            raise Pkcs12FormatError(
+                "a private key in the PKCS#12 file has no certificate with its localKeyId"
+            )
+        leaf = loaded.cert.certificate
+        name = loaded.cert.friendly_name or _bag_friendly_name(bag)
+        if not name:
+            raise Pkcs12FormatError("a private key in the PKCS#12 file has no alias")
+        others = [c.certificate for c in loaded.additional_certs] + every_cert
+        chain = _issuer_chain(leaf, others)
+        alias = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        pairs.append(RawKeyPair(alias, key, chain))
+    own = {(p.alias, p.chain[0]) for p in pairs}
+    in_chains = {cert for p in pairs for cert in p.chain[1:]}
+    trusted = [
+        (name, cert)
+        for name, cert in named
+        if (name, cert) not in own and not (cert in in_chains and _named_by_dn(name, cert))
+    ]
+    return RawContent(trusted=trusted, key_pairs=pairs)
+
+
+def _named_by_dn(name: str, cert: x509.Certificate) -> bool:
+    """keytool names a key pair's chain certificates by their subject DN (and marks only
+    trusted entries as trusted, which cryptography's loader does not show): such a name is
+    a chain member, not an alias someone chose."""
+
+    def canonical(text: str) -> str:
+        return ",".join(part.strip() for part in text.split(",")).lower()
+
+    return canonical(name) == canonical(cert.subject.rfc4514_string())
+
+
+def _issuer_chain(
+    leaf: x509.Certificate, pool: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """``leaf`` and its issuers as far as ``pool`` has them (nothing unrelated)."""
+    chain = [leaf]
+    while chain[-1].issuer != chain[-1].subject:
+        issuer = next((c for c in pool if c.subject == chain[-1].issuer and c not in chain), None)
+        if issuer is None:
+            break
+        chain.append(issuer)
+    return tuple(chain)
+
+
+def _bags(info: _der.Tlv) -> list[_der.Tlv]:
+    """The SafeBags of a plain ``data`` ContentInfo."""
+    fields = _der.children(_der.expect(info, _der.SEQUENCE).value)
+    octets = _der.read_single(_der.expect(fields[1], _der.CONTEXT_0).value, _der.OCTET_STRING)
+    return _der.children(_der.read_single(octets.value, _der.SEQUENCE).value)
+
+
+def _key_bags(info: _der.Tlv) -> list[_der.Tlv]:
+    return [bag for bag in _bags(info) if _first(bag).raw in (_KEY_BAG, _SHROUDED_KEY_BAG)]
+
+
+def _data_info(bags: Sequence[bytes]) -> bytes:
+    safe_contents = _der.encode(_der.SEQUENCE, b"".join(bags))
+    return _der.encode(
+        _der.SEQUENCE,
+        _DATA + _der.encode(_der.CONTEXT_0, _der.encode(_der.OCTET_STRING, safe_contents)),
+    )
+
+
+def _bag_friendly_name(bag: _der.Tlv) -> str | None:
+    """The friendlyName attribute of a SafeBag (a BMPString), if it has one."""
+    fields = _der.children(bag.value)
+    if len(fields) < 3 or fields[2].tag != _der.SET:
+        return None
+    for attribute in _der.children(fields[2].value):
+        parts = _der.children(attribute.value)
+        if len(parts) == 2 and parts[0].raw == _FRIENDLY_NAME:
+            values = _der.children(parts[1].value)
+            if values:
+                return values[0].value.decode("utf-16-be", "replace")
+    return None
 
 
 def is_pfx(data: bytes) -> bool:

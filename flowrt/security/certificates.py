@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import ipaddress
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flowrt.errors import KeystoreError
 from flowrt.security import _pkcs12
@@ -159,12 +160,15 @@ def signature_algorithm(cert: x509.Certificate) -> str:
     return cert.signature_algorithm_oid._name
 
 
+_SHOWN_NAMES = {NameOID.EMAIL_ADDRESS: "E"}  # as OpenSSL and keytool show it
+
+
 def subject(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string()
+    return cert.subject.rfc4514_string(_SHOWN_NAMES)
 
 
 def issuer(cert: x509.Certificate) -> str:
-    return cert.issuer.rfc4514_string()
+    return cert.issuer.rfc4514_string(_SHOWN_NAMES)
 
 
 def certificate_details(cert: x509.Certificate) -> dict[str, str]:
@@ -179,24 +183,101 @@ def certificate_details(cert: x509.Certificate) -> dict[str, str]:
         "valid_until": cert.not_valid_after_utc.isoformat(),
         "sha1": fingerprint(cert, hashes.SHA1()),  # a fingerprint, as keytool shows it
         "sha256": fingerprint(cert, hashes.SHA256()),
+        "alternative_names": ", ".join(alternative_names(cert)),
     }
+
+
+def alternative_names(cert: x509.Certificate) -> list[str]:
+    """``dns:host``, ``email:a@b``, ``ip:192.0.2.1``, as `keystore generate --san` takes them."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    shown: list[str] = []
+    for name in names:
+        if isinstance(name, x509.DNSName):
+            shown.append(f"dns:{name.value}")
+        elif isinstance(name, x509.RFC822Name):
+            shown.append(f"email:{name.value}")
+        elif isinstance(name, x509.IPAddress):
+            shown.append(f"ip:{name.value}")
+    return shown
 
 
 # ----------------------------------------------------------------------------- making
 
 
+# Names that OpenSSL, keytool and Windows use beside RFC 4514's own (CN, O, OU, C, ST, L...).
+_EXTRA_ATTRIBUTES = {
+    "E": NameOID.EMAIL_ADDRESS,
+    "EMAIL": NameOID.EMAIL_ADDRESS,
+    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+    "SN": NameOID.SURNAME,
+    "GIVENNAME": NameOID.GIVEN_NAME,
+    "T": NameOID.TITLE,
+    "TITLE": NameOID.TITLE,
+}
+_ATTRIBUTE_TYPE = re.compile(r"(^|(?<!\\)[,+])\s*([A-Za-z][A-Za-z0-9-]*)\s*=")
+_SUBJECT_HINT = 'write it like "CN=flowrt client,O=Example,C=DE" or "CN=Jo Doe,E=jo@example.com"'
+
+
 def parse_subject(text: str) -> x509.Name:
-    """``CN=mail client,O=Example`` (RFC 4514) to a Name; at least one attribute."""
+    """``CN=mail client,O=Example,E=a@example.com`` (RFC 4514, plus E/EMAIL and friends) to
+    a Name; at least one attribute."""
+    original = text
+    # Attribute types are case-insensitive (RFC 4514), cryptography wants them upper case.
+    text = _ATTRIBUTE_TYPE.sub(lambda m: m.group(1) + m.group(2).upper() + "=", text)
+    # cryptography raises a bare ValueError for an unknown attribute type: name it ourselves.
+    for part in re.split(r"(?<!\\)[,+]", text):
+        key = part.partition("=")[0].strip()
+        if not key or "=" not in part:
+            continue
+        if key.upper() not in _KNOWN_ATTRIBUTES and not re.fullmatch(r"\d+(\.\d+)+", key):
+            raise KeystoreError(
+                f"the subject {original!r} has an attribute type {key!r} that is not known",
+                hint="known: " + ", ".join(sorted(_KNOWN_ATTRIBUTES)) + " (or a dotted OID)",
+            )
     try:
-        name = x509.Name.from_rfc4514_string(text)
+        name = x509.Name.from_rfc4514_string(text, dict(_EXTRA_ATTRIBUTES))
     except ValueError as exc:
         raise KeystoreError(
-            f"the subject {text!r} is not a distinguished name ({exc})",
-            hint='write it like "CN=flowrt client,O=Example,C=DE"',
+            f"the subject {original!r} is not a distinguished name ({str(exc) or 'malformed'})",
+            hint=_SUBJECT_HINT,
         ) from exc
     if not list(name):
         raise KeystoreError("the subject is empty", hint='write it like "CN=flowrt client"')
     return name
+
+
+_KNOWN_ATTRIBUTES = frozenset(
+    {"CN", "O", "OU", "C", "ST", "L", "STREET", "DC", "UID", *_EXTRA_ATTRIBUTES}
+)
+
+
+def parse_san(text: str) -> x509.GeneralName:
+    """``dns:mail.example.com``, ``email:a@example.com``, ``ip:192.0.2.1`` to a
+    subject alternative name."""
+    kind, sep, value = text.partition(":")
+    kind, value = kind.strip().lower(), value.strip()
+    if not sep or not value:
+        raise KeystoreError(
+            f"--san {text!r}: write TYPE:VALUE", hint="dns:mail.example.com, email:a@example.com"
+        )
+    if kind == "dns":
+        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            raise KeystoreError(f"--san {text!r}: {value!r} is not a host name")
+        return x509.DNSName(value)
+    if kind == "email":
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+            raise KeystoreError(f"--san {text!r}: {value!r} is not an e-mail address")
+        return x509.RFC822Name(value)
+    if kind == "ip":
+        try:
+            return x509.IPAddress(ipaddress.ip_address(value))
+        except ValueError:
+            raise KeystoreError(f"--san {text!r}: {value!r} is not an IP address") from None
+    raise KeystoreError(f"--san {text!r}: the type is dns, email or ip, not {kind!r}")
 
 
 def generate_key(spec: str) -> PrivateKey:
@@ -217,12 +298,25 @@ def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     return hashes.SHA256()
 
 
-def self_signed(subject_name: x509.Name, key: PrivateKey, *, days: int) -> x509.Certificate:
-    """A self-signed end-entity certificate for TLS client (and server) authentication."""
+def self_signed(
+    subject_name: x509.Name,
+    key: PrivateKey,
+    *,
+    days: int,
+    sans: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    """A self-signed end-entity certificate for TLS client (and server) authentication, and
+    for S/MIME (e-mail protection) when it names an e-mail address."""
     if not 1 <= days <= 36500:
         raise KeystoreError(f"--days must be between 1 and 36500, not {days}")
     now = datetime.datetime.now(datetime.UTC)
     is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    mail = subject_name.get_attributes_for_oid(NameOID.EMAIL_ADDRESS) or any(
+        isinstance(n, x509.RFC822Name) for n in sans
+    )
+    if mail:
+        usages.append(ExtendedKeyUsageOID.EMAIL_PROTECTION)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject_name)
@@ -247,14 +341,11 @@ def self_signed(subject_name: x509.Name, key: PrivateKey, *, days: int) -> x509.
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     return builder.sign(key, _hash_for(key))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from flowrt.security.certificates import issuer, subject
 from flowrt.security.keystore import Entry, valid_until
 
 __all__ = ["SOON", "entry_row", "expiry_status"]
@@ -37,6 +38,6 @@ def entry_row(entry: Entry, now: datetime.datetime) -> dict[str, Any]:
         "expired": until <= now,
         "expires_within_30_days": now < until <= now + SOON,
         "status": expiry_status(until, now, SOON),
-        "subject": entry.certificate.subject.rfc4514_string(),
-        "issuer": entry.certificate.issuer.rfc4514_string(),
+        "subject": subject(entry.certificate),
+        "issuer": issuer(entry.certificate),
     }

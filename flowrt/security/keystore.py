@@ -357,7 +357,16 @@ def restore_keystore(
         raise KeystoreError(f"{source}: no such file") from None
     except OSError as exc:
         raise KeystoreError(f"cannot read {source}: {exc.strerror}") from exc
-    restored = Keystore.from_bytes(data, keystore_password(key), source)
+    try:
+        restored = Keystore.from_bytes(data, keystore_password(key), source)
+    except KeystoreError as exc:
+        if "cannot be opened with the password" not in exc.message:
+            raise
+        raise KeystoreError(
+            exc.message,
+            hint="a backup opens only with the tenant it came from; a file written with "
+            "keytool or openssl must use the password `flowrt keystore password` prints",
+        ) from None
     with security_lock(tenant):
         previous = backup_keystore(tenant) if tenant.keystore_path.exists() else None
         atomic_write(tenant.keystore_path, data)

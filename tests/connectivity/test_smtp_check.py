@@ -241,3 +241,16 @@ def test_password_appears_in_no_file_and_no_output(
             assert not any(n in data for n in needles), path
     for output in outputs:
         assert PASSWORD not in output
+
+
+@pytest.mark.usefixtures("trusted")
+def test_credential_alone_logs_in_with_plain_as_imap_and_pop3_do(
+    flowrt: Run, postfix: PostfixServer, dovecot: DovecotServer
+) -> None:
+    smtp_login(flowrt, dovecot, password="wrong-password-456")
+    target = f"127.0.0.1:{postfix.submission_port}"
+    result = flowrt("test", "smtp", target, "--credential", "smtp-out")
+    # a wrong password must fail: the login was really tried, not skipped
+    assert result.exit_code == 1, result.output
+    assert "AuthenticationFailedException: 535" in result.output
+    assert flowrt("test", "smtp", target, "--auth", "none").exit_code == 0

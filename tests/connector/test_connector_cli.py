@@ -163,3 +163,81 @@ async def test_run_reports_a_busy_port(write_config: WriteConfig, backends: Back
     assert err.startswith(f"error: cannot listen on 127.0.0.1:{busy}: ")
     assert "hint: another process may use the port" in err
     assert "Traceback" not in err
+
+
+async def test_run_reloads_its_config_on_sighup_and_keeps_it_when_the_new_one_is_bad(
+    write_config: WriteConfig, backends: Backends
+) -> None:
+    imap = await backends.start()
+    smtp = await backends.start()
+    path = write_config([tcp(f"{VIRTUAL}:143", f"127.0.0.1:{imap}")], name="c.toml")
+    proc = await asyncio.create_subprocess_exec(
+        *FLOWRT,
+        "connector",
+        "run",
+        str(path),  # no --log-format: auto, and stderr is a pipe, so JSON lines
+        env=env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def next_event(name: str) -> dict[str, object]:
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            while True:
+                event = json.loads(await proc.stderr.readline())
+                if event["event"] == name or event["event"] == "reload failed":
+                    return dict(event)
+
+    try:
+        first = await next_event("listening")
+        proxy_port = int(str(first["address"]).rsplit(":", 1)[1])
+        with pytest.raises(ProxyError):
+            await socks_connect(proxy_port, VIRTUAL, 25)
+
+        write_config(
+            [
+                tcp(f"{VIRTUAL}:143", f"127.0.0.1:{imap}"),
+                tcp(f"{VIRTUAL}:25", f"127.0.0.1:{smtp}"),
+            ],
+            name="c.toml",
+        )
+        proc.send_signal(signal.SIGHUP)
+        reloaded = await next_event("reloaded")
+        assert (reloaded["event"], reloaded["mappings"]) == ("reloaded", 2)
+        reader, writer = await socks_connect(proxy_port, VIRTUAL, 25)
+        writer.write(b"EHLO\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(6) == b"EHLO\r\n"
+        writer.close()
+
+        path.write_text(path.read_text() + "\nbogus_key = 1\n", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        failed = await next_event("reloaded")
+        assert failed["event"] == "reload failed" and failed["level"] == "error"
+        assert "bogus_key" in str(failed["error"])
+        assert failed["kept"] == "the previous configuration"
+        reader, writer = await socks_connect(proxy_port, VIRTUAL, 25)  # still served
+        writer.close()
+
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_new_token_prints_a_token_file_line_that_works_from_any_config(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowrt.cli.main import cli
+
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as here:
+        (Path(here) / "conn").mkdir()
+        result = runner.invoke(cli, ["connector", "new-token", "--file", "conn/site-b.token"])
+        assert result.exit_code == 0, result.output
+        expected = (Path(here) / "conn" / "site-b.token").resolve()
+        assert result.stdout == f'token_file = "{expected}"\n'

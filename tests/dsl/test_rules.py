@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dsl.helpers import SENDER, errors, flow, line_of, parse, warnings
+from tests.dsl.helpers import SENDER, errors, flow, line_of, only_flow, parse, warnings
 
 POP3 = """    sender mail {
         protocol pop3
@@ -199,3 +199,29 @@ def test_oauth2_user() -> None:
     assert codes(flow(receiver_extra='auth plain credential "c" user "x@example.com"')) == [
         "bad-value"
     ]
+
+
+def test_connector_tls_permits_auth_plain_through_the_connector_only() -> None:
+    text = flow().replace(
+        "        protection imaps\n",
+        '        protection connector-tls\n        proxy on-premise location "plant-1"\n',
+        1,
+    )
+    sender = only_flow(text).sender.connection
+    # the flow speaks plain to the connector, which does TLS to the server's TLS port
+    assert (sender.protection, sender.allow_plaintext_auth, sender.address.port) == (
+        "off",
+        True,
+        993,
+    )
+    assert not parse(text).diagnostics
+
+    direct = flow().replace("protection imaps", "protection connector-tls", 1)
+    ((_, code, message),) = errors(direct)
+    assert code == "conflict"
+    assert "connector-tls" in message and 'proxy on-premise location "ID"' in message
+    # the old spelling keeps its meaning: plain auth over protection off is still an error
+    off = flow(sender_extra='proxy on-premise location "plant-1"').replace(
+        "protection imaps", "protection off", 1
+    )
+    assert codes(off) == ["plaintext-auth"]

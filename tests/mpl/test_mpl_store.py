@@ -232,6 +232,8 @@ def test_to_dict_is_stable_json(filled: MplStore) -> None:
         "error",
         "runs",
         "log",
+        "subject",  # added with schema V2 (issue 20), after the keys there were
+        "from",
     ]
     assert data["log_start"] == "2023-11-14T22:14:20.000000Z"
     assert data["custom_properties"] == {"customer": ["acme"], "order": ["7"]}
@@ -239,3 +241,25 @@ def test_to_dict_is_stable_json(filled: MplStore) -> None:
     text = json.dumps(data)
     assert json.dumps(filled.get("m-1").to_dict()) == text  # same entry, same text
     assert json.loads(text) == data
+
+
+def test_a_database_of_schema_1_gains_subject_and_sender(tmp_path: Path) -> None:
+    from flowrt.mpl import _schema
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(_schema.MIGRATIONS[0])
+    columns = _schema.ENTRY_COLUMNS[: _schema.ENTRY_COLUMNS.index("subject")]
+    conn.execute(
+        f"INSERT INTO entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        ("old-1", "c", None, "f", "1", "s", "[]", "COMPLETED", 1.0, 2.0, "info", 0)
+        + (None,) * 5
+        + ("[]", "[]"),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    with MplStore(path) as store:
+        (summary,) = store.list_entries()
+        assert (summary.message_id, summary.subject, summary.mail_from) == ("old-1", "", "")

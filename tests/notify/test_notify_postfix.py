@@ -121,7 +121,8 @@ def test_set_and_test_over_starttls_show_the_dialogue_and_deliver(
 
     ok(flowrt(tenant, "notify", "server", "remove"))
     gone = flowrt(tenant, "notify", "server", "test", "--to", ops.address)
-    assert gone.exit_code == 2 and "no notification server is set" in gone.output
+    # not found exits 1 (the README's exit-code rule, issue 20)
+    assert gone.exit_code == 1 and "no notification server is set" in gone.output
 
 
 def test_failures_limit_reset_and_digest_over_smtps_and_no_password_anywhere(

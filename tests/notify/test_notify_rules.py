@@ -177,7 +177,8 @@ def test_rule_for_a_deployed_flow_and_remove(bare_tenant: Path, tmp_path: Path) 
     ok(flowrt(bare_tenant, "notify", "rule", "remove", "invoices"))
     assert "(none)" in ok(flowrt(bare_tenant, "notify", "rule", "list")).output
     missing = flowrt(bare_tenant, "notify", "rule", "remove", "invoices")
-    assert missing.exit_code == 2 and "no rule named 'invoices'" in missing.output
+    # not found exits 1 (the README's exit-code rule, issue 20)
+    assert missing.exit_code == 1 and "no rule named 'invoices'" in missing.output
 
 
 # ----------------------------------------------------------------------------- limit, digest

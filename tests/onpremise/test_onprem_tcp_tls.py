@@ -194,3 +194,67 @@ def test_back_end_the_connector_does_not_trust_fails_the_poll_of_a_running_flow(
     assert runtime.stop() == 0
     assert onprem.source_seen() == [False]
     assert connector.wait_for_outcome("tls_untrusted")["virtual"] == f"{VHOST}:993"
+
+
+def test_connector_tls_lets_auth_plain_through_a_tcp_tls_mapping(
+    onprem: OnPrem,
+    start_connector: StartConnector,
+    test_ca: TestCA,
+    dovecot: DovecotServer,
+    postfix: PostfixServer,
+) -> None:
+    # The README recipe: the connector does TLS, the flow logs in with plain auth.
+    connector = start_connector(
+        [tcp_tls(f"{VHOST}:993", dovecot.imaps_port), tcp_tls(f"{VHOST}:465", postfix.smtps_port)],
+        truststore=test_ca.cert_pem,
+    )
+    onprem.add_location(connector.token, connector.port)
+    onprem.ok("keystore", "delete", "test-root")
+    tested = onprem.cli(
+        "test",
+        "imap",
+        VHOST,
+        "--protection",
+        "connector-tls",
+        "--proxy",
+        "on-premise",
+        "--location",
+        LOCATION,
+        "--credential",
+        "plant-mailbox",
+    )
+    assert tested.exit_code == 0, tested.output
+    assert f"{VHOST}:993 (connector-tls) via location {LOCATION}" in tested.output
+    assert "verdict: OK" in tested.output
+    direct = onprem.cli("test", "imap", VHOST, "--protection", "connector-tls")
+    assert direct.exit_code == 2
+    assert "--protection connector-tls" in direct.output and "--proxy on-premise" in direct.output
+
+    plain = {
+        "sender": f"""
+            address "{VHOST}"
+            proxy on-premise location "{LOCATION}"
+            protection connector-tls
+            auth plain credential "plant-mailbox"
+        """,
+        "receiver": f"""
+            address "{VHOST}"
+            proxy on-premise location "{LOCATION}"
+            protection connector-tls
+            auth plain credential "smtp-out"
+        """,
+    }
+    flow = onprem.write_flow("invoice-forward", **plain)
+    valid = onprem.cli("validate", str(flow))
+    assert valid.exit_code == 0, valid.output
+    assert "warning" not in valid.output
+    onprem.ok("deploy", str(flow))
+    onprem.drop_mail("Invoice 2026-0816")
+
+    run = onprem.run_once()
+
+    assert run.code == 0, run.log
+    arrived = onprem.dovecot.wait_for_message(onprem.target.address, timeout=20)
+    assert b"Subject: Fwd: Invoice 2026-0816" in arrived[2]
+    relayed = {e["virtual"] for e in connector.events if e["event"] == "connected"}
+    assert relayed == {f"{VHOST}:993", f"{VHOST}:465"}

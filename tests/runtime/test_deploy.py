@@ -141,3 +141,38 @@ def test_read_only_tenant_is_a_clear_error(tenant: Path) -> None:
     if result.exit_code == 0:  # root ignores directory permissions
         pytest.skip("running as root: permissions are not enforced")
     assert "read-only" in result.output
+
+
+def test_encrypt_for_an_ec_certificate_is_refused_at_deploy(tenant: Path, tmp_path: Path) -> None:
+    provide_mail_flow_needs(tenant)
+    made = run(
+        tenant,
+        "keystore",
+        "generate",
+        "partner-ec",
+        "--subject",
+        "CN=Partner,E=partner@example.com",
+        "--san",
+        "email:partner@example.com",
+        "--key",
+        "ec:p256",
+    )
+    assert made.exit_code == 0, made.output
+    text = (FLOWS / "mail.flow").read_text(encoding="utf-8")
+    text = text.replace(
+        "        attachments   from-message\n",
+        '        attachments   from-message\n        encrypt       alias "partner-ec"\n',
+        1,
+    )
+    flow = tmp_path / "enc.flow"
+    flow.write_text(text, encoding="utf-8")
+    assert run(tenant, "validate", str(flow)).exit_code == 0
+
+    result = run(tenant, "deploy", str(flow))
+
+    assert result.exit_code == 1
+    assert (
+        "error: encrypt needs an RSA certificate; the key of keystore alias 'partner-ec' is "
+        "EC secp256r1 (256)"
+    ) in result.output
+    assert Deployments(Tenant(tenant)).names() == []

@@ -8,6 +8,7 @@ import json
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flowrt.security.keystore import KeyPair, Keystore, edit_keystore
 
@@ -549,3 +550,54 @@ def test_concurrent_changes_are_not_lost(flowrt, pki):
         thread.join(30)
     assert errors == []
     assert _aliases(flowrt) == [f"root-{i}" for i in range(6)]
+
+
+def test_backup_takes_the_file_as_restore_does(flowrt, pki, root_ca):
+    flowrt.ok("keystore", "add", "root", str(pki.write("r.cer", root_ca.der())))
+    copy = pki.folder / "positional.p12"
+    result = flowrt.ok("keystore", "backup", str(copy))
+    assert f"keystore backed up to {copy}" in result.output
+    assert copy.read_bytes() == (flowrt.root / "keystore.p12").read_bytes()
+    twice = flowrt.fails("keystore", "backup", str(copy), "--out", str(pki.folder / "b"), code=2)
+    assert "FILE or --out FILE" in twice.output
+    flowrt.ok("keystore", "delete", "root")
+    flowrt.ok("keystore", "restore", str(copy))
+    assert _aliases(flowrt) == ["root"]
+
+
+def test_generate_takes_e_and_alternative_names(flowrt):
+    made = flowrt.ok(
+        "keystore",
+        "generate",
+        "smime",
+        "--subject",
+        "CN=Jo Doe,e=jo@example.com,O=Example",
+        "--san",
+        "email:jo@example.com",
+        "--san",
+        "dns:mail.example.com",
+        "--key",
+        "ec:p256",
+    )
+    assert "generated key pair smime: CN=Jo Doe,E=jo@example.com,O=Example" in made.output
+    shown = json.loads(flowrt.ok("keystore", "show", "smime", "--format", "json").output)
+    assert shown["certificate"]["alternative_names"] == "email:jo@example.com, dns:mail.example.com"
+    cert = Keystore.open(flowrt.tenant).get("smime").certificate
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.EMAIL_PROTECTION in usages
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--subject", "CN=x,FOO=y"], "has an attribute type 'FOO' that is not known"),
+        (["--subject", "garbage"], "is not a distinguished name (malformed)"),
+        (["--subject", "CN=x", "--san", "uri:x"], "the type is dns, email or ip, not 'uri'"),
+        (["--subject", "CN=x", "--san", "email:nobody"], "'nobody' is not an e-mail address"),
+    ],
+)
+def test_generate_names_what_is_wrong_in_subject_and_san(flowrt, args, message):
+    before = flowrt.snapshot()
+    result = flowrt.fails("keystore", "generate", "x", *args)
+    assert message in result.output and "Traceback" not in result.output
+    assert flowrt.snapshot() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -210,3 +211,110 @@ def test_mac_key_derivation_matches_cryptography(root_ca):
     assert content.trusted == [("r", root_ca.cert)]
     with pytest.raises(_pkcs12.Pkcs12PasswordError):
         _pkcs12.parse(data, "pass word")
+
+
+def _keytool(*args: str) -> None:
+    done = subprocess.run(["keytool", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_keytool
+def test_restore_reads_what_keytool_wrote(flowrt, pki, root_ca):
+    """keytool puts every key in one bag list and every certificate in another: the keys are
+    paired with their certificates by localKeyId, chains and trusted entries kept apart."""
+    password = _password(flowrt)
+    store = str(pki.folder / "keytool.p12")
+    common = ["-storetype", "PKCS12", "-keystore", store, "-storepass", password]
+    # a key pair with a chain of 3, as a CA issued it, brought in with -importkeystore
+    inter = pki.issue("Intermediate", issuer=root_ca, ca=True)
+    leaf = pki.issue("client.example", issuer=inter, key="rsa")
+    source = pki.write("client.p12", pki.p12(leaf, [inter, root_ca], "pw-source"))
+    _keytool(
+        "-importkeystore",
+        "-noprompt",
+        "-srckeystore",
+        str(source),
+        "-srcstoretype",
+        "PKCS12",
+        "-srcstorepass",
+        "pw-source",
+        "-destkeystore",
+        store,
+        "-deststoretype",
+        "PKCS12",
+        "-deststorepass",
+        password,
+    )
+    _keytool(
+        "-genkeypair", "-alias", "ec-pair", "-keyalg", "EC", "-groupname", "secp256r1",
+        "-dname", "CN=ec.example", "-validity", "30", *common,
+    )  # fmt: skip
+    _keytool(
+        "-genkeypair", "-alias", "rsa-pair", "-keyalg", "RSA", "-keysize", "2048",
+        "-dname", "CN=rsa.example", "-validity", "30", *common,
+    )  # fmt: skip
+    root_file = pki.write("root.cer", root_ca.der())
+    _keytool("-importcert", "-noprompt", "-alias", "the-root", "-file", str(root_file), *common)
+
+    restored = flowrt.ok("keystore", "restore", store)
+
+    assert "(4 entries)" in restored.output
+    rows = {
+        r["alias"]: r for r in json.loads(flowrt.ok("keystore", "list", "--format", "json").stdout)
+    }
+    assert {a: r["type"] for a, r in rows.items()} == {
+        "exported": "key pair",
+        "ec-pair": "key pair",
+        "rsa-pair": "key pair",
+        "the-root": "certificate",
+    }
+    assert rows["ec-pair"]["subject"] == "CN=ec.example"
+    assert rows["rsa-pair"]["subject"] == "CN=rsa.example"
+    shown = json.loads(flowrt.ok("keystore", "show", "exported", "--format", "json").stdout)
+    assert [c["subject"] for c in shown["chain"]] == [
+        "CN=client.example",
+        "CN=Intermediate",
+        "CN=Test Root CA",
+    ]
+    # each private key is the one of its own certificate
+    keystore = Keystore.open(flowrt.tenant)
+    for alias in ("exported", "ec-pair", "rsa-pair"):
+        pair = keystore.key_pair(alias)
+        assert pair.private_key.public_key() == pair.certificate.public_key()
+    # and the next change writes flowrt's layout, which keytool still lists
+    flowrt.ok("keystore", "delete", "rsa-pair")
+    assert "ec-pair" in _keytool_list(password, flowrt.root / "keystore.p12")
+
+
+def _keytool_list(password: str, path) -> str:
+    done = subprocess.run(
+        [
+            "keytool",
+            "-list",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            str(path),
+            "-storepass",
+            password,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@needs_keytool
+def test_restore_of_a_keytool_file_with_another_password_says_which_one(flowrt, pki):
+    store = str(pki.folder / "other-password.p12")
+    _keytool(
+        "-genkeypair", "-alias", "p", "-keyalg", "EC", "-groupname", "secp256r1",
+        "-dname", "CN=p", "-storetype", "PKCS12", "-keystore", store, "-storepass", "not-it-123",
+    )  # fmt: skip
+    before = flowrt.snapshot()
+    result = flowrt.fails("keystore", "restore", store)
+    assert "cannot be opened with the password derived from this master key" in result.output
+    assert "must use the password `flowrt keystore password` prints" in result.output
+    assert flowrt.snapshot() == before

@@ -138,6 +138,6 @@ def test_release_of_an_unknown_key_says_so(tmp_path: Path) -> None:
     with StateDB.open(Tenant(root)) as state:
         state.acquire_lock("a@h/INBOX", "o", 600)
     result = run(root, "release", "nope@h/INBOX")
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # not found: the README's exit-code rule (issue 20)
     assert "error: no lock named 'nope@h/INBOX'" in result.stderr
     assert "flowrt locks list" in result.stderr and "a@h/INBOX" in result.stderr

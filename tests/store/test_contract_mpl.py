@@ -60,6 +60,8 @@ def test_list_filters_and_orders_newest_first(store: MplBackend) -> None:
     since = dt.datetime.fromtimestamp(1_700_000_027, dt.UTC)
     assert len(store.list_entries(since=since)) == 3
     assert store.count() == 30
+    assert len(store.list_entries(simulation=False, limit=None)) == 30
+    assert store.list_entries(simulation=True) == []
 
 
 def test_show_by_id_and_prefix(store: MplBackend) -> None:
@@ -91,6 +93,7 @@ def test_purge_in_batches_and_retention(store: MplBackend) -> None:
     _record(store, 25)
     cutoff = dt.datetime.fromtimestamp(1_700_000_010, dt.UTC)
     # the failed entries ended now (fail() stamps the time): only what ended is purged
+    assert store.count_purgeable(cutoff) == 8
     assert store.purge(cutoff, batch_size=4) == 8
     assert store.count() == 17
     assert store.stored_retention() is None

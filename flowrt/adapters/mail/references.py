@@ -6,6 +6,8 @@ flow line of each one missing.
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from flowrt.adapters.mail.model import Connection, Receiver, Sender
 from flowrt.dsl import Diagnostic
 from flowrt.dsl.model import Pos
@@ -16,6 +18,7 @@ from flowrt.security import (
     TenantSecurity,
     UserCredential,
 )
+from flowrt.security.certificates import describe_key
 
 _KIND_FOR_AUTH: dict[str, tuple[type | tuple[type, ...], str]] = {
     "plain": (UserCredential, "user"),
@@ -85,6 +88,20 @@ def _alias_problems(receiver: Receiver, security: TenantSecurity) -> list[Diagno
                         receiver.positions.get(setting, receiver.pos),
                         "missing-alias",
                         f"keystore alias {alias!r} does not exist (`flowrt keystore list`)",
+                    )
+                )
+            elif setting == "encrypt" and not isinstance(
+                keystore.get(alias).certificate.public_key(), rsa.RSAPublicKey
+            ):
+                # cryptography's PKCS#7 envelope takes RSA recipients only: say so at deploy
+                problems.append(
+                    Diagnostic.at(
+                        receiver.positions.get(setting, receiver.pos),
+                        "alias-kind",
+                        f"encrypt needs an RSA certificate; the key of keystore alias {alias!r} "
+                        f"is {describe_key(keystore.get(alias).certificate.public_key())} "
+                        "(S/MIME encryption supports RSA recipients only: ask the "
+                        "recipient for an RSA certificate)",
                     )
                 )
             elif setting == "sign":

@@ -32,7 +32,7 @@ _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = [MplStatus.PROCESSING.value, MplStatus.RETRY.value]
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step"
+    "log_start, log_end, simulation, failed_step, subject, mail_from"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _UPSERT = (
@@ -126,8 +126,12 @@ class PgMplStore:
         message_id: str | None = None,
         properties: Iterable[tuple[str, str]] = (),
         limit: int | None = DEFAULT_LIMIT,
+        simulation: bool | None = None,
     ) -> list[MplSummary]:
         where, args = _filters(flow, status, since, until, message_id, properties)
+        if simulation is not None:
+            where.append("simulation = %s")
+            args.append(1 if simulation else 0)
         sql = f"SELECT {_SUMMARY_COLUMNS} FROM mpl_entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -305,6 +309,17 @@ class PgMplStore:
             removed += len(ids)
             if len(ids) < batch_size:
                 return removed
+
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many entries :meth:`purge` would remove now (for ``--dry-run``)."""
+        cutoff = to_epoch(older_than)
+        with self._guard("count") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM mpl_entries "
+                "WHERE log_start < %(c)s AND (log_end < %(c)s OR log_end IS NULL)",
+                {"c": cutoff},
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def retention(self) -> timedelta:
         stored = self.stored_retention()

@@ -26,18 +26,24 @@ class CheckOptions:
     list_folders: bool = False
     check_mailbox: str | None = None
     user: str | None = None  # --auth oauth2: the mailbox to log in as
+    # protection connector-tls: plain to the connector (protection "off"), which does TLS
+    tls_by_connector: bool = False
+
+    @property
+    def shown_protection(self) -> str:
+        return "connector-tls" if self.tls_by_connector else self.protection
 
     @property
     def title(self) -> str:
         via = f" via location {self.location}" if self.location else ""
-        return f"{self.protocol} {self.host}:{self.port} ({self.protection}){via}"
+        return f"{self.protocol} {self.host}:{self.port} ({self.shown_protection}){via}"
 
     @property
     def fix_command(self) -> str:
         via = f" --proxy on-premise --location {self.location}" if self.location else ""
         return (
             f"flowrt test {self.protocol} {self.host}:{self.port} "
-            f"--protection {self.protection}{via} --import"
+            f"--protection {self.shown_protection}{via} --import"
         )
 
 

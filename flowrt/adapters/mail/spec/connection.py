@@ -8,7 +8,18 @@ from flowrt.adapters.mail.model import Address, Auth, Connection, Proxy
 from flowrt.dsl.spec import Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader, split_host_port
 
-PROTECTIONS = ("off", "starttls-mandatory", "starttls-optional", "smtps", "imaps", "pop3s")
+PROTECTIONS = (
+    "off",
+    "starttls-mandatory",
+    "starttls-optional",
+    "smtps",
+    "imaps",
+    "pop3s",
+    "connector-tls",
+)
+# The on-premise connector does the TLS handshake (a tcp-tls mapping): the flow speaks plain
+# to the connector, so the model says protection off with the plain login allowed.
+CONNECTOR_TLS = "connector-tls"
 IMPLICIT_TLS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s"}
 DEFAULT_PORTS = {
     ("smtp", "plain"): 25,
@@ -27,7 +38,7 @@ DEFAULT_PROTECTION = "starttls-mandatory"
 
 
 def default_port(protocol: str, protection: str) -> int:
-    if protection in IMPLICIT_TLS.values():
+    if protection in IMPLICIT_TLS.values() or protection == CONNECTOR_TLS:
         family = "implicit"
     elif protection.startswith("starttls"):
         family = "starttls"
@@ -117,8 +128,10 @@ def connection_settings(default_auth: str | None) -> tuple[SettingSpec, ...]:
         SettingSpec(
             "protection",
             " | ".join(PROTECTIONS),
-            "TLS: none, STARTTLS (mandatory fails when the server does not offer it), or "
-            "implicit TLS matching the protocol.",
+            "TLS: none, STARTTLS (mandatory fails when the server does not offer it), "
+            "implicit TLS matching the protocol, or connector-tls: the on-premise connector "
+            "does TLS to the server (a tcp-tls mapping; needs proxy on-premise, and permits "
+            "auth plain; the port defaults to the implicit TLS one).",
             _protection,
             default=DEFAULT_PROTECTION,
         ),
@@ -163,6 +176,18 @@ def build_connection(
         auth = Auth(default_auth)  # type: ignore[arg-type]
     ok = True
 
+    by_connector = protection == CONNECTOR_TLS
+    if by_connector:
+        if proxy.type != "on-premise":
+            report.error(
+                s.where("protection"),
+                "conflict",
+                "protection connector-tls means the on-premise connector does TLS (a tcp-tls "
+                'mapping): it needs proxy on-premise location "ID"; for a direct '
+                f"connection use {IMPLICIT_TLS[protocol]} or starttls-mandatory",
+            )
+            ok = False
+        protection, allow_plain = "off", True
     implicit = IMPLICIT_TLS[protocol]
     if protection in IMPLICIT_TLS.values() and protection != implicit:
         report.error(
@@ -201,7 +226,7 @@ def build_connection(
                     "auth plain over protection off sends the password in clear text; use "
                     "starttls-mandatory or implicit TLS, or add allow-plaintext-auth",
                 )
-            elif protection == "off":
+            elif protection == "off" and not by_connector:
                 report.warning(
                     s.where("allow-plaintext-auth"),
                     "plaintext-auth",
@@ -218,15 +243,15 @@ def build_connection(
         report.warning(
             s.where("protection"),
             "tls-on-premise",
-            f"{protection} through the on-premise connector: with a TCP-TLS mapping the "
-            "connector does TLS (use protection off); with a TCP mapping keep it",
+            f"{protection} through the on-premise connector: with a tcp-tls mapping the "
+            "connector does TLS (use protection connector-tls); with a tcp mapping keep it",
         )
     if not ok or not s.written("address"):
         return None
     host, port = s.get("address")
     explicit = port is not None
     if port is None:
-        port = default_port(protocol, protection)
+        port = default_port(protocol, CONNECTOR_TLS if by_connector else protection)
     assert auth is not None
     return Connection(
         address=Address(host, port, explicit),

@@ -30,7 +30,9 @@ CREATE TABLE mpl_entries (
     error_hint     text,
     failed_step    text,
     runs           text             NOT NULL,
-    log_lines      text             NOT NULL
+    log_lines      text             NOT NULL,
+    subject        text             NOT NULL DEFAULT '',  -- the mail's, as the sender read it
+    mail_from      text             NOT NULL DEFAULT ''
 );
 CREATE INDEX mpl_entries_by_start ON mpl_entries (log_start, id);
 CREATE INDEX mpl_entries_by_status ON mpl_entries (status, log_start, id);
