@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from flowrt.cli._context import CliContext, pass_cli
+from flowrt.cli._output import format_option, print_json
 from flowrt.store import store_config
 
 
@@ -42,18 +43,32 @@ def store() -> None:
 
 
 @store.command("check")
+@format_option
 @pass_cli
-def check(cli: CliContext) -> None:
+def check(cli: CliContext, fmt: str) -> None:
     """Connect to the tenant's store and check its schema and tenant."""
     tenant = cli.tenant.require()
     config = store_config(tenant)
     if config is None:
+        if fmt == "json":
+            print_json({"backend": "sqlite", "where": str(tenant.root)})
+            return
         click.echo(f"store: SQLite files in {tenant.root}")
         return
     from flowrt.store import open_database
     from flowrt.store.pg.schema import SCHEMA_VERSION
 
     open_database(tenant, max_size=1).close()
+    if fmt == "json":
+        print_json(
+            {
+                "backend": "postgresql",
+                "where": config.shown,
+                "schema_version": SCHEMA_VERSION,
+                "tenant_id": config.tenant_id,
+            }
+        )
+        return
     click.echo(
         f"store: {config.shown} (PostgreSQL): reachable, schema version {SCHEMA_VERSION}, "
         f"tenant {config.tenant_id}"
