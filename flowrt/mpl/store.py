@@ -328,14 +328,15 @@ class MplStore:
         Keyset pagination: the cursor names the last entry shown (its log start and row id),
         and the next page starts below it through the same index the first page used, so a
         page deep in 10^6 entries costs what the first one does (an OFFSET would walk every
-        row before it). ``text`` is a case-insensitive substring of the correlation or
-        application ID; it is not indexed, so alone it scans until a page is full.
+        row before it). ``text`` is a case-insensitive substring of the subject, the sender
+        (From), the correlation or the application ID; it is not indexed, so alone it scans
+        until a page is full.
         """
         where, args = _filters(flow, status, since, until, message_id, properties)
         if text:
             pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(correlation_id LIKE ? ESCAPE '\\' OR application_id LIKE ? ESCAPE '\\')")
-            args += [pattern, pattern]
+            where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _TEXT_COLUMNS) + ")")
+            args += [pattern] * len(_TEXT_COLUMNS)
         if after is not None:
             start, row_id = _parse_cursor(after)
             where.append("(log_start < ? OR (log_start = ? AND id < ?))")
@@ -638,6 +639,10 @@ def _filters(
         )
         args += [name, value]
     return where, args
+
+
+#: what the monitor's text filter searches
+_TEXT_COLUMNS = ("subject", "mail_from", "correlation_id", "application_id")
 
 
 def _parse_cursor(cursor: str) -> tuple[float, int]:

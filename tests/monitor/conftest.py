@@ -87,6 +87,8 @@ def fill(tenant: Path, count: int = 0) -> dict[str, str]:
             "mail imap plant@127.0.0.1:143/INBOX",
             ["mail smtp accounting@smtp.example.com:465"],
             start=START + 1,
+            subject="Invoice 2026-0815 overdue",
+            mail_from="Supplier Billing <billing@supplier.example>",
         )
         bad.custom_property("customer", "globex")
         run = bad.start_run(start=START + 1)

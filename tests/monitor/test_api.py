@@ -48,6 +48,12 @@ def test_text_filter_finds_correlation_ids(filled: dict[str, str], client: TestC
     assert client.get("/api/messages?text=100%25").json()["messages"] == []  # % is literal
 
 
+def test_text_filter_finds_subject_and_sender(filled: dict[str, str], client: TestClient) -> None:
+    for text in ("invoice 2026-0815", "billing@supplier"):
+        found = client.get(f"/api/messages?text={text}").json()["messages"]
+        assert [m["message_id"] for m in found] == [filled["bad"]], text
+
+
 def test_pages_follow_the_cursor_through_every_entry_once(tenant: Path, client: TestClient) -> None:
     fill(tenant, count=7)
     seen: list[str] = []
