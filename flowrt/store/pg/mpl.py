@@ -19,6 +19,7 @@ from flowrt.errors import MplError, StoreError
 from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
+from flowrt.mpl.store import _TEXT_COLUMNS as TEXT_COLUMNS
 from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION, MIN_PREFIX, build_entry
 from flowrt.mpl.store import _filters as sqlite_filters
 from flowrt.mpl.store import _parse_cursor as parse_cursor
@@ -159,8 +160,8 @@ class PgMplStore:
         where, args = _filters(flow, status, since, until, message_id, properties)
         if text:
             pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(correlation_id ILIKE %s OR application_id ILIKE %s)")
-            args += [pattern, pattern]
+            where.append("(" + " OR ".join(f"{c} ILIKE %s" for c in TEXT_COLUMNS) + ")")
+            args += [pattern] * len(TEXT_COLUMNS)
         if after is not None:
             start, row_id = parse_cursor(after)
             where.append("(log_start < %s OR (log_start = %s AND id < %s))")
