@@ -118,6 +118,15 @@ class Runtime:
         if self.node is not None and isinstance(self.state, PgStateDB):
             self.state.register_node(self.node)
             self.state.node = self.node  # its leases' owners start with the node's name
+        if not self.shared:
+            # one runtime per tenant (the lock above): what is still unfinished was left by
+            # one that died; its mails are still in their mailboxes and are processed again.
+            # (Several nodes share one MPL: what another node is processing is not ours.)
+            abandoned = self.store.abandon_unfinished(
+                "the runtime stopped (crashed or was killed) while this message was processed"
+            )
+            if abandoned:
+                _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
         self.adapters = Adapters()
 

@@ -165,3 +165,26 @@ def test_a_version_keeps_its_parameters_and_scripts(tenant: Tenant) -> None:
         assert store.bundle(current).files == bundle.files
     finally:
         store.close()
+
+
+def test_attempts_deliveries_and_replays(state: StateBackend) -> None:
+    state.record_failure("mb", "k", error="452 full", next_attempt=2_000_000_000.0)
+    state.record_failure("mb", "k2", error="452 full", next_attempt=1_900_000_000.0)
+    assert state.next_attempt_due("mb") == 1_900_000_000.0
+    assert state.records("mb", ["k"])["k"].next_attempt == 2_000_000_000.0
+    state.save_deliveries(
+        "mb", "k", [("out", "a@x", "sent", "250 ok"), ("out", "b@x", "pending", "452")]
+    )
+    state.save_deliveries("mb", "k", [("out", "b@x", "refused", "550 no")])
+    assert state.deliveries("mb", "k") == [
+        ("out", "a@x", "sent", "250 ok"),
+        ("out", "b@x", "refused", "550 no"),
+    ]
+    state.record_done("mb", "k", action="dead-letter folder")
+    assert state.dead_letter_count() == 1
+    state.request_replay("mb", "k", message_id="<m@x>")
+    assert state.replays("mb") == ["k"]
+    state.take_replay("mb", "k")
+    assert state.replays("mb") == [] and state.records("mb", ["k"]) == {}
+    assert state.deliveries("mb", "k") == [("out", "a@x", "sent", "250 ok")]  # has it
+    assert len(state.claim_id) == 12

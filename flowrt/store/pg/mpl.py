@@ -9,6 +9,8 @@ no writer holds (``SKIP LOCKED``), so recording never waits for a purge.
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -285,6 +287,87 @@ class PgMplStore:
                     summary = summary_of(row)
                     found[summary.message_id] = summary
         return found
+
+    # ------------------------------------------------------------------ endings
+
+    def abandon_unfinished(self, reason: str, *, now: float | None = None) -> int:
+        """As :meth:`MplStore.abandon_unfinished`. Only for a store one runtime uses: with
+        several nodes, what is unfinished may be another node's mail in hand."""
+        levels = json.dumps([["ABANDONED", reason]])
+        with self._guard("close abandoned entries") as conn:
+            cursor = conn.execute(
+                "UPDATE mpl_entries SET status = %s, log_end = coalesce(log_end, %s), "
+                "error_chain = %s, error_levels = %s, error_hint = %s "
+                "WHERE status = ANY(%s) AND simulation = 0",
+                (
+                    MplStatus.ABANDONED.value,
+                    time.time() if now is None else now,
+                    f"ABANDONED: {reason}",
+                    levels,
+                    "the mail stayed in its mailbox and is processed again (a later entry)",
+                    _UNFINISHED,
+                ),
+            )
+            return cursor.rowcount
+
+    def dead_letters(
+        self,
+        *,
+        flow: str | None = None,
+        after_row: int = 0,
+        include_replayed: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[int, MplEntry]]:
+        """As :meth:`MplStore.dead_letters`."""
+        sql = (
+            "SELECT id, message_id FROM mpl_entries WHERE id > %s AND status = %s AND "
+            "message_id IN (SELECT message_id FROM mpl_properties WHERE name = 'dead-letter')"
+        )
+        args: list[Any] = [after_row, MplStatus.ESCALATED.value]
+        if not include_replayed:
+            sql += (
+                " AND message_id NOT IN "
+                "(SELECT message_id FROM mpl_properties WHERE name = 'replayed')"
+            )
+        if flow is not None:
+            sql += " AND flow = %s"
+            args.append(flow)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        with self._guard("list dead letters") as conn:
+            rows = conn.execute(sql.encode(), args).fetchall()
+        found: list[tuple[int, MplEntry]] = []
+        for row_id, message_id in rows:
+            entry = self.find(message_id)
+            if entry is not None:
+                found.append((int(row_id), entry))
+        return found
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters not replayed, by flow."""
+        with self._guard("count dead letters") as conn:
+            rows = conn.execute(
+                "SELECT flow, count(*) FROM mpl_entries WHERE status = %s AND message_id IN "
+                "(SELECT message_id FROM mpl_properties WHERE name = 'dead-letter') AND "
+                "message_id NOT IN (SELECT message_id FROM mpl_properties WHERE name = "
+                "'replayed') GROUP BY flow",
+                (MplStatus.ESCALATED.value,),
+            ).fetchall()
+        return {str(flow): int(n) for flow, n in rows}
+
+    def add_property(self, message_id: str, name: str, value: str) -> None:
+        """One more custom property on a stored entry (e.g. ``replayed``)."""
+        with self._guard("write a property") as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT coalesce(max(seq), -1) + 1 FROM mpl_properties WHERE message_id = %s",
+                (message_id,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO mpl_properties (message_id, seq, name, value) VALUES (%s, %s, %s, %s)",
+                (message_id, int(row[0] if row else 0) + 1000, name, value),
+            )
 
     # ------------------------------------------------------------------ retention
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -180,18 +181,20 @@ class PgStateDB:
         error: str,
         generation: str = "",
         message_id: str = "",
+        next_attempt: float = 0.0,
         fence: Fence | None = None,
     ) -> int:
         with self._transaction("write a mail record") as (conn, now):
             self._fenced(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
-                "attempts, last_error, created, updated) "
-                "VALUES (%s, %s, %s, %s, 'failed', 1, %s, %s, %s) "
+                "attempts, last_error, created, updated, next_attempt) "
+                "VALUES (%s, %s, %s, %s, 'failed', 1, %s, %s, %s, %s) "
                 "ON CONFLICT (mailbox, key) DO UPDATE SET "
                 "attempts = mail_records.attempts + 1, last_error = excluded.last_error, "
-                "updated = excluded.updated WHERE mail_records.status = 'failed'",
-                (mailbox, key, generation, message_id, error, now, now),
+                "updated = excluded.updated, next_attempt = excluded.next_attempt "
+                "WHERE mail_records.status = 'failed'",
+                (mailbox, key, generation, message_id, error, now, now, next_attempt),
             )
             row = conn.execute(
                 "SELECT attempts FROM mail_records WHERE mailbox = %s AND key = %s",
@@ -227,15 +230,92 @@ class PgStateDB:
     def purge_records(self, older_than: float, *, mailbox: str | None = None) -> int:
         sql = (
             "DELETE FROM mail_records WHERE updated < %s AND "
-            "((status = 'done' AND post_processed = 1 AND action <> 'keep') "
-            "OR status = 'failed')"
+            "((status = 'done' AND post_processed = 1 AND action <> 'keep' "
+            "AND action NOT LIKE 'dead-letter%%') OR status = 'failed')"
         )
         args: list[Any] = [older_than]
         if mailbox is not None:
             sql += " AND mailbox = %s"
             args.append(mailbox)
-        with self._guard("purge mail records") as conn:
-            return conn.execute(sql.encode(), args).rowcount
+        with self._guard("purge mail records") as conn, conn.transaction():
+            removed = conn.execute(sql.encode(), args).rowcount
+            conn.execute(
+                "DELETE FROM deliveries WHERE updated < %s AND NOT EXISTS (SELECT 1 FROM "
+                "mail_records r WHERE r.mailbox = deliveries.mailbox AND r.key = deliveries.key)",
+                (older_than,),
+            )
+            return removed
+
+    @property
+    def claim_id(self) -> str:
+        """Names this tenant's runtimes on a mail server (the IMAP claim keyword): the same
+        for every node, since the nodes share the mailboxes' records; another tenant (its
+        own database) has another."""
+        return hashlib.sha256(f"pg:{self.db.config.tenant_id}".encode()).hexdigest()[:12]
+
+    def next_attempt_due(self, mailbox: str) -> float | None:
+        with self._guard("read mail records") as conn:
+            row = conn.execute(
+                "SELECT min(next_attempt) FROM mail_records WHERE mailbox = %s AND "
+                "status = 'failed' AND next_attempt > 0",
+                (mailbox,),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    # ------------------------------------------------------------------ per recipient
+
+    def deliveries(self, mailbox: str, key: str) -> list[tuple[str, str, str, str]]:
+        with self._guard("read deliveries") as conn:
+            rows = conn.execute(
+                "SELECT receiver, recipient, state, reply FROM deliveries "
+                "WHERE mailbox = %s AND key = %s ORDER BY receiver, recipient",
+                (mailbox, key),
+            ).fetchall()
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def save_deliveries(
+        self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]
+    ) -> None:
+        with self._transaction("write deliveries") as (conn, now), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO deliveries (mailbox, key, receiver, recipient, state, reply, "
+                "updated) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (mailbox, key, "
+                "receiver, recipient) DO UPDATE SET state = excluded.state, "
+                "reply = excluded.reply, updated = excluded.updated",
+                [(mailbox, key, r, a, st, rep, now) for r, a, st, rep in rows],
+            )
+
+    # ------------------------------------------------------------------ replays
+
+    def request_replay(self, mailbox: str, key: str, *, message_id: str = "") -> None:
+        with self._transaction("request a replay") as (conn, now):
+            conn.execute(
+                "INSERT INTO replays (mailbox, key, message_id, requested) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (mailbox, key) DO UPDATE SET "
+                "message_id = excluded.message_id, requested = excluded.requested",
+                (mailbox, key, message_id, now),
+            )
+
+    def replays(self, mailbox: str) -> list[str]:
+        with self._guard("read replays") as conn:
+            rows = conn.execute("SELECT key FROM replays WHERE mailbox = %s", (mailbox,))
+            return [str(row[0]) for row in rows]
+
+    def take_replay(self, mailbox: str, key: str) -> None:
+        with self._transaction("take a replay") as (conn, _now):
+            for sql in (
+                "DELETE FROM replays WHERE mailbox = %s AND key = %s",
+                "DELETE FROM mail_records WHERE mailbox = %s AND key = %s",
+                "DELETE FROM deliveries WHERE mailbox = %s AND key = %s AND state <> 'sent'",
+            ):
+                conn.execute(sql.encode(), (mailbox, key))
+
+    def dead_letter_count(self) -> int:
+        with self._guard("read mail records") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM mail_records WHERE action LIKE 'dead-letter%'"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     # ------------------------------------------------------------------ lease locks
 

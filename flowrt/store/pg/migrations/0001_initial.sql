@@ -78,10 +78,31 @@ CREATE TABLE mail_records (
     post_processed smallint         NOT NULL DEFAULT 0,
     created        double precision NOT NULL,
     updated        double precision NOT NULL,
+    next_attempt   double precision NOT NULL DEFAULT 0,  -- a failed mail: not before then
     PRIMARY KEY (mailbox, key)
 );
 CREATE INDEX mail_records_by_message_id ON mail_records (mailbox, message_id)
     WHERE message_id <> '';
+
+-- Per-recipient delivery state (a retry sends only to who does not have the mail yet) and
+-- replay requests of dead letters (`flowrt deadletter replay`).
+CREATE TABLE deliveries (
+    mailbox   text             NOT NULL,
+    key       text             NOT NULL,
+    receiver  text             NOT NULL,
+    recipient text             NOT NULL,
+    state     text             NOT NULL CHECK (state IN ('sent', 'refused', 'pending')),
+    reply     text             NOT NULL DEFAULT '',
+    updated   double precision NOT NULL,
+    PRIMARY KEY (mailbox, key, receiver, recipient)
+);
+CREATE TABLE replays (
+    mailbox    text             NOT NULL,
+    key        text             NOT NULL,
+    message_id text             NOT NULL DEFAULT '',
+    requested  double precision NOT NULL,
+    PRIMARY KEY (mailbox, key)
+);
 
 -- A lease's epoch comes from one sequence: it only grows, also across a release, so an old
 -- holder's epoch never matches a later lease of the same key (the fencing token).
