@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from flowrt.security.masterkey import MasterKey
 from flowrt.security.setup import init_tenant
@@ -23,6 +24,15 @@ from flowrt.tenant import Tenant
 from tests.servers.postgres import PostgresServer
 
 _numbers = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """`flowrt run` in process points structlog at the CLI runner's stream; the tests after
+    these must find it as it was."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
