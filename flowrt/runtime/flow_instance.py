@@ -37,12 +37,13 @@ from flowrt.runtime.ending import (
     source_of,
     verdict_for,
 )
+from flowrt.runtime.leases import check_current_lease
 from flowrt.runtime.schedule import is_due, run_on_schedule
-from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
 from flowrt.source_state import UNREADABLE, Verdict
+from flowrt.store.api import StateBackend
 
 _log = structlog.get_logger("flowrt.runtime")
 
@@ -56,7 +57,7 @@ class FlowInstance:
         *,
         security: TenantSecurity,
         recorder: MplRecorder,
-        state: StateDB,
+        state: StateBackend,
         adapters: Adapters,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -109,6 +110,9 @@ class FlowInstance:
             security=self._security,
             version=str(self.deployment.version),
             folder=self.deployment.scripts_dir or Path(self.deployment.file).parent,
+            # a node paused past its mailbox lease hands the mail back instead of sending
+            # what the node that took the mailbox over sends too
+            guard=check_current_lease,
         )
         self._receivers = wired.deliveries
         self._runner = wired.runner

@@ -110,8 +110,9 @@ def write_status(tenant: Tenant, status: RuntimeStatus) -> None:
 class RuntimeLock:
     """One ``flowrt run`` per tenant: an exclusive flock held for the runtime's lifetime."""
 
-    def __init__(self, tenant: Tenant) -> None:
-        self.path = tenant.root / "runtime" / "runtime.lock"
+    def __init__(self, tenant: Tenant, *, node: str | None = None) -> None:
+        name = "runtime.lock" if node is None else f"node-{node}.lock"
+        self.path = tenant.root / "runtime" / name
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
