@@ -8,11 +8,10 @@ import dataclasses
 from typing import Any
 
 from flowrt.errors import NotFoundError
-from flowrt.mpl.store import MplStore
 from flowrt.poll_failures import PollFailure
-from flowrt.runtime.deployments import Deployments
-from flowrt.runtime.state import LockInfo, StateDB
 from flowrt.runtime.status import RuntimeStatus, read_status
+from flowrt.source_state import LockInfo
+from flowrt.store import open_deployments, open_mpl, open_state
 from flowrt.tenant import Tenant
 
 __all__ = ["StatusReport", "poll_failures_report", "status_report"]
@@ -58,7 +57,11 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
     """Every deployed flow (or the one named; NotFoundError if it is not deployed)."""
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
-    deployments = Deployments(tenant).all()
+    store = open_deployments(tenant)
+    try:
+        deployments = store.all()
+    finally:
+        store.close()
     if name is not None and name not in {d.name for d in deployments}:
         known = ", ".join(d.name for d in deployments[:5]) or "none"
         raise NotFoundError(
@@ -90,12 +93,12 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "warning": flow.warning if flow else "",
             }
         )
-    state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
+    state_db = open_state(tenant, create=False)
     locks = state_db.locks() if state_db is not None else []
     if state_db is not None:
         for row in rows:
             # the chain of a poll that failed, when that is the flow's last error
-            latest = state_db.poll_failures(str(row["flow"]), limit=1) if row["hint"] else []
+            latest = _poll_failures(state_db, str(row["flow"]), 1) if row["hint"] else []
             if latest and latest[0].summary in str(row["last_error"]):
                 row["chain"] = latest[0].chain
         state_db.close()
@@ -107,22 +110,36 @@ def poll_failures_report(
 ) -> list[PollFailure]:
     """The newest polls that could not run, of the flow named (NotFoundError if it is not
     deployed) or of all."""
-    deployments = Deployments(tenant).all()
+    store = open_deployments(tenant)
+    try:
+        deployments = store.all()
+    finally:
+        store.close()
     if name is not None and name not in {d.name for d in deployments}:
         known = ", ".join(d.name for d in deployments[:5]) or "none"
         raise NotFoundError(
             f"no deployed flow named {name!r}",
             hint=f"see `flowrt status` (deployed flows: {known})",
         )
-    if not tenant.state_path.exists():
+    state_db = open_state(tenant, create=False)
+    if state_db is None:
         return []
-    with StateDB.open(tenant, create=False) as state_db:
-        return state_db.poll_failures(name, limit=limit)
+    try:
+        return _poll_failures(state_db, name, limit)
+    finally:
+        state_db.close()
+
+
+def _poll_failures(state_db: object, flow: str | None, limit: int) -> list[PollFailure]:
+    # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+    read = getattr(state_db, "poll_failures", None)
+    return list(read(flow, limit=limit)) if read is not None else []
 
 
 def _dead_letters(tenant: Tenant) -> dict[str, int]:
     """Dead letters not replayed, by flow (``flowrt deadletter list`` has them)."""
-    if not tenant.mpl_path.exists():
+    store = open_mpl(tenant, create=False)
+    if store is None:
         return {}
-    with MplStore(tenant.mpl_path, create=False) as store:
+    with store:
         return store.dead_letter_counts()

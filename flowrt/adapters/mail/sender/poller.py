@@ -61,8 +61,10 @@ from flowrt.source_state import (
     SOURCE_RAW,
     SOURCE_SCOPE,
     UNREADABLE,
+    Fence,
     Lease,
     LeaseBusy,
+    LeaseLost,
     LockInfo,
     PollerHealth,
     SourceState,
@@ -146,6 +148,7 @@ class MailPoller:
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
+        self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
         self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
@@ -252,6 +255,14 @@ class MailPoller:
                     result.lock_lost = True
                     self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
                     break
+        if (finish or dead) and self._fence is not None:
+            # the mailbox is changed outside any transaction: make sure, right before, that
+            # no other node took the mailbox while this one was busy (or paused)
+            try:
+                self.state.check_fence(self._fence)
+            except LeaseLost:
+                self._lease_lost(result)
+                finish, dead = [], []
         # after the fetches: one command at a time on the connection
         for item in dead:
             await self._dead_letter(mailbox, item, result)
@@ -259,12 +270,24 @@ class MailPoller:
         if getattr(mailbox, "can_claim", False):
             await mailbox.release_claims()
         if finish:
-            self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
+            try:
+                self.state.mark_post_processed(
+                    mailbox.scope, [c.key for c in finish if c.key], fence=self._fence
+                )
+            except LeaseLost:  # taken over after the check: the records say "done" anyway
+                self._lease_lost(result)
             result.post_processed = len(finish)
         if state_error is not None:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
         return result
+
+    def _lease_lost(self, result: PollResult) -> None:
+        self._lost.set()
+        result.lock_lost = True
+        self._log.warning(
+            "lease taken over by another node; leaving the mailbox to it", lock=self.lock_key
+        )
 
     def _purge_now_and_then(self, scope: str) -> None:
         # once a day: records of mails that were marked, moved or deleted long ago (records
@@ -382,6 +405,7 @@ class MailPoller:
                 generation=mailbox.generation,
                 message_id=message_id,
                 action=self.sender.post_process.action,
+                fence=self._fence,
             )
             result.recovered += 1
             return True
@@ -392,14 +416,19 @@ class MailPoller:
             if verdict.dead_letter:
                 dead.append(_Dead(candidate, verdict, message_id))
                 return False
-            count = self.state.record_failure(
-                mailbox.scope,
-                candidate.key,
-                error=verdict.error,
-                generation=mailbox.generation,
-                message_id=message_id,
-                next_attempt=verdict.retry_at,
-            )
+            try:
+                count = self.state.record_failure(
+                    mailbox.scope,
+                    candidate.key,
+                    error=verdict.error,
+                    generation=mailbox.generation,
+                    message_id=message_id,
+                    next_attempt=verdict.retry_at,
+                    fence=self._fence,
+                )
+            except LeaseLost:
+                self._lease_lost(result)
+                return False
             self._log.warning(
                 "mail not processed; left in the mailbox",
                 key=candidate.key,
@@ -415,7 +444,13 @@ class MailPoller:
                 generation=mailbox.generation,
                 message_id=message_id,
                 action=self.sender.post_process.action,
+                fence=self._fence,
             )
+        except LeaseLost:
+            # another node owns the mailbox now: it decides about this mail (it finds no
+            # record and hands the mail over again); this node must not change the mailbox
+            self._lease_lost(result)
+            return False
         except FlowrtError as exc:
             raise _RecordFailed(exc) from exc
         return True
@@ -471,7 +506,7 @@ class MailPoller:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
         gone = [key for key in self.state.keys(mailbox.scope) if key not in present]
         if gone:
-            self.state.forget(mailbox.scope, gone)
+            self.state.forget(mailbox.scope, gone, fence=self._fence)
 
     # ------------------------------------------------------------------ IDLE
 
@@ -491,7 +526,10 @@ class MailPoller:
                 await mailbox.close()
         except LeaseBusy as busy:
             self._skipped(busy.holder)
-            return min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
+            # try again when the holder's lease runs out (a node that died is taken over
+            # then), or sooner: the holder may release it
+            remaining = busy.holder.expires - time.time()
+            return min(self.lock_ttl, max(1.0, min(self.lock_ttl / 4, remaining)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -533,6 +571,7 @@ class MailPoller:
             self.lock_key, self.owner, self.lock_ttl, info=self.name
         ) as lease:
             self._lost = lease.lost
+            self._fence = lease.fence
             yield lease
 
     # ------------------------------------------------------------------ health
@@ -587,7 +626,10 @@ class MailPoller:
 
     def _log_failure(self, exc: BaseException, at: float) -> None:
         try:
-            self.state.record_poll_failure(from_exception(self.name, self.flow, at, exc))
+            # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+            record = getattr(self.state, "record_poll_failure", None)
+            if record is not None:
+                record(from_exception(self.name, self.flow, at, exc))
         except FlowrtError as error:  # the log is a report; never fail a poll over it
             self._log.warning("could not log the poll failure", error=summary(error))
 
