@@ -25,9 +25,9 @@ from typing import Any
 
 import psycopg
 
+from flowrt import poll_failures
 from flowrt.errors import StoreError, TenantError
-from flowrt.poll_failures import COLUMNS as POLL_FAILURE_COLUMNS
-from flowrt.poll_failures import KEEP_PER_POLLER, PollFailure
+from flowrt.poll_failures import PollFailure
 from flowrt.runtime.leases import HeldLease
 from flowrt.runtime.state import dead_holder
 from flowrt.source_state import Fence, LeaseLost, LockInfo, MailRecord, PollerHealth
@@ -431,32 +431,17 @@ class PgStateDB:
     def record_poll_failure(self, failure: PollFailure) -> None:
         """Log a poll that could not run; keeps the newest KEEP_PER_POLLER per poller."""
         with self._transaction("record a poll failure") as (conn, _now):
+            conn.execute(poll_failures.insert_sql("%s").encode(), failure.row())
             conn.execute(
-                f"INSERT INTO poll_failures ({POLL_FAILURE_COLUMNS}) "
-                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s)".encode(),
-                failure.row(),
-            )
-            conn.execute(
-                b"DELETE FROM poll_failures WHERE poller = %s AND id <= ("
-                b"SELECT id FROM poll_failures WHERE poller = %s ORDER BY id DESC "
-                b"LIMIT 1 OFFSET %s)",
-                (failure.poller, failure.poller, KEEP_PER_POLLER),
+                poll_failures.prune_sql("%s").encode(),
+                (failure.poller, failure.poller, poll_failures.KEEP_PER_POLLER),
             )
 
     def poll_failures(
         self, flow: str | None = None, *, limit: int = 50, since: float | None = None
     ) -> list[PollFailure]:
         """The newest poll failures first, of one flow or of all."""
-        sql = f"SELECT {POLL_FAILURE_COLUMNS} FROM poll_failures WHERE true"
-        args: list[Any] = []
-        if flow is not None:
-            sql += " AND flow = %s"
-            args.append(flow)
-        if since is not None:
-            sql += " AND at > %s"
-            args.append(since)
-        sql += " ORDER BY id DESC LIMIT %s"
-        args.append(limit)
+        sql, args = poll_failures.select_sql("%s", flow, since, limit)
         with self._guard("read poll failures") as conn:
             rows = conn.execute(sql.encode(), args).fetchall()
         return [PollFailure.from_row(tuple(row)) for row in rows]
