@@ -158,6 +158,10 @@ class Source(Protocol):
         wait before the next one (0: at once)."""
         ...
 
+    async def aclose(self) -> None:
+        """Close what the source keeps open between polls (its flow stops)."""
+        ...
+
 
 class Delivery(Protocol):
     """A running receiver: delivers an exchange (raises a FlowrtError when it cannot)."""

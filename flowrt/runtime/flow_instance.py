@@ -178,6 +178,9 @@ class FlowInstance:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._poller is not None:
+            with contextlib.suppress(Exception):
+                await self._poller.aclose()  # the connection kept between polls
         for receiver in self._receivers.values():
             with contextlib.suppress(Exception):
                 await receiver.aclose()

@@ -56,6 +56,14 @@ def test_folder_and_selection_are_imap_only(line: str) -> None:
     assert "conflict" in found
 
 
+def test_keep_connection_is_imap_only_and_below_the_servers_autologout() -> None:
+    ((_, code, message),) = errors(flow(sender=POP3 % "        keep-connection 5m"))
+    assert code == "conflict" and "keep-connection is IMAP only" in message
+    assert codes(flow(sender_extra="keep-connection 30m")) == ["out-of-range"]
+    assert codes(flow(sender_extra="keep-connection 0s")) == ["out-of-range"]
+    assert codes(flow(sender_extra="keep-connection always")) == ["bad-value"]
+
+
 @pytest.mark.parametrize("line", ["post-process mark-read", 'post-process archive "X"'])
 def test_pop3_post_process_is_delete_or_keep(line: str) -> None:
     assert codes(flow(sender=POP3 % f"        {line}")) == ["conflict"]

@@ -131,6 +131,18 @@ def test_protocol(protocol: str) -> None:
     assert only_flow(flow(sender=sender)).sender.protocol == protocol
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", dt.timedelta(minutes=25)),
+        ("keep-connection 2m", dt.timedelta(minutes=2)),
+        ("keep-connection off", None),
+    ],
+)
+def test_keep_connection(line: str, expected: dt.timedelta | None) -> None:
+    assert only_flow(flow(sender_extra=line)).sender.keep_connection == expected
+
+
 def test_folder_selection_and_defaults() -> None:
     sender = only_flow(flow()).sender
     assert (sender.folder, sender.selection, sender.max_messages) == ("INBOX", "unread", 100)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -495,6 +496,34 @@ passdb {{
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<DovecotServer {state} imap={self.imap_port} pop3={self.pop3_port} tls={self.tls}>"
+
+    # -- who is connected ---------------------------------------------------------------
+
+    def logins(self, user: str, protocol: str = "imap") -> int:
+        """How many times ``user`` logged in over ``protocol`` (from the log)."""
+        return self.log().count(f"{protocol}-login: Info: Login: user=<{user.lower()}>")
+
+    def sessions(self, user: str) -> int:
+        """The IMAP and POP3 connections ``user`` has open now (``doveadm who``)."""
+        out = self._doveadm("who", "-1", user.lower())
+        return sum(1 for line in out.splitlines()[1:] if line.split()[:1] == [user.lower()])
+
+    def kick(self, user: str) -> None:
+        """Close every connection of ``user`` from the server side (``doveadm kick``)."""
+        self._doveadm("kick", user.lower())
+
+    def _doveadm(self, *args: str) -> str:
+        done = subprocess.run(
+            ["doveadm", "-c", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        # kick and who say 68 (EX_NOUSER) when the user has no connection
+        if done.returncode not in (0, 68):
+            raise RuntimeError(f"doveadm {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
 
     # -- independent IMAP client helpers ---------------------------------------------------
 

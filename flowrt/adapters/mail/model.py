@@ -126,6 +126,8 @@ class Sender:
     pos: Pos
     positions: Mapping[str, Pos]
     claim: bool = True  # IMAP: claim each mail on the server (CONDSTORE) before handing it over
+    # IMAP: how long the connection stays open between polls; None: log out after each poll
+    keep_connection: dt.timedelta | None = dt.timedelta(minutes=25)
 
     def describe(self) -> str:
         where = f"{self.connection.address}"

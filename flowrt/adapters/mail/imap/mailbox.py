@@ -34,6 +34,7 @@ class ImapMailbox:
 
     supports_idle = True
     complete_listing = False
+    keepable = True
 
     def __init__(
         self,
@@ -261,6 +262,19 @@ class ImapMailbox:
 
     async def wait_for_mail(self, wait: float, interrupt: asyncio.Event | None) -> bool:
         return await self.client.idle(wait, interrupt=interrupt)
+
+    # -- between polls
+
+    async def resume(self) -> None:
+        """The next poll on this connection: SELECT again, which shows the folder as it is
+        now (new mail, and a UIDVALIDITY that changed meanwhile), and check the archive
+        folder as a new connection would. A connection the server closed meanwhile raises
+        StoreClosedException at once (the client fails commands on a closed connection)."""
+        await _select(self.client, self.endpoint, self.folder)
+        if self.post_process.action == "archive" and self.post_process.folder:
+            await _check_archive(self.client, self.endpoint, self.post_process.folder)
+        self.uidvalidity = self.client.selected.uidvalidity if self.client.selected else 0
+        self.generation = str(self.uidvalidity)
 
     # -- closing
 

@@ -26,6 +26,8 @@ __all__ = ["Pop3Mailbox"]
 
 class Pop3Mailbox:
     supports_idle = False
+    # a session sees the maildrop as it was at login and holds its lock: nothing to keep
+    keepable = False
 
     def __init__(
         self, client: Pop3Client, endpoint: MailEndpoint, post_process: PostProcess
@@ -112,6 +114,9 @@ class Pop3Mailbox:
 
     async def wait_for_mail(self, wait: float, interrupt: asyncio.Event | None) -> bool:
         raise NotImplementedError("POP3 has no IDLE")
+
+    async def resume(self) -> None:
+        raise MessagingException("a POP3 session is not kept between polls")
 
     async def close(self) -> None:
         """Leave without QUIT (unless finish() sent it): nothing is deleted."""

@@ -67,6 +67,13 @@ class Mailbox(Protocol):
 
     def abort(self) -> None: ...
 
+    # kept open between polls (IMAP); POP3 says no: its deletes are done only at QUIT
+    keepable: bool
+
+    async def resume(self) -> None:
+        """Ready a kept connection for the next poll; raises when it is gone."""
+        ...
+
     # push (IMAP IDLE); POP3 says no
     supports_idle: bool
 

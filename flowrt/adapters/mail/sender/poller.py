@@ -52,6 +52,7 @@ from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.model import Poll, Sender
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.errors import mailbox_locked
+from flowrt.adapters.mail.sender.keeper import KeptConnection
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, library_cause, render_chain, summary
@@ -151,6 +152,8 @@ class MailPoller:
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
+        # between polls: see keeper.py (an IDLE session holds its own connection)
+        self._kept = KeptConnection(self._opener, keep=_keep_seconds(sender), log=self._log)
         self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
 
     @property
@@ -181,20 +184,25 @@ class MailPoller:
         """
         try:
             async with self._lease():
-                mailbox = await self._opener()
+                mailbox = await self._kept.open()
                 try:
                     result = await self._poll(mailbox)
                 except BaseException:
                     mailbox.abort()
                     raise
-                await mailbox.close()
+                await self._kept.give_back(mailbox, keep=not result.lock_lost)
         except LeaseBusy as busy:
+            await self._kept.aclose()  # another node polls this mailbox now
             return self._skipped(busy.holder)
         except Exception as exc:
             self._failed(exc)
             raise
         self._succeeded(result)
         return result
+
+    async def aclose(self) -> None:
+        """Log out the connection kept between polls (stop, undeploy)."""
+        await self._kept.aclose()
 
     async def _open_mailbox(self) -> Mailbox:
         if self.sender.protocol == "pop3":
@@ -638,6 +646,16 @@ class MailPoller:
             self.state.save_health(self._health)
         except FlowrtError as exc:  # health is a report; never fail a poll over it
             self._log.warning("could not save the poller health", error=summary(exc))
+
+
+def _keep_seconds(sender: Sender) -> float:
+    """How long a connection is kept after a poll: only when the next poll comes within
+    ``keep-connection`` (a ``poll every`` flow; daily and cron polls are far apart)."""
+    keep = sender.keep_connection
+    poll = sender.poll
+    if keep is None or poll.kind != "every" or poll.interval > keep:
+        return 0.0
+    return keep.total_seconds()
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -20,6 +20,10 @@ from flowrt.dsl.values import SpecError, ValueReader
 
 DEFAULT_MAX_MESSAGES = 100
 DEFAULT_POLL = PollEvery(dt.timedelta(minutes=1))
+# servers log out a connection idle for 30 minutes (RFC 9051 puts the autologout timer at
+# 30 minutes or more; Dovecot's is 30): a kept connection is closed before that
+DEFAULT_KEEP_CONNECTION = dt.timedelta(minutes=25)
+MAX_KEEP_CONNECTION = dt.timedelta(minutes=30)
 
 
 def _protocol(r: ValueReader) -> str:
@@ -94,6 +98,15 @@ def _tz(r: ValueReader) -> str | None:
     return zone.text
 
 
+def _keep_connection(r: ValueReader) -> dt.timedelta | None:
+    if r.maybe_keyword("off"):
+        r.end()
+        return None
+    value = r.duration(above=dt.timedelta(0), below=MAX_KEEP_CONNECTION)
+    r.end()
+    return value
+
+
 def _keep_drop(r: ValueReader) -> str:
     return r.choice(["keep", "drop"])
 
@@ -150,6 +163,17 @@ SETTINGS = (
         default="every 1m",
     ),
     SettingSpec(
+        "keep-connection",
+        "DURATION | off",
+        "IMAP, poll every: keep the connection open between polls (the next poll selects "
+        "the folder again instead of logging in) when the interval is at most DURATION, "
+        "less than 30m (servers log out idle connections after 30 minutes); a connection "
+        "the server closed meanwhile is opened again without a failure. Off: log out after "
+        "each poll. POP3 always logs out (its deletes take effect only then).",
+        _keep_connection,
+        default="25m",
+    ),
+    SettingSpec(
         "attachments",
         "keep | drop",
         "Keep the mail's attachments or drop them (the inline parts its HTML shows stay).",
@@ -197,6 +221,13 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
                     "conflict",
                     f"{name} is IMAP only; POP3 has one mailbox and no read flags",
                 )
+        if s.written("keep-connection"):
+            report.error(
+                s.where("keep-connection"),
+                "conflict",
+                "keep-connection is IMAP only; a POP3 session holds the maildrop's lock and "
+                "deletes mails only when it ends, so it ends after each poll",
+            )
     post: PostProcess = s.get(
         "post-process", PostProcess("mark-read" if protocol == "imap" else "delete")
     )
@@ -237,6 +268,7 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
         headers=s.get("headers"),
         keep_original=s.get("keep-original", False),
         claim=s.get("claim", True),
+        keep_connection=s.get("keep-connection", DEFAULT_KEEP_CONNECTION),
         pos=s.pos,
         positions=dict(s.positions),
     )
