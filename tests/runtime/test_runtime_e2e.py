@@ -384,3 +384,29 @@ def test_no_tenant_is_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no tenant at" in result.stderr and "init" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_polling_flow_logs_in_once_and_logs_out_when_undeployed_or_stopped(
+    stack: dict[str, Any],
+    dovecot: DovecotServer,
+    runtimes: Callable[..., Runtime],
+    tmp_path: Path,
+) -> None:
+    tenant, source, target = stack["tenant"], stack["source"], stack["target"]
+    flow = write_flow(tmp_path / "kept.flow", stack, name="kept")  # poll every 1s
+    runtime = runtimes()
+    assert flowrt(tenant, "deploy", str(flow)).exit_code == 0
+    wait_for(lambda: dovecot.sessions(source.address) == 1, what="the first poll")
+    before = dovecot.logins(source.address)
+    dovecot.append(source.address, "INBOX", mail("kept"))  # (one login of its own)
+    wait_for(lambda: "Fwd: kept" in subjects(dovecot, target.address), what="the mail")
+    time.sleep(2.5)  # more polls
+    assert dovecot.logins(source.address) == before + 1
+    assert dovecot.sessions(source.address) == 1
+
+    assert flowrt(tenant, "undeploy", "kept").exit_code == 0
+    wait_for(lambda: dovecot.sessions(source.address) == 0, what="the logout at undeploy")
+    assert flowrt(tenant, "deploy", str(flow)).exit_code == 0
+    wait_for(lambda: dovecot.sessions(source.address) == 1, what="the first poll again")
+    assert runtime.stop() == 0
+    wait_for(lambda: dovecot.sessions(source.address) == 0, 5, what="the logout at stop")
