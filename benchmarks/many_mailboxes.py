@@ -24,9 +24,12 @@ forwarding to Postfix's ``smtp-sink``. Figures, one JSON line each:
   mail of the burst; ``write_amplification``: write bytes over the mail's size.
 
 Usage: ``python benchmarks/many_mailboxes.py [--mailboxes 10|100|1000] [--idle-window 60]
-[--latency-mails 20] [--code DIR]``; ``--code`` runs ``flowrt`` from another checkout (for a
-before/after comparison in one run of the servers). Needs Dovecot and Postfix (smtp-sink)
-and root (Dovecot). Nothing is asserted; the machine may be shared, so figures are noisy.
+[--latency-mails 20] [--code DIR] [--keep-connection DURATION|off] [--idle-only]``;
+``--code`` runs ``flowrt`` from another checkout (for a before/after comparison in one run
+of the servers); ``--keep-connection off`` makes the ``every`` flows log in for every poll
+(the cost before connections were kept); ``--idle-only`` stops after the idle figures.
+Needs Dovecot and Postfix (smtp-sink) and root (Dovecot). Nothing is asserted; the machine
+may be shared, so figures are noisy.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ FLOW = """flow {name} {{
         protection    starttls-mandatory
         auth          plain credential "{name}"
         post-process  delete
-        poll          {poll}
+        poll          {poll}{extra}
         timeout       30s
     }}
     pipeline {{
@@ -239,6 +242,7 @@ class Runtime:
         sink: Sink,
         mailboxes: list[tuple[str, str, str]],  # (address, password, poll)
         code: Path,
+        keep_connection: str = "",
     ) -> None:
         self.root = workdir / "tenant"
         self.code = code
@@ -259,7 +263,13 @@ class Runtime:
             path = flows / f"m{i:04d}.flow"
             path.write_text(
                 FLOW.format(
-                    name=f"m{i:04d}", imap=dovecot.imap_port, sink=sink.server.port, poll=poll
+                    name=f"m{i:04d}",
+                    imap=dovecot.imap_port,
+                    sink=sink.server.port,
+                    poll=poll,
+                    extra=f"\n        keep-connection {keep_connection}"
+                    if keep_connection and poll != "idle"
+                    else "",
                 )
             )
             paths.append(str(path))
@@ -491,9 +501,20 @@ def main() -> None:
     parser.add_argument("--idle-window", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument("--latency-mails", type=int, default=20)
     parser.add_argument("--code", type=Path, default=ROOT, help="flowrt checkout to run")
+    parser.add_argument(
+        "--keep-connection",
+        default="",
+        metavar="DURATION|off",
+        help="the every flows' keep-connection (default: the flow's default)",
+    )
+    parser.add_argument(
+        "--idle-only", action="store_true", help="stop after the idle figures (no latency, burst)"
+    )
     args = parser.parse_args()
     n = args.mailboxes
     label = {"mailboxes": n, "code": str(args.code)}
+    if args.keep_connection:
+        label["keep_connection"] = args.keep_connection
     work = Path(tempfile.mkdtemp(prefix="flowrt-many-"))
     os.chmod(work, 0o755)
     ca = TestCA()
@@ -531,7 +552,7 @@ def main() -> None:
         emit("reference_one_flow_rss_mb", round(ref_rss, 1), "MB", **label)
         emit("reference_one_flow_fds", ref_fds, "fds", **label)
 
-        run = Runtime(work / "run", dovecot, ca, sink, boxes, args.code)
+        run = Runtime(work / "run", dovecot, ca, sink, boxes, args.code, args.keep_connection)
         runtimes.append(run)
         began = run.start()
         started = wait(run.all_started, 600)
@@ -579,6 +600,8 @@ def main() -> None:
             every_flows=n // 2,
             logins_in_window=sum(logins.values()),
         )
+        if args.idle_only:
+            return
 
         latency = idle_latency(dovecot, sink, boxes, args.latency_mails, "n")
         if latency and ref_latency:
