@@ -117,6 +117,7 @@ class Runtime:
             self._lock.release()
 
     def _open(self) -> None:
+        _allow_open_files()
         self.security = TenantSecurity.open(self.tenant)
         state = open_state(self.tenant)
         store = open_mpl(self.tenant)
@@ -339,3 +340,17 @@ class Runtime:
         self.deployments.close()
         errors = [i.name for i in self.instances.values() if i.status.state == ERROR]
         _log.info("runtime stopped", flows_in_error=errors)
+
+
+def _allow_open_files() -> None:
+    """Raise the soft limit of open files to the hard one: each IDLE flow and each polling
+    flow between polls holds a connection, so a thousand flows need more than the 1,024 a
+    login shell usually gets."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: the limit stays
+        return
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
