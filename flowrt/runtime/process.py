@@ -38,6 +38,7 @@ from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
+from flowrt.net.tls_buffers import use_small_tls_buffers
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
 from flowrt.runtime.monitor import Monitor
@@ -118,6 +119,7 @@ class Runtime:
 
     def _open(self) -> None:
         _allow_open_files()
+        use_small_tls_buffers()  # a connection per IDLE flow and per polling flow
         self.security = TenantSecurity.open(self.tenant)
         state = open_state(self.tenant)
         store = open_mpl(self.tenant)

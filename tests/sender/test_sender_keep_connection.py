@@ -187,3 +187,27 @@ async def test_keeper_reuses_replaces_and_closes() -> None:
     await kept.give_back(third)
     await kept.aclose()
     assert third.closed and not kept.holding
+
+
+async def test_small_tls_read_buffers_read_a_large_mail_whole(
+    dovecot: DovecotServer, mailbox_user: MailboxUser, client_tls: Any, state: StateDB
+) -> None:
+    import asyncio.sslproto
+
+    from flowrt.net.tls_buffers import TLS_READ_BUFFER, use_small_tls_buffers
+
+    before = asyncio.sslproto.SSLProtocol.max_size
+    big = make_mail("big", size=3 * 1024 * 1024)
+    fill(dovecot, mailbox_user, [big])
+    sender = make_sender(port=dovecot.imaps_port, protection="imaps")
+    handle = Recorder()
+    try:
+        use_small_tls_buffers()
+        assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER
+        p = poller(sender, endpoint_for(sender, mailbox_user, tls=client_tls), handle, state)
+        assert (await p.poll_once()).handled == 1
+        await p.aclose()
+    finally:
+        asyncio.sslproto.SSLProtocol.max_size = before
+    assert handle.seen[0].text.rstrip("\r\n").endswith("x" * 1000)
+    assert len(handle.seen[0].body) >= 3 * 1024 * 1024 - 100
