@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from aiosmtplib import SMTPResponseException
 
+from flowrt.adapters.mail.smtp.data import send_data
 from flowrt.adapters.mail.smtp.errors import (
     all_recipients_refused,
     connection_dropped_cause,
@@ -109,7 +110,7 @@ async def send_transaction(
     try:
         with wire_errors(target, "DATA"):
             timeout = target.timeout + len(data) / _DATA_BYTES_PER_SECOND
-            response = await smtp.data(data, timeout=timeout)
+            response = await send_data(smtp, data, timeout=timeout)
     except SMTPResponseException as exc:
         _closing(session, exc, "DATA")
         await _reset(session)

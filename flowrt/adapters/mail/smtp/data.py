@@ -1,0 +1,105 @@
+"""DATA for a large message, written in pieces instead of as one block.
+
+``aiosmtplib.SMTP.data`` turns the message into its wire form in whole copies (line
+endings made CRLF, lines starting with a dot doubled, the end line added) and hands the
+result to the transport, which keeps what the socket does not take at once: a 34 MB mail
+(a 25 MB attachment in base64) held three to four more copies of itself while it was sent.
+Here the same wire form is made piece by piece (cut after a line break, so each piece
+starts a line), each piece written when the transport has room for it.
+
+Small messages go through ``SMTP.data`` as before; so does every message when the
+installed aiosmtplib lacks what this needs (its command lock and flow control), which a
+test notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from aiosmtplib import (
+    SMTP,
+    SMTPDataError,
+    SMTPResponse,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+__all__ = ["PIECE", "STREAM_ABOVE", "end_line", "send_data", "streams", "wire_pieces"]
+
+STREAM_ABOVE = 1024 * 1024  # smaller messages: one copy more does not matter
+PIECE = 256 * 1024
+
+_START_INPUT = 354
+_COMPLETED = 250
+# the same rules as aiosmtplib's: any line break becomes CRLF; a dot at a line start doubled
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def wire_pieces(message: bytes, size: int = PIECE) -> Iterator[bytes]:
+    """The message as DATA carries it, in pieces of about ``size`` (then :func:`end_line`)."""
+    end = len(message)
+    pos = 0
+    while pos < end:
+        cut = message.find(b"\n", min(end, pos + size) - 1)
+        stop = end if cut < 0 else cut + 1
+        piece = _LINE_ENDINGS.sub(b"\r\n", message[pos:stop])
+        yield _LEADING_DOT.sub(b"..", piece)
+        pos = stop
+
+
+def end_line(message: bytes) -> bytes:
+    """The line that ends DATA; a message that does not end with a line break gets one."""
+    return b".\r\n" if message.endswith((b"\n", b"\r")) else b"\r\n.\r\n"
+
+
+def streams(smtp: SMTP) -> bool:
+    """Whether this aiosmtplib connection can take a message in pieces."""
+    protocol: Any = smtp.protocol
+    return (
+        protocol is not None
+        and getattr(protocol, "_command_lock", None) is not None
+        and callable(getattr(protocol, "_drain_helper", None))
+        and callable(getattr(protocol, "read_response", None))
+        and callable(getattr(protocol, "write", None))
+    )
+
+
+async def send_data(smtp: SMTP, message: bytes, *, timeout: float | None) -> SMTPResponse:
+    """DATA, the message, and the server's reply to it; raises as ``SMTP.data`` does
+    (SMTPDataError for a refusal, SMTPServerDisconnected, SMTPTimeoutError)."""
+    if len(message) <= STREAM_ABOVE or not streams(smtp):
+        return await smtp.data(message, timeout=timeout)
+    protocol: Any = smtp.protocol
+    try:
+        async with protocol._command_lock:
+            start = await _ask(protocol, b"DATA\r\n", timeout)
+            if start.code != _START_INPUT:
+                raise SMTPDataError(start.code, start.message)
+            try:
+                async with asyncio.timeout(timeout):
+                    for piece in wire_pieces(message):
+                        protocol.write(piece)
+                        await protocol._drain_helper()
+            except TimeoutError as exc:
+                raise SMTPTimeoutError("Timed out writing the message") from exc
+            except ConnectionError as exc:
+                raise SMTPServerDisconnected("Connection lost") from exc
+            response = await _ask(protocol, end_line(message), timeout)
+            if response.code != _COMPLETED:
+                raise SMTPDataError(response.code, response.message)
+            return response
+    except (SMTPServerDisconnected, SMTPTimeoutError):
+        smtp.close()
+        raise
+
+
+async def _ask(protocol: Any, line: bytes, timeout: float | None) -> SMTPResponse:
+    if hasattr(protocol, "_response_pending"):
+        protocol._response_pending = True  # a reply is awaited: not unsolicited data
+    protocol.write(line)
+    response: SMTPResponse = await protocol.read_response(timeout=timeout)
+    return response
