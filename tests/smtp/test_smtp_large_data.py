@@ -49,12 +49,15 @@ def test_pieces_are_the_wire_form_aiosmtplib_writes(message: bytes, size: int) -
     assert all(len(p) < size + 200 or b"\n" not in p[size:-1] for p in pieces)
 
 
-def test_the_installed_aiosmtplib_takes_a_message_in_pieces() -> None:
-    smtp = aiosmtplib.SMTP()
-    smtp.protocol = aiosmtplib.protocol.SMTPProtocol()  # type: ignore[assignment]
-    smtp.protocol._command_lock = object()  # (set when connected)
-    assert streams(smtp)
-    assert not streams(aiosmtplib.SMTP())  # not connected: SMTP.data says so
+async def test_the_installed_aiosmtplib_takes_a_message_in_pieces(scripted: Start) -> None:
+    server = scripted()
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=False)
+    assert not streams(smtp)  # not connected: SMTP.data says so
+    await smtp.connect()
+    try:
+        assert streams(smtp)
+    finally:
+        await smtp.quit()
 
 
 BLOB = os.urandom(STREAM_ABOVE * 2)
