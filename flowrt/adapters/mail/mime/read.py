@@ -39,6 +39,7 @@ from io import BytesIO
 from typing import Literal
 
 from flowrt.adapters.mail.mime.sealed import seal
+from flowrt.adapters.mail.mime.skeleton import Skeleton, skeleton
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from flowrt.errors import MessageFormatException
 
@@ -134,12 +135,14 @@ def mail_to_exchange(
         if start:
             defects.append("blank lines before the header block were skipped")
         reader = _MailReader(defects, attachments == "keep", _linesep(raw, start))
+        reader.cut = skeleton(raw, start)
         try:
-            root = _parse(raw, start)
+            root = _parse(raw, start) if reader.cut is None else _parse(reader.cut.data, 0)
         except RecursionError:  # the stdlib parser recurses once per nesting level
             defects.append(_TOO_DEEP)
             root = BytesHeaderParser(policy=compat32).parsebytes(raw[start:])
             reader.max_depth = 0
+            reader.cut = None
         exchange = reader.read(root, headers)
         exchange.sealed = seal(raw, start, root, exchange)
     exchange.original = raw
@@ -218,6 +221,7 @@ class _MailReader:
         self.alternatives: list[str] = []  # paths of the multipart/alternative parts
         self.names = _Names()
         self.max_depth = _MAX_DEPTH
+        self.cut: Skeleton | None = None  # large bodies read from the raw bytes (skeleton.py)
 
     def read(self, root: Message, wanted: Sequence[str] | None) -> Exchange:
         _fix_8bit_headers(root, "the mail", self.defects)
@@ -359,8 +363,12 @@ class _MailReader:
         cte = _cte(part)
         if cte not in _KNOWN_CTE:
             self.defects.append(f"{where}: unknown transfer encoding {cte!r}; content kept as is")
-        encoded = _base64_text(part) if cte == "base64" else None
-        if encoded is not None:
+        cut = self.cut.body(part.get_payload()) if self.cut is not None else None
+        encoded = _base64_text(part) if cte == "base64" and cut is None else None
+        if cut is not None:
+            data, problems = _decode_cut(cut, cte)
+            self.defects.extend(f"{where}: {problem}" for problem in problems)
+        elif encoded is not None:
             data, problems = decode_base64(encoded)
             self.defects.extend(f"{where}: {problem}" for problem in problems)
         else:
@@ -395,6 +403,26 @@ class _MailReader:
                     continue
                 text = _DEFECT_TEXT.get(type(defect)) or str(defect) or type(defect).__name__
                 self.defects.append(f"{where}: {text}")
+
+
+def _decode_cut(encoded: memoryview, cte: str) -> tuple[bytes, list[str]]:
+    """A body cut out by the skeleton, decoded as ``get_payload(decode=True)`` (or, for
+    base64, :func:`decode_base64`) would, without copying its encoded text first."""
+    if cte == "base64":
+        step = 1 << 20
+        stray = any(
+            bytes(encoded[at : at + step]).translate(None, _BASE64_OK)
+            for at in range(0, len(encoded), step)
+        )
+        if not stray:
+            try:
+                return binascii.a2b_base64(encoded), []
+            except binascii.Error:
+                pass
+        return decode_base64(bytes(encoded))
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(encoded), []
+    return bytes(encoded), []
 
 
 def _cte(part: Message) -> str:
