@@ -38,7 +38,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from flowrt.adapters.mail.mime import smime
-from flowrt.adapters.mail.mime.content import Content
+from flowrt.adapters.mail.mime.content import Base64, Content, join_pieces
 from flowrt.adapters.mail.mime.wire import (
     EncodedHeader,
     encoded_line,
@@ -180,13 +180,18 @@ class MailComposer:
         first = sender.addresses[0]
         domain = first.domain.strip("[]")
         message_id = self._no_line_break("Message-ID", self._make_message_id(domain))
-        entity = self._secure(self._content.entity(exchange, message_id), now)
+        receiver = self.receiver
+        entity: list[bytes | Base64]
+        if receiver.sign is None and receiver.encrypt is None:
+            entity = self._content.entity_pieces(exchange, message_id)
+        else:
+            entity = [self._secure(self._content.entity(exchange, message_id), now)]
         headers = self._headers(sender, to, cc, subject, now, message_id, exchange)
         recipients = [*to.addresses, *cc.addresses, *bcc.addresses]
         return OutgoingMail(
             sender=first.addr_spec,
             recipients=_unique(a.addr_spec for a in recipients),
-            data=headers + entity,
+            data=join_pieces([headers, *entity]),  # one copy of a large mail, not two
         )
 
     # -- addresses

@@ -26,11 +26,11 @@ import re
 from collections.abc import Callable
 from email.message import EmailMessage, Message
 from email.policy import SMTP
+from io import BytesIO
 from typing import NamedTuple
 
 from flowrt.adapters.mail.mime.wire import (
     MAX_LINE,
-    base64_crlf,
     choose_encoding,
     embeddable,
     encode_payload,
@@ -44,6 +44,7 @@ from flowrt.adapters.mail.mime.wire import (
     serialize,
     simple_part_head,
     transfer_encode,
+    write_base64_crlf,
 )
 from flowrt.adapters.mail.model import Receiver
 from flowrt.dsl.model import Pos, Ref, Template
@@ -58,7 +59,21 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CACHE_SIZE = 256  # entries per cache of part heads
 _ORIGINAL_NAME = "original.eml"
 
-_Part = tuple[bytes, str | None]  # a part's bytes, and the text a boundary must not occur in
+
+class Base64:
+    """An attachment's content in base64, written only when the whole mail is (see
+    :func:`join_pieces`): a 25 MB
+    attachment is 34 MB of base64, which then exists once, in the mail's bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+# a part's bytes, as pieces joined once for the whole mail; and the text a boundary must not
+# occur in (base64 cannot hold one: its pieces are not in it)
+_Part = tuple[list["bytes | Base64"], str | None]
 _Params = tuple[tuple[str, str], ...]
 ContentSource = Callable[[Exchange], bytes | str | None]
 
@@ -108,12 +123,17 @@ class Content:
 
     def entity(self, exchange: Exchange, message_id: str) -> bytes:
         """The entity's bytes (Content-* headers, blank line, body), before S/MIME."""
+        return join_pieces(self.entity_pieces(exchange, message_id))
+
+    def entity_pieces(self, exchange: Exchange, message_id: str) -> list[bytes | Base64]:
+        """The entity as pieces for :func:`join_pieces`, which writes a large attachment's
+        base64 straight into the mail's bytes (the one copy of it)."""
         sealed = exchange.sealed
         if sealed is not None and self._passes(exchange, sealed):
-            return sealed.entity
+            return [sealed.entity]
         texts = self._texts(exchange)
         if not self.fast and self._plain_shape(exchange, *texts):
-            return serialize(self._entity(exchange, message_id, texts[0], texts[1]))
+            return [serialize(self._entity(exchange, message_id, texts[0], texts[1]))]
         return self._entity_bytes(exchange, message_id, *texts)
 
     def _passes(self, exchange: Exchange, sealed: Sealed) -> bool:
@@ -189,8 +209,8 @@ class Content:
         text: str,
         html: str,
         params: _Params,
-    ) -> bytes:
-        """The entity's bytes: the text (and HTML) part, then the attachments."""
+    ) -> list[bytes | Base64]:
+        """The entity's pieces: the text (and HTML) part, then the attachments."""
         related = exchange.related if html or text_type == "text/html" else []
         if html and text.strip():
             html_part = self._with_related(
@@ -242,15 +262,14 @@ class Content:
         boundary = pick_boundary(seed, [text for _, text in parts if text is not None])
         marker = boundary.encode("ascii")
         separator = b"\r\n--" + marker + b"\r\n"
-        data = b"".join(
-            [
-                self._multipart_head(subtype, boundary),
-                separator[2:],
-                separator.join([part for part, _ in parts]),
-                b"\r\n--" + marker + b"--\r\n",
-            ]
-        )
-        return data, data.decode("latin-1")
+        pieces: list[bytes | Base64] = [self._multipart_head(subtype, boundary), separator[2:]]
+        for index, (part, _) in enumerate(parts):
+            if index:
+                pieces.append(separator)
+            pieces.extend(part)
+        pieces.append(b"\r\n--" + marker + b"--\r\n")
+        text = b"".join(p for p in pieces if isinstance(p, bytes)).decode("latin-1")
+        return pieces, text
 
     def _multipart_head(self, subtype: str, boundary: str) -> bytes:
         """A multipart's headers and blank line. Made by the package once per subtype and
@@ -283,7 +302,7 @@ class Content:
             self._text_heads[key] = found
         head, charset = found
         check = None if cte in ("base64", "quoted-printable") else payload_text(data, charset)
-        return head + lines_crlf(encode_payload(data, cte)), check
+        return [head + lines_crlf(encode_payload(data, cte))], check
 
     def _text_data(self, text: str) -> tuple[bytes, str]:
         """The text in the receiver's charset and its transfer encoding (checked)."""
@@ -400,11 +419,22 @@ class Content:
                     self.part_heads.clear()
                 self.part_heads[key] = head
         if embedded is not None:
-            return head + embedded, embedded.decode("ascii")
-        return head + base64_crlf(attachment.data), None
+            return [head + embedded], embedded.decode("ascii")
+        return [head, Base64(attachment.data)], None
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def join_pieces(pieces: list[bytes | Base64]) -> bytes:
+    """The pieces as one bytes object, each base64 content encoded straight into it."""
+    out = BytesIO()
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            out.write(piece)
+        else:
+            write_base64_crlf(piece.data, out)
+    return out.getvalue()
 
 
 def _ref(kind: str, name: str, pos: Pos) -> Template:

@@ -45,6 +45,7 @@ __all__ = [
     "serialize",
     "simple_part_head",
     "transfer_encode",
+    "write_base64_crlf",
 ]
 
 MAX_LINE = 998  # RFC 5322 2.1.1 / RFC 2045 2.7: the longest line 7bit and 8bit may carry
@@ -185,7 +186,20 @@ def lines_crlf(data: bytes) -> bytes:
 
 
 def base64_crlf(data: bytes) -> bytes:
-    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+    out = BytesIO()
+    write_base64_crlf(data, out)
+    return out.getvalue()
+
+
+_BASE64_STEP = 57 * 16384  # whole 76-character lines: the pieces end where the lines do
+
+
+def write_base64_crlf(data: bytes, out: BytesIO) -> None:
+    """``data`` in base64, 76-character lines ending in CRLF, written to ``out`` a piece at
+    a time: no whole-size copy of the encoded text besides ``out``."""
+    view = memoryview(data)
+    for at in range(0, len(data), _BASE64_STEP):
+        out.write(base64.encodebytes(view[at : at + _BASE64_STEP]).replace(b"\n", b"\r\n"))
 
 
 def payload_text(data: bytes, charset: str) -> str:
