@@ -130,6 +130,9 @@ def test_deployed_flow_logs_in_with_bearer_tokens_and_survives_token_expiry(
     assert rotated != first_refresh and rotated in auth.refresh_tokens()
 
     auth.expire_access_tokens()  # the hour is over (for the server; the cache still has it)
+    # the poll's connection is kept between polls, logged in: the server ends the session
+    # when the token expires (as Microsoft 365 does), so the next poll logs in again
+    stack.dovecot.kick(source.address)
     refreshes = auth.grants.count("refresh_token")
     stack.dovecot.append(source.address, "INBOX", mail("after expiry"))
     wait_for(lambda: "Fwd: after expiry" in subjects(stack, target.address), "the second mail")
