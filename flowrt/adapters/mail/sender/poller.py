@@ -5,6 +5,7 @@ exchange, to ``handle``; the runtime wires ``handle`` to the engine.
     result = await poller.poll_once()       # one poll; raises the chain when it fails
     await poller.session(stop)              # idle: one held IDLE session
     poller.health                           # last success, last error, consecutive failures
+    await poller.aclose()                   # log out the connection kept between polls
 
 When it polls (``poll every`` / ``daily at`` / ``idle``, backoff after failures) is the
 runtime's job (:func:`flowrt.runtime.schedule.run_on_schedule`); the state store, with its
