@@ -68,7 +68,7 @@ FLOW = """flow big {{
 
 # The reference: what a plain script needs to read the same mail (argv: fetch or not).
 PLAIN = r"""
-import email.policy, imaplib, resource, ssl, sys
+import email.policy, imaplib, ssl, sys
 from email.parser import BytesParser
 port, cafile, user, password, fetch = sys.argv[1:6]
 client = imaplib.IMAP4("127.0.0.1", int(port))
@@ -81,7 +81,16 @@ if fetch == "yes":
     (part,) = message.iter_attachments()
     content = part.get_content()
 client.logout()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+# Runs argv[1:], then prints its peak RSS in KiB (exits 1 when it failed).
+LAUNCH = r"""
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+if done.returncode:
+    print(done.stderr.decode(errors="replace"))
+    sys.exit(1)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
@@ -98,33 +107,37 @@ def big_mail(megabytes: int) -> bytes:
     )
 
 
+def peak_rss(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, str]:
+    """Run ``argv``; its peak RSS in MB, and its stdout. Through a small launcher: a child's
+    ``ru_maxrss`` counts what it was before its exec, a copy of this process (which holds
+    the big mail)."""
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCH, *argv],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = out.stdout.splitlines()
+    if out.returncode or not lines:
+        raise SystemExit(f"{' '.join(argv[:4])} ... failed:\n{out.stdout}{out.stderr}")
+    return int(lines[-1]) / 1024, "\n".join(lines[:-1])
+
+
 def run_once(tenant: Path, code: Path) -> float:
     """``flowrt run --once`` (of the checkout ``code``): its peak RSS in MB. It exits 1
     when a mail could not be forwarded."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowrt.cli.main", "--tenant", str(tenant), "run", "--once"],
-        env={**os.environ, "PYTHONPATH": str(code)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    log = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"flowrt run --once failed ({proc.returncode}):\n{log.decode()}")
-    return usage.ru_maxrss / 1024
+    cli = [sys.executable, "-m", "flowrt.cli.main", "--tenant", str(tenant), "run", "--once"]
+    # run in ``code``: ``python -m`` puts the working directory first on the path
+    return peak_rss(cli, {**os.environ, "PYTHONPATH": str(code)}, cwd=code)[0]
 
 
 def plain(dovecot: DovecotServer, cafile: Path, password: str, fetch: bool) -> float:
     argv = [str(dovecot.imap_port), str(cafile), USER, password, "yes" if fetch else "no"]
-    out = subprocess.run(
-        [sys.executable, "-c", PLAIN, *argv],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(out.stdout.strip()) / 1024
+    return peak_rss([sys.executable, "-c", PLAIN, *argv])[0]
 
 
 def emit(figure: str, value: float, unit: str, **extra: object) -> None:
@@ -179,7 +192,15 @@ def main() -> None:
         }
         growth = full - empty
         reference = plain_full - plain_empty
-        emit("forward_rss_growth_mb", growth, "MB", **label, reference_plain_read_mb=reference)
+        emit(
+            "forward_rss_growth_mb",
+            growth,
+            "MB",
+            **label,
+            peak_rss_mb=round(full, 1),
+            empty_mailbox_peak_rss_mb=round(empty, 1),
+            reference_plain_read_mb=round(reference, 1),
+        )
         emit("growth_vs_attachment", growth / args.megabytes, "x", **label)
         emit("reference_plain_read_vs_attachment", reference / args.megabytes, "x", **label)
     finally:

@@ -286,6 +286,7 @@ class Runtime:
             [sys.executable, "-m", "flowrt.cli.main", "--tenant", str(self.root), *args],
             check=True,
             env=self._env(),
+            cwd=self.code,  # python -m puts the working directory first on the path
             stdout=subprocess.DEVNULL,
         )
 
@@ -305,6 +306,7 @@ class Runtime:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=self._env(),
+                cwd=self.code,  # python -m puts the working directory first on the path
             )
         return time.monotonic()
 

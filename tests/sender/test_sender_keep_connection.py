@@ -17,6 +17,7 @@ from flowrt.adapters.mail.model import PollEvery, PostProcess
 from flowrt.adapters.mail.sender.keeper import KeptConnection
 from flowrt.errors import AuthenticationFailedException
 from flowrt.runtime.state import StateDB
+from flowrt.source_state import SOURCE_RAW
 from tests.sender.conftest import Recorder, endpoint_for, fill, make_mail, make_sender, poller
 from tests.servers import DovecotServer, MailboxUser
 
@@ -211,3 +212,6 @@ async def test_small_tls_read_buffers_read_a_large_mail_whole(
         asyncio.sslproto.SSLProtocol.max_size = before
     assert handle.seen[0].text.rstrip("\r\n").endswith("x" * 1000)
     assert len(handle.seen[0].body) >= 3 * 1024 * 1024 - 100
+    # the spooled literal (imap/client.py) is handed on as the bytes it was read into
+    raw = handle.seen[0].properties[SOURCE_RAW]
+    assert type(raw) is bytes and raw.replace(b"\r\n", b"\n") == big.replace(b"\r\n", b"\n")

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import io
 import re
 import secrets
 import socket
@@ -63,6 +64,7 @@ from flowrt.adapters.mail.imap import errors
 from flowrt.adapters.mail.imap.parse import (
     FETCH_START,
     FetchedMail,
+    Literal,
     SelectInfo,
     chunks,
     encode_folder,
@@ -264,15 +266,48 @@ class SaslCommand(Command):  # type: ignore[misc]
         return base64.b64encode(self._responders.pop(0)(challenge))
 
 
+class _Spool:
+    """A literal as it arrives, in place of aioimaplib's bytearray (which it extends and
+    measures): a BytesIO, whose bytes are then had without a copy. With the bytearray, a
+    34 MB mail existed twice for a moment, the array and the bytes made of it."""
+
+    __slots__ = ("_buffer", "_size")
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._size = 0
+
+    def extend(self, data: bytes) -> None:
+        self._buffer.write(data)
+        self._size += len(data)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def take(self) -> Literal:
+        data = self._buffer.getvalue()
+        self._buffer = io.BytesIO()
+        return Literal(data)
+
+
 class _Fetch(FetchCommand):  # type: ignore[misc]
     """A FETCH whose "is a message's response complete?" check is incremental: the stock one
-    joins and rescans every line of the response for each new line (quadratic)."""
+    joins and rescans every line of the response for each new line (quadratic); its
+    literals (the mails) are spooled (see :class:`_Spool`)."""
 
     def __init__(self, tag: str, *args: str, loop: Any) -> None:
         super().__init__(tag, *args, prefix="UID", loop=loop)
         self._depth = 0
 
-    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+    def begin_literal_data(self, expected_size: int, literal_data: bytes = b"") -> bytes:
+        self._resp_literal_data = _Spool()
+        rest: bytes = super().begin_literal_data(expected_size, literal_data)
+        return rest
+
+    def append_to_resp(self, line: bytes | _Spool, result: str = "Pending") -> None:
+        if isinstance(line, _Spool):
+            super().append_to_resp(line.take(), result)
+            return
         super().append_to_resp(line, result)
         if result == "Pending" and type(line) is bytes:
             if FETCH_START.match(line):

@@ -18,6 +18,7 @@ from aioimaplib.aioimaplib import Response, literal_data_re
 
 __all__ = [
     "FetchedMail",
+    "Literal",
     "SelectInfo",
     "chunks",
     "decode_folder",
@@ -96,9 +97,19 @@ def select_info(folder: str, response: Response) -> SelectInfo:
     return SelectInfo(folder, uidvalidity, exists, uidnext)
 
 
+class Literal:
+    """A literal of a FETCH response (the mail) as the client spooled it: ``data``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 def parse_fetch(response: Response) -> list[dict[str, Any]]:
     """FETCH responses as dicts. A message's response is its ``N FETCH (`` line, its literal
-    (the body, a bytearray) and trailing lines; the tagged reply is the last line."""
+    (the body: a :class:`Literal`, or aioimaplib's bytearray) and trailing lines; the tagged
+    reply is the last line."""
     items: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     meta = b""
@@ -110,6 +121,8 @@ def parse_fetch(response: Response) -> list[dict[str, Any]]:
             items.append(current)
         elif current is None:
             continue
+        elif isinstance(line, Literal):
+            current["body"] = line.data
         elif isinstance(line, bytearray):
             current["body"] = bytes(line)
         else:
