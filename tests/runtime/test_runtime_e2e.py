@@ -410,3 +410,30 @@ def test_a_polling_flow_logs_in_once_and_logs_out_when_undeployed_or_stopped(
     wait_for(lambda: dovecot.sessions(source.address) == 1, what="the first poll again")
     assert runtime.stop() == 0
     wait_for(lambda: dovecot.sessions(source.address) == 0, 5, what="the logout at stop")
+
+
+def test_a_25_mb_attachment_is_forwarded_byte_for_byte(
+    stack: dict[str, Any],
+    dovecot: DovecotServer,
+    runtimes: Callable[..., Runtime],
+    tmp_path: Path,
+) -> None:
+    tenant, source, target = stack["tenant"], stack["source"], stack["target"]
+    flow = write_flow(tmp_path / "big.flow", stack, name="big")
+    pdf = b"%PDF-1.4\n" + os.urandom(25 * 1024 * 1024)
+    dovecot.append(source.address, "INBOX", mail("big", attachment=pdf))
+    runtime = runtimes()
+    assert flowrt(tenant, "deploy", str(flow)).exit_code == 0
+
+    def count() -> int:
+        with dovecot.imap(target.address) as client:
+            _, data = client.select("INBOX", readonly=True)
+        return int((data[0] or b"0").decode())
+
+    wait_for(lambda: count() == 1, 60, what="the forwarded mail")
+    assert runtime.stop() == 0
+    ((_uid, _flags, raw),) = dovecot.messages(target.address)
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    (attachment,) = message.iter_attachments()
+    assert attachment.get_filename() == "Rechnung März.pdf"
+    assert attachment.get_payload(decode=True) == pdf
