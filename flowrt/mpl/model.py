@@ -269,6 +269,7 @@ class MplEntry:
     log: tuple[LogLine, ...] = ()
     subject: str = ""
     mail_from: str = ""
+    node: str = ""  # the runtime node that processed it (several nodes on one store)
 
     @property
     def duration_ms(self) -> float | None:
@@ -312,4 +313,5 @@ class MplEntry:
             "log": [line.to_dict() for line in self.log],
             "subject": self.subject,
             "from": self.mail_from,
+            "node": self.node or None,
         }

@@ -13,6 +13,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -239,6 +240,13 @@ def completed(tenant: Path) -> collections.Counter[str]:
     return collections.Counter(e["correlation_id"] for e in json.loads(result.output))
 
 
+def listed(tenant: Path, status: str) -> list[dict[str, Any]]:
+    result = flowrt(tenant, "mpl", "list", "--status", status, "--limit", "1000", "--format", "json")
+    assert result.exit_code == 0, result.output
+    found: list[dict[str, Any]] = json.loads(result.output)
+    return found
+
+
 def marker_pid(flows: Path) -> int | None:
     markers = list((flows / "markers").iterdir())
     return int(markers[0].name) if markers else None
@@ -285,6 +293,22 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     wait_for(lambda: len(completed(tenant)) >= len(subjects), 10, "the MPL entries")
     entries = completed(tenant)
     assert len(entries) == len(subjects) and max(entries.values()) == 1
+    # what the killed node had in hand ends ABANDONED (closed by the survivor, which saw it
+    # gone), naming the node; nothing stays PROCESSING
+    wait_for(lambda: not listed(tenant, "PROCESSING"), 15, "the killed node's entries closed")
+    assert not listed(tenant, "RETRY")
+    abandoned = listed(tenant, "ABANDONED")
+    assert "slow 0-5" in {e["subject"] for e in abandoned}
+    for summary in abandoned:
+        shown = flowrt(tenant, "mpl", "show", summary["message_id"], "--format", "json")
+        entry = json.loads(shown.output)
+        assert entry["node"] == victim.name
+        assert entry["error"]["chain"] == (
+            "ABANDONED: the runtime stopped (crashed or was killed) while this message was "
+            "processed"
+        )
+    text = flowrt(tenant, "mpl", "show", abandoned[0]["message_id"]).output
+    assert re.search(rf"^Node +{re.escape(victim.name)}$", text, re.MULTILINE), text
     view = status(tenant)
     assert {n["node"]: n["state"] for n in view["nodes"]} == {
         victim.name: "gone",

@@ -23,6 +23,7 @@ from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import _TEXT_COLUMNS as TEXT_COLUMNS
 from flowrt.mpl.store import (
+    ABANDONED_HINT,
     DEFAULT_LIMIT,
     DEFAULT_RETENTION,
     build_entry,
@@ -274,22 +275,31 @@ class PgMplStore:
 
     # ------------------------------------------------------------------ endings
 
-    def abandon_unfinished(self, reason: str, *, now: float | None = None) -> int:
-        """As :meth:`MplStore.abandon_unfinished`. Only for a store one runtime uses: with
-        several nodes, what is unfinished may be another node's mail in hand."""
+    def abandon_unfinished(
+        self, reason: str, *, now: float | None = None, nodes: Sequence[str] | None = None
+    ) -> int:
+        """As :meth:`MplStore.abandon_unfinished`. With several nodes, what is unfinished
+        may be another node's mail in hand: a node passes ``nodes``, the ones it knows are
+        gone (itself at start), and only their entries are closed."""
         levels = json.dumps([["ABANDONED", reason]])
+        where = "status = ANY(%s) AND simulation = 0"
+        args: list[Any] = [_UNFINISHED]
+        if nodes is not None:
+            if not nodes:
+                return 0
+            where += " AND node = ANY(%s)"
+            args.append(list(nodes))
         with self._guard("close abandoned entries") as conn:
             cursor = conn.execute(
                 "UPDATE mpl_entries SET status = %s, log_end = coalesce(log_end, %s), "
-                "error_chain = %s, error_levels = %s, error_hint = %s "
-                "WHERE status = ANY(%s) AND simulation = 0",
+                f"error_chain = %s, error_levels = %s, error_hint = %s WHERE {where}".encode(),
                 (
                     MplStatus.ABANDONED.value,
                     time.time() if now is None else now,
                     f"ABANDONED: {reason}",
                     levels,
-                    "the mail stayed in its mailbox and is processed again (a later entry)",
-                    _UNFINISHED,
+                    ABANDONED_HINT,
+                    *args,
                 ),
             )
             return cursor.rowcount
