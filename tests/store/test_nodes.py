@@ -241,7 +241,9 @@ def completed(tenant: Path) -> collections.Counter[str]:
 
 
 def listed(tenant: Path, status: str) -> list[dict[str, Any]]:
-    result = flowrt(tenant, "mpl", "list", "--status", status, "--limit", "1000", "--format", "json")
+    result = flowrt(
+        tenant, "mpl", "list", "--status", status, "--limit", "1000", "--format", "json"
+    )
     assert result.exit_code == 0, result.output
     found: list[dict[str, Any]] = json.loads(result.output)
     return found
