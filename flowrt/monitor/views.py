@@ -180,7 +180,9 @@ class TenantViews:
 
     def status(self) -> StatusReport:
         report = status_report(self.tenant)
-        if self._live_states is not None:
+        # On a shared store the report already comes from every node's heartbeat in the
+        # store; this node's own view would hide what the others run.
+        if self._live_states is not None and report.nodes is None:
             states = self._live_states()
             for row in report.flows:
                 row["state"] = states.get(row["flow"], row["state"])

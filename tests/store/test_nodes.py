@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
+from starlette.testclient import TestClient
 
 from flowrt.cli.main import cli
+from flowrt.monitor.app import MonitorConfig, create_app
+from flowrt.tenant import Tenant
 from tests.servers import DovecotServer, MailboxUser, PostfixServer
 from tests.servers.postgres import PostgresServer
 
@@ -81,7 +85,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class Node:
-    def __init__(self, tenant: Path, name: str, lease: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, tenant: Path, name: str, lease: str, env: dict[str, str], args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.log = tenant.parent / f"node-{name}-{time.monotonic_ns()}.log"
         self._log_file = self.log.open("w")
@@ -99,6 +105,7 @@ class Node:
                 "json",
                 "--grace",
                 "5s",
+                *args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
@@ -152,8 +159,8 @@ def cluster(
     nodes: list[Node] = []
     target = new_mailbox_user(prefix="dst")
 
-    def start(name: str, lease: str = "4s", **env: str) -> Node:
-        node = Node(tenant, name, lease, env)
+    def start(name: str, lease: str = "4s", args: tuple[str, ...] = (), **env: str) -> Node:
+        node = Node(tenant, name, lease, env, args)
         nodes.append(node)
         wait_for(lambda: running(tenant, name), 20, f"node {name} to start")
         return node
@@ -384,3 +391,60 @@ def test_postgresql_restart_mid_run_nothing_lost(
     got = arrived(dovecot, target)
     assert set(got) == set(first + later) and max(got.values()) == 1
     wait_for(lambda: len(completed(tenant)) == 20, 20, "the MPL to catch up")
+
+
+def monitor_url(node: Node) -> str:
+    def found() -> str:
+        for line in node.log.read_text().splitlines():
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("event") == "monitor serving":
+                return str(record["url"])
+        return ""
+
+    wait_for(lambda: bool(found()), 20, "the monitor's address in the node's log")
+    return found()
+
+
+def test_every_nodes_monitor_shows_which_node_runs_each_flow(cluster: dict[str, Any]) -> None:
+    """The flows view comes from the shared store: a monitor on a machine whose own node runs
+    nothing (or none at all) shows the flows another node runs, and which node that is."""
+    tenant = cluster["tenant"]
+    for name in ("mon0", "mon1"):
+        cluster["deploy"](name)
+    cluster["start"]("node-b")
+
+    def runners() -> dict[str, str]:
+        return {row["flow"]: row["node"] for row in status(tenant)["flows"]}
+
+    wait_for(lambda: runners() == {"mon0": "node-b", "mon1": "node-b"}, 30, "node-b's polls")
+    # a monitor of this tenant directory, with no runtime of its own here
+    with TestClient(create_app(MonitorConfig(Tenant(tenant)))) as client:
+
+        def shown_nodes() -> set[str]:
+            return {r["node"] for r in client.get("/api/flows").json()["flows"]}
+
+        # between polls (no lease held) the node that polled last, once it reported a poll
+        wait_for(lambda: shown_nodes() == {"node-b"}, 10, "the monitor to name node-b")
+        shown = client.get("/api/flows").json()
+        assert [(r["flow"], r["state"], r["node"]) for r in shown["flows"]] == [
+            ("mon0", "STARTED", "node-b"),
+            ("mon1", "STARTED", "node-b"),
+        ]
+        assert [(n["node"], n["state"]) for n in shown["nodes"]] == [("node-b", "running")]
+        page = client.get("/flows").text
+        assert "node-b" in page and "NOT RUNNING" not in page
+        assert client.get("/readyz").status_code == 200
+
+    # node-a's own monitor (inside its runtime) shows the same view of both nodes
+    a = cluster["start"]("node-a", args=("--http", "127.0.0.1:0"))
+    with httpx.Client(base_url=monitor_url(a), timeout=10) as http:
+        shown = http.get("/api/flows").json()
+        assert {(r["flow"], r["state"]) for r in shown["flows"]} == {
+            ("mon0", "STARTED"),
+            ("mon1", "STARTED"),
+        }
+        assert {r["node"] for r in shown["flows"]} <= {"node-a", "node-b"}
+        assert {n["node"]: n["state"] for n in shown["nodes"]} == {
+            "node-a": "running",
+            "node-b": "running",
+        }
