@@ -14,6 +14,7 @@ import email.policy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -69,7 +70,7 @@ FLOW = """flow {name} {{
         subject       "${{header.Subject}}"
         timeout       10s
     }}
-}}
+{on_error}}}
 """
 
 
@@ -89,6 +90,7 @@ class Node:
         self, tenant: Path, name: str, lease: str, env: dict[str, str], args: tuple[str, ...] = ()
     ) -> None:
         self.name = name
+        self.home = tenant
         self.log = tenant.parent / f"node-{name}-{time.monotonic_ns()}.log"
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
@@ -159,13 +161,25 @@ def cluster(
     nodes: list[Node] = []
     target = new_mailbox_user(prefix="dst")
 
-    def start(name: str, lease: str = "4s", args: tuple[str, ...] = (), **env: str) -> Node:
-        node = Node(tenant, name, lease, env, args)
+    def start(
+        name: str,
+        lease: str = "4s",
+        args: tuple[str, ...] = (),
+        copy: bool = False,
+        home: Path | None = None,
+        **env: str,
+    ) -> Node:
+        """``copy``: on its own copy of the tenant directory, as on another machine (or on
+        ``home``, such a copy made before)."""
+        if copy:
+            home = tenant.parent / f"tenant-{name}"
+            shutil.copytree(tenant, home)
+        node = Node(home or tenant, name, lease, env, args)
         nodes.append(node)
         wait_for(lambda: running(tenant, name), 20, f"node {name} to start")
         return node
 
-    def deploy(name: str) -> MailboxUser:
+    def deploy(name: str, to: str = "", on_error: str = "") -> MailboxUser:
         source = new_mailbox_user(prefix="src")
         add_credential(tenant, f"src-{name}", source)
         path = flows / f"{name}.flow"
@@ -175,7 +189,8 @@ def cluster(
                 imap=dovecot.imap_port,
                 smtps=postfix.smtps_port,
                 credential=f"src-{name}",
-                target=target.address,
+                target=to or target.address,
+                on_error=on_error,
             )
         )
         result = flowrt(tenant, "deploy", str(path), "--wait", "0s")
@@ -448,3 +463,80 @@ def test_every_nodes_monitor_shows_which_node_runs_each_flow(cluster: dict[str, 
             "node-a": "running",
             "node-b": "running",
         }
+
+
+def alerted(dovecot: DovecotServer, user: MailboxUser) -> collections.Counter[str]:
+    """How many alert mails name each MPL message ID."""
+    found: collections.Counter[str] = collections.Counter()
+    for _uid, _flags, raw in dovecot.messages(user.address, "INBOX"):
+        text = email.message_from_bytes(raw, policy=email.policy.default)
+        body = text.get_body(("plain",))
+        assert body is not None
+        match = re.search(r"Message (\S+) of flow", body.get_content())
+        assert match, body.get_content()
+        found[match.group(1)] += 1
+    return found
+
+
+def test_two_nodes_send_each_dead_letter_alert_once_across_a_kill_9(
+    cluster: dict[str, Any],
+    dovecot: DovecotServer,
+    postfix: PostfixServer,
+    new_mailbox_user: Callable[..., MailboxUser],
+) -> None:
+    """One node sends the alerts (the notifier's lease), from the notification log in the
+    store, whichever machine it is on: node-b sends, then node-a, then node-b again after
+    node-a was killed; each goes on from where the one before stopped (node-b not from where
+    it once was), so no alert comes twice and none is lost."""
+    tenant = cluster["tenant"]
+    ops = new_mailbox_user(prefix="ops")
+    set_server = flowrt(
+        tenant,
+        *("notify", "server", "set", f"127.0.0.1:{postfix.smtps_port}"),
+        *("--protection", "smtps", "--credential", "smtp-out"),
+        *("--from", "accounting@example.com", "--timeout", "5s"),
+    )
+    assert set_server.exit_code == 0, set_server.output
+    for args in (
+        ("rule", "add", "dead", "--on", "dead-letter", "--to", ops.address),
+        ("limit", "100"),
+    ):
+        result = flowrt(tenant, "notify", *args)
+        assert result.exit_code == 0, result.output
+    # Postfix refuses the recipient; after one attempt the mail is a dead letter
+    on_error = "    on-error {\n        max-attempts 1\n    }\n"
+    source = cluster["deploy"]("refused", to="nobody@example.com", on_error=on_error)
+
+    def refuse(numbers: range) -> None:
+        for i in numbers:
+            dovecot.append(source.address, "INBOX", mail(f"refused {i}"))
+
+    def alerts() -> int:
+        return sum(alerted(dovecot, ops).values())
+
+    b = cluster["start"]("node-b", copy=True)  # its files are its own, the store is shared
+    wait_for(lambda: notifier_node(tenant) == "node-b", 15, "node-b to send the alerts")
+    refuse(range(1))
+    wait_for(lambda: alerts() >= 1, 60, "node-b's alert")
+    a = cluster["start"]("node-a")
+    b.stop()  # hands the notifier's lease over
+    wait_for(lambda: notifier_node(tenant) == "node-a", 15, "node-a to send the alerts")
+    refuse(range(1, 3))
+    wait_for(lambda: alerts() >= 3, 60, "node-a's alerts")
+    cluster["start"]("node-b", home=b.home)
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    refuse(range(3, 5))  # while no one sends alerts
+
+    def dead_letters() -> dict[str, str]:
+        rows = listed(tenant, "ESCALATED")
+        return {row["message_id"]: row["subject"] for row in rows}
+
+    wait_for(lambda: len(set(dead_letters().values())) >= 5, 60, "five dead letters")
+    wait_for(lambda: notifier_node(tenant) == "node-b", 20, "node-b to take over again")
+    wait_for(lambda: set(alerted(dovecot, ops)) >= set(dead_letters()), 60, "every alert")
+    time.sleep(3)  # a notifier cycle or two more: nothing may come twice
+    got = alerted(dovecot, ops)
+    assert set(got) == set(dead_letters()), "every dead letter alerted, no other message"
+    assert max(got.values()) == 1, "none twice"
+    assert sorted(set(dead_letters().values())) == [f"refused {i}" for i in range(5)]
