@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import shutil
 from collections.abc import Iterator
 
@@ -19,7 +20,7 @@ from flowrt.notify.config import NotifyServer, edit_config, make_rule, replace
 from flowrt.notify.notifier import Notifier
 from flowrt.notify.store import Claim, NewAttempt, NotifyLog, open_log
 from flowrt.security import TenantSecurity
-from flowrt.store import is_shared, open_mpl
+from flowrt.store import is_shared, open_mpl, open_state
 from flowrt.tenant import Tenant
 
 OPS = "ops@example.com"
@@ -165,3 +166,55 @@ async def test_the_next_sender_goes_on_where_the_last_one_stopped(tenant: Tenant
     assert sorted(s.rsplit(": ", 1)[-1] for s in outbox.subjects) == sorted(
         [f"boom {i}" for i in range(6)] + ["boom late"]
     )
+
+
+async def test_a_flow_in_error_on_any_node_is_alerted_once_by_whoever_sends(
+    tenant: Tenant,
+) -> None:
+    """A flow in ERROR is known from the runtime's report: its status file, or on a shared
+    store the node registry; when the condition began is kept with the log, so a sender
+    that takes over counts from then, not from its own start."""
+    from flowrt.runtime.status import ERROR, FlowStatus, RuntimeStatus, now_iso, write_status
+    from flowrt.store.pg.state import PgStateDB
+
+    with edit_config(tenant) as edit:
+        edit.value = replace(
+            edit.value,
+            server=NotifyServer("127.0.0.1", 465, "smtps", "flowrt@example.com", timeout=5),
+            rules=(make_rule("err", "flow-error", [OPS], duration=60.0),),
+        )
+    report = RuntimeStatus(pid=1, host="h", started_at=now_iso(), heartbeat_at=now_iso())
+    report.flows["orders"] = FlowStatus("orders", 3, state=ERROR, reason="password is wrong")
+    state = open_state(tenant)
+
+    def heartbeat() -> None:
+        if isinstance(state, PgStateDB):  # a node of a shared store reports into it
+            state.node_heartbeat("n1", json.loads(report.to_json()))
+        else:
+            (tenant.root / "runtime").mkdir(exist_ok=True)
+            write_status(tenant, report)
+
+    if isinstance(state, PgStateDB):
+        state.register_node("n1")
+    heartbeat()
+    second_tenant = node_copy(tenant)
+    outbox = Outbox()
+    clock = [1_800_000_000.0]
+    first = Notifier(tenant, TenantSecurity.open(tenant), send=outbox, clock=lambda: clock[0])
+    try:
+        await first.run_once()  # in ERROR since now: not yet for 60 s
+    finally:
+        first.close()
+    clock[0] += 61
+    heartbeat()
+    second = Notifier(
+        second_tenant, TenantSecurity.open(second_tenant), send=outbox, clock=lambda: clock[0]
+    )
+    try:
+        await second.run_once()
+        await second.run_once()
+    finally:
+        second.close()
+        assert state is not None
+        state.close()
+    assert len(outbox.subjects) == 1 and "flow orders in ERROR" in outbox.subjects[0]
