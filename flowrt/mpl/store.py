@@ -60,7 +60,7 @@ _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
 ABANDONED_HINT = "the mail stayed in its mailbox and is processed again (a later entry)"
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step, subject, mail_from"
+    "log_start, log_end, simulation, failed_step, subject, mail_from, node"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
@@ -783,6 +783,7 @@ def _summary(row: Sequence[Any]) -> MplSummary:
         failed_step=row[10],
         subject=row[11],
         mail_from=row[12],
+        node=row[13],
     )
 
 

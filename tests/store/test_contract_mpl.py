@@ -137,6 +137,11 @@ def test_entries_carry_their_node_and_only_a_gone_nodes_are_abandoned(store: Mpl
     assert gone.to_dict()["node"] == "node-a"
     assert store.get("open-node-b-xxxxxxxx").status is MplStatus.PROCESSING
     assert store.get("open-solo-xxxxxxxx").node == ""
+    assert {s.message_id: s.node for s in store.list_entries()} == {
+        "open-node-a-xxxxxxxx": "node-a",
+        "open-node-b-xxxxxxxx": "node-b",
+        "open-solo-xxxxxxxx": "",
+    }
     # without nodes (one runtime per tenant, at its start): everything unfinished
     assert store.abandon_unfinished("the runtime stopped") == 2
     assert not store.unfinished()

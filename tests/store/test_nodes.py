@@ -264,7 +264,7 @@ def completed(tenant: Path) -> collections.Counter[str]:
 
 def listed(tenant: Path, status: str) -> list[dict[str, Any]]:
     result = flowrt(
-        tenant, "mpl", "list", "--status", status, "--limit", "1000", "--format", "json"
+        tenant, "mpl", "list", "--status", status, "--limit", "100000", "--format", "json"
     )
     assert result.exit_code == 0, result.output
     found: list[dict[str, Any]] = json.loads(result.output)
@@ -276,17 +276,29 @@ def marker_pid(flows: Path) -> int | None:
     return int(markers[0].name) if markers else None
 
 
+MAILS = 500
+"""Mails of the kill -9 test, over three mailboxes, as the issue asks: ~35 s on the shared
+2-core machine (60 took ~10 s), all of it bounded by the waits below."""
+
+
 def test_kill_9_of_the_node_mid_batch_another_takes_over(
     cluster: dict[str, Any], dovecot: DovecotServer
 ) -> None:
+    failover(cluster, dovecot, MAILS)
+
+
+def failover(cluster: dict[str, Any], dovecot: DovecotServer, count: int) -> dict[str, Any]:
+    """Two nodes, ``count`` mails in three mailboxes, kill -9 of the node that is in the
+    middle of a (slow) mail: asserts what the issue asks, returns what it measured."""
     tenant, target, flows = cluster["tenant"], cluster["target"], cluster["flows"]
     sources = [cluster["deploy"](f"box{i}") for i in range(3)]
     subjects = []
-    for i, source in enumerate(sources):
-        for j in range(20):
-            subject = f"slow {i}-{j}" if (i, j) == (0, 5) else f"mail {i}-{j}"
-            dovecot.append(source.address, "INBOX", mail(subject))
-            subjects.append(subject)
+    for n in range(count):
+        i, j = n % 3, n // 3
+        subject = f"slow {i}-{j}" if (i, j) == (0, 5) else f"mail {i}-{j}"
+        dovecot.append(sources[i].address, "INBOX", mail(subject))
+        subjects.append(subject)
+    budget = 50 + count / 5  # seconds for every mail to arrive (bounded, generous)
     a = cluster["start"]("node-a")
     b = cluster["start"]("node-b")
     wait_for(lambda: marker_pid(flows) is not None, 40, "a node to reach the slow mail")
@@ -296,7 +308,9 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
 
-    wait_for(lambda: sum(arrived(dovecot, target).values()) >= len(subjects), 50, "all mails")
+    killed_at = time.monotonic()
+    wait_for(lambda: sum(arrived(dovecot, target).values()) >= len(subjects), budget, "all mails")
+    all_in = time.monotonic() - killed_at
     got = arrived(dovecot, target)
     assert set(got) == set(subjects), "0 lost"
     # A mail is sent twice only when the kill fell between the SMTP server's "250 accepted"
@@ -317,6 +331,11 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     wait_for(lambda: len(completed(tenant)) >= len(subjects), 10, "the MPL entries")
     entries = completed(tenant)
     assert len(entries) == len(subjects) and max(entries.values()) == 1
+    # a mail sent twice is one the killed node never finished: its one COMPLETED entry is
+    # the survivor's (nothing the killed node had recorded as done was sent again)
+    finished_by = {e["subject"]: e["node"] for e in listed(tenant, "COMPLETED")}
+    for subject in twice:
+        assert finished_by[subject] == survivor.name
     # what the killed node had in hand ends ABANDONED (closed by the survivor, which saw it
     # gone), naming the node; nothing stays PROCESSING
     wait_for(lambda: not listed(tenant, "PROCESSING"), 15, "the killed node's entries closed")
@@ -341,6 +360,13 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     assert survivor.proc.poll() is None
     # one node sends the alerts (both read the one MPL): now the survivor
     wait_for(lambda: notifier_node(tenant) == survivor.name, 15, "the notifier's takeover")
+    return {
+        "mails": len(subjects),
+        "lost": len(set(subjects) - set(got)),
+        "duplicated": len(twice),
+        "abandoned": len(abandoned),
+        "seconds_after_kill": round(all_in, 1),
+    }
 
 
 def notifier_node(tenant: Path) -> str:

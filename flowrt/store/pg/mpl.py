@@ -41,7 +41,7 @@ _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = [MplStatus.PROCESSING.value, MplStatus.RETRY.value]
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step, subject, mail_from"
+    "log_start, log_end, simulation, failed_step, subject, mail_from, node"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _UPSERT = (
