@@ -126,7 +126,9 @@ class Notifier:
         # the cycle's decisions and the alerts they make, in one transaction: a sender that
         # dies before it leaves the next one to read them again, after it their attempts
         # are pending and due to whoever sends next
-        created = await asyncio.to_thread(self.log.claim, claim, now=self.clock(), hold=hold)
+        created = []
+        if claim.marks or claim.watch or claim.unwatch or claim.alerts:
+            created = await asyncio.to_thread(self.log.claim, claim, now=self.clock(), hold=hold)
         self.evaluator.adopt(evaluation)
         if server is None:
             if evaluation.matched:

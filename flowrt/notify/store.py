@@ -360,6 +360,8 @@ class NotifyStore:
     def take_due(self, now: float, *, hold: float) -> list[Attempt]:
         """:meth:`due`, and each one's next try moved ``hold`` seconds on in the same
         transaction: the caller sends it, no one else."""
+        if not self.due(now):  # the common case, without taking the write lock
+            return []
         with self._transaction("take due attempts") as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM attempts WHERE status IN (?, ?) AND next_try <= ? "

@@ -566,3 +566,9 @@ def test_two_nodes_send_each_dead_letter_alert_once_across_a_kill_9(
     assert set(got) == set(dead_letters()), "every dead letter alerted, no other message"
     assert max(got.values()) == 1, "none twice"
     assert sorted(set(dead_letters().values())) == [f"refused {i}" for i in range(5)]
+    # the notification log and counters are the store's: the same from any node's directory
+    for home in (tenant, b.home):
+        log = json.loads(flowrt(home, "notify", "log", "--format", "json").output)
+        assert sorted(a["mpl_id"] for a in log if a["status"] == "sent") == sorted(got)
+        counters = json.loads(flowrt(home, "notify", "counters", "--format", "json").output)
+        assert [(c["recipient"], c["sent_24h"]) for c in counters] == [(ops.address, len(got))]
