@@ -411,6 +411,13 @@ class MplStore:
         with self._guard("read") as conn:
             return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
+    def settled_row_id(self, after: int) -> int:
+        """The highest row id up to which every entry is visible for good (no later commit
+        can add a lower id): here the last one, since SQLite commits one writer at a time
+        and ids grow in commit order."""
+        del after
+        return self.last_row_id()
+
     def rows_after(
         self, row_id: int, *, flow: str | None = None, limit: int = 1000
     ) -> list[tuple[int, MplSummary]]:

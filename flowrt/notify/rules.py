@@ -119,6 +119,7 @@ class Evaluation:
     watch: frozenset[str]
     unwatch: frozenset[str]
     first_seen: dict[str, float]
+    recent: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Evaluator:
@@ -143,6 +144,9 @@ class Evaluator:
         self._unfinished: set[str] = set()  # unfinished in the MPL when it was opened
         self._first_seen: dict[str, float] = _load_first_seen(log.mark(_FIRST_SEEN))
         self._cycle_first_seen: dict[str, float] = {}
+        # final entries above the watermark, already evaluated (read again until settled)
+        self._recent: dict[str, int] = {}
+        self._cycle_recent: dict[str, int] = {}
         self._next_expiry_check = 0.0  # at start
 
     def close(self) -> None:
@@ -159,6 +163,7 @@ class Evaluator:
     def evaluate(self, config: NotifyConfig) -> Evaluation:
         now = self.clock()
         self._cycle_first_seen = dict(self._first_seen)
+        self._cycle_recent = dict(self._recent)
         events: list[Event] = []
         triggers = {r.trigger for r in config.rules}
         messages, marks, watched = self._messages()  # always: the watermark follows the log
@@ -186,6 +191,7 @@ class Evaluator:
             watch=frozenset(watched - self._watched),
             unwatch=frozenset(self._watched - watched),
             first_seen=first_seen,
+            recent=self._cycle_recent,
         )
 
     def adopt(self, evaluation: Evaluation) -> None:
@@ -193,6 +199,7 @@ class Evaluator:
         self._watched = set(evaluation.watched)
         self._unfinished = set()
         self._first_seen = dict(evaluation.first_seen)
+        self._recent = dict(evaluation.recent)
 
     @staticmethod
     def _matches(rule: Rule, event: Event, now: float) -> bool:
@@ -228,12 +235,19 @@ class Evaluator:
 
     def _messages(self) -> tuple[list[Event], dict[str, str], set[str]]:
         """The events of messages that ended, the watermark to store, the messages to
-        watch from now on."""
+        watch from now on.
+
+        The watermark moves only as far as the MPL is settled (:meth:`settled_row_id`):
+        on PostgreSQL several nodes write at once, and a row can become visible after a
+        row with a higher ID, so the rows above it are read again next cycle (what they
+        alerted is remembered in :attr:`_recent`, and claimed once anyway)."""
         store = self._mpl_store()
         watched = self._watched | self._unfinished
+        recent = dict(self._recent)
         if store is None:
             return [], {}, watched
-        seen = watermark = int(self.log.mark(_WATERMARK) or 0)
+        seen = int(self.log.mark(_WATERMARK) or 0)
+        settled = store.settled_row_id(seen)  # before the reads: rows up to it are all in
         ended: list[str] = []
         if watched:
             summaries = store.summaries(watched)
@@ -245,16 +259,22 @@ class Evaluator:
                     watched.discard(message_id)
                     if summary.status in ALERTED_STATUSES:
                         ended.append(message_id)
+        last = seen
         while True:
-            rows = store.rows_after(watermark, limit=1000)
+            rows = store.rows_after(last, limit=1000)
             for row_id, summary in rows:
-                watermark = row_id
+                last = row_id
                 if not summary.status.is_final:
                     watched.add(summary.message_id)
+                elif summary.message_id in recent:
+                    continue
                 elif summary.status in ALERTED_STATUSES and not summary.simulation:
                     ended.append(summary.message_id)
+                if summary.status.is_final:
+                    recent[summary.message_id] = row_id
             if len(rows) < 1000:
                 break
+        watermark = max(seen, min(settled, last))
         events = []
         for message_id in dict.fromkeys(ended):
             entry = store.find(message_id)
@@ -265,6 +285,7 @@ class Evaluator:
                 events.append(dead_letter_event(entry))
         events += [dead_letter_event(e) for e in dead_letters_since(store, seen)]
         marks = {_WATERMARK: str(watermark)} if watermark != seen else {}
+        self._cycle_recent = {m: r for m, r in recent.items() if r > watermark}
         return events, marks, watched
 
     # ------------------------------------------------------------------ conditions

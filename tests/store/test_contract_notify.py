@@ -9,7 +9,8 @@ import email
 import email.policy
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,54 @@ async def test_a_flow_in_error_on_any_node_is_alerted_once_by_whoever_sends(
         assert state is not None
         state.close()
     assert len(outbox.subjects) == 1 and "flow orders in ERROR" in outbox.subjects[0]
+
+
+class Captured:
+    """A store that keeps the rows a recorder writes (to insert them by hand)."""
+
+    def __init__(self) -> None:
+        self.entries: list[Sequence[Any]] = []
+
+    def set_checkpointing(self, *, background: bool) -> None:
+        del background
+
+    def write_batch(
+        self,
+        entries: Sequence[Sequence[Any]],
+        properties: Sequence[Sequence[Any]] = (),
+        contents: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        self.entries += entries
+
+
+async def test_a_row_that_commits_after_a_higher_one_is_alerted(tenant: Tenant) -> None:
+    """Nodes write the MPL at once: an entry's id is taken at insert, so a lower id can
+    become visible after a higher one that the notifier already read. It is alerted all
+    the same (the watermark waits until such rows have settled)."""
+    if not is_shared(tenant):
+        pytest.skip("SQLite commits one writer at a time, in id order")
+    from flowrt.store.pg.mpl import _UPSERT, PgMplStore
+
+    with_alerts(tenant)
+    captured = Captured()
+    with MplRecorder(captured, level=LogLevel.INFO) as recorder:  # type: ignore[arg-type]
+        recorder.begin("late-xxxxxxxxxxxx", "late", "f", 1, "imap", ["smtp"]).fail(
+            RuntimeError("boom late")
+        )
+    outbox = Outbox()
+    sender = Notifier(tenant, TenantSecurity.open(tenant), send=outbox)
+    store = open_mpl(tenant)
+    assert isinstance(store, PgMplStore)
+    try:
+        sender.prime()
+        with store.db.connection() as slow, slow.transaction():
+            slow.execute(_UPSERT, captured.entries[-1])  # its id is taken, not yet visible
+            fail(tenant, range(1))  # a higher id, committed at once
+            await sender.run_once()
+            assert [s.rsplit(": ", 1)[-1] for s in outbox.subjects] == ["boom 0"]
+        await sender.run_once()  # the late row is visible now
+        await sender.run_once()
+    finally:
+        store.close()
+        sender.close()
+    assert [s.rsplit(": ", 1)[-1] for s in outbox.subjects] == ["boom 0", "boom late"]

@@ -37,6 +37,9 @@ from flowrt.store.pg.connect import PgDatabase
 __all__ = ["PgMplStore"]
 
 _ID_MAX = "\U0010ffff"
+SETTLE = 10.0
+"""Seconds an MPL write transaction takes at most (a recorder batch is ~0.1 s): rows first
+written longer ago than this are settled (see :meth:`PgMplStore.settled_row_id`)."""
 _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = [MplStatus.PROCESSING.value, MplStatus.RETRY.value]
 _SUMMARY_COLUMNS = (
@@ -235,6 +238,21 @@ class PgMplStore:
         with self._guard("read") as conn:
             row = conn.execute("SELECT coalesce(max(id), 0) FROM mpl_entries").fetchone()
         return int(row[0]) if row else 0
+
+    def settled_row_id(self, after: int) -> int:
+        """As :meth:`MplStore.settled_row_id`. Several nodes insert at once, and a row's
+        id is taken when it is inserted, not when its transaction commits: a row with a
+        lower id can become visible later. A row first written :data:`SETTLE` seconds ago
+        (``written``, the database's clock) had every lower id's transaction started
+        before it, and those have ended since; the highest such id after ``after`` is the
+        bound (or ``after``)."""
+        with self._guard("read") as conn:
+            row = conn.execute(
+                "SELECT max(id) FROM mpl_entries WHERE id > %s AND "
+                "written < extract(epoch from clock_timestamp()) - %s",
+                (after, SETTLE),
+            ).fetchone()
+        return after if row is None or row[0] is None else int(row[0])
 
     def rows_after(
         self, row_id: int, *, flow: str | None = None, limit: int = 1000
