@@ -99,8 +99,11 @@ def test_clear_text_link(flowrt: Run, dovecot: DovecotServer) -> None:
     base = ("test", "pop3", f"127.0.0.1:{dovecot.pop3_port}", "--protection", "off")
     refused = flowrt(*base, "--credential", "box", "--check-mailbox")
     assert refused.exit_code == 1
-    assert "refusing auth plain over a connection that is not encrypted" in refused.output
-    assert "use --protection starttls-mandatory or pop3s" in refused.output
+    assert (
+        "refusing to send the password of credential 'box' in clear: the connection to "
+        f"127.0.0.1:{dovecot.pop3_port} is not encrypted (protection off)"
+    ) in refused.output
+    assert "use protection starttls-mandatory or pop3s" in refused.output
     cram = flowrt(*base, "--auth", "encrypted", "--credential", "box", "--check-mailbox")
     assert cram.exit_code == 0, cram.output
     assert "tls" not in stages(cram.output)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.errors import IMPLICIT_TLS, clear_text_refused, could_not_connect
 from flowrt.adapters.mail.model import Proxy
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
@@ -42,9 +43,6 @@ from flowrt.security import (
     TenantSecurity,
     unverified_context,
 )
-
-NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3"}
-IMPLICIT_TLS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s"}
 
 Session = Callable[[ssl.SSLContext, ProxyRoute | None], Awaitable[None]]
 """One test session: with the TLS context to use and the route; raises TlsFailed."""
@@ -95,11 +93,8 @@ def route_for(opts: CheckOptions, security: TenantSecurity) -> ProxyRoute | None
 
 
 def connect_failure(opts: CheckOptions, exc: FlowrtError) -> MessagingException:
-    error = MessagingException(
-        f"Could not connect to {NAMES[opts.protocol]} host: {opts.host}, port: {opts.port}"
-    )
-    error.__cause__ = exc
-    return error
+    """The flow's outer level (:func:`flowrt.adapters.mail.errors.could_not_connect`)."""
+    return could_not_connect(opts.protocol, opts.host, opts.port, exc)
 
 
 async def run_check(
@@ -336,12 +331,15 @@ def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> Messaging
 
 def refuse_plaintext(opts: CheckOptions, encrypted: bool) -> None:
     """``auth plain`` (or a bearer token) over a link that is not encrypted is refused
-    unless allowed."""
+    unless allowed, in the flow's words, before any secret is looked at."""
     if opts.auth in ("plain", "oauth2") and not encrypted and not opts.allow_plaintext_auth:
-        raise MessagingException(
-            f"refusing auth {opts.auth} over a connection that is not encrypted",
-            hint=f"use --protection starttls-mandatory or {IMPLICIT_TLS[opts.protocol]}, or "
-            "--auth encrypted, or --allow-plaintext-auth (on a trusted network only)",
+        raise clear_text_refused(
+            protocol=opts.protocol,
+            auth=opts.auth,
+            credential=opts.credential or "",
+            host=opts.host,
+            port=opts.port,
+            protection=opts.protection,
         )
 
 

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from flowrt.adapters.mail.errors import clear_text_refused
 from flowrt.adapters.mail.sasl import unsafe_for_wire
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import (
@@ -54,7 +55,7 @@ class SessionRefused(Exception):
 
 def session_refused(endpoint: MailEndpoint, greeting: str) -> MessagingException:
     return MessagingException(
-        f"{endpoint.connect_text}; the server refused the session: {greeting}", retryable=True
+        f"{endpoint.connect_text} the server refused the session: {greeting}", retryable=True
     )
 
 
@@ -116,7 +117,7 @@ async def starttls(
             return
         name = "it" if command == "STARTTLS" else command
         raise MessagingException(
-            f"{endpoint.connect_text}; STARTTLS is required (protection starttls-mandatory) "
+            f"{endpoint.connect_text} STARTTLS is required (protection starttls-mandatory) "
             f"but the server does not offer {name}",
             hint=f"a server that stops offering {command} may be under attack (a stripped "
             "capability); check the server and the path to it, or use protection "
@@ -138,13 +139,13 @@ def refuse_clear_text(endpoint: MailEndpoint, encrypted: bool) -> None:
     """A password or OAuth2 token over a link that is not encrypted is refused unless the
     flow says ``allow-plaintext-auth``."""
     if endpoint.auth in ("plain", "oauth2") and not encrypted and not endpoint.allow_plaintext_auth:
-        what = "password" if endpoint.auth == "plain" else "OAuth2 token"
-        raise MessagingException(
-            f"refusing to send the {what} of credential '{endpoint.login.credential}' in clear "
-            f"text to {endpoint.host}:{endpoint.port} (protection {endpoint.protection}, no TLS)",
-            hint=f"use protection starttls-mandatory or {endpoint.protocol}s, or auth encrypted; "
-            "add allow-plaintext-auth only on a trusted network",
-            retryable=False,
+        raise clear_text_refused(
+            protocol=endpoint.protocol,
+            auth=endpoint.auth,
+            credential=endpoint.login.credential,
+            host=endpoint.host,
+            port=endpoint.port,
+            protection=endpoint.protection,
         )
 
 
