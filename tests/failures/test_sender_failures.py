@@ -13,10 +13,17 @@ import pytest
 from flowrt.runtime.state import StateDB
 from flowrt.tenant import Tenant
 from tests.failures.conftest import Run, assert_no_python, error_json, json_levels
-from tests.servers import DovecotServer
+from tests.servers import DovecotServer, free_port
 
 
-def deploy(flowrt: Run, tmp_path: Path, protocol: str, port: int, protection: str) -> None:
+def deploy(
+    flowrt: Run,
+    tmp_path: Path,
+    protocol: str,
+    port: int,
+    protection: str,
+    auth: str = 'encrypted credential "box"',
+) -> None:
     flow = tmp_path / "poll.flow"
     flow.write_text(
         f"""flow poll-{protocol} {{
@@ -24,7 +31,7 @@ def deploy(flowrt: Run, tmp_path: Path, protocol: str, port: int, protection: st
         protocol      {protocol}
         address       "127.0.0.1:{port}"
         protection    {protection}
-        auth          encrypted credential "box"
+        auth          {auth}
         timeout       1s
     }}
     receiver mail out {{
@@ -163,3 +170,94 @@ def test_failures_listing_is_bounded_and_named(flowrt: Run, tenant: Path) -> Non
             "MailConnectException: no 2",
             "MailConnectException: no 1",
         ]
+
+
+# ----------------------------------------------------------------------------- one chain
+# The same failure through a deployed flow and through `flowrt test`: the same levels (outer
+# type and message included), the same hint, exit code 1 on both.
+
+
+def flow_and_test_alike(flowrt: Run, name: str, *test_args: str) -> dict[str, object]:
+    """Run the deployed flow once and `flowrt test TEST_ARGS`; assert both failed with the
+    same chain and hint, and return the flow's logged failure."""
+    once = flowrt("run", "--once", "--log-format", "json")
+    assert once.exit_code == 1
+    failure = last_failure(flowrt, name)["failure"]
+    assert isinstance(failure, dict)
+    tested = flowrt("test", *test_args, "--timeout", "1s", "--format", "json")
+    assert tested.exit_code == 1
+    error = error_json(tested)
+    assert json_levels(error) == json_levels(failure)
+    assert error["hint"] == failure["hint"]
+    assert_no_python(str(failure["chain"]) + tested.output)
+    return failure
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_refused_port_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, protocol: str
+) -> None:
+    port = free_port()
+    deploy(flowrt, tmp_path, protocol, port, "off")
+    failure = flow_and_test_alike(
+        flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{port}", "--protection", "off"
+    )
+    # the reference's words: "MessagingException: Could not connect to SMTP host: h, port: p;"
+    assert json_levels(failure) == [
+        (
+            "MessagingException",
+            f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {port};",
+        ),
+        ("ConnectException", "Connection refused"),
+    ]
+    assert failure["kind"] == "connect"
+    assert (
+        failure["hint"]
+        == f"nothing listens on 127.0.0.1:{port}; check the port and that the server runs"
+    )
+
+
+@pytest.mark.parametrize(("protocol", "protection"), [("imap", "imaps"), ("pop3", "pop3s")])
+def test_untrusted_server_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, dovecot: DovecotServer, protocol: str, protection: str
+) -> None:
+    assert flowrt("keystore", "delete", "test-root").exit_code == 0
+    port = dovecot.imaps_port if protocol == "imap" else dovecot.pop3s_port
+    deploy(flowrt, tmp_path, protocol, port, protection)
+    failure = flow_and_test_alike(
+        flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{port}", "--protection", protection
+    )
+    levels = json_levels(failure)
+    assert levels[0] == (
+        "MessagingException",
+        f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {port};",
+    )
+    assert levels[1][0] == "SSLHandshakeException"
+    assert levels[1][1].startswith("PKIX path building failed")
+    assert failure["kind"] == "tls"
+    fix = f"flowrt test {protocol} 127.0.0.1:{port} --protection {protection} --import"
+    assert fix in str(failure["hint"])
+
+
+@pytest.mark.parametrize(("protocol", "tls"), [("imap", "imaps"), ("pop3", "pop3s")])
+def test_password_refused_in_clear_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, dovecot_no_tls: DovecotServer, protocol: str, tls: str
+) -> None:
+    # starttls-optional against a server without STARTTLS goes on in clear, where a
+    # password is refused (the validator only warns about this flow)
+    port = dovecot_no_tls.imap_port if protocol == "imap" else dovecot_no_tls.pop3_port
+    deploy(flowrt, tmp_path, protocol, port, "starttls-optional", 'plain credential "box"')
+    failure = flow_and_test_alike(
+        flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{port}",
+        "--protection", "starttls-optional", "--auth", "plain", "--credential", "box",
+    )  # fmt: skip
+    assert json_levels(failure) == [
+        (
+            "MessagingException",
+            "refusing to send the password of credential 'box' in clear: the connection to "
+            f"127.0.0.1:{port} is not encrypted (protection starttls-optional)",
+        )
+    ]
+    hint = str(failure["hint"])
+    assert f"use protection starttls-mandatory or {tls}, or auth encrypted" in hint
+    assert "allow-plaintext-auth only where the link is protected otherwise" in hint

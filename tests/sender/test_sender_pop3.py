@@ -240,7 +240,9 @@ async def test_a_server_that_stops_answering_times_out(
     with pytest.raises(MessagingException) as info:
         await asyncio.wait_for(p.poll_once(), 5)
     chain = render_chain(info.value)
-    assert chain.startswith(f"MessagingException: Could not connect to POP3 host: 127.0.0.1, port: {port};")
+    assert chain.startswith(
+        f"MessagingException: Could not connect to POP3 host: 127.0.0.1, port: {port};"
+    )
     assert "SocketTimeoutException: Read timed out after 0.3s" in chain
     assert isinstance(info.value.__cause__, StoreClosedException)
     assert p.health.consecutive_failures == 1
