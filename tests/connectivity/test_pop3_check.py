@@ -119,8 +119,10 @@ def test_starttls_mandatory_against_a_server_without_stls(
     target = f"127.0.0.1:{dovecot_no_tls.pop3_port}"
     result = flowrt("test", "pop3", target, "--credential", "box", "--check-mailbox")
     assert result.exit_code == 1
-    assert "does not offer STARTTLS (STLS); starttls-mandatory refuses" in result.output
-    assert "--protection pop3s" in result.output
+    assert "does not offer STARTTLS (STLS); protection starttls-mandatory does not" in (
+        result.output
+    )
+    assert 'address "127.0.0.1:995", protection pop3s' in result.output
     assert "auth" not in stages(result.output)
     optional = flowrt(
         "test",

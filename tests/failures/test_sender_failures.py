@@ -261,3 +261,34 @@ def test_password_refused_in_clear_reads_the_same_in_a_flow_and_in_flowrt_test(
     hint = str(failure["hint"])
     assert f"use protection starttls-mandatory or {tls}, or auth encrypted" in hint
     assert "allow-plaintext-auth only where the link is protected otherwise" in hint
+
+
+@pytest.mark.parametrize(
+    ("protocol", "command", "tls", "tls_port"),
+    [("imap", "STARTTLS", "imaps", 993), ("pop3", "STARTTLS (STLS)", "pop3s", 995)],
+)
+def test_starttls_missing_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run,
+    tmp_path: Path,
+    dovecot_no_tls: DovecotServer,
+    protocol: str,
+    command: str,
+    tls: str,
+    tls_port: int,
+) -> None:
+    port = dovecot_no_tls.imap_port if protocol == "imap" else dovecot_no_tls.pop3_port
+    deploy(flowrt, tmp_path, protocol, port, "starttls-mandatory")
+    failure = flow_and_test_alike(
+        flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{port}",
+        "--protection", "starttls-mandatory", "--auth", "encrypted", "--credential", "box",
+    )  # fmt: skip
+    assert json_levels(failure) == [
+        (
+            "MessagingException",
+            f"the {protocol.upper()} server 127.0.0.1:{port} does not offer {command}; "
+            "protection starttls-mandatory does not fall back, since falling back would send "
+            "the login and the mails in clear",
+        )
+    ]
+    # the implicit-TLS port, not only the word: the implicit protection on this port fails
+    assert f'address "127.0.0.1:{tls_port}", protection {tls}' in str(failure["hint"])

@@ -121,7 +121,7 @@ async def test_pop3_stls_mandatory_fails_when_not_offered(
 ) -> None:
     user = dovecot_no_tls.new_user()
     sender = make_sender("pop3", port=dovecot_no_tls.pop3_port, protection="starttls-mandatory")
-    with pytest.raises(MessagingException, match="does not offer STLS"):
+    with pytest.raises(MessagingException, match=r"does not offer STARTTLS \(STLS\)"):
         await open_pop3(endpoint_for(sender, user, tls=client_tls))
 
 

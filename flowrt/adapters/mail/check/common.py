@@ -22,7 +22,11 @@ from flowrt.adapters.mail.errors import IMPLICIT_TLS, clear_text_refused, could_
 from flowrt.adapters.mail.model import Proxy
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
-from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
+from flowrt.adapters.mail.sender.errors import (
+    explain_silent_greeting,
+    starttls_missing,
+    timed_out,
+)
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.dsl.model import Pos, Template
@@ -306,7 +310,7 @@ async def starttls(
         return False
     if not offered:
         if opts.protection == "starttls-mandatory":
-            raise starttls_missing(opts, command)
+            raise starttls_missing(opts.protocol, opts.host, opts.port, command)
         return False
     try:
         await upgrade()
@@ -315,18 +319,6 @@ async def starttls(
     except TimeoutError as exc:
         raise SocketTimeoutException(f"TLS handshake timed out after {opts.timeout:g}s") from exc
     return True
-
-
-def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> MessagingException:
-    """``starttls-mandatory`` against a server that does not offer it: never a fallback."""
-    name = "STARTTLS" if command == "STARTTLS" else f"STARTTLS ({command})"
-    return MessagingException(
-        f"{opts.host}:{opts.port} does not offer {name}; starttls-mandatory refuses to "
-        "continue in clear text",
-        hint="a stripped STARTTLS capability can be an attack; use starttls-optional only if "
-        f"the server really has no TLS, or the implicit TLS port (--protection "
-        f"{IMPLICIT_TLS[opts.protocol]})",
-    )
 
 
 def refuse_plaintext(opts: CheckOptions, encrypted: bool) -> None:

@@ -1,13 +1,25 @@
 """What IMAP and POP3 failures share, worded once for the flow and for ``flowrt test``: a
 server that accepted the connection but never greeted, which is most often a plain client on
-an implicit-TLS port (both sides wait for the other)."""
+an implicit-TLS port (both sides wait for the other); a server that does not offer STARTTLS
+to ``starttls-mandatory``; the mailbox lock held by another runtime."""
 
 from __future__ import annotations
 
-from flowrt.errors import FlowrtError, MailboxLockedException, SocketTimeoutException
+from flowrt.errors import (
+    FlowrtError,
+    MailboxLockedException,
+    MessagingException,
+    SocketTimeoutException,
+)
 from flowrt.net import ProxyRoute, speaks_tls_at_once
 
-__all__ = ["explain_silent_greeting", "mailbox_locked", "silent_greeting_hint", "timed_out"]
+__all__ = [
+    "explain_silent_greeting",
+    "mailbox_locked",
+    "silent_greeting_hint",
+    "starttls_missing",
+    "timed_out",
+]
 
 # protocol -> (implicit TLS protection, its usual port, the usual STARTTLS port)
 PORTS = {"imap": ("imaps", 993, 143), "pop3": ("pop3s", 995, 110)}
@@ -73,6 +85,26 @@ async def explain_silent_greeting(
     )
     if tls_at_once and hasattr(error, "retryable"):
         error.retryable = False
+
+
+def starttls_missing(protocol: str, host: str, port: int, command: str) -> MessagingException:
+    """``starttls-mandatory`` against a server that does not offer ``command`` (STARTTLS,
+    STLS): never a fallback, since a stripped capability is what an attacker would do. The
+    hint names the implicit-TLS port, since the implicit protection on this port would only
+    time out."""
+    implicit, tls_port, _ = PORTS[protocol]
+    name = "STARTTLS" if command == "STARTTLS" else f"STARTTLS ({command})"
+    address = f"{host}:{port}"
+    return MessagingException(
+        f"the {protocol.upper()} server {address} does not offer {name}; protection "
+        "starttls-mandatory does not fall back, since falling back would send the login and "
+        "the mails in clear",
+        hint=f"a missing {command} may be the server's configuration or someone on the path "
+        f"removing it; check with `flowrt test {protocol} {address} --protection "
+        f"starttls-mandatory`, or use the server's {implicit.upper()} port with protection "
+        f'{implicit} (address "{host}:{tls_port}", protection {implicit})',
+        retryable=False,
+    )
 
 
 def mailbox_locked(key: str, holder: str, until: str) -> MailboxLockedException:

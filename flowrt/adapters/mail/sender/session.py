@@ -21,7 +21,11 @@ from flowrt.adapters.mail.sender.endpoint import (
     peer_certificate,
     tls_error,
 )
-from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
+from flowrt.adapters.mail.sender.errors import (
+    explain_silent_greeting,
+    starttls_missing,
+    timed_out,
+)
 from flowrt.errors import (
     AuthenticationFailedException,
     FlowrtError,
@@ -115,15 +119,7 @@ async def starttls(
     if not offered:
         if endpoint.protection == "starttls-optional":
             return
-        name = "it" if command == "STARTTLS" else command
-        raise MessagingException(
-            f"{endpoint.connect_text} STARTTLS is required (protection starttls-mandatory) "
-            f"but the server does not offer {name}",
-            hint=f"a server that stops offering {command} may be under attack (a stripped "
-            "capability); check the server and the path to it, or use protection "
-            f"{endpoint.protocol}s on the implicit TLS port",
-            retryable=False,
-        )
+        raise starttls_missing(endpoint.protocol, endpoint.host, endpoint.port, command)
     try:
         await upgrade(endpoint.context())
     except (ssl.SSLError, ConnectionResetError) as exc:
