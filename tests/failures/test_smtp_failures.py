@@ -74,6 +74,15 @@ def test_read_timeout(tenant: Path, flowrt: Run, silent_port: int) -> None:
     assert error["hint"] == hint_of(flow)
     assert_no_python(result.output)
 
+    # --debug adds the library's exception below the chain (as the flow's JSON log has it)
+    debug = flowrt(
+        "test", "smtp", f"127.0.0.1:{silent_port}", "--protection", "off", "--timeout", "1s",
+        "--debug",
+    )  # fmt: skip
+    assert debug.exit_code == 1
+    assert "\nlibrary cause: SMTPConnectTimeoutError(" in debug.output
+    assert_no_python(debug.output.split("\nlibrary cause: ")[0])
+
 
 @pytest.mark.parametrize("protection", ["off", "starttls-mandatory"])
 def test_plain_client_on_the_smtps_port(
