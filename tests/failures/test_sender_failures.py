@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def deploy(
     port: int,
     protection: str,
     auth: str = 'encrypted credential "box"',
+    extra: str = "",
 ) -> None:
     flow = tmp_path / "poll.flow"
     flow.write_text(
@@ -32,7 +34,7 @@ def deploy(
         address       "127.0.0.1:{port}"
         protection    {protection}
         auth          {auth}
-        timeout       1s
+        timeout       1s{extra}
     }}
     receiver mail out {{
         address       "127.0.0.1:25"
@@ -177,6 +179,12 @@ def test_failures_listing_is_bounded_and_named(flowrt: Run, tenant: Path) -> Non
 # type and message included), the same hint, exit code 1 on both.
 
 
+def same_words(levels: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The levels without what a server adds to each reply on its own (Dovecot's timings,
+    "(0.001 + 0.000 secs)"): flowrt's words must be equal, the server's clock need not."""
+    return [(kind, re.sub(r" \([\d. +]+ secs\)", "", message)) for kind, message in levels]
+
+
 def flow_and_test_alike(flowrt: Run, name: str, *test_args: str) -> dict[str, object]:
     """Run the deployed flow once and `flowrt test TEST_ARGS`; assert both failed with the
     same chain and hint, and return the flow's logged failure."""
@@ -187,7 +195,7 @@ def flow_and_test_alike(flowrt: Run, name: str, *test_args: str) -> dict[str, ob
     tested = flowrt("test", *test_args, "--timeout", "1s", "--format", "json")
     assert tested.exit_code == 1
     error = error_json(tested)
-    assert json_levels(error) == json_levels(failure)
+    assert same_words(json_levels(error)) == same_words(json_levels(failure))
     assert error["hint"] == failure["hint"]
     assert_no_python(str(failure["chain"]) + tested.output)
     return failure
@@ -292,3 +300,45 @@ def test_starttls_missing_reads_the_same_in_a_flow_and_in_flowrt_test(
     ]
     # the implicit-TLS port, not only the word: the implicit protection on this port fails
     assert f'address "127.0.0.1:{tls_port}", protection {tls}' in str(failure["hint"])
+
+
+@pytest.mark.parametrize(("protocol", "tls"), [("imap", "imaps"), ("pop3", "pop3s")])
+def test_refused_login_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, dovecot: DovecotServer, protocol: str, tls: str
+) -> None:
+    port = dovecot.imaps_port if protocol == "imap" else dovecot.pop3s_port
+    deploy(flowrt, tmp_path, protocol, port, tls, 'plain credential "box"')
+    failure = flow_and_test_alike(
+        flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{port}",
+        "--protection", tls, "--credential", "box",
+    )  # fmt: skip
+    assert [t for t, _ in json_levels(failure)] == ["AuthenticationFailedException"]
+    assert failure["kind"] == "login"
+    hint = str(failure["hint"])
+    assert "credential 'box' (user u@example.com)" in hint
+    assert "`flowrt credentials add box --user USER --password-stdin --replace`" in hint
+
+
+def test_missing_folder_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    user = dovecot.new_user()
+    added = flowrt(
+        "credentials", "add", "box", "--user", user.address, "--password-stdin", "--replace",
+        input=user.password,
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    port = dovecot.imaps_port
+    deploy(flowrt, tmp_path, "imap", port, "imaps", 'plain credential "box"',
+           '\n        folder        "Invoices"')  # fmt: skip
+    failure = flow_and_test_alike(
+        flowrt, "poll-imap", "imap", f"127.0.0.1:{port}",
+        "--protection", "imaps", "--credential", "box", "--check-mailbox", "Invoices",
+    )  # fmt: skip
+    ((kind, message),) = json_levels(failure)
+    assert kind == "FolderNotFoundException"
+    assert message.startswith(f"folder 'Invoices' not found in the mailbox of {user.address}")
+    assert failure["kind"] == "folder"
+    hint = str(failure["hint"])
+    assert hint.startswith("the mailbox has no folder 'Invoices'; its folders: INBOX")
+    assert f"`flowrt test imap 127.0.0.1:{port} --protection imaps --credential box " in hint

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from cryptography import x509
@@ -392,13 +391,3 @@ def mail_endpoint(
         timeout=opts.timeout,
         allow_plaintext_auth=opts.allow_plaintext_auth,
     )
-
-
-def similar(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
-    """Candidates that look like ``name``: same letters in another case first, then close."""
-    names = list(candidates)
-    same = [c for c in names if c.lower() == name.lower() and c != name]
-    close = difflib.get_close_matches(name, names, n=limit, cutoff=0.5)
-    folded = difflib.get_close_matches(name.lower(), [c.lower() for c in names], n=limit)
-    close += [c for c in names if c.lower() in folded]
-    return list(dict.fromkeys(same + close))[:limit]

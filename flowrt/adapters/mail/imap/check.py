@@ -21,7 +21,6 @@ from flowrt.adapters.mail.check.common import (
     failing,
     mail_endpoint,
     refuse_plaintext,
-    similar,
     start_client,
     starttls,
     tls_stage,
@@ -146,13 +145,16 @@ async def _check_mailbox(
     )
     response = await client.execute(command, f"STATUS {folder}")
     if response.result != "OK":
-        text = f"{response.result} {response_text(response)}".strip()
+        text = response_text(response)  # the server's words, as the flow's SELECT has them
         if response_code(response) == "NONEXISTENT" or response.result == "NO":
             names = [name for name, _ in await client.list_folders("*")]
             where = f"{opts.host}:{opts.port}"
-            hint = _folder_hint(folder, names)
+            command = errors.list_folders_command(
+                opts.host, opts.port, opts.shown_protection, login.credential, opts.location
+            )
+            hint = errors.missing_folder_hint(folder, names, command)
             raise errors.folder_not_found(folder, login.user, where, text, hint)
-        raise errors.status_failed(folder, text)
+        raise errors.status_failed(folder, f"{response.result} {text}".strip())
     counts = _status_items(response.lines[:-1])
     total, unread = counts.get("MESSAGES", 0), counts.get("UNSEEN", 0)
     report.results["mailbox"] = {
@@ -178,14 +180,6 @@ def _status_items(lines: list[object]) -> dict[str, int]:
             if value.isdigit():
                 out[key.upper()] = int(value)
     return out
-
-
-def _folder_hint(folder: str, names: list[str]) -> str:
-    close = similar(folder, names)
-    if close:
-        return f"the mailbox has no folder {folder!r}; similar folders: {', '.join(close)}"
-    shown = ", ".join(sorted(names)[:20]) or "none"
-    return f"the mailbox has no folder {folder!r}; its folders: {shown}"
 
 
 async def _fetch_chain(opts: CheckOptions, route: ProxyRoute | None) -> list[x509.Certificate]:
