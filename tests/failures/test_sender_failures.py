@@ -118,6 +118,7 @@ def test_plain_client_on_the_implicit_tls_port(
     )  # fmt: skip
     assert tested.exit_code == 1
     assert error_json(tested)["hint"] == hint
+    assert json_levels(error_json(tested)) == json_levels(failure)
 
 
 def test_mailbox_lock_held_by_another_node(

@@ -132,6 +132,8 @@ def test_server_closes_right_after_its_greeting(
     assert "MailConnectException: Connection to SMTP host: 127.0.0.1" in result.output
     assert f"hint: {hint_of(flow)}" in result.output
     assert_no_python(result.output)
+    tested = flowrt("test", "smtp", f"127.0.0.1:{port}", "--protection", "off", "--format", "json")
+    assert json_levels(error_json(tested)) == expected
 
 
 def test_cram_md5_requested_but_not_offered(
