@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner, Result
 
 from flowrt.cli.main import cli
@@ -27,6 +29,15 @@ DAMAGES = {
 }
 PYTHON = ("Traceback", "DecodeError", "DatabaseError", "OperationalError", "KeyError",
           "ValueError", "TypeError", "AttributeError", "InvalidTag", "Error(")  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _logging_as_it_was() -> Iterator[None]:
+    """`flowrt run` configures structlog for its process (here: into CliRunner's stream);
+    the tests after these must find it as it was (module scope: before the tenant is made)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def shown(output: str) -> str:
