@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -13,7 +15,7 @@ import pytest
 
 from flowrt.runtime.state import StateDB
 from flowrt.tenant import Tenant
-from tests.failures.conftest import Run, assert_no_python, error_json, json_levels
+from tests.failures.conftest import LineServer, Run, assert_no_python, error_json, json_levels
 from tests.servers import DovecotServer, free_port
 
 
@@ -343,3 +345,51 @@ def test_missing_folder_reads_the_same_in_a_flow_and_in_flowrt_test(
     hint = str(failure["hint"])
     assert hint.startswith("the mailbox has no folder 'Invoices'; its folders: INBOX")
     assert f"`flowrt test imap 127.0.0.1:{port} --protection imaps --credential box " in hint
+
+
+GREETINGS = {
+    ("imap", "refused"): b"* BYE too many connections from your address\r\n",
+    ("pop3", "refused"): b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+    ("imap", "not mail"): b"SSH-2.0-OpenSSH_9.6\r\n",
+    ("pop3", "not mail"): b"SSH-2.0-OpenSSH_9.6\r\n",
+}
+
+
+@pytest.mark.parametrize(("protocol", "case"), list(GREETINGS))
+def test_a_greeting_that_refuses_or_is_not_mail_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, protocol: str, case: str
+) -> None:
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETINGS[protocol, case])
+        await writer.drain()
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(reader.readline(), 2)
+        writer.close()
+
+    server = LineServer(talk).start()
+    try:
+        deploy(flowrt, tmp_path, protocol, server.port, "off")
+        failure = flow_and_test_alike(
+            flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{server.port}",
+            "--protection", "off", "--auth", "encrypted", "--credential", "box",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    greeting = GREETINGS[protocol, case].decode().strip()
+    name = protocol.upper()
+    (level,) = json_levels(failure)  # the greeting says it all: no level below
+    connect = f"Could not connect to {name} host: 127.0.0.1, port: {server.port};"
+    hint = str(failure["hint"])
+    if case == "refused":
+        assert level == (
+            "MessagingException",
+            f"{connect} the server refused the session: {greeting}",
+        )
+        assert "takes no session now" in hint
+    else:  # a wrong port: say what answered, and which ports the protocol uses
+        article = "an" if protocol == "imap" else "a"
+        assert level == (
+            "MessagingException",
+            f"{connect} not {article} {name} greeting: {greeting}",
+        )
+        assert hint.startswith(f"is 127.0.0.1:{server.port} {article} {name} port? ({name} ")

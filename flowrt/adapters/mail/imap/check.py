@@ -35,6 +35,7 @@ from flowrt.adapters.mail.imap.parse import encode_folder, response_code, respon
 from flowrt.adapters.mail.imap.session import authenticate
 from flowrt.adapters.mail.sasl import oauth2_mechanism
 from flowrt.adapters.mail.sender.endpoint import MailLogin
+from flowrt.adapters.mail.sender.errors import greeting_not_ok
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.errors import MessagingException
@@ -99,7 +100,7 @@ async def _session(
 
 
 def _refused(opts: CheckOptions, greeting: str) -> MessagingException:
-    return errors.not_a_greeting(greeting, opts.host, opts.port)
+    return greeting_not_ok("imap", opts.host, opts.port, greeting)
 
 
 def _capabilities(client: ImapClient) -> str:

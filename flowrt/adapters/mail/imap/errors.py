@@ -33,7 +33,6 @@ __all__ = [
     "no_cram_md5",
     "no_idle",
     "no_oauth2",
-    "not_a_greeting",
     "read_timeout",
     "refused",
     "select_failed",
@@ -63,16 +62,6 @@ def no_answer(where: str, what: str) -> StoreClosedException:
 
 def read_timeout(timeout: float) -> SocketTimeoutException:
     return SocketTimeoutException(f"Read timed out after {timeout:g}s")
-
-
-def not_a_greeting(greeting: str, host: str, port: int) -> MessagingException:
-    """What the connectivity check says about a greeting that is not ``* OK``."""
-    if greeting.upper().startswith("* BYE"):
-        return MessagingException(f"the server refused the session: {greeting}")
-    return MessagingException(
-        f"not an IMAP greeting: {greeting[:80]}",
-        hint=f"is {host}:{port} an IMAP port? (IMAP 143, IMAPS 993)",
-    )
 
 
 # -- commands

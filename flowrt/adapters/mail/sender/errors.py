@@ -5,6 +5,7 @@ to ``starttls-mandatory``; the mailbox lock held by another runtime."""
 
 from __future__ import annotations
 
+from flowrt.adapters.mail.errors import connect_text
 from flowrt.errors import (
     FlowrtError,
     MailboxLockedException,
@@ -15,6 +16,7 @@ from flowrt.net import ProxyRoute, speaks_tls_at_once
 
 __all__ = [
     "explain_silent_greeting",
+    "greeting_not_ok",
     "mailbox_locked",
     "silent_greeting_hint",
     "starttls_missing",
@@ -23,6 +25,37 @@ __all__ = [
 
 # protocol -> (implicit TLS protection, its usual port, the usual STARTTLS port)
 PORTS = {"imap": ("imaps", 993, 143), "pop3": ("pop3s", 995, 110)}
+
+
+# how a server that is what it says refuses a session in its greeting
+REFUSALS = {"imap": "* BYE", "pop3": "-ERR"}
+
+
+def greeting_not_ok(protocol: str, host: str, port: int, greeting: str) -> MessagingException:
+    """A greeting that is not OK: a refusal (IMAP ``* BYE``, POP3 ``-ERR``) is a server of
+    the protocol that takes no session now; anything else is not this protocol's server
+    (a wrong port), which no retry heals."""
+    name, address = protocol.upper(), f"{host}:{port}"
+    if greeting.upper().startswith(REFUSALS[protocol]):
+        return MessagingException(
+            f"{connect_text(protocol, host, port)} the server refused the session: {greeting}",
+            hint=f"{address} answers as {protocol_article(protocol)} {name} server but takes no "
+            "session now: it may limit connections from this machine (rate limit, blocklist, "
+            "too many sessions) or be shutting down; its log says why",
+            retryable=True,
+        )
+    implicit, tls_port, plain_port = PORTS[protocol]
+    return MessagingException(
+        f"{connect_text(protocol, host, port)} not {protocol_article(protocol)} {name} "
+        f"greeting: {greeting[:80]}",
+        hint=f"is {address} {protocol_article(protocol)} {name} port? ({name} {plain_port}, "
+        f"{implicit.upper()} {tls_port})",
+        retryable=False,
+    )
+
+
+def protocol_article(protocol: str) -> str:
+    return "an" if protocol == "imap" else "a"
 
 
 def timed_out(exc: BaseException) -> bool:

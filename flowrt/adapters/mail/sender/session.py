@@ -23,6 +23,7 @@ from flowrt.adapters.mail.sender.endpoint import (
 )
 from flowrt.adapters.mail.sender.errors import (
     explain_silent_greeting,
+    greeting_not_ok,
     starttls_missing,
     timed_out,
 )
@@ -58,9 +59,7 @@ class SessionRefused(Exception):
 
 
 def session_refused(endpoint: MailEndpoint, greeting: str) -> MessagingException:
-    return MessagingException(
-        f"{endpoint.connect_text} the server refused the session: {greeting}", retryable=True
-    )
+    return greeting_not_ok(endpoint.protocol, endpoint.host, endpoint.port, greeting)
 
 
 async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
@@ -86,7 +85,7 @@ async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
     except OSError as exc:  # reset or aborted before anything was said
         raise connect_failure(endpoint, IOException(f"connection lost: {exc}")) from exc
     except SessionRefused as exc:
-        raise session_refused(endpoint, exc.greeting) from exc.__cause__
+        raise session_refused(endpoint, exc.greeting) from None  # the greeting says it all
     except (IOException, MessagingException) as exc:
         error = connect_failure(endpoint, exc)
         if timed_out(exc):
