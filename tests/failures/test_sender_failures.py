@@ -13,9 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from flowrt.errors import is_retryable
 from flowrt.runtime.state import StateDB
 from flowrt.tenant import Tenant
-from tests.failures.conftest import LineServer, Run, assert_no_python, error_json, json_levels
+from tests.failures.conftest import (
+    LineServer,
+    Run,
+    assert_no_python,
+    error_json,
+    hint_of,
+    json_levels,
+    levels_of,
+)
 from tests.servers import DovecotServer, free_port
 
 
@@ -393,3 +402,56 @@ def test_a_greeting_that_refuses_or_is_not_mail_reads_the_same_in_a_flow_and_in_
             f"{connect} not {article} {name} greeting: {greeting}",
         )
         assert hint.startswith(f"is 127.0.0.1:{server.port} {article} {name} port? ({name} ")
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_a_server_that_closes_after_its_greeting_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, protocol: str
+) -> None:
+    greeting = b"* OK ready\r\n" if protocol == "imap" else b"+OK ready\r\n"
+
+    # It closes at the client's first command, which it reads first: the client sees an
+    # orderly close there. (Closing before the client said anything races with the client's
+    # first command; that case is worded by greeting_not_ok, tested below.)
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(reader.readline(), 2)
+        writer.close()
+
+    server = LineServer(talk).start()
+    try:
+        deploy(flowrt, tmp_path, protocol, server.port, "off")
+        failure = flow_and_test_alike(
+            flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{server.port}",
+            "--protection", "off", "--auth", "encrypted", "--credential", "box",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    levels = json_levels(failure)
+    assert levels[0] == (
+        "MessagingException",
+        f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {server.port};",
+    )
+    assert levels[1][0] == "StoreClosedException"  # it greeted: not "not an IMAP greeting"
+    assert failure["kind"] == "connect"
+
+
+@pytest.mark.parametrize(("protocol", "greeting"), [("imap", "* OK ready"), ("pop3", "+OK ready")])
+def test_a_greeting_then_a_closed_connection_is_not_called_a_wrong_port(
+    protocol: str, greeting: str
+) -> None:
+    from flowrt.adapters.mail.sender.errors import greeting_not_ok
+
+    error = greeting_not_ok(protocol, "127.0.0.1", 1143, greeting)
+    name = protocol.upper()
+    assert levels_of(error) == [
+        ("MessagingException", f"Could not connect to {name} host: 127.0.0.1, port: 1143;"),
+        (
+            "StoreClosedException",
+            f"{name} host 127.0.0.1:1143 closed the connection right after its greeting",
+        ),
+    ]
+    assert hint_of(error).startswith(f"127.0.0.1:1143 greeted ({greeting}) and then closed")
+    assert is_retryable(error)

@@ -69,7 +69,8 @@ async def _session(
         greeting = client.greeting.decode("utf-8", "replace").strip()
         with failing(report, "greeting"):
             if client.state == "LOGOUT":
-                raise _refused(opts, greeting)
+                error = _refused(opts, greeting)
+                raise error from error.__cause__
         report.stage("greeting", greeting)
         with failing(report, "capabilities", connecting=opts):
             await client.capability()

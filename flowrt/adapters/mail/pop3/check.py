@@ -53,7 +53,8 @@ async def _start(
     try:
         return await start_client(Pop3Client.start, opts, sock, tls, route)
     except Pop3ErrorReply as exc:
-        raise greeting_not_ok("pop3", opts.host, opts.port, exc.reply) from None
+        error = greeting_not_ok("pop3", opts.host, opts.port, exc.reply)
+        raise error from error.__cause__
 
 
 async def _session(

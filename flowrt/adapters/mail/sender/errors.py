@@ -11,6 +11,7 @@ from flowrt.errors import (
     MailboxLockedException,
     MessagingException,
     SocketTimeoutException,
+    StoreClosedException,
 )
 from flowrt.net import ProxyRoute, speaks_tls_at_once
 
@@ -27,15 +28,29 @@ __all__ = [
 PORTS = {"imap": ("imaps", 993, 143), "pop3": ("pop3s", 995, 110)}
 
 
-# how a server that is what it says refuses a session in its greeting
-REFUSALS = {"imap": "* BYE", "pop3": "-ERR"}
+# how a server that is what it says refuses a session in its greeting, and greets
+REFUSALS = {"imap": ("* BYE",), "pop3": ("-ERR",)}
+GREETINGS = {"imap": ("* OK", "* PREAUTH"), "pop3": ("+OK",)}
 
 
 def greeting_not_ok(protocol: str, host: str, port: int, greeting: str) -> MessagingException:
-    """A greeting that is not OK: a refusal (IMAP ``* BYE``, POP3 ``-ERR``) is a server of
-    the protocol that takes no session now; anything else is not this protocol's server
-    (a wrong port), which no retry heals."""
+    """A session that did not start after ``greeting`` (raise it from its ``__cause__``): a
+    refusal (IMAP ``* BYE``, POP3 ``-ERR``) is a server of the protocol that takes no
+    session now; a greeting followed by a closed connection is one that dropped us; anything
+    else is not this protocol's server (a wrong port), which no retry heals."""
     name, address = protocol.upper(), f"{host}:{port}"
+    if greeting.upper().startswith(GREETINGS[protocol]):
+        error = MessagingException(
+            connect_text(protocol, host, port),
+            hint=f"{address} greeted ({greeting}) and then closed the connection: it may limit "
+            "connections from this machine (rate limit, blocklist, too many sessions) or be "
+            "shutting down; its log says why",
+            retryable=True,
+        )
+        error.__cause__ = StoreClosedException(
+            f"{name} host {address} closed the connection right after its greeting"
+        )
+        return error
     if greeting.upper().startswith(REFUSALS[protocol]):
         return MessagingException(
             f"{connect_text(protocol, host, port)} the server refused the session: {greeting}",

@@ -85,7 +85,8 @@ async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
     except OSError as exc:  # reset or aborted before anything was said
         raise connect_failure(endpoint, IOException(f"connection lost: {exc}")) from exc
     except SessionRefused as exc:
-        raise session_refused(endpoint, exc.greeting) from None  # the greeting says it all
+        error = session_refused(endpoint, exc.greeting)
+        raise error from error.__cause__  # the greeting says it all: not the client's error
     except (IOException, MessagingException) as exc:
         error = connect_failure(endpoint, exc)
         if timed_out(exc):
