@@ -375,7 +375,7 @@ def render_chain(levels: Sequence[ChainLevel] | BaseException) -> str:
 
 def summary(exc: BaseException) -> str:
     """One line for status and log fields: the chain's first line, and its root cause when
-    there is one, e.g. ``MailConnectException: Could not connect to IMAP host: h, port: 993;
+    there is one, e.g. ``MessagingException: Could not connect to IMAP host: h, port: 993;
     caused by SocksException: Connection not allowed by ruleset``."""
     levels = chain_levels(exc)
     if not levels:

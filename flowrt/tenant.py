@@ -69,12 +69,30 @@ class Tenant:
     def read_marker(self) -> dict[str, Any]:
         """The marker's content, as written by `flowrt init` (the tenant must exist)."""
         self.require()
+        restore = (
+            f"restore {self.marker_path} from a backup: it marks the directory as a tenant and "
+            "holds the check value of its master key (a small JSON file)"
+        )
         try:
-            data = json.loads(self.marker_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise TenantError(f"cannot read the tenant marker {self.marker_path}: {exc}") from exc
+            data = json.loads(self.marker_path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise TenantError(
+                f"cannot read the tenant marker {self.marker_path}: {exc.strerror or exc}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise TenantError(
+                f"the tenant marker {self.marker_path} is damaged: byte {exc.start} is not "
+                "UTF-8 text",
+                hint=restore,
+            ) from None
+        except ValueError as exc:
+            raise TenantError(
+                f"the tenant marker {self.marker_path} is damaged: not JSON ({exc})", hint=restore
+            ) from None
         if not isinstance(data, dict):
-            raise TenantError(f"the tenant marker {self.marker_path} is not a JSON object")
+            raise TenantError(
+                f"the tenant marker {self.marker_path} is not a JSON object", hint=restore
+            )
         return data
 
     def exists(self) -> bool:

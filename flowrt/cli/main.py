@@ -9,7 +9,13 @@ import click
 from flowrt import __version__
 from flowrt.cli._complete import TENANT_META
 from flowrt.cli._context import CliContext
-from flowrt.errors import FlowrtError, render_chain
+from flowrt.errors import (
+    FlowrtError,
+    ProcessingError,
+    chain_levels,
+    chain_of,
+    render_chain,
+)
 from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
 
 
@@ -29,8 +35,16 @@ class FlowrtGroup(click.Group):
 
 def render_error(exc: FlowrtError) -> None:
     """``error: message`` (or the whole chain when there is one) and the hint beside it."""
-    if exc.__cause__ is not None:
-        click.echo("error: " + render_chain(exc), err=True)
+    levels = chain_levels(exc)
+    if not isinstance(exc, ProcessingError):
+        # A tenant, store or security error that already says what the library said (a
+        # damaged file, a malformed database) does not repeat it under the library's class
+        # name. Under a ProcessingError a foreign level stays: a script's own exception.
+        pairs = list(zip(levels, chain_of(exc), strict=False))
+        said = " ".join(lv.message for lv, e in pairs if isinstance(e, FlowrtError))
+        levels = [lv for lv, e in pairs if isinstance(e, FlowrtError) or lv.message not in said]
+    if len(levels) > 1:
+        click.echo("error: " + render_chain(levels), err=True)
     else:
         click.echo(f"error: {exc.message}", err=True)
     if exc.hint:

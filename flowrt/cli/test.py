@@ -106,6 +106,12 @@ def _common(protocol: str, default: str) -> Callable[[Any], Any]:
                 metavar="[PREFIX]",
                 help="Add the chain's root and intermediates to the keystore.",
             ),
+            click.option(
+                "--debug",
+                is_flag=True,
+                help="On failure, also show the protocol library's own exception (for a bug "
+                "report; the chain above it says what went wrong).",
+            ),
             format_option,
         ]
         for option in reversed(options):
@@ -183,10 +189,10 @@ def _run(cli: CliContext, opts: CheckOptions, check: Check, kw: dict[str, Any]) 
             click.echo(f"saved the chain ({len(report.chain)} certificates) to {kw['download']}")
     if text:
         if not report.ok:
-            click.echo(report.render_failure(), err=True)
+            click.echo(report.render_failure(debug=kw["debug"]), err=True)
         click.echo(report.verdict())
     else:
-        print_json(report.to_dict())
+        print_json(report.to_dict(debug=kw["debug"]))
     if not report.ok:
         raise SystemExit(1)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowrt.connectivity.chain import CertInfo
-from flowrt.errors import FlowrtError, chain_levels, find_hint, render_chain
+from flowrt.errors import FlowrtError, chain_levels, find_hint, library_cause, render_chain
 
 
 @dataclasses.dataclass
@@ -60,14 +60,21 @@ class ConnectivityReport:
         assert self.error is not None
         return f"verdict: FAILED: {self.title}: {chain_levels(self.error)[-1].message}"
 
-    def render_failure(self) -> str:
+    def render_failure(self, *, debug: bool = False) -> str:
+        """The chain and its hint; with ``debug`` also the library's own exception, which
+        the chain never shows (it is for a bug report, not for the operator)."""
         if self.error is None:
             return ""
         text = render_chain(self.error)
         hint = find_hint(self.error)
-        return text + (f"\nhint: {hint}" if hint else "")
+        cause = library_cause(self.error) if debug else None
+        return (
+            text
+            + (f"\nhint: {hint}" if hint else "")
+            + (f"\nlibrary cause: {cause}" if cause else "")
+        )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, debug: bool = False) -> dict[str, Any]:
         return {
             "test": self.title,
             "ok": self.ok,
@@ -82,5 +89,6 @@ class ConnectivityReport:
                 "chain": render_chain(self.error),
                 "levels": [lv.to_dict() for lv in chain_levels(self.error)],
                 "hint": find_hint(self.error),
+                **({"library_cause": library_cause(self.error)} if debug else {}),
             },
         }

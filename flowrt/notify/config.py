@@ -260,9 +260,14 @@ class NotifyConfig:
             raise TenantError(
                 f"the notification settings {path} cannot be read: "
                 + (f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)),
-                hint="restore the file from a backup, or remove it and set the server and "
-                "rules again",
+                hint=_RESTORE_HINT,
             ) from exc
+
+
+_RESTORE_HINT = (
+    "restore the file from a backup, or remove it and set the server and rules again "
+    "(`flowrt notify server set`, `flowrt notify rule add`)"
+)
 
 
 def config_path(tenant: Tenant) -> Path:
@@ -273,15 +278,24 @@ def load_config(tenant: Tenant) -> NotifyConfig:
     """The stored settings; empty (no server, no rules) when none were set."""
     path = config_path(tenant)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return NotifyConfig()
     except OSError as exc:
         raise TenantError(f"cannot read {path}: {exc.strerror}") from exc
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TenantError(
+            f"the notification settings {path} are damaged: byte {exc.start} is not UTF-8 text",
+            hint=_RESTORE_HINT,
+        ) from None  # the message says where; no codec's words in the output
+    try:
         data = json.loads(text)
     except ValueError as exc:
-        raise TenantError(f"the notification settings {path} are not JSON: {exc}") from exc
+        raise TenantError(
+            f"the notification settings {path} are not JSON: {exc}", hint=_RESTORE_HINT
+        ) from exc
     return NotifyConfig.from_json(data, path)
 
 

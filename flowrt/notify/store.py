@@ -166,6 +166,17 @@ class Counter:
 _COLUMNS = ", ".join(f.name for f in dataclasses.fields(Attempt))
 
 
+def _open_error(message: str, cause: object) -> TenantError:
+    hint = (
+        "if the file is damaged (or not flowrt's), stop the runtime and move it away: a new "
+        "notification log is created, and the per-recipient counters and the attempt log "
+        "start again"
+        if cause is not None
+        else None
+    )
+    return TenantError(message, hint=hint)
+
+
 class NotifyStore:
     """One connection to ``notify.sqlite``; safe to share between threads."""
 
@@ -175,7 +186,7 @@ class NotifyStore:
         self._conn = open_wal(
             path,
             name="notification log",
-            error=lambda message, _cause: TenantError(message),
+            error=_open_error,
             create=create,
             timeout=10.0,
         )

@@ -134,6 +134,8 @@ class Deployments:
             source = (self.root / f"{name}.flow").read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:
+            raise self._damaged(name, exc) from None  # the message says where
         except (OSError, ValueError) as exc:
             raise self._damaged(name, exc) from exc
         try:
@@ -158,7 +160,11 @@ class Deployments:
             raise self._damaged(name, exc) from exc
 
     def _damaged(self, name: str, exc: Exception) -> TenantError:
-        what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"({exc})"
+        what = (
+            f"(byte {exc.start} is not UTF-8 text)"
+            if isinstance(exc, UnicodeDecodeError)
+            else f"({exc})"
+        )
         return TenantError(
             f"deployment {name} cannot be read: {self._meta(name)} or "
             f"{self.root / (name + '.flow')} is damaged {what}",

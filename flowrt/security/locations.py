@@ -101,7 +101,7 @@ class Locations:
             raise ConnectorError(
                 f"the locations file {path} is not valid ({exc})",
                 hint=_RESTORE_HINT.format(path=path),
-            ) from exc
+            ) from None  # the message says what was wrong; no parser's class name in a log
         return cls(path, locations)
 
     def get(self, location_id: str) -> Location:

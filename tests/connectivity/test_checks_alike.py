@@ -70,7 +70,8 @@ def test_a_port_of_the_other_protocol(
     port = dovecot.ports()[other]
     result = flowrt("test", protocol, f"127.0.0.1:{port}")
     assert result.exit_code == 1
-    assert f"MessagingException: {refusal}" in result.output
+    connect = f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {port};"
+    assert f"MessagingException: {connect} {refusal}" in result.output
     assert f"hint: is 127.0.0.1:{port} {question}" in result.output
     assert failed_stage(result.output) == "greeting"
 

@@ -99,8 +99,11 @@ def test_clear_text_link(flowrt: Run, dovecot: DovecotServer) -> None:
     base = ("test", "pop3", f"127.0.0.1:{dovecot.pop3_port}", "--protection", "off")
     refused = flowrt(*base, "--credential", "box", "--check-mailbox")
     assert refused.exit_code == 1
-    assert "refusing auth plain over a connection that is not encrypted" in refused.output
-    assert "use --protection starttls-mandatory or pop3s" in refused.output
+    assert (
+        "refusing to send the password of credential 'box' in clear: the connection to "
+        f"127.0.0.1:{dovecot.pop3_port} is not encrypted (protection off)"
+    ) in refused.output
+    assert "use protection starttls-mandatory or pop3s" in refused.output
     cram = flowrt(*base, "--auth", "encrypted", "--credential", "box", "--check-mailbox")
     assert cram.exit_code == 0, cram.output
     assert "tls" not in stages(cram.output)
@@ -116,8 +119,10 @@ def test_starttls_mandatory_against_a_server_without_stls(
     target = f"127.0.0.1:{dovecot_no_tls.pop3_port}"
     result = flowrt("test", "pop3", target, "--credential", "box", "--check-mailbox")
     assert result.exit_code == 1
-    assert "does not offer STARTTLS (STLS); starttls-mandatory refuses" in result.output
-    assert "--protection pop3s" in result.output
+    assert "does not offer STARTTLS (STLS); protection starttls-mandatory does not" in (
+        result.output
+    )
+    assert 'address "127.0.0.1:995", protection pop3s' in result.output
     assert "auth" not in stages(result.output)
     optional = flowrt(
         "test",

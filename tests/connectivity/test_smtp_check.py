@@ -165,7 +165,10 @@ def test_plain_auth_without_tls_is_refused(
         "smtp-out",
     )
     assert result.exit_code == 1
-    assert "refusing auth plain over a connection that is not encrypted" in result.output
+    assert (
+        "refusing to send the password of credential 'smtp-out' in clear: the connection to "
+        f"127.0.0.1:{postfix.smtp_port} is not encrypted (protection off)"
+    ) in result.output
 
 
 def test_starttls_mandatory_without_starttls(

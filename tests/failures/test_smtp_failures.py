@@ -74,6 +74,15 @@ def test_read_timeout(tenant: Path, flowrt: Run, silent_port: int) -> None:
     assert error["hint"] == hint_of(flow)
     assert_no_python(result.output)
 
+    # --debug adds the library's exception below the chain (as the flow's JSON log has it)
+    debug = flowrt(
+        "test", "smtp", f"127.0.0.1:{silent_port}", "--protection", "off", "--timeout", "1s",
+        "--debug",
+    )  # fmt: skip
+    assert debug.exit_code == 1
+    assert "\nlibrary cause: SMTPConnectTimeoutError(" in debug.output
+    assert_no_python(debug.output.split("\nlibrary cause: ")[0])
+
 
 @pytest.mark.parametrize("protection", ["off", "starttls-mandatory"])
 def test_plain_client_on_the_smtps_port(
@@ -123,6 +132,8 @@ def test_server_closes_right_after_its_greeting(
     assert "MailConnectException: Connection to SMTP host: 127.0.0.1" in result.output
     assert f"hint: {hint_of(flow)}" in result.output
     assert_no_python(result.output)
+    tested = flowrt("test", "smtp", f"127.0.0.1:{port}", "--protection", "off", "--format", "json")
+    assert json_levels(error_json(tested)) == expected
 
 
 def test_cram_md5_requested_but_not_offered(
@@ -185,6 +196,67 @@ def test_starttls_mandatory_without_starttls(
     assert 'address "127.0.0.1:465", protection smtps' in hint_of(flow)
 
     result = flowrt("test", "smtp", f"127.0.0.1:{server.port}", "--format", "json")
+    assert result.exit_code == 1
+    error = error_json(result)
+    assert json_levels(error) == levels
+    assert error["hint"] == hint_of(flow)
+
+
+# ----------------------------------------------------------------------------- one chain
+# The same failure through a flow's receiver and through `flowrt test smtp`: the same
+# levels (outer type and message included) and the same hint.
+
+
+@pytest.mark.parametrize("protection", ["smtps", "starttls-mandatory"])
+def test_untrusted_server_reads_the_same_in_a_flow_and_in_flowrt_test(
+    tenant: Path, flowrt: Run, postfix: PostfixServer, protection: str
+) -> None:
+    assert flowrt("keystore", "delete", "test-root").exit_code == 0
+    port = postfix.smtps_port if protection == "smtps" else postfix.smtp_port
+    flow = deliver(tenant, port, protection=protection)
+    levels = levels_of(flow)
+    # the reference's words, ";" included: JavaMail's text as operators search for it
+    assert levels[0] == (
+        "MessagingException",
+        f"Could not connect to SMTP host: 127.0.0.1, port: {port};",
+    )
+    assert levels[1][0] == "SSLHandshakeException"
+    assert levels[1][1].startswith("PKIX path building failed")
+    fix = f"flowrt test smtp 127.0.0.1:{port} --protection {protection} --import"
+    assert fix in hint_of(flow)
+    assert not is_retryable(flow)
+
+    result = flowrt(
+        "test", "smtp", f"127.0.0.1:{port}", "--protection", protection, "--timeout", "1s",
+        "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    error = error_json(result)
+    assert json_levels(error) == levels
+    assert error["hint"] == hint_of(flow)
+
+
+def test_password_refused_in_clear_reads_the_same_in_a_flow_and_in_flowrt_test(
+    tenant: Path, flowrt: Run, scripted_smtp: type[ScriptedSMTPServer]
+) -> None:
+    server = scripted_smtp()  # offers no STARTTLS: starttls-optional goes on in clear
+    flow = deliver(
+        tenant, server.port, protection="starttls-optional", auth='plain credential "smtp-out"'
+    )
+    levels = levels_of(flow)
+    assert levels == [
+        (
+            "MessagingException",
+            "refusing to send the password of credential 'smtp-out' in clear: the connection "
+            f"to 127.0.0.1:{server.port} is not encrypted (protection starttls-optional)",
+        )
+    ]
+    assert "use protection starttls-mandatory or smtps, or auth encrypted" in hint_of(flow)
+
+    result = flowrt(
+        "test", "smtp", f"127.0.0.1:{server.port}", "--protection", "starttls-optional",
+        "--auth", "plain", "--credential", "smtp-out", "--format", "json",
+    )  # fmt: skip
     assert result.exit_code == 1
     error = error_json(result)
     assert json_levels(error) == levels

@@ -256,7 +256,7 @@ def test_untrusted_server_is_refused_with_the_pkix_chain_and_the_import_hint(
     settings = (tenant / "notify.json").read_bytes()
 
     expected_chain = (
-        f"MessagingException: Could not connect to SMTP host: 127.0.0.1, port: {port}\n"
+        f"MessagingException: Could not connect to SMTP host: 127.0.0.1, port: {port};\n"
         "  nested exception is:\n"
         "\tSSLHandshakeException: PKIX path building failed: unable to find valid "
         "certification path to requested target"

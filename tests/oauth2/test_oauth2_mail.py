@@ -245,3 +245,28 @@ def test_connectivity_test_with_auth_oauth2(
     assert failed.exit_code == 1
     assert "invalid_grant" in failed.output
     assert "flowrt credentials oauth2-login m365 --provider custom" in failed.output
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3", "smtp"])
+def test_connectivity_test_refuses_a_token_in_clear_as_the_flow_does(
+    bearer_stack: BearerStack, tenant: Path, protocol: str
+) -> None:
+    stack = bearer_stack
+    user = stack.dovecot.new_user("clear")
+    add_refresh_credential(tenant, stack.auth, "m365", user.address)
+    port = {
+        "imap": stack.dovecot.imap_port,
+        "pop3": stack.dovecot.pop3_port,
+        "smtp": stack.postfix.smtp_port,
+    }[protocol]
+    issued = list(stack.auth.issued)
+    result = flowrt(
+        tenant, "test", protocol, f"127.0.0.1:{port}", "--protection", "off",
+        "--auth", "oauth2", "--credential", "m365",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert (
+        "refusing to send the OAuth2 token of credential 'm365' in clear: the connection to "
+        f"127.0.0.1:{port} is not encrypted (protection off)"
+    ) in result.output
+    assert stack.auth.issued == issued  # refused before a token was asked for

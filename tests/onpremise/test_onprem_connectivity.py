@@ -126,7 +126,7 @@ def test_imap_to_a_back_end_the_connector_does_not_trust(
 
     assert result.exit_code == 1
     assert (
-        f"MessagingException: Could not connect to IMAP host: {VHOST}, port: 993\n"
+        f"MessagingException: Could not connect to IMAP host: {VHOST}, port: 993;\n"
         "  nested exception is:\n"
         "\tSocksException: General SOCKS server failure\n"
         "hint: the connector for location plant-1 could not complete the connection to "

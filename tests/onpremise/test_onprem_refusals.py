@@ -182,13 +182,13 @@ def test_sender_refused_by_the_connector_fails_the_poll_with_chain_and_hint(
     (failed,) = run.events("poll failed")[:1]
     assert failed["level"] == "error"
     assert failed["error"] == (
-        f"MailConnectException: Could not connect to IMAP host: {host}, port: {port}\n"
+        f"MessagingException: Could not connect to IMAP host: {host}, port: {port};\n"
         "  nested exception is:\n"
         f"\tSocksException: {case.text}"
     )
     assert failed["hint"] == expected_hint(name, case.imap, connector)
     status = onprem.status()
-    assert status["last_error"].startswith("1 poll(s) failed in a row: MailConnectException: ")
+    assert status["last_error"].startswith("1 poll(s) failed in a row: MessagingException: ")
     assert f"Could not connect to IMAP host: {host}, port: {port}" in status["last_error"]
     assert onprem.ok("mpl", "list", "--format", "json").strip() == "[]"  # no mail was read
     assert onprem.source_seen() == [False]

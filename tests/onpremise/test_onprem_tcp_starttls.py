@@ -87,7 +87,7 @@ def test_runtime_checks_the_virtual_host_against_the_server_certificate(
     assert run.code == 1, run.log
     (failed,) = run.events("poll failed")[:1]
     assert failed["error"] == (
-        "MessagingException: Could not connect to IMAP host: imap.plant.example, port: 143\n"
+        "MessagingException: Could not connect to IMAP host: imap.plant.example, port: 143;\n"
         "  nested exception is:\n"
         "\tSSLHandshakeException: No subject alternative names matching imap.plant.example "
         "found"
@@ -184,7 +184,7 @@ def test_sender_trust_hint_imports_the_chain_through_the_connector(
     assert first.code == 1, first.log
     (failed,) = first.events("poll failed")[:1]
     assert failed["error"] == (
-        f"MessagingException: Could not connect to IMAP host: {VHOST}, port: 143\n"
+        f"MessagingException: Could not connect to IMAP host: {VHOST}, port: 143;\n"
         "  nested exception is:\n"
         "\tSSLHandshakeException: PKIX path building failed: unable to find valid "
         "certification path to requested target (server certificate issued by "

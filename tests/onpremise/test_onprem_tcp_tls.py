@@ -176,7 +176,7 @@ def test_back_end_the_connector_does_not_trust_fails_the_poll_of_a_running_flow(
     assert deployed.exit_code == 0, deployed.output
     failed = runtime.wait_for_event("poll failed")
     assert failed["error"] == (
-        f"MailConnectException: Could not connect to IMAP host: {VHOST}, port: 993\n"
+        f"MessagingException: Could not connect to IMAP host: {VHOST}, port: 993;\n"
         "  nested exception is:\n"
         "\tSocksException: General SOCKS server failure"
     )
@@ -185,7 +185,7 @@ def test_back_end_the_connector_does_not_trust_fails_the_poll_of_a_running_flow(
     status = onprem.status()
     # polls that fail are retried with backoff (1s, 2s, ...): one or more failed by now
     assert re.fullmatch(
-        rf"\d+ poll\(s\) failed in a row: MailConnectException: Could not connect to IMAP "
+        rf"\d+ poll\(s\) failed in a row: MessagingException: Could not connect to IMAP "
         rf"host: {VHOST}, port: 993\b.*",
         status["last_error"],
     ), status["last_error"]

@@ -10,7 +10,6 @@ from flowrt.adapters.mail.imap.session import open_imap
 from flowrt.errors import (
     AuthenticationFailedException,
     FolderNotFoundException,
-    MailConnectException,
     MessagingException,
     find_hint,
     is_retryable,
@@ -112,9 +111,9 @@ async def test_starttls_mandatory_fails_when_not_offered(
 ) -> None:
     user = dovecot_no_tls.new_user()
     sender = make_sender(port=dovecot_no_tls.imap_port, protection="starttls-mandatory")
-    with pytest.raises(MessagingException, match="STARTTLS is required") as info:
+    with pytest.raises(MessagingException, match="does not offer STARTTLS;") as info:
         await open_imap(endpoint_for(sender, user, tls=client_tls))
-    assert "stripped" in (info.value.hint or "")
+    assert "someone on the path removing it" in (info.value.hint or "")
     assert not info.value.retryable
 
 
@@ -146,7 +145,7 @@ async def test_untrusted_server_certificate_names_the_issuer_and_the_fix(
     chain = render_chain(info.value)
     number = dovecot.ports()[port]
     assert chain.startswith(
-        f"MessagingException: Could not connect to IMAP host: 127.0.0.1, port: {number}"
+        f"MessagingException: Could not connect to IMAP host: 127.0.0.1, port: {number};"
     )
     assert "SSLHandshakeException: PKIX path building failed" in chain
     assert "CN=flowrt Test Intermediate CA" in chain
@@ -158,8 +157,9 @@ async def test_refused_port_is_a_retryable_connect_failure(state: StateDB) -> No
     from tests.servers import free_port
 
     sender = make_sender(port=free_port())
-    with pytest.raises(MailConnectException) as info:
+    with pytest.raises(MessagingException) as info:
         await open_imap(endpoint_for(sender, MailboxUser("x@example.com", "y")))
+    assert render_chain(info.value).startswith("MessagingException: Could not connect to IMAP host")
     assert "ConnectException: Connection refused" in render_chain(info.value)
     assert is_retryable(info.value)
 

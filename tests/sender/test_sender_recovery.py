@@ -18,7 +18,7 @@ import pytest
 
 from flowrt.adapters.mail.model import PostProcess
 from flowrt.engine.exchange import Exchange
-from flowrt.errors import MailConnectException, MessagingException, render_chain
+from flowrt.errors import MessagingException, render_chain
 from flowrt.net import ProxyRoute
 from flowrt.runtime.state import StateDB
 from tests.sender.conftest import (
@@ -169,9 +169,10 @@ async def test_socks_rule_refusal_is_a_connect_failure(
 ) -> None:
     sender = make_sender(port=free_port())  # not a mapped destination
     route = ProxyRoute(dante.host, dante.port)
-    with pytest.raises(MailConnectException) as info:
+    with pytest.raises(MessagingException) as info:
         await poller(
             sender, endpoint_for(sender, mailbox_user, route=route), Recorder(), state
         ).poll_once()
+    assert render_chain(info.value).startswith("MessagingException: Could not connect to IMAP")
     assert "SocksException: Connection not allowed by ruleset" in render_chain(info.value)
     assert not info.value.retryable

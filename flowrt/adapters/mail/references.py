@@ -41,8 +41,11 @@ def check_references(block: Sender | Receiver, security: TenantSecurity) -> list
     auth = connection.auth
     where = block.positions.get("auth", block.pos)
     if auth.credential is not None:
+        # A store that cannot be read is the tenant's error (it names the file and how to
+        # restore it), not a missing credential: adding it again would not help.
+        credentials = security.credentials()
         try:
-            credential = security.credential(auth.credential)
+            credential = credentials.get(auth.credential)
         except FlowrtError:
             error(
                 where,
@@ -61,8 +64,9 @@ def check_references(block: Sender | Receiver, security: TenantSecurity) -> list
                 )
     location = connection.proxy.location
     if location is not None and location.is_literal:
+        locations = security.locations()  # damaged: the tenant's error, as above
         try:
-            security.location(location.literal)
+            locations.get(location.literal)
         except FlowrtError:
             error(
                 block.positions.get("proxy", block.pos),

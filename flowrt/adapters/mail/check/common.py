@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from cryptography import x509
 
 from flowrt.adapters.mail.check.target import CheckOptions
+from flowrt.adapters.mail.errors import IMPLICIT_TLS, clear_text_refused, could_not_connect
 from flowrt.adapters.mail.model import Proxy
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
-from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
+from flowrt.adapters.mail.sender.errors import (
+    explain_silent_greeting,
+    starttls_missing,
+    timed_out,
+)
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.dsl.model import Pos, Template
@@ -42,9 +46,6 @@ from flowrt.security import (
     TenantSecurity,
     unverified_context,
 )
-
-NAMES = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3"}
-IMPLICIT_TLS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s"}
 
 Session = Callable[[ssl.SSLContext, ProxyRoute | None], Awaitable[None]]
 """One test session: with the TLS context to use and the route; raises TlsFailed."""
@@ -95,11 +96,8 @@ def route_for(opts: CheckOptions, security: TenantSecurity) -> ProxyRoute | None
 
 
 def connect_failure(opts: CheckOptions, exc: FlowrtError) -> MessagingException:
-    error = MessagingException(
-        f"Could not connect to {NAMES[opts.protocol]} host: {opts.host}, port: {opts.port}"
-    )
-    error.__cause__ = exc
-    return error
+    """The flow's outer level (:func:`flowrt.adapters.mail.errors.could_not_connect`)."""
+    return could_not_connect(opts.protocol, opts.host, opts.port, exc)
 
 
 async def run_check(
@@ -311,7 +309,7 @@ async def starttls(
         return False
     if not offered:
         if opts.protection == "starttls-mandatory":
-            raise starttls_missing(opts, command)
+            raise starttls_missing(opts.protocol, opts.host, opts.port, command)
         return False
     try:
         await upgrade()
@@ -322,26 +320,17 @@ async def starttls(
     return True
 
 
-def starttls_missing(opts: CheckOptions, command: str = "STARTTLS") -> MessagingException:
-    """``starttls-mandatory`` against a server that does not offer it: never a fallback."""
-    name = "STARTTLS" if command == "STARTTLS" else f"STARTTLS ({command})"
-    return MessagingException(
-        f"{opts.host}:{opts.port} does not offer {name}; starttls-mandatory refuses to "
-        "continue in clear text",
-        hint="a stripped STARTTLS capability can be an attack; use starttls-optional only if "
-        f"the server really has no TLS, or the implicit TLS port (--protection "
-        f"{IMPLICIT_TLS[opts.protocol]})",
-    )
-
-
 def refuse_plaintext(opts: CheckOptions, encrypted: bool) -> None:
     """``auth plain`` (or a bearer token) over a link that is not encrypted is refused
-    unless allowed."""
+    unless allowed, in the flow's words, before any secret is looked at."""
     if opts.auth in ("plain", "oauth2") and not encrypted and not opts.allow_plaintext_auth:
-        raise MessagingException(
-            f"refusing auth {opts.auth} over a connection that is not encrypted",
-            hint=f"use --protection starttls-mandatory or {IMPLICIT_TLS[opts.protocol]}, or "
-            "--auth encrypted, or --allow-plaintext-auth (on a trusted network only)",
+        raise clear_text_refused(
+            protocol=opts.protocol,
+            auth=opts.auth,
+            credential=opts.credential or "",
+            host=opts.host,
+            port=opts.port,
+            protection=opts.protection,
         )
 
 
@@ -402,13 +391,3 @@ def mail_endpoint(
         timeout=opts.timeout,
         allow_plaintext_auth=opts.allow_plaintext_auth,
     )
-
-
-def similar(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
-    """Candidates that look like ``name``: same letters in another case first, then close."""
-    names = list(candidates)
-    same = [c for c in names if c.lower() == name.lower() and c != name]
-    close = difflib.get_close_matches(name, names, n=limit, cutoff=0.5)
-    folded = difflib.get_close_matches(name.lower(), [c.lower() for c in names], n=limit)
-    close += [c for c in names if c.lower() in folded]
-    return list(dict.fromkeys(same + close))[:limit]

@@ -21,7 +21,6 @@ from flowrt.adapters.mail.check.common import (
     failing,
     mail_endpoint,
     refuse_plaintext,
-    similar,
     start_client,
     starttls,
     tls_stage,
@@ -36,6 +35,7 @@ from flowrt.adapters.mail.imap.parse import encode_folder, response_code, respon
 from flowrt.adapters.mail.imap.session import authenticate
 from flowrt.adapters.mail.sasl import oauth2_mechanism
 from flowrt.adapters.mail.sender.endpoint import MailLogin
+from flowrt.adapters.mail.sender.errors import greeting_not_ok
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.errors import MessagingException
@@ -69,7 +69,8 @@ async def _session(
         greeting = client.greeting.decode("utf-8", "replace").strip()
         with failing(report, "greeting"):
             if client.state == "LOGOUT":
-                raise _refused(opts, greeting)
+                error = _refused(opts, greeting)
+                raise error from error.__cause__
         report.stage("greeting", greeting)
         with failing(report, "capabilities", connecting=opts):
             await client.capability()
@@ -100,7 +101,7 @@ async def _session(
 
 
 def _refused(opts: CheckOptions, greeting: str) -> MessagingException:
-    return errors.not_a_greeting(greeting, opts.host, opts.port)
+    return greeting_not_ok("imap", opts.host, opts.port, greeting)
 
 
 def _capabilities(client: ImapClient) -> str:
@@ -146,13 +147,16 @@ async def _check_mailbox(
     )
     response = await client.execute(command, f"STATUS {folder}")
     if response.result != "OK":
-        text = f"{response.result} {response_text(response)}".strip()
+        text = response_text(response)  # the server's words, as the flow's SELECT has them
         if response_code(response) == "NONEXISTENT" or response.result == "NO":
             names = [name for name, _ in await client.list_folders("*")]
             where = f"{opts.host}:{opts.port}"
-            hint = _folder_hint(folder, names)
+            command = errors.list_folders_command(
+                opts.host, opts.port, opts.shown_protection, login.credential, opts.location
+            )
+            hint = errors.missing_folder_hint(folder, names, command)
             raise errors.folder_not_found(folder, login.user, where, text, hint)
-        raise errors.status_failed(folder, text)
+        raise errors.status_failed(folder, f"{response.result} {text}".strip())
     counts = _status_items(response.lines[:-1])
     total, unread = counts.get("MESSAGES", 0), counts.get("UNSEEN", 0)
     report.results["mailbox"] = {
@@ -178,14 +182,6 @@ def _status_items(lines: list[object]) -> dict[str, int]:
             if value.isdigit():
                 out[key.upper()] = int(value)
     return out
-
-
-def _folder_hint(folder: str, names: list[str]) -> str:
-    close = similar(folder, names)
-    if close:
-        return f"the mailbox has no folder {folder!r}; similar folders: {', '.join(close)}"
-    shown = ", ".join(sorted(names)[:20]) or "none"
-    return f"the mailbox has no folder {folder!r}; its folders: {shown}"
 
 
 async def _fetch_chain(opts: CheckOptions, route: ProxyRoute | None) -> list[x509.Certificate]:

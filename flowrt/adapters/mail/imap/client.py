@@ -423,8 +423,8 @@ class ImapClient:
                 if done:
                     try:
                         return task.result()
-                    except _ConnectionClosed as exc:
-                        raise self._closed_error(what) from exc
+                    except _ConnectionClosed:
+                        raise self._closed_error(what) from None  # its reason is in the message
         finally:
             if not task.done():
                 task.cancel()
@@ -702,8 +702,8 @@ class ImapClient:
             response = await self._bounded(asyncio.shield(task), "IDLE DONE")
             self._check(response, "IDLE")
             return protocol.new_mail.is_set()
-        except _ConnectionClosed as exc:
-            raise self._closed_error("IDLE") from exc
+        except _ConnectionClosed:
+            raise self._closed_error("IDLE") from None  # its reason is in the message
         finally:
             if not task.done():
                 task.cancel()
@@ -711,5 +711,5 @@ class ImapClient:
     def _result(self, task: asyncio.Future[Response], what: str) -> Response:
         try:
             return task.result()
-        except _ConnectionClosed as exc:
-            raise self._closed_error(what) from exc
+        except _ConnectionClosed:
+            raise self._closed_error(what) from None  # its reason is in the message

@@ -9,6 +9,9 @@ in :mod:`flowrt.adapters.mail.sender.session` and :mod:`flowrt.adapters.mail.sen
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 from flowrt.errors import (
     AuthenticationFailedException,
     FolderNotFoundException,
@@ -23,12 +26,13 @@ __all__ = [
     "closed",
     "command_failed",
     "folder_not_found",
+    "list_folders_command",
+    "missing_folder_hint",
     "move_failed",
     "no_answer",
     "no_cram_md5",
     "no_idle",
     "no_oauth2",
-    "not_a_greeting",
     "read_timeout",
     "refused",
     "select_failed",
@@ -60,16 +64,6 @@ def read_timeout(timeout: float) -> SocketTimeoutException:
     return SocketTimeoutException(f"Read timed out after {timeout:g}s")
 
 
-def not_a_greeting(greeting: str, host: str, port: int) -> MessagingException:
-    """What the connectivity check says about a greeting that is not ``* OK``."""
-    if greeting.upper().startswith("* BYE"):
-        return MessagingException(f"the server refused the session: {greeting}")
-    return MessagingException(
-        f"not an IMAP greeting: {greeting[:80]}",
-        hint=f"is {host}:{port} an IMAP port? (IMAP 143, IMAPS 993)",
-    )
-
-
 # -- commands
 
 
@@ -95,6 +89,40 @@ def folder_not_found(
     return FolderNotFoundException(
         f"folder {folder!r} not found in the mailbox of {user} on {where}: {text}", hint=hint
     )
+
+
+def list_folders_command(
+    host: str, port: int, protection: str, credential: str, location: str | None = None
+) -> str:
+    """The connectivity test that lists the mailbox's folders, over the flow's route."""
+    via = f" --proxy on-premise --location {location}" if location else ""
+    return (
+        f"flowrt test imap {host}:{port} --protection {protection} --credential "
+        f"{credential or 'NAME'}{via} --list-folders"
+    )
+
+
+def missing_folder_hint(folder: str, names: list[str] | None, list_command: str) -> str:
+    """The folders that look like ``folder`` (same letters in another case first), or the
+    mailbox's folders; ``names`` None when they could not be listed."""
+    if names is None:
+        return f"list the folders with `{list_command}`"
+    close = similar(folder, names)
+    if close:
+        found = f"similar folders: {', '.join(close)}"
+    else:
+        found = f"its folders: {', '.join(sorted(names)[:20]) or 'none'}"
+    return f"the mailbox has no folder {folder!r}; {found} (all: `{list_command}`)"
+
+
+def similar(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
+    """Candidates that look like ``name``: same letters in another case first, then close."""
+    names = list(candidates)
+    same = [c for c in names if c.lower() == name.lower() and c != name]
+    close = difflib.get_close_matches(name, names, n=limit, cutoff=0.5)
+    folded = difflib.get_close_matches(name.lower(), [c.lower() for c in names], n=limit)
+    close += [c for c in names if c.lower() in folded]
+    return list(dict.fromkeys(same + close))[:limit]
 
 
 def select_failed(folder: str, result: str, text: str) -> MessagingException:

@@ -21,7 +21,7 @@ from flowrt.adapters.mail.imap.session import open_imap
 from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
-from flowrt.errors import FolderNotFoundException
+from flowrt.errors import FlowrtError, FolderNotFoundException
 
 __all__ = ["CLAIM_PREFIX", "DEAD_KEYWORD", "ImapMailbox"]
 
@@ -291,9 +291,12 @@ async def _select(client: ImapClient, endpoint: MailEndpoint, folder: str) -> No
         return
     text = response_text(response)
     if response_code(response) == "NONEXISTENT" or response.result == "NO":
-        raise errors.folder_not_found(
-            folder, endpoint.login.user, _where(endpoint), text, _list_hint(endpoint)
-        )
+        try:
+            names: list[str] | None = [name for name, _ in await client.list_folders("*")]
+        except (FlowrtError, OSError):  # only the hint is lost; the failure stands
+            names = None
+        hint = errors.missing_folder_hint(folder, names, _list_command(endpoint))
+        raise errors.folder_not_found(folder, endpoint.login.user, _where(endpoint), text, hint)
     raise errors.select_failed(folder, response.result, text)
 
 
@@ -314,9 +317,15 @@ def _where(endpoint: MailEndpoint) -> str:
     return f"{endpoint.host}:{endpoint.port}"
 
 
-def _list_hint(endpoint: MailEndpoint) -> str:
-    credential = endpoint.login.credential or "NAME"
-    return (
-        f"list the folders with `flowrt test imap {endpoint.host}:{endpoint.port} "
-        f"--protection {endpoint.protection} --credential {credential} --list-folders`"
+def _list_command(endpoint: MailEndpoint) -> str:
+    return errors.list_folders_command(
+        endpoint.host,
+        endpoint.port,
+        endpoint.protection,
+        endpoint.login.credential,
+        endpoint.route.location if endpoint.route is not None else None,
     )
+
+
+def _list_hint(endpoint: MailEndpoint) -> str:
+    return f"list the folders with `{_list_command(endpoint)}`"

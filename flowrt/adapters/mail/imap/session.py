@@ -50,7 +50,8 @@ async def open_imap(endpoint: MailEndpoint) -> ImapClient:
     if client.state == "LOGOUT":  # the greeting refused the session
         greeting = client.greeting.decode("utf-8", "replace").strip()
         await client.logout()
-        raise session_refused(endpoint, greeting)
+        error = session_refused(endpoint, greeting)
+        raise error from error.__cause__
     try:
         await client.capability()
         await starttls(

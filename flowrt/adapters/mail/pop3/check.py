@@ -32,6 +32,7 @@ from flowrt.adapters.mail.pop3.errors import Pop3ErrorReply
 from flowrt.adapters.mail.pop3.session import authenticate
 from flowrt.adapters.mail.sasl import oauth2_mechanism
 from flowrt.adapters.mail.sender.endpoint import MailLogin
+from flowrt.adapters.mail.sender.errors import greeting_not_ok
 from flowrt.connectivity.chain import peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.net import ProxyRoute, connect
@@ -52,7 +53,8 @@ async def _start(
     try:
         return await start_client(Pop3Client.start, opts, sock, tls, route)
     except Pop3ErrorReply as exc:
-        raise errors.not_a_greeting(exc.reply, opts.host, opts.port) from None
+        error = greeting_not_ok("pop3", opts.host, opts.port, exc.reply)
+        raise error from error.__cause__
 
 
 async def _session(

@@ -31,7 +31,6 @@ __all__ = [
     "neither_cram_md5_nor_apop",
     "no_answer",
     "no_apop",
-    "not_a_greeting",
     "read_timeout",
     "stls_refused",
     "unexpected_reply",
@@ -97,15 +96,6 @@ def read_timeout(timeout: float) -> SocketTimeoutException:
 
 
 # -- the connectivity check
-
-
-def not_a_greeting(reply: str, host: str, port: int) -> MessagingException:
-    if reply.startswith("-ERR"):
-        return MessagingException(f"the server refused the session: {reply}")
-    return MessagingException(
-        f"not a POP3 greeting: {reply[:80]}",
-        hint=f"is {host}:{port} a POP3 port? (POP3 110, POP3S 995)",
-    )
 
 
 def stls_refused(reply: str) -> MessagingException:

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from cryptography import x509
 
+from flowrt.adapters.mail import errors as mail_errors
 from flowrt.adapters.mail.model import Sender
 from flowrt.errors import (
     AuthenticationFailedException,
     CredentialError,
     FlowrtError,
-    MailConnectException,
     MessagingException,
-    is_retryable,
 )
 from flowrt.net import ProxyRoute, open_stream, resolve_route, tls_failure
 from flowrt.security.secret import Secret
@@ -151,8 +150,8 @@ class MailEndpoint:
 
     @property
     def connect_text(self) -> str:
-        """The JavaMail wording operators know from the platform."""
-        return f"Could not connect to {self.name} host: {self.host}, port: {self.port}"
+        """The JavaMail wording operators know from the platform (ends with ``;``)."""
+        return mail_errors.connect_text(self.protocol, self.host, self.port)
 
     @property
     def fix_command(self) -> str:
@@ -180,11 +179,9 @@ class MailEndpoint:
 
 
 def connect_failure(endpoint: MailEndpoint, exc: FlowrtError) -> MessagingException:
-    """``MailConnectException: Could not connect to IMAP host: h, port: p`` over a cause from
+    """``MessagingException: Could not connect to IMAP host: h, port: p;`` over a cause from
     :mod:`flowrt.net`; as retryable as its cause (a refused SOCKS rule does not heal)."""
-    error = MailConnectException(endpoint.connect_text, retryable=is_retryable(exc))
-    error.__cause__ = exc
-    return error
+    return mail_errors.could_not_connect(endpoint.protocol, endpoint.host, endpoint.port, exc)
 
 
 def tls_error(
@@ -196,9 +193,7 @@ def tls_error(
         exc, host=endpoint.host, port=endpoint.port, peer=peer, fix_command=endpoint.fix_command
     )
     cause.__cause__ = exc
-    error = MessagingException(endpoint.connect_text, retryable=False)
-    error.__cause__ = cause
-    return error
+    return mail_errors.could_not_connect(endpoint.protocol, endpoint.host, endpoint.port, cause)
 
 
 async def peer_certificate(

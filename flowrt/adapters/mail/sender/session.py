@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from flowrt.adapters.mail.errors import clear_text_refused
 from flowrt.adapters.mail.sasl import unsafe_for_wire
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import (
@@ -20,7 +21,12 @@ from flowrt.adapters.mail.sender.endpoint import (
     peer_certificate,
     tls_error,
 )
-from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
+from flowrt.adapters.mail.sender.errors import (
+    explain_silent_greeting,
+    greeting_not_ok,
+    starttls_missing,
+    timed_out,
+)
 from flowrt.errors import (
     AuthenticationFailedException,
     FlowrtError,
@@ -53,9 +59,7 @@ class SessionRefused(Exception):
 
 
 def session_refused(endpoint: MailEndpoint, greeting: str) -> MessagingException:
-    return MessagingException(
-        f"{endpoint.connect_text}; the server refused the session: {greeting}", retryable=True
-    )
+    return greeting_not_ok(endpoint.protocol, endpoint.host, endpoint.port, greeting)
 
 
 async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
@@ -81,7 +85,8 @@ async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
     except OSError as exc:  # reset or aborted before anything was said
         raise connect_failure(endpoint, IOException(f"connection lost: {exc}")) from exc
     except SessionRefused as exc:
-        raise session_refused(endpoint, exc.greeting) from exc.__cause__
+        error = session_refused(endpoint, exc.greeting)
+        raise error from error.__cause__  # the greeting says it all: not the client's error
     except (IOException, MessagingException) as exc:
         error = connect_failure(endpoint, exc)
         if timed_out(exc):
@@ -114,15 +119,7 @@ async def starttls(
     if not offered:
         if endpoint.protection == "starttls-optional":
             return
-        name = "it" if command == "STARTTLS" else command
-        raise MessagingException(
-            f"{endpoint.connect_text}; STARTTLS is required (protection starttls-mandatory) "
-            f"but the server does not offer {name}",
-            hint=f"a server that stops offering {command} may be under attack (a stripped "
-            "capability); check the server and the path to it, or use protection "
-            f"{endpoint.protocol}s on the implicit TLS port",
-            retryable=False,
-        )
+        raise starttls_missing(endpoint.protocol, endpoint.host, endpoint.port, command)
     try:
         await upgrade(endpoint.context())
     except (ssl.SSLError, ConnectionResetError) as exc:
@@ -138,13 +135,13 @@ def refuse_clear_text(endpoint: MailEndpoint, encrypted: bool) -> None:
     """A password or OAuth2 token over a link that is not encrypted is refused unless the
     flow says ``allow-plaintext-auth``."""
     if endpoint.auth in ("plain", "oauth2") and not encrypted and not endpoint.allow_plaintext_auth:
-        what = "password" if endpoint.auth == "plain" else "OAuth2 token"
-        raise MessagingException(
-            f"refusing to send the {what} of credential '{endpoint.login.credential}' in clear "
-            f"text to {endpoint.host}:{endpoint.port} (protection {endpoint.protection}, no TLS)",
-            hint=f"use protection starttls-mandatory or {endpoint.protocol}s, or auth encrypted; "
-            "add allow-plaintext-auth only on a trusted network",
-            retryable=False,
+        raise clear_text_refused(
+            protocol=endpoint.protocol,
+            auth=endpoint.auth,
+            credential=endpoint.login.credential,
+            host=endpoint.host,
+            port=endpoint.port,
+            protection=endpoint.protection,
         )
 
 

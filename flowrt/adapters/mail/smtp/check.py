@@ -16,6 +16,7 @@ from cryptography import x509
 
 from flowrt.adapters.mail.check.common import (
     TlsFailed,
+    connect_failure,
     connect_stage,
     failing,
     mail_login,
@@ -87,13 +88,10 @@ async def _open(
     if report is not None:
 
         def failure(exc: FlowrtError) -> MessagingException:
-            error: MessagingException = (
-                couldnt_connect(target, exc)
-                if isinstance(exc, IOException)
-                else MessagingException(
-                    f"Could not connect to SMTP host: {opts.host}, port: {opts.port}"
-                )
-            )
+            # as the receiver's open_session words a socket that could not be had
+            if not isinstance(exc, IOException):
+                return connect_failure(opts, exc)
+            error = couldnt_connect(target, exc)
             error.__cause__ = exc
             return error
 
@@ -193,6 +191,8 @@ async def _authenticate(
     """As the flow logs in: the mechanism is chosen from the server's AUTH offer first."""
     assert opts.credential is not None
     if opts.auth == "oauth2":
+        with failing(report, "auth"):  # a bearer token is as good as a password
+            refuse_plaintext(opts, encrypted)
         await _oauth2(client, opts, security, report)
         return
     credential = security.user_credential(opts.credential)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from aiosmtplib import SMTPServerDisconnected, SMTPTimeoutError
 
+from flowrt.adapters.mail import errors as mail_errors
 from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.errors import (
     IOException,
@@ -61,12 +62,9 @@ def reply_text(code: int, message: str) -> str:
 
 
 def could_not_connect(target: SmtpTarget, *, hint: str | None = None) -> MessagingException:
-    """The outer level of a failed TLS handshake or refused session (JavaMail's text)."""
-    return MessagingException(
-        f"Could not connect to SMTP host: {target.host}, port: {target.port};",
-        hint=hint,
-        retryable=False,
-    )
+    """The outer level of a failed TLS handshake or refused session (JavaMail's text, worded
+    for every protocol in :mod:`flowrt.adapters.mail.errors`); not retryable."""
+    return mail_errors.could_not_connect("smtp", target.host, target.port, hint=hint)
 
 
 def couldnt_connect(target: SmtpTarget, cause: IOException) -> MailConnectException:

@@ -41,6 +41,7 @@ from aiosmtplib import (
 )
 from cryptography import x509
 
+from flowrt.adapters.mail.errors import clear_text_refused
 from flowrt.adapters.mail.sasl import OAUTH2_MECHANISMS, OAUTHBEARER_ABORT, oauthbearer_response
 from flowrt.adapters.mail.smtp.errors import (
     connection_dropped_cause,
@@ -317,14 +318,13 @@ async def authenticate(
 ) -> str:
     """Log in as ``login`` says, with a mechanism the server offers; the server's reply."""
     if login.method in ("plain", "oauth2") and not encrypted and not login.allow_plaintext:
-        what = "password" if login.method == "plain" else "OAuth2 token"
-        raise MessagingException(
-            f"refusing to send the {what} of credential '{login.credential}' in clear: the "
-            f"connection to {target.address} is not encrypted (protection "
-            f"{target.protection})",
-            hint="use protection starttls-mandatory or smtps, auth encrypted (CRAM-MD5), or "
-            "add allow-plaintext-auth if the link is protected otherwise",
-            retryable=False,
+        raise clear_text_refused(
+            protocol="smtp",
+            auth=login.method,
+            credential=login.credential,
+            host=target.host,
+            port=target.port,
+            protection=target.protection,
         )
     mechanism = _mechanism(smtp, target, login, encrypted=encrypted)
     try:
