@@ -57,13 +57,15 @@ def test_metrics_readiness_and_flows_of_a_running_runtime(
     tmp_path: Path,
 ) -> None:
     tenant, source, target = stack["tenant"], stack["source"], stack["target"]
+    # another mailbox than good's: on the same one, bad could fail on good's mailbox lock
+    # (MailboxLockedException) instead of on its password
     added = flowrt(
         tenant,
         "credentials",
         "add",
         "wrong",
         "--user",
-        source.address,
+        target.address,
         "--password-stdin",
         input="not-the-password",
     )
