@@ -13,17 +13,22 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 __all__ = [
+    "SOURCE_KEY",
+    "SOURCE_RAW",
+    "SOURCE_SCOPE",
+    "UNREADABLE",
     "Lease",
     "LeaseBusy",
     "LockInfo",
     "MailRecord",
     "PollerHealth",
     "SourceState",
+    "Verdict",
     "default_owner",
 ]
 
@@ -43,10 +48,42 @@ class MailRecord:
     post_processed: bool
     created: float
     updated: float
+    next_attempt: float = 0.0  # a failed mail is not handed over before this UNIX time
 
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+
+UNREADABLE = "source.unreadable"
+"""Property of an exchange a source hands over for data it could not read (a mail that is
+not one): the exception. The flow records the refusal in the MPL and gives its verdict."""
+SOURCE_SCOPE = "source.scope"
+SOURCE_KEY = "source.key"
+SOURCE_RAW = "source.raw"
+"""The scope and key of the idempotency record, and the raw bytes, of a handed-over item."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the flow says about a mail it was handed (true when it finished with it).
+
+    A failed mail is handed over again not before ``retry_at`` (a UNIX time; 0: at the next
+    poll). ``dead_letter`` says its attempts are over: the source moves it to its dead-letter
+    place (``dead_letter_place``, e.g. ``folder`` with ``dead_letter_folder``), records it
+    as done, and calls ``dead_letter_failed`` with the error when that place cannot take it
+    (the mail then stays as it was)."""
+
+    ok: bool
+    retry_at: float = 0.0
+    dead_letter: bool = False
+    dead_letter_place: str = ""  # default | folder | keep | delete | receiver
+    dead_letter_folder: str = ""
+    dead_letter_failed: Callable[[BaseException], None] | None = None
+    error: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +156,23 @@ class SourceState(Protocol):
         self, mailbox: str, key: str, *, generation: str, message_id: str, action: str
     ) -> None: ...
     def record_failure(
-        self, mailbox: str, key: str, *, error: str, generation: str, message_id: str
+        self,
+        mailbox: str,
+        key: str,
+        *,
+        error: str,
+        generation: str,
+        message_id: str,
+        next_attempt: float = 0.0,
     ) -> int: ...
+    def next_attempt_due(self, mailbox: str) -> float | None: ...
+    @property
+    def claim_id(self) -> str:
+        """This store's name on a mail server (claims of mails against other runtimes)."""
+        ...
+
+    def replays(self, mailbox: str) -> list[str]: ...
+    def take_replay(self, mailbox: str, key: str) -> None: ...
     def mark_post_processed(self, mailbox: str, keys: Sequence[str]) -> None: ...
     def forget(self, mailbox: str, keys: Sequence[str]) -> int: ...
     def keys(self, mailbox: str) -> list[str]: ...

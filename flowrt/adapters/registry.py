@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flowrt.dsl.model import ReceiverBlock, SenderBlock
     from flowrt.engine.exchange import Exchange
     from flowrt.security import TenantSecurity
+    from flowrt.source_state import Verdict
 
 __all__ = [
     "BUILTIN",
@@ -48,9 +49,10 @@ __all__ = [
 #: the adapter modules flowrt ships; each defines ``ADAPTER``
 BUILTIN = ("flowrt.adapters.mail.register",)
 
-#: what a source hands each exchange to; True when the flow finished with it, and only then
+#: what a source hands each exchange to; true (a Verdict says more: when to try again, whether
+#: the attempts are over) when the flow finished with it, and only then
 #: may the source tell its origin (mark the mail read, delete it ...)
-Handler = Callable[["Exchange"], Awaitable[bool]]
+Handler = Callable[["Exchange"], Awaitable["bool | Verdict"]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ def _register() -> None:
         check,
         connector,
         credentials,
+        deadletter,
         deploy,
         init,
         keystore,
@@ -88,6 +89,7 @@ def _register() -> None:
         connector,
         locks,
         mpl,
+        deadletter,
         monitor,
         notify,
     ):

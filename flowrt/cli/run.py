@@ -95,6 +95,11 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
         click.echo("runtime: not running (start it with `flowrt run`)")
     click.echo()
     print_table(rows, FLOW_COLUMNS)
+    for row in rows:
+        if row["warning"]:
+            click.echo(f"warning: flow {row['flow']}: {row['warning']}")
+    if any(row["dead_letters"] for row in rows):
+        click.echo("dead letters: see `flowrt deadletter list`")
     if locks:
         click.echo()
         print_table(

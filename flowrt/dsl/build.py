@@ -165,6 +165,15 @@ def build_flow(raw: RawFlow, source: str, report: Report) -> m.Flow | None:
         )
     steps = raw.pipelines[0].steps if raw.pipelines else ()
     _check_steps(steps, receivers, unbuilt, report)
+    if on_error is not None and on_error.dead_letter.kind == "receiver":
+        names = [r.name for r in receivers] + sorted(unbuilt)
+        if on_error.dead_letter.target not in names:
+            report.error(
+                seen["on-error"],
+                "unknown-receiver",
+                f"dead-letter receiver {on_error.dead_letter.target!r} is not a receiver of "
+                f"this flow" + did_you_mean(on_error.dead_letter.target, names),
+            )
     if sum(d.is_error for d in report.diagnostics) > errors_before:
         return None
     return m.Flow(

@@ -164,15 +164,44 @@ class ReceiverBlock(Block, Protocol):
     def name(self) -> str: ...
 
 
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """Where a message ends after its last attempt: ``default`` (IMAP: keyword
+    ``$flowrt-dead`` on the mail, which stays; POP3: kept), ``folder`` (IMAP: moved to
+    ``target``), ``receiver`` (handed to the flow's receiver ``target``), ``keep``, ``delete``."""
+
+    kind: str = "default"
+    target: str = ""
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.target!r}" if self.target else self.kind
+
+
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
+    """``on-error``: ``retries`` within one hand-over, waiting ``delay(n)``; across polls a
+    mail is handed over at most ``max_attempts`` times (the same backoff between them), then
+    goes to ``dead_letter``. ``permanent_errors`` ``dead-letter`` sends a mail whose error
+    cannot heal (5xx, wrong password, unreadable) there at once."""
+
     retries: int
     interval: dt.timedelta
     backoff: float = 1.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    dead_letter: DeadLetter = DeadLetter()
+    permanent_errors: str = "retry"
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         return self.interval.total_seconds() * (self.backoff ** (attempt - 1))
+
+
+DEFAULT_POLICY = RetryPolicy(0, dt.timedelta(0))
+"""What a flow without ``on-error`` gets across polls: five hand-overs, then the default
+dead-letter place."""
 
 
 class MplLogLevel(enum.Enum):

@@ -27,8 +27,9 @@ class Pipeline:
     """A compiled flow.
 
     ``receivers`` are the receiver names in flow order: where a message goes when the flow has
-    no route steps. ``delivery_steps`` maps a receiver name to the (step ID, model step ID)
-    its delivery is recorded under: ``receiver NAME`` and the line of its block.
+    no route steps (but the dead-letter receiver). ``delivery_steps`` maps a receiver name to
+    the (step ID, model step ID) its delivery is recorded under: ``receiver NAME`` and the
+    line of its block.
     """
 
     flow: m.Flow
@@ -68,9 +69,18 @@ def compile_flow(flow: m.Flow, *, folder: Path | None = None, logger: Any = None
     return Pipeline(
         flow=flow,
         steps=tuple(steps),
-        receivers=tuple(r.name for r in flow.receivers),
+        receivers=tuple(r.name for r in flow.receivers if r.name != _dead_letter_receiver(flow)),
         delivery_steps={r.name: (f"receiver {r.name}", line_of(r.pos)) for r in flow.receivers},
         sender="" if flow.sender is None else flow.sender.describe(),
         receiver_descriptions=tuple(r.describe() for r in flow.receivers),
         level=LogLevel(flow.log_level.value),
     )
+
+
+def _dead_letter_receiver(flow: m.Flow) -> str:
+    """The receiver ``on-error`` names as dead-letter place gets only dead letters (and
+    what a route sends it), not every message."""
+    policy = flow.on_error
+    if policy is not None and policy.dead_letter.kind == "receiver":
+        return policy.dead_letter.target
+    return ""

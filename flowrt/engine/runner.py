@@ -94,6 +94,9 @@ class Result(NamedTuple):
     note: str | None = None
     error: ProcessingError | None = None
     failed_step: str | None = None
+    entry: EntryHandle | None = None
+    """The message's MPL entry, for what the caller records after the run (a dead letter,
+    per-recipient delivery state)."""
 
     @property
     def ok(self) -> bool:
@@ -193,6 +196,7 @@ class Runner:
                             sent,
                             error=failure.error,
                             failed_step=failure.step,
+                            entry=entry,
                         )
                     run.finish(MplStatus.RETRY, stop=clock())
                     entry.fail(failure.error, MplStatus.RETRY, failure.step)
@@ -208,7 +212,9 @@ class Runner:
         else:
             entry.complete(MplStatus.COMPLETED, end=clock())
         if last is None:
-            return Result(exchange.message_id, MplStatus.COMPLETED, attempt, sent, note)
+            return Result(
+                exchange.message_id, MplStatus.COMPLETED, attempt, sent, note, entry=entry
+            )
         return Result(
             exchange.message_id,
             MplStatus.COMPLETED,
@@ -217,6 +223,7 @@ class Runner:
             note,
             error=last.error,
             failed_step=last.step,
+            entry=entry,
         )
 
     def record_unreadable(
@@ -259,7 +266,7 @@ class Runner:
         failed_step = f"{step_id} (line {line})" if line else step_id
         status = MplStatus.ESCALATED if self._policy is None else MplStatus.FAILED
         entry.fail(failure, status, failed_step)
-        return Result(message_id, status, 1, error=failure, failed_step=failed_step)
+        return Result(message_id, status, 1, error=failure, failed_step=failed_step, entry=entry)
 
     # ------------------------------------------------------------------ one attempt
 

@@ -35,6 +35,7 @@ class _TenantCollector(Collector):
         self._runtime_up = runtime_up
         self._from_mpl = from_mpl
         self._counts: dict[tuple[str, str], int] = {}
+        self._dead = 0  # dead letters not replayed, from the MPL
         self._counted_at = -_MPL_COUNT_TTL
         self._lock = threading.Lock()
 
@@ -71,7 +72,7 @@ class _TenantCollector(Collector):
         dead = CounterMetricFamily(
             "flowrt_dead_letters", "Messages moved to a dead-letter place after their last attempt."
         )
-        dead.add_metric([], 0)
+        dead.add_metric([], self._dead)
         yield dead
 
     def _mpl_counts(self) -> dict[tuple[str, str], int]:
@@ -81,6 +82,7 @@ class _TenantCollector(Collector):
                 if path.exists():
                     with MplStore(path, create=False) as store:
                         self._counts = store.counts()
+                        self._dead = sum(store.dead_letter_counts().values())
                 self._counted_at = time.monotonic()
             return self._counts
 

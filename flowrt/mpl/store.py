@@ -25,6 +25,7 @@ import json
 import operator
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -494,6 +495,86 @@ class MplStore:
             args.append(flow)
         with self._guard("read") as conn:
             return [_summary(row) for row in conn.execute(sql, args)]
+
+    def abandon_unfinished(self, reason: str, *, now: float | None = None) -> int:
+        """Close the entries a crashed runtime left PROCESSING or in RETRY as ABANDONED,
+        with ``reason`` as their error; simulations are not the runtime's. Returns how many."""
+        levels = json.dumps([["ABANDONED", reason]])
+        with self._transaction("close abandoned entries") as conn:
+            cursor = conn.execute(
+                "UPDATE entries SET status = ?, log_end = coalesce(log_end, ?), "
+                "error_chain = ?, error_levels = ?, error_hint = ? "
+                "WHERE status IN (?, ?) AND simulation = 0",
+                (
+                    MplStatus.ABANDONED.value,
+                    time.time() if now is None else now,
+                    f"ABANDONED: {reason}",
+                    levels,
+                    "the mail stayed in its mailbox and is processed again (a later entry)",
+                    *_UNFINISHED,
+                ),
+            )
+            return cursor.rowcount
+
+    def dead_letters(
+        self,
+        *,
+        flow: str | None = None,
+        after_row: int = 0,
+        include_replayed: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[int, MplEntry]]:
+        """Messages that ended in their dead-letter place (ESCALATED, with the property
+        ``dead-letter``), oldest first, with their row IDs (a watermark for followers).
+        One replayed (``flowrt deadletter replay``) carries ``replayed`` and is left out
+        unless ``include_replayed``."""
+        sql = (
+            "SELECT id, message_id FROM entries WHERE id > ? AND status = ? AND message_id IN "
+            "(SELECT message_id FROM properties WHERE name = 'dead-letter')"
+        )
+        args: list[Any] = [after_row, MplStatus.ESCALATED.value]
+        if not include_replayed:
+            sql += (
+                " AND message_id NOT IN (SELECT message_id FROM properties WHERE name = 'replayed')"
+            )
+        if flow is not None:
+            sql += " AND flow = ?"
+            args.append(flow)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._guard("list dead letters") as conn:
+            rows = conn.execute(sql, args).fetchall()
+        found: list[tuple[int, MplEntry]] = []
+        for row_id, message_id in rows:
+            entry = self.find(message_id)
+            if entry is not None:
+                found.append((int(row_id), entry))
+        return found
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters not replayed, by flow."""
+        sql = (
+            "SELECT flow, count(*) FROM entries WHERE status = ? AND message_id IN "
+            "(SELECT message_id FROM properties WHERE name = 'dead-letter') AND message_id "
+            "NOT IN (SELECT message_id FROM properties WHERE name = 'replayed') GROUP BY flow"
+        )
+        with self._guard("count dead letters") as conn:
+            rows = conn.execute(sql, (MplStatus.ESCALATED.value,)).fetchall()
+        return {str(flow): int(n) for flow, n in rows}
+
+    def add_property(self, message_id: str, name: str, value: str) -> None:
+        """One more custom property on a stored entry (e.g. ``replayed``)."""
+        with self._transaction("write a property") as conn:
+            row = conn.execute(
+                "SELECT coalesce(max(seq), -1) + 1 FROM properties WHERE message_id = ?",
+                (message_id,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO properties (message_id, seq, name, value) VALUES (?, ?, ?, ?)",
+                (message_id, int(row[0]) + 1000, name, value),
+            )
 
     def summaries(self, message_ids: Iterable[str]) -> dict[str, MplSummary]:
         """The current summary of each of these messages that is still stored."""

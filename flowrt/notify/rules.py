@@ -62,9 +62,9 @@ def _ago(seconds: float) -> str:
 
 
 def dead_letters_since(store: MplStore, watermark: int) -> list[MplEntry]:
-    """Entries dead-lettered after row ``watermark``. The MPL has no dead-letter marker yet,
-    so there are none; the ``dead-letter`` trigger reads them here once there is one."""
-    return []
+    """Entries dead-lettered after row ``watermark`` (ESCALATED with the ``dead-letter``
+    property: :meth:`MplStore.dead_letters`)."""
+    return [entry for _, entry in store.dead_letters(after_row=watermark, limit=1000)]
 
 
 def message_event(entry: MplEntry) -> Event:

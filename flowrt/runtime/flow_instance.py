@@ -18,18 +18,30 @@ import structlog
 
 from flowrt import metrics
 from flowrt.adapters.registry import Adapters, Delivery, Source
-from flowrt.dsl.model import Flow
+from flowrt.dsl.model import DEFAULT_POLICY, Flow, RetryPolicy
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.runner import Result, Runner
 from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
+from flowrt.recipients import LEDGER, RecipientLedger
 from flowrt.runtime.deployments import Deployment
+from flowrt.runtime.ending import (
+    SOURCE_PROPERTY,
+    dead_letter_exchange,
+    dead_letter_failed,
+    failure_text,
+    mark_dead,
+    record_recipients,
+    source_of,
+    verdict_for,
+)
 from flowrt.runtime.schedule import run_on_schedule
 from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
+from flowrt.source_state import UNREADABLE, Verdict
 
 _log = structlog.get_logger("flowrt.runtime")
 
@@ -62,6 +74,7 @@ class FlowInstance:
         self._in_flight = 0
         self._start_failed = False
         self._hard_cap = 65.0
+        self._policy: RetryPolicy = DEFAULT_POLICY
         self._log = _log.bind(flow=deployment.name, version=deployment.version)
 
     @property
@@ -98,13 +111,14 @@ class FlowInstance:
         )
         self._receivers = wired.deliveries
         self._runner = wired.runner
+        self._policy = flow.on_error or DEFAULT_POLICY
         sender = self._adapters[flow.sender.adapter]
         timeouts = [sender.timeout_seconds(flow.sender)] + [
             self._adapters[r.adapter].timeout_seconds(r) for r in flow.receivers
         ]
         self._hard_cap = 2 * max(timeouts) + 5
         self._poller = sender.source(
-            flow.sender, self._security, self.handle, self._state, name=flow.name
+            flow.sender, self._security, _Handler(self), self._state, name=flow.name
         )
 
     def run(self) -> None:
@@ -156,11 +170,23 @@ class FlowInstance:
 
     # ------------------------------------------------------------------ per message
 
-    async def handle(self, exchange: Exchange) -> bool:
-        """Run one mail through the flow; True when the flow finished with it."""
+    async def handle(self, exchange: Exchange) -> Verdict:
+        """Run one mail through the flow; the verdict says whether the flow finished with
+        it, and if not, when to try again or that its attempts are over (see ending.py)."""
         assert self._runner is not None
         if self._stop.is_set():
-            return False  # stopping: handed back, unmarked, for the next runtime to take
+            # stopping: handed back, unmarked, for the next runtime to take; not an attempt
+            return Verdict(False, error="the runtime is stopping")
+        scope, key = source_of(exchange)
+        ledger: RecipientLedger | None = None
+        if scope:
+            ledger = RecipientLedger(
+                self._state.deliveries(scope, key),
+                save=lambda rows: self._state.save_deliveries(scope, key, rows),
+            )
+            exchange.properties[LEDGER] = ledger
+        unreadable = exchange.properties.pop(UNREADABLE, None)
+        original = exchange.copy() if self._policy.dead_letter.kind == "receiver" else exchange
         self._in_flight += 1
         try:
             # every log line while this mail is processed (steps, receivers) names it
@@ -168,22 +194,87 @@ class FlowInstance:
                 flow=self.name, message_id=exchange.message_id
             ):
                 started = time.monotonic()
-                result = await self._runner.process(exchange)
+                if isinstance(unreadable, BaseException):
+                    result = self._runner.record_unreadable(
+                        unreadable,
+                        message_id=exchange.message_id,
+                        application_id=exchange.properties.get("mail.message_id") or None,
+                    )
+                    _record_unreadable(result, exchange)
+                else:
+                    result = await self._runner.process(exchange)
                 elapsed = time.monotonic() - started
                 self._log_result(result, elapsed)
                 metrics.message_done(self.name, result.status.value, elapsed)
+                record_recipients(result.entry, ledger)
+                if scope and result.entry is not None:
+                    result.entry.custom_property(SOURCE_PROPERTY, f"{scope} {key}")
+                verdict = await self._verdict(result, original, unreadable is not None)
         finally:
             self._in_flight -= 1
-        ok = result.status is MplStatus.COMPLETED
-        if ok:
+        if verdict.ok:
             self.status.completed += 1
             self.status.last_error = ""  # the flow works again; the MPL keeps the failure
         else:
             self.status.failed += 1
             if result.error is not None:
                 self.status.last_error = summary(result.error)
+        self._durable()
         self.refresh()
-        return ok
+        return verdict
+
+    async def _verdict(self, result: Result, original: Exchange, unreadable: bool) -> Verdict:
+        if result.status is MplStatus.COMPLETED:
+            return Verdict(True)
+        policy = self._policy
+        attempt = int(original.properties.get("mail.attempt", 1) or 1)
+        over, retry_at = verdict_for(result, policy=policy, attempt=attempt, unreadable=unreadable)
+        error = failure_text(result)
+        if not over:
+            return Verdict(False, retry_at=retry_at, error=error)
+        dead = policy.dead_letter
+        failed = dead_letter_failed(result.entry, dead, self._dead_letter_failed)
+        if dead.kind == "receiver":
+            try:
+                await self._deliver(dead.target, dead_letter_exchange(original, result, attempt))
+            except Exception as exc:
+                failed(exc)
+                return Verdict(False, retry_at=retry_at, error=error)
+        mark_dead(result.entry, result, dead, attempt)
+        self.status.dead_lettered += 1
+        metrics.dead_letter()
+        self._log.warning("message dead-lettered", place=dead.describe(), attempts=attempt)
+        return Verdict(
+            False,
+            retry_at=retry_at,
+            dead_letter=True,
+            dead_letter_place=dead.kind,
+            dead_letter_folder=dead.target,
+            dead_letter_failed=lambda exc: self._after(failed, exc),
+            error=error,
+        )
+
+    def _after(self, failed: Callable[[BaseException], None], exc: BaseException) -> None:
+        failed(exc)
+        self._durable()
+
+    async def _deliver(self, name: str, exchange: Exchange) -> None:
+        receiver = self._receivers.get(name)
+        if receiver is None:
+            raise FlowError(f"dead-letter receiver {name!r} is not a receiver of this flow")
+        await receiver.deliver(exchange)
+
+    def _dead_letter_failed(self, text: str) -> None:
+        self.status.last_error = text
+        self._log.error("dead letter failed; mail left in the mailbox", error=text)
+
+    def _durable(self) -> None:
+        """The MPL entry is written before the source records the mail as done and changes
+        the mailbox: a crash after that finds the entry, never a mail without one."""
+        try:
+            self._recorder.flush()
+        except FlowrtError as exc:  # the mail is handled all the same; the writes retry
+            self._log.warning("MPL write failed; retried in the background", error=summary(exc))
 
     def _log_result(self, result: Result, seconds: float) -> None:
         fields = {
@@ -210,6 +301,7 @@ class FlowInstance:
     def refresh(self) -> None:
         """Take the poller's health into the status (and tell the runtime it changed)."""
         if self._poller is not None:
+            self.status.warning = str(getattr(self._poller, "warning", "") or "")
             health = self._poller.health
             if health.last_poll:
                 self.status.last_poll = _iso(health.last_poll)
@@ -246,3 +338,28 @@ class FlowInstance:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _record_unreadable(result: Result, exchange: Exchange) -> None:
+    """What the MPL keeps of a mail that could not be read: its size and Message-ID."""
+    entry = result.entry
+    if entry is None:
+        return
+    entry.custom_property("mail.size", str(exchange.properties.get("mail.size", "")))
+    message_id = exchange.properties.get("mail.message_id")
+    if message_id:
+        entry.custom_property("mail.message-id", str(message_id))
+
+
+class _Handler:
+    """What the source hands mails to: ``refused`` takes a mail that could not be read, so
+    that it gets an MPL entry and a verdict like any other."""
+
+    def __init__(self, instance: FlowInstance) -> None:
+        self._instance = instance
+
+    async def __call__(self, exchange: Exchange) -> Verdict:
+        return await self._instance.handle(exchange)
+
+    async def refused(self, exchange: Exchange) -> Verdict:
+        return await self._instance.handle(exchange)

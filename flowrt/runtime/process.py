@@ -100,6 +100,13 @@ class Runtime:
         self.security = TenantSecurity.open(self.tenant)
         self.state = StateDB.open(self.tenant)
         self.store = MplStore(self.tenant.mpl_path)
+        # one runtime per tenant (the lock above): what is still unfinished was left by one
+        # that died; its mails are still in their mailboxes and are processed again
+        abandoned = self.store.abandon_unfinished(
+            "the runtime stopped (crashed or was killed) while this message was processed"
+        )
+        if abandoned:
+            _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
         self.adapters = Adapters()
 

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from flowrt.errors import NotFoundError
+from flowrt.mpl.store import MplStore
 from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.state import LockInfo, StateDB
 from flowrt.runtime.status import RuntimeStatus, read_status
@@ -15,7 +16,16 @@ from flowrt.tenant import Tenant
 
 __all__ = ["StatusReport", "status_report"]
 
-FLOW_COLUMNS = ["flow", "version", "state", "last_poll", "completed", "failed", "last_error"]
+FLOW_COLUMNS = [
+    "flow",
+    "version",
+    "state",
+    "last_poll",
+    "completed",
+    "failed",
+    "dead_letters",
+    "last_error",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,7 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
             f"no deployed flow named {name!r}",
             hint=f"see `flowrt status` (deployed flows: {known})",
         )
+    dead = _dead_letters(tenant)
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
         if name is not None and deployment.name != name:
@@ -71,7 +82,9 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "last_poll": flow.last_poll if flow else "",
                 "completed": flow.completed if flow else 0,
                 "failed": flow.failed if flow else 0,
+                "dead_letters": dead.get(deployment.name, 0),
                 "last_error": (flow.reason or flow.last_error) if flow else "",
+                "warning": flow.warning if flow else "",
             }
         )
     state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
@@ -79,3 +92,11 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
     if state_db is not None:
         state_db.close()
     return StatusReport(runtime=runtime, alive=alive, flows=rows, locks=locks)
+
+
+def _dead_letters(tenant: Tenant) -> dict[str, int]:
+    """Dead letters not replayed, by flow (``flowrt deadletter list`` has them)."""
+    if not tenant.mpl_path.exists():
+        return {}
+    with MplStore(tenant.mpl_path, create=False) as store:
+        return store.dead_letter_counts()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import socket
 import sqlite3
@@ -90,6 +91,28 @@ MIGRATIONS: tuple[str, ...] = (
         updated              REAL NOT NULL
     );
     """,
+    # 2: a failed mail's next hand-over time (backoff across polls); per-recipient delivery
+    # state (a retry sends only to who does not have the mail yet); replay requests
+    """
+    ALTER TABLE mail_records ADD COLUMN next_attempt REAL NOT NULL DEFAULT 0;
+    CREATE TABLE deliveries (
+        mailbox   TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        receiver  TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        state     TEXT NOT NULL CHECK (state IN ('sent', 'refused', 'pending')),
+        reply     TEXT NOT NULL DEFAULT '',
+        updated   REAL NOT NULL,
+        PRIMARY KEY (mailbox, key, receiver, recipient)
+    ) WITHOUT ROWID;
+    CREATE TABLE replays (
+        mailbox    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        message_id TEXT NOT NULL DEFAULT '',
+        requested  REAL NOT NULL,
+        PRIMARY KEY (mailbox, key)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _CHUNK = 500  # keys per IN (...) query: well below SQLite's variable limit
@@ -121,6 +144,13 @@ class StateDB:
         except BaseException:
             self._conn.close()
             raise
+
+    @property
+    def claim_id(self) -> str:
+        """Names this store's runtimes on a mail server (the IMAP claim keyword): stable
+        across restarts, different for every state DB on every host."""
+        where = f"{socket.gethostname()}:{self.path.resolve()}"
+        return hashlib.sha256(where.encode()).hexdigest()[:12]
 
     @classmethod
     def open(cls, tenant: Tenant, *, create: bool = True) -> StateDB:
@@ -247,19 +277,22 @@ class StateDB:
         error: str,
         generation: str = "",
         message_id: str = "",
+        next_attempt: float = 0.0,
     ) -> int:
         """The flow failed with this mail (it stays in the mailbox as it was); returns how
-        many times it has failed so far. A ``done`` record is never turned back."""
+        many times it has failed so far. A ``done`` record is never turned back.
+        ``next_attempt`` (a UNIX time) is when it may be handed over again."""
         now = time.time()
         with self._transaction("write a mail record") as conn:
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
-                "attempts, last_error, created, updated) "
-                "VALUES (?, ?, ?, ?, 'failed', 1, ?, ?, ?) "
+                "attempts, last_error, created, updated, next_attempt) "
+                "VALUES (?, ?, ?, ?, 'failed', 1, ?, ?, ?, ?) "
                 "ON CONFLICT (mailbox, key) DO UPDATE SET attempts = attempts + 1, "
-                "last_error = excluded.last_error, updated = excluded.updated "
+                "last_error = excluded.last_error, updated = excluded.updated, "
+                "next_attempt = excluded.next_attempt "
                 "WHERE status = 'failed'",
-                (mailbox, key, generation, message_id, error, now, now),
+                (mailbox, key, generation, message_id, error, now, now, next_attempt),
             )
             row = conn.execute(
                 "SELECT attempts FROM mail_records WHERE mailbox = ? AND key = ?",
@@ -305,15 +338,95 @@ class StateDB:
         it from being processed again."""
         sql = (
             "DELETE FROM mail_records WHERE updated < ? AND "
-            "((status = 'done' AND post_processed = 1 AND action != 'keep') "
-            "OR status = 'failed')"
+            "((status = 'done' AND post_processed = 1 AND action != 'keep' "
+            "AND action NOT LIKE 'dead-letter%') OR status = 'failed')"
         )
         args: list[Any] = [older_than]
         if mailbox is not None:
             sql += " AND mailbox = ?"
             args.append(mailbox)
         with self._transaction("purge mail records") as conn:
-            return conn.execute(sql, args).rowcount
+            removed = conn.execute(sql, args).rowcount
+            conn.execute(
+                "DELETE FROM deliveries WHERE updated < ? AND NOT EXISTS (SELECT 1 FROM "
+                "mail_records r WHERE r.mailbox = deliveries.mailbox AND r.key = deliveries.key)",
+                (older_than,),
+            )
+            return removed
+
+    def next_attempt_due(self, mailbox: str) -> float | None:
+        """The earliest time a failed mail of ``mailbox`` may be handed over again (a
+        held IDLE session wakes up for it), or None."""
+        with self._guard("read mail records") as conn:
+            row = conn.execute(
+                "SELECT MIN(next_attempt) FROM mail_records WHERE mailbox = ? AND "
+                "status = 'failed' AND next_attempt > 0",
+                (mailbox,),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    # ------------------------------------------------------------------ per recipient
+
+    def deliveries(self, mailbox: str, key: str) -> list[tuple[str, str, str, str]]:
+        """What each recipient of each receiver got so far: (receiver, recipient, state,
+        reply), state ``sent`` | ``refused`` (final) | ``pending`` (4xx, tried again)."""
+        with self._guard("read deliveries") as conn:
+            rows = conn.execute(
+                "SELECT receiver, recipient, state, reply FROM deliveries "
+                "WHERE mailbox = ? AND key = ? ORDER BY receiver, recipient",
+                (mailbox, key),
+            ).fetchall()
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def save_deliveries(
+        self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]
+    ) -> None:
+        """Write (receiver, recipient, state, reply) rows; committed before returning, since
+        it is what keeps a recipient that has the mail from getting it again."""
+        now = time.time()
+        with self._transaction("write deliveries") as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO deliveries "
+                "(mailbox, key, receiver, recipient, state, reply, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(mailbox, key, r, a, st, rep, now) for r, a, st, rep in rows],
+            )
+
+    # ------------------------------------------------------------------ replays
+
+    def request_replay(self, mailbox: str, key: str, *, message_id: str = "") -> None:
+        """Ask the poller of ``mailbox`` to hand this dead-lettered mail over once more."""
+        with self._transaction("request a replay") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO replays (mailbox, key, message_id, requested) "
+                "VALUES (?, ?, ?, ?)",
+                (mailbox, key, message_id, time.time()),
+            )
+
+    def replays(self, mailbox: str) -> list[str]:
+        """Keys of ``mailbox`` whose replay was asked for and not yet taken."""
+        with self._guard("read replays") as conn:
+            rows = conn.execute("SELECT key FROM replays WHERE mailbox = ?", (mailbox,))
+            return [str(row[0]) for row in rows]
+
+    def take_replay(self, mailbox: str, key: str) -> None:
+        """The poller put the mail back: its record starts over (attempts 0); recipients
+        refused for good may be tried again, those that have the mail still do not get it."""
+        with self._transaction("take a replay") as conn:
+            conn.execute("DELETE FROM replays WHERE mailbox = ? AND key = ?", (mailbox, key))
+            conn.execute("DELETE FROM mail_records WHERE mailbox = ? AND key = ?", (mailbox, key))
+            conn.execute(
+                "DELETE FROM deliveries WHERE mailbox = ? AND key = ? AND state != 'sent'",
+                (mailbox, key),
+            )
+
+    def dead_letter_count(self) -> int:
+        """Mails that ended in their dead-letter place and were not replayed."""
+        with self._guard("read mail records") as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM mail_records WHERE action LIKE 'dead-letter%'"
+            ).fetchone()
+        return int(row[0])
 
     # ------------------------------------------------------------------ lease locks
 

@@ -46,6 +46,8 @@ class FlowStatus:
     failed: int = 0
     last_error: str = ""
     consecutive_failures: int = 0
+    dead_lettered: int = 0
+    warning: str = ""  # e.g. the mailbox cannot be claimed against other runtimes
     updated: str = dataclasses.field(default_factory=now_iso)
 
 

@@ -118,6 +118,7 @@ class Sender:
     keep_original: bool
     pos: Pos
     positions: Mapping[str, Pos]
+    claim: bool = True  # IMAP: claim each mail on the server (CONDSTORE) before handing it over
 
     def describe(self) -> str:
         where = f"{self.connection.address}"

@@ -69,6 +69,8 @@ from flowrt.adapters.mail.imap.parse import (
     last_line,
     parse_fetch,
     parse_list,
+    parse_uid_set,
+    response_code,
     response_text,
     select_info,
     uid_set,
@@ -552,6 +554,32 @@ class ImapClient:
                 loop=self._loop,
             )
             self._check(await self.execute(command, "UID STORE"), "UID STORE")
+
+    async def claim(self, uids: Sequence[int], unchanged_since: int, keyword: str) -> set[int]:
+        """UID STORE (UNCHANGEDSINCE n) +FLAGS.SILENT (keyword) (CONDSTORE, RFC 7162): set
+        ``keyword`` on the mails not changed since ``n``; returns the UIDs it was set on.
+        Those a server names in ``[MODIFIED ...]`` were changed meanwhile (another runtime
+        claimed them first) and are left alone."""
+        claimed: set[int] = set()
+        for chunk in chunks(uids, 500):
+            command = Command(
+                "STORE",
+                self._tag(),
+                uid_set(chunk),
+                f"(UNCHANGEDSINCE {unchanged_since})",
+                "+FLAGS.SILENT",
+                f"({keyword})",
+                prefix="UID",
+                untagged_resp_name="FETCH",
+                loop=self._loop,
+            )
+            response = self._check(await self.execute(command, "UID STORE"), "UID STORE")
+            modified: set[int] = set()
+            if response_code(response) == "MODIFIED":
+                text = response_text(response)
+                modified = parse_uid_set(text.split("]", 1)[0].split()[-1])
+            claimed.update(uid for uid in chunk if uid not in modified)
+        return claimed
 
     async def uid_expunge(self, uids: Sequence[int]) -> None:
         """Expunge exactly these mails (UIDPLUS); else a plain EXPUNGE (all \\Deleted)."""

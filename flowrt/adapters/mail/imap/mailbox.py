@@ -23,7 +23,10 @@ from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
 from flowrt.errors import FolderNotFoundException
 
-__all__ = ["ImapMailbox"]
+__all__ = ["CLAIM_PREFIX", "DEAD_KEYWORD", "ImapMailbox"]
+
+DEAD_KEYWORD = "$flowrt-dead"
+CLAIM_PREFIX = "$flowrt-claim-"
 
 
 class ImapMailbox:
@@ -40,8 +43,10 @@ class ImapMailbox:
         folder: str,
         selection: str,
         post_process: PostProcess,
+        claim_owner: str = "",
     ) -> None:
         self.client = client
+        self.claim_owner = claim_owner  # names this runtime's claim keyword; "" claims nothing
         self.endpoint = endpoint
         self.folder = folder
         self.selection = selection
@@ -52,7 +57,13 @@ class ImapMailbox:
 
     @classmethod
     async def open(
-        cls, endpoint: MailEndpoint, *, folder: str, selection: str, post_process: PostProcess
+        cls,
+        endpoint: MailEndpoint,
+        *,
+        folder: str,
+        selection: str,
+        post_process: PostProcess,
+        claim_owner: str = "",
     ) -> ImapMailbox:
         client = await open_imap(endpoint)
         try:
@@ -62,13 +73,21 @@ class ImapMailbox:
         except BaseException:
             await client.logout()
             raise
-        return cls(client, endpoint, folder=folder, selection=selection, post_process=post_process)
+        return cls(
+            client,
+            endpoint,
+            folder=folder,
+            selection=selection,
+            post_process=post_process,
+            claim_owner=claim_owner,
+        )
 
     # -- listing and fetching
 
     async def candidates(self) -> list[Candidate]:
         criteria = ("UNSEEN", "UNDELETED") if self.selection == "unread" else ("UNDELETED",)
-        uids = await self.client.uid_search(*criteria)
+        # a dead letter stays in the folder, visible, but is not handed over again
+        uids = await self.client.uid_search(*criteria, "UNKEYWORD", DEAD_KEYWORD)
         prefix = f"uid:{self.uidvalidity}:"
         return [Candidate(uid, f"{prefix}{uid}") for uid in uids]
 
@@ -127,6 +146,10 @@ class ImapMailbox:
             await self.client.uid_store(uids, "+", "\\Deleted")
             await self.client.uid_expunge(uids)
         elif post.action == "archive" and post.folder:
+            if self.claim_owner and self.can_claim:
+                # the keyword would move along; taken off first (a runtime of another
+                # store could claim the mail in the one round trip until the move)
+                await self.client.uid_store(uids, "-", f"{CLAIM_PREFIX}{self.claim_owner}")
             await self._move(uids, post.folder)
 
     async def _move(self, uids: list[int], folder: str) -> None:
@@ -141,6 +164,92 @@ class ImapMailbox:
             if response_code(response) in ("TRYCREATE", "NONEXISTENT"):
                 raise _archive_missing(self.endpoint, folder, response_text(response))
             raise errors.move_failed(folder, response_text(response))
+
+    # -- claiming against other runtimes
+
+    @property
+    def can_claim(self) -> bool:
+        return self.client.has("CONDSTORE")
+
+    async def claim(self, todo: Sequence[Candidate]) -> list[Candidate]:
+        """The candidates this runtime may hand over: those it claims now, or claimed
+        before, with the keyword ``$flowrt-claim-OWNER`` set through CONDSTORE.
+
+        Why a keyword set with ``UNCHANGEDSINCE``: every change to a mail raises its
+        MODSEQ above all before it, so of two runtimes that read the same MODSEQs and both
+        try to claim, the second one's STORE is refused for that mail (``[MODIFIED]``):
+        exactly one gets it, with no shared store between them. The claim is released at
+        the end of the poll (:meth:`release_claims`), after the mail was marked read, moved
+        or deleted, so a mail's flags end as without claiming; a mail another runtime read
+        meanwhile (now \\Seen, or \\Deleted) is no candidate any more. A claim left by a
+        crash is this runtime's own after a restart; a mail claimed by another runtime is
+        left to it. Without CONDSTORE nothing is claimed (the poller warns)."""
+        if not todo or not self.claim_owner or not self.can_claim:
+            return list(todo)
+        mine = f"{CLAIM_PREFIX}{self.claim_owner}"
+        by_uid = {c.ref: c for c in todo}
+        items = await self.client.uid_fetch(list(by_uid), "(UID FLAGS MODSEQ)")
+        ours: set[int] = set()
+        free: dict[int, int] = {}
+        for item in items:
+            uid = item.get("uid")
+            if uid not in by_uid:
+                continue
+            flags = item.get("flags", ())
+            claims = [f for f in flags if f.lower().startswith(CLAIM_PREFIX)]
+            if mine.lower() in (f.lower() for f in claims):
+                ours.add(uid)
+            elif claims or "\\Deleted" in flags:
+                continue
+            elif "\\Seen" in flags and self.selection == "unread":
+                continue  # done by another runtime since the search
+            else:
+                free[uid] = int(item.get("modseq", 0))
+        if free:
+            ours |= await self.client.claim(sorted(free), max(free.values()), mine)
+        return [c for c in todo if c.ref in ours]
+
+    async def release_claims(self) -> None:
+        """Take this runtime's claims off (those a crash left too): done mails are read or
+        gone by now, failed ones free for the next poll."""
+        if not self.claim_owner or not self.can_claim:
+            return
+        mine = f"{CLAIM_PREFIX}{self.claim_owner}"
+        uids = await self.client.uid_search("KEYWORD", mine)
+        if uids:
+            await self.client.uid_store(uids, "-", mine)
+
+    # -- dead letters
+
+    async def dead_letter(self, done: Sequence[Candidate], place: str, folder: str) -> None:
+        """Put mails whose attempts are over in their dead-letter place: the keyword
+        $flowrt-dead (``default``, ``receiver``), a folder, deleted, or left (``keep``)."""
+        uids = sorted({c.ref for c in done})
+        if not uids or place == "keep":
+            return
+        if place == "folder":
+            if not any(name == folder for name, _ in await self.client.list_folders(folder)):
+                raise errors.folder_not_found(
+                    folder,
+                    self.endpoint.login.user,
+                    _where(self.endpoint),
+                    "the dead-letter folder does not exist",
+                    f"create the folder {folder!r} in the mailbox, or change `dead-letter` in "
+                    "the flow's on-error block; the mail stays in the mailbox meanwhile",
+                )
+            await self._move(uids, folder)
+        elif place == "delete":
+            await self.client.uid_store(uids, "+", "\\Deleted")
+            await self.client.uid_expunge(uids)
+        else:
+            await self.client.uid_store(uids, "+", DEAD_KEYWORD)
+
+    async def revive(self, keys: Sequence[str]) -> None:
+        """Take the dead-letter keyword off mails put back for another try (replay)."""
+        prefix = f"uid:{self.uidvalidity}:"
+        uids = sorted(int(k[len(prefix) :]) for k in keys if k.startswith(prefix))
+        if uids:
+            await self.client.uid_store(uids, "-", DEAD_KEYWORD)
 
     # -- IDLE
 

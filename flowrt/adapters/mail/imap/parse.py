@@ -24,6 +24,7 @@ __all__ = [
     "encode_folder",
     "parse_fetch",
     "parse_list",
+    "parse_uid_set",
     "response_code",
     "response_text",
     "select_info",
@@ -36,6 +37,7 @@ FETCH_START = re.compile(rb"\d+ FETCH \(", re.IGNORECASE)
 _UID = re.compile(rb"\bUID (\d+)", re.IGNORECASE)
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)", re.IGNORECASE)
 _FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)", re.IGNORECASE)
+_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)", re.IGNORECASE)
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]", re.IGNORECASE)
 _EXISTS_LINE = re.compile(rb"^(\d+) EXISTS$", re.IGNORECASE)
@@ -124,6 +126,18 @@ def _fill(item: dict[str, Any], meta: bytes) -> None:
         item["size"] = int(m.group(1))
     if m := _FLAGS.search(meta):
         item["flags"] = tuple(m.group(1).decode("ascii", "replace").split())
+    if m := _MODSEQ.search(meta):
+        item["modseq"] = int(m.group(1))
+
+
+def parse_uid_set(text: str) -> set[int]:
+    """``7,9:11`` -> {7, 9, 10, 11} (a set a server names, e.g. in ``[MODIFIED ...]``)."""
+    uids: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (not high or high.isdigit()):
+            uids.update(range(int(low), int(high or low) + 1))
+    return uids
 
 
 def parse_list(response: Response) -> list[tuple[str, tuple[str, ...]]]:

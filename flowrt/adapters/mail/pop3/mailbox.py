@@ -19,6 +19,7 @@ from flowrt.adapters.mail.pop3.client import Pop3Client
 from flowrt.adapters.mail.pop3.session import open_pop3
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate
+from flowrt.errors import MessagingException
 
 __all__ = ["Pop3Mailbox"]
 
@@ -77,6 +78,30 @@ class Pop3Mailbox:
                 await self.client.dele(candidate.ref)
         self._finished = True
         await self.client.quit()
+
+    can_claim = False  # POP3 has no flags: nothing keeps two runtimes off one mail
+
+    async def claim(self, todo: Sequence[Candidate]) -> list[Candidate]:
+        return list(todo)
+
+    async def release_claims(self) -> None:
+        pass
+
+    async def dead_letter(self, done: Sequence[Candidate], place: str, folder: str) -> None:
+        """POP3 keeps a dead letter in the maildrop (its record stops it being handed over
+        again), or deletes it; there are no folders to move it to."""
+        if place == "folder":
+            raise MessagingException(
+                f"dead-letter folder {folder!r}: POP3 has no folders",
+                hint="use `dead-letter keep`, `delete` or `receiver NAME` with POP3",
+                retryable=False,
+            )
+        if place == "delete":
+            for candidate in done:
+                await self.client.dele(candidate.ref)
+
+    async def revive(self, keys: Sequence[str]) -> None:
+        pass  # nothing marks a POP3 dead letter but its record
 
     # POP3 has no push; the poller never calls these for it
     def clear_new_mail(self) -> None:

@@ -13,9 +13,13 @@ leases, is injected (:class:`flowrt.source_state.SourceState`).
 The rules it keeps (design: "at-least-once without loss, and no duplicates"):
 
 1. The mailbox is changed (mark read, delete, move) only after the flow has finished with a
-   mail: ``handle`` returned True. A mail whose handling failed (False, or it raised, or it
-   is not a mail at all) stays as it was and is tried again on the next poll; its attempts
-   are counted in the state DB and given to the flow as ``mail.attempt``.
+   mail: ``handle`` returned True (or a true :class:`Verdict`). A mail whose handling failed
+   (false, or it raised, or it is not a mail at all) stays as it was and is handed over again
+   when its verdict's ``retry_at`` has come (the next poll, or later; a held IDLE session
+   wakes up for it); its attempts are counted in the state DB and given to the flow as
+   ``mail.attempt``. When the verdict says the attempts are over, the mail goes to its
+   dead-letter place (keyword ``$flowrt-dead``, a folder, deleted, kept) and is recorded done.
+   A mail that is no mail is handed to ``handle.refused``, when the handler has it.
 2. Right after ``handle`` returned True, and before the mailbox is changed, an idempotency
    record (UIDVALIDITY+UID, or UIDL; the Message-ID as a fallback across UIDVALIDITY
    changes) is committed. A crash between the two leaves a record for an unchanged mail:
@@ -25,7 +29,10 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    renewed) while the poll or the IDLE session runs and released at its end. A second
    poller skips and says who holds the lock; a lease that is not renewed expires, so a
    dead runtime does not block the mailbox for good (`flowrt locks release` ends it now).
-5. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
+5. Mails are claimed on the IMAP server (CONDSTORE) before they are handed over, so that
+   pollers with other state stores (another tenant) cannot take them too; see
+   :meth:`ImapMailbox.claim`. Where that is impossible, the poller warns (``warning``).
+6. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
    connection) raises, and the schedule retries it with backoff.
 """
 
@@ -47,12 +54,25 @@ from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
-from flowrt.source_state import Lease, LeaseBusy, LockInfo, PollerHealth, SourceState, default_owner
+from flowrt.source_state import (
+    SOURCE_KEY,
+    SOURCE_RAW,
+    SOURCE_SCOPE,
+    UNREADABLE,
+    Lease,
+    LeaseBusy,
+    LockInfo,
+    PollerHealth,
+    SourceState,
+    Verdict,
+    default_owner,
+)
 
 __all__ = ["Handle", "MailPoller", "PollResult"]
 
-Handle = Callable[[Exchange], Awaitable[bool]]
-"""True: the flow finished with the mail (completed, or filtered out); False: it failed."""
+Handle = Callable[[Exchange], Awaitable[bool | Verdict]]
+"""True: the flow finished with the mail (completed, or filtered out); False: it failed. A
+:class:`Verdict` also says when to try again and whether the attempts are over."""
 
 MailboxOpener = Callable[[], Awaitable[Mailbox]]
 
@@ -74,6 +94,16 @@ class PollResult:
     more: bool = False  # max-messages left candidates for the next poll
     busy: str = ""  # the poll did not run: another poller holds the mailbox's lock
     lock_lost: bool = False  # our lease was taken away during the poll: it stopped early
+    waiting: int = 0  # failed before, not handed over: their next attempt is not due yet
+    dead_lettered: int = 0  # attempts over: put in their dead-letter place
+    claimed_elsewhere: int = 0  # another runtime (another state store) claimed them first
+
+
+@dataclasses.dataclass
+class _Dead:
+    candidate: Candidate
+    verdict: Verdict
+    message_id: str
 
 
 class _RecordFailed(Exception):
@@ -113,6 +143,7 @@ class MailPoller:
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._purged = 0.0
         self._log = _log.bind(poller=self.name)
+        self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
 
     @property
     def schedule(self) -> Poll:
@@ -169,10 +200,12 @@ class MailPoller:
             folder=self.sender.folder,
             selection=self.sender.selection,
             post_process=self.sender.post_process,
+            claim_owner=self.state.claim_id if self.sender.claim else "",
         )
 
     async def _poll(self, mailbox: Mailbox) -> PollResult:
         result = PollResult()
+        await self._take_replays(mailbox)
         candidates = await mailbox.candidates()
         records = self.state.records(mailbox.scope, [c.key for c in candidates if c.key])
         if mailbox.complete_listing:
@@ -180,8 +213,12 @@ class MailPoller:
         finish: list[Candidate] = []
         todo: list[Candidate] = []
         attempts: dict[str, int] = {}
+        now = time.time()
         for candidate in candidates:
             record = records.get(candidate.key)
+            if record is not None and not record.done and record.next_attempt > now:
+                result.waiting += 1  # failed before; its backoff is not over yet
+                continue
             if record is None or not record.done:
                 todo.append(candidate)
                 attempts[candidate.key] = record.attempts if record else 0
@@ -192,14 +229,16 @@ class MailPoller:
                 result.skipped += 1  # kept mail (post-process keep), already done
         result.more = len(todo) > self.sender.max_messages
         todo = todo[: self.sender.max_messages]
+        todo = await self._claim(mailbox, todo, result)
         state_error: FlowrtError | None = None
+        dead: list[_Dead] = []
         async with contextlib.aclosing(mailbox.batches(todo)) as batches:
             async for batch in batches:
                 for candidate, raw in batch:
                     if self._lost.is_set():
                         break
                     try:
-                        if await self._process(mailbox, candidate, raw, attempts, result):
+                        if await self._process(mailbox, candidate, raw, attempts, result, dead):
                             finish.append(candidate)
                     except _RecordFailed as failed:  # see _process
                         finish.append(candidate)
@@ -208,7 +247,12 @@ class MailPoller:
                     result.lock_lost = True
                     self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
                     break
+        # after the fetches: one command at a time on the connection
+        for item in dead:
+            await self._dead_letter(mailbox, item, result)
         await mailbox.finish(finish)
+        if getattr(mailbox, "can_claim", False):
+            await mailbox.release_claims()
         if finish:
             self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
             result.post_processed = len(finish)
@@ -229,6 +273,74 @@ class MailPoller:
         except FlowrtError as exc:
             self._log.warning("could not purge old mail records", error=summary(exc))
 
+    async def _claim(
+        self, mailbox: Mailbox, todo: list[Candidate], result: PollResult
+    ) -> list[Candidate]:
+        """Only mails this runtime claims on the server are handed over: the lease keeps
+        pollers of one state store apart, the claim also those of other stores."""
+        if not self.sender.claim:
+            return todo
+        if not getattr(mailbox, "can_claim", False):  # (a mailbox that predates claiming)
+            if not self.warning:
+                self.warning = (
+                    f"{self.sender.protocol.upper()} mailbox {self.lock_key} cannot be claimed "
+                    "on the server (POP3, or IMAP without CONDSTORE): a runtime of another "
+                    "tenant polling it too would send its mails again"
+                )
+                self._log.warning("mailbox cannot be claimed", reason=self.warning)
+            return todo
+        if not todo:
+            return todo
+        claimed = await mailbox.claim(todo)
+        result.claimed_elsewhere += len(todo) - len(claimed)
+        return claimed
+
+    async def _take_replays(self, mailbox: Mailbox) -> None:
+        """Dead letters put back (`flowrt deadletter replay`): unmarked, their record
+        starting over, so this poll hands them over once more."""
+        keys = self.state.replays(mailbox.scope)
+        if not keys:
+            return
+        await mailbox.revive(keys)
+        for key in keys:
+            self.state.take_replay(mailbox.scope, key)
+        self._log.info("dead letters put back for another try", count=len(keys))
+
+    async def _dead_letter(self, mailbox: Mailbox, item: _Dead, result: PollResult) -> None:
+        verdict = item.verdict
+        place = verdict.dead_letter_place or "default"
+        try:
+            await mailbox.dead_letter([item.candidate], place, verdict.dead_letter_folder)
+        except FlowrtError as exc:
+            # the mail stays as it was, to be tried again; the flow records why in the MPL
+            self._log.error(
+                "dead-letter place failed; mail left in the mailbox",
+                key=item.candidate.key,
+                error=render_chain(exc),
+                hint=find_hint(exc),
+            )
+            if verdict.dead_letter_failed is not None:
+                verdict.dead_letter_failed(exc)
+            self.state.record_failure(
+                mailbox.scope,
+                item.candidate.key,
+                error=summary(exc),
+                generation=mailbox.generation,
+                message_id=item.message_id,
+                next_attempt=verdict.retry_at,
+            )
+            return
+        self.state.record_done(
+            mailbox.scope,
+            item.candidate.key,
+            generation=mailbox.generation,
+            message_id=item.message_id,
+            action=f"dead-letter {place}",
+        )
+        self.state.mark_post_processed(mailbox.scope, [item.candidate.key])
+        result.dead_lettered += 1
+        self._log.warning("mail dead-lettered", key=item.candidate.key, place=place)
+
     async def _process(
         self,
         mailbox: Mailbox,
@@ -236,6 +348,7 @@ class MailPoller:
         raw: bytes,
         attempts: dict[str, int],
         result: PollResult,
+        dead: list[_Dead],
     ) -> bool:
         """Hand one mail over; True when the mailbox is to be changed for it.
 
@@ -268,21 +381,25 @@ class MailPoller:
             result.recovered += 1
             return True
         attempt = attempts.get(candidate.key, 0) + 1
-        verdict, error = await self._hand_over(mailbox, candidate, raw, attempt)
+        verdict = await self._hand_over(mailbox, candidate, raw, attempt)
         if not verdict:
             result.failed += 1
+            if verdict.dead_letter:
+                dead.append(_Dead(candidate, verdict, message_id))
+                return False
             count = self.state.record_failure(
                 mailbox.scope,
                 candidate.key,
-                error=error,
+                error=verdict.error,
                 generation=mailbox.generation,
                 message_id=message_id,
+                next_attempt=verdict.retry_at,
             )
             self._log.warning(
                 "mail not processed; left in the mailbox",
                 key=candidate.key,
                 attempts=count,
-                error=error,
+                error=verdict.error,
             )
             return False
         result.handled += 1
@@ -300,8 +417,17 @@ class MailPoller:
 
     async def _hand_over(
         self, mailbox: Mailbox, candidate: Candidate, raw: bytes, attempt: int
-    ) -> tuple[bool, str]:
+    ) -> Verdict:
         sender = self.sender
+        source = {
+            **mailbox.properties(candidate),
+            "mail.attempt": attempt,
+            SOURCE_SCOPE: mailbox.scope,
+            SOURCE_KEY: candidate.key,
+            SOURCE_RAW: raw,
+        }
+        unreadable = ""
+        refused: Handle | None = None
         try:
             exchange = mail_to_exchange(
                 raw,
@@ -310,13 +436,31 @@ class MailPoller:
                 keep_original=sender.keep_original,
             )
         except Exception as exc:  # not a mail at all; a parser bug must not stop the poll
-            return False, summary(exc)
-        exchange.properties.update(mailbox.properties(candidate))
-        exchange.properties["mail.attempt"] = attempt
+            unreadable = summary(exc)
+            refused = getattr(self.handle, "refused", None)
+            if refused is None:  # a handler that takes no refusals: counted, left as it is
+                return Verdict(False, error=unreadable)
+            # handed over as a refusal (``handle.refused``): the flow records it in the MPL
+            # and decides (attempts, dead letter) like for any other failure
+            exchange = Exchange(
+                properties={
+                    **source,
+                    UNREADABLE: exc,
+                    "mail.size": len(raw),
+                    "mail.message_id": message_id_of(raw),
+                }
+            )
+        else:
+            exchange.properties.update(source)
         try:
-            return bool(await self.handle(exchange)), "the flow did not complete"
+            verdict = await (self.handle if refused is None else refused)(exchange)
         except Exception as exc:
-            return False, summary(exc)
+            return Verdict(False, error=summary(exc))
+        if isinstance(verdict, Verdict):
+            return verdict
+        if unreadable:  # only a Verdict can end an unreadable mail (as a dead letter)
+            return Verdict(False, error=unreadable)
+        return Verdict(bool(verdict), error="" if verdict else "the flow did not complete")
 
     def _forget_gone(self, mailbox: Mailbox, present: set[str]) -> None:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
@@ -360,10 +504,21 @@ class MailPoller:
                 self._succeeded(result)
                 if result.more or result.lock_lost or mailbox.new_mail_pending():
                     continue
-                await mailbox.wait_for_mail(self.idle_refresh, wake)
+                await mailbox.wait_for_mail(self._idle_wait(mailbox), wake)
         finally:
             for relay in relays:
                 relay.cancel()
+
+    def _idle_wait(self, mailbox: Mailbox) -> float:
+        """Until the refresh, or until a failed mail's next attempt is due: a held IDLE
+        session must wake up for its retries, not wait for new mail."""
+        try:
+            due = self.state.next_attempt_due(mailbox.scope)
+        except FlowrtError:
+            due = None
+        if due is None:
+            return self.idle_refresh
+        return min(self.idle_refresh, max(0.05, due - time.time() + 0.01))
 
     # ------------------------------------------------------------------ lock
 

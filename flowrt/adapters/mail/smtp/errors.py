@@ -154,6 +154,20 @@ def some_recipients_refused(refused: dict[str, str], sent: list[str]) -> SendFai
     )
 
 
+def some_recipients_pending(exc: SendFailedException, pending: list[str]) -> SendFailedException:
+    """Some recipients have the mail, others were refused for now (4xx): a retry sends it
+    to those only, so it may be retried."""
+    return SendFailedException(
+        f"{exc.message}; {', '.join(pending)} refused for now (4xx): a retry sends it to them only",
+        invalid=exc.invalid,
+        valid_sent=exc.valid_sent,
+        replies=exc.replies,
+        hint="the retry policy tries the recipients refused for now again; the recipients "
+        "that have the mail do not get it again",
+        retryable=True,
+    )
+
+
 def sender_refused(
     sender: str, recipients: list[str], code: int, message: str
 ) -> SendFailedException:

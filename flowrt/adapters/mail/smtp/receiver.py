@@ -41,7 +41,11 @@ import structlog
 from flowrt.adapters.mail.mime.compose import MailComposer
 from flowrt.adapters.mail.model import Receiver
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
-from flowrt.adapters.mail.smtp.errors import couldnt_connect, some_recipients_refused
+from flowrt.adapters.mail.smtp.errors import (
+    couldnt_connect,
+    some_recipients_pending,
+    some_recipients_refused,
+)
 from flowrt.adapters.mail.smtp.pool import PoolKey, SmtpPool
 from flowrt.adapters.mail.smtp.session import Login, SmtpSession, local_hostname, open_session
 from flowrt.adapters.mail.smtp.target import SmtpTarget
@@ -54,9 +58,11 @@ from flowrt.errors import (
     MessagingException,
     ProcessingError,
     SecurityError,
+    SendFailedException,
     SocksException,
 )
 from flowrt.net import ProxyRoute, resolve_route
+from flowrt.recipients import LEDGER, SENT, RecipientLedger, state_of
 from flowrt.security import (
     Credential,
     CredentialStore,
@@ -172,7 +178,11 @@ class SmtpReceiver:
     async def send(self, mail: ComposedMail, exchange: Exchange | None = None) -> DeliveryReport:
         """Send an already composed mail (``exchange`` evaluates a location expression)."""
         target = self._target(exchange)
+        ledger = exchange.properties.get(LEDGER) if exchange is not None else None
+        key = RecipientLedger.receiver_key(self.receiver.name, exchange.branch if exchange else "")
         try:
+            if isinstance(ledger, RecipientLedger):
+                return await self._send_remaining(target, mail, ledger, key)
             return await self._send(target, mail)
         except ProcessingError as exc:
             # The MPL gets the whole chain from the runner; the log says where and whether.
@@ -183,6 +193,44 @@ class SmtpReceiver:
                 retryable=exc.retryable,
             )
             raise
+
+    async def _send_remaining(
+        self, target: SmtpTarget, mail: ComposedMail, ledger: RecipientLedger, key: str
+    ) -> DeliveryReport:
+        """Send only to recipients that do not have the mail yet, and record each reply:
+        accepted -> sent, 5xx -> refused (final), 4xx -> pending (a retry sends to them)."""
+        remaining = [a for a in mail.recipients if not ledger.finished(key, a)]
+        report: DeliveryReport | None = None
+        if remaining:
+            try:
+                report = await self._send(target, _Envelope(mail, remaining))
+            except SendFailedException as exc:
+                if exc.valid_sent:  # the transaction went through for some: never again
+                    ledger.record(key, [(a, SENT, "") for a in exc.valid_sent])
+                replies = [(a, state_of(r), r) for a, r in exc.replies.items() if a in remaining]
+                ledger.record(key, replies)
+                pending = [a for a in remaining if not ledger.finished(key, a)]
+                if exc.valid_sent and pending:
+                    raise some_recipients_pending(exc, pending) from None
+                raise
+            ledger.record(key, [(a, SENT, report.replies.get(a, "")) for a in report.accepted])
+        refused = ledger.refused(key)
+        if refused:  # the others have it (now or from an earlier attempt); these never will
+            raise some_recipients_refused(refused, ledger.sent(key))
+        if report is not None:
+            return report
+        return DeliveryReport(
+            receiver=self.receiver.name,
+            server=target.address,
+            route=target.route.describe() if target.route else None,
+            sender=mail.sender,
+            accepted=tuple(ledger.sent(key)),
+            replies={},
+            data_reply="not sent again: every recipient has it",
+            size=len(mail.data),
+            attempts=0,
+            reused_connection=False,
+        )
 
     async def _send(self, target: SmtpTarget, mail: ComposedMail) -> DeliveryReport:
         login = self._login(mail.sender, target.route)
@@ -379,6 +427,15 @@ class SmtpReceiver:
             return client_context(self.resources.keystore())
         except SecurityError as exc:
             raise self._tenant_error(exc) from exc
+
+
+class _Envelope:
+    """A composed mail sent to some of its recipients only (a retry)."""
+
+    def __init__(self, mail: ComposedMail, recipients: list[str]) -> None:
+        self.sender = mail.sender
+        self.recipients = recipients
+        self.data = mail.data
 
 
 def _default_composer(receiver: Receiver, resources: SmtpResources) -> Composer:

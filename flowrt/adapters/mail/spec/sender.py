@@ -140,6 +140,16 @@ SETTINGS = (
         default="all",
     ),
     SettingSpec(
+        "claim",
+        "on | off",
+        "IMAP: claim each mail on the server before handing it over (a keyword "
+        "$flowrt-claim-ID set with CONDSTORE, taken off at the end of the poll), so that "
+        "runtimes of other tenants polling the same mailbox cannot deliver it too. Off: "
+        "nothing is set on a mail before the flow finished with it.",
+        lambda r: r.choice(["on", "off"]) == "on",
+        default="on",
+    ),
+    SettingSpec(
         "keep-original",
         "[yes | no]",
         "Put the raw mail into property mail.original.",
@@ -202,6 +212,7 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
         attachments=s.get("attachments", "keep"),
         headers=s.get("headers"),
         keep_original=s.get("keep-original", False),
+        claim=s.get("claim", True),
         pos=s.pos,
         positions=dict(s.positions),
     )
