@@ -81,6 +81,10 @@ class FlowInstance:
     def name(self) -> str:
         return self.deployment.name
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> bool:
@@ -170,9 +174,11 @@ class FlowInstance:
 
     # ------------------------------------------------------------------ per message
 
-    async def handle(self, exchange: Exchange) -> Verdict:
+    async def handle(self, exchange: Exchange, *, flush: bool = True) -> Verdict:
         """Run one mail through the flow; the verdict says whether the flow finished with
-        it, and if not, when to try again or that its attempts are over (see ending.py)."""
+        it, and if not, when to try again or that its attempts are over (see ending.py).
+        ``flush=False``: the source calls :meth:`durable` before it records the verdict
+        (once for the mails that end together)."""
         assert self._runner is not None
         if self._stop.is_set():
             # stopping: handed back, unmarked, for the next runtime to take; not an attempt
@@ -219,7 +225,8 @@ class FlowInstance:
             self.status.failed += 1
             if result.error is not None:
                 self.status.last_error = summary(result.error)
-        self._durable()
+        if flush:
+            self._durable()
         self.refresh()
         return verdict
 
@@ -267,6 +274,9 @@ class FlowInstance:
     def _dead_letter_failed(self, text: str) -> None:
         self.status.last_error = text
         self._log.error("dead letter failed; mail left in the mailbox", error=text)
+
+    def durable(self) -> None:
+        self._durable()
 
     def _durable(self) -> None:
         """The MPL entry is written before the source records the mail as done and changes
@@ -363,3 +373,16 @@ class _Handler:
 
     async def refused(self, exchange: Exchange) -> Verdict:
         return await self._instance.handle(exchange)
+
+    async def ending(self, exchange: Exchange) -> Verdict:
+        """Like calling the handler, but the MPL entry is made durable by :meth:`durable`,
+        which the source calls before it writes the mail's record."""
+        return await self._instance.handle(exchange, flush=False)
+
+    def durable(self) -> None:
+        self._instance.durable()
+
+    @property
+    def stopping(self) -> bool:
+        """The source starts no more mails: what it has not started is handed back."""
+        return self._instance.stopping

@@ -119,6 +119,7 @@ class Sender:
     pos: Pos
     positions: Mapping[str, Pos]
     claim: bool = True  # IMAP: claim each mail on the server (CONDSTORE) before handing it over
+    in_flight: int = 8  # mails handed over at once; 1: one after another, in mailbox order
 
     def describe(self) -> str:
         where = f"{self.connection.address}"

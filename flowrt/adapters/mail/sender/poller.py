@@ -34,6 +34,11 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    :meth:`ImapMailbox.claim`. Where that is impossible, the poller warns (``warning``).
 6. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
    connection) raises, and the schedule retries it with backoff.
+7. ``in-flight N`` mails are handed over at once (:class:`InFlight`): the next are fetched
+   while earlier ones run, and a slow flow holds the fetching back. Their endings are written
+   together (:class:`GroupCommit`: MPL flush, then the records, with no other work between);
+   the mailbox changes for all of them after the fetches, as before. A stopping runtime or a
+   lost lease starts no more mails; those started finish. ``in-flight 1``: mailbox order.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ import structlog
 from flowrt import metrics
 from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.model import Poll, Sender
+from flowrt.adapters.mail.sender.commit import GroupCommit
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.inflight import InFlight
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, render_chain, summary
@@ -142,6 +149,7 @@ class MailPoller:
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._purged = 0.0
+        self._commits = GroupCommit(lambda: getattr(self.handle, "durable", None))
         self._log = _log.bind(poller=self.name)
         self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
 
@@ -230,23 +238,46 @@ class MailPoller:
         result.more = len(todo) > self.sender.max_messages
         todo = todo[: self.sender.max_messages]
         todo = await self._claim(mailbox, todo, result)
-        state_error: FlowrtError | None = None
+        errors: list[FlowrtError] = []
         dead: list[_Dead] = []
-        async with contextlib.aclosing(mailbox.batches(todo)) as batches:
-            async for batch in batches:
-                for candidate, raw in batch:
+        flight = InFlight(self.sender.in_flight)
+
+        async def one(candidate: Candidate, raw: bytes) -> None:
+            try:
+                if await self._process(mailbox, candidate, raw, attempts, result, dead):
+                    finish.append(candidate)
+            except _RecordFailed as failed:  # see _process
+                finish.append(candidate)
+                errors.append(failed.error)
+
+        try:
+            async with contextlib.aclosing(mailbox.batches(todo)) as batches:
+                async for batch in batches:
+                    for candidate, raw in batch:
+                        await flight.slot()  # backpressure: a slow flow holds back the fetching
+                        if self._lost.is_set() or self._stopping():
+                            flight.release()
+                            break
+                        flight.spawn(one(candidate, raw))
                     if self._lost.is_set():
+                        result.lock_lost = True
+                        self._log.warning(
+                            "lease lost during the poll; stopping", lock=self.lock_key
+                        )
                         break
-                    try:
-                        if await self._process(mailbox, candidate, raw, attempts, result, dead):
-                            finish.append(candidate)
-                    except _RecordFailed as failed:  # see _process
-                        finish.append(candidate)
-                        state_error = state_error or failed.error
-                if self._lost.is_set():
-                    result.lock_lost = True
-                    self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
-                    break
+                    if self._stopping():  # the mails not started stay as they are
+                        break
+        except asyncio.CancelledError:
+            await flight.cancel()
+            raise
+        except BaseException:
+            await flight.drain()  # the started mails end before the poll fails
+            raise
+        await flight.drain()
+        if self._lost.is_set() and not result.lock_lost:  # lost while the last mails ran
+            result.lock_lost = True
+            self._log.warning("lease lost during the poll", lock=self.lock_key)
+        state_error = errors[0] if errors else None
         # after the fetches: one command at a time on the connection
         for item in dead:
             await self._dead_letter(mailbox, item, result)
@@ -260,6 +291,10 @@ class MailPoller:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
         return result
+
+    def _stopping(self) -> bool:
+        """The runtime is stopping: mails not started yet are handed back untouched."""
+        return bool(getattr(self.handle, "stopping", False))
 
     def _purge_now_and_then(self, scope: str) -> None:
         # once a day: records of mails that were marked, moved or deleted long ago (records
@@ -387,13 +422,15 @@ class MailPoller:
             if verdict.dead_letter:
                 dead.append(_Dead(candidate, verdict, message_id))
                 return False
-            count = self.state.record_failure(
-                mailbox.scope,
-                candidate.key,
-                error=verdict.error,
-                generation=mailbox.generation,
-                message_id=message_id,
-                next_attempt=verdict.retry_at,
+            count = await self._commits.write(
+                lambda: self.state.record_failure(
+                    mailbox.scope,
+                    candidate.key,
+                    error=verdict.error,
+                    generation=mailbox.generation,
+                    message_id=message_id,
+                    next_attempt=verdict.retry_at,
+                )
             )
             self._log.warning(
                 "mail not processed; left in the mailbox",
@@ -404,12 +441,14 @@ class MailPoller:
             return False
         result.handled += 1
         try:
-            self.state.record_done(
-                mailbox.scope,
-                candidate.key,
-                generation=mailbox.generation,
-                message_id=message_id,
-                action=self.sender.post_process.action,
+            await self._commits.write(
+                lambda: self.state.record_done(
+                    mailbox.scope,
+                    candidate.key,
+                    generation=mailbox.generation,
+                    message_id=message_id,
+                    action=self.sender.post_process.action,
+                )
             )
         except FlowrtError as exc:
             raise _RecordFailed(exc) from exc
@@ -453,7 +492,9 @@ class MailPoller:
         else:
             exchange.properties.update(source)
         try:
-            verdict = await (self.handle if refused is None else refused)(exchange)
+            # ``ending``: the MPL entry is made durable by the group commit, before the record
+            ending = getattr(self.handle, "ending", None) if refused is None else None
+            verdict = await (ending or refused or self.handle)(exchange)
         except Exception as exc:
             return Verdict(False, error=summary(exc))
         if isinstance(verdict, Verdict):
