@@ -137,6 +137,7 @@ JSON_RUNS: dict[tuple[str, ...], Args] = {
     ("connector", "check"): lambda e: ["connector", "check", str(e.connector)],
     ("locks", "list"): lambda e: ["locks", "list"],
     ("mpl", "list"): lambda e: ["mpl", "list"],
+    ("deadletter", "list"): lambda e: ["deadletter", "list"],
     ("mpl", "show"): lambda e: ["mpl", "show", e.message_id],
     ("mpl", "tail"): lambda e: ["mpl", "tail", "--timeout", "10ms"],
     ("mpl", "purge"): lambda e: ["mpl", "purge", "--dry-run"],
