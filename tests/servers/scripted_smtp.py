@@ -54,6 +54,8 @@ class Script:
     data_reply: str | None = None
     drop_during_data: bool = False
     delays: Mapping[str, float] = field(default_factory=dict)
+    # recipient -> hold its RCPT reply until this many messages arrived (at most 8 s)
+    rcpt_hold: Mapping[str, int] = field(default_factory=dict)
     tls: ServerCert | None = None
     implicit_tls: bool = False
     require_starttls: bool = False
@@ -125,6 +127,13 @@ class _Handler:
         rcpt_options: list[str],
     ) -> str:
         await self._delay("RCPT")
+        hold = self.script.rcpt_hold.get(address)
+        if hold:
+            for _ in range(400):
+                if len(self.owner.received) >= hold:
+                    break
+                await asyncio.sleep(0.02)
+            self.owner.held_saw.append(len(self.owner.received))
         reply = self.script.rcpt_replies.get(address) or self.script.rcpt_replies.get(
             address.lower()
         )
@@ -155,7 +164,12 @@ class _Handler:
             if isinstance(transport, asyncio.Transport):
                 transport.abort()  # no reply at all; connection_lost cancels this handler
             await asyncio.sleep(3600)
-        await self._delay("DATA")
+        self.owner.in_data += 1
+        self.owner.most_in_data = max(self.owner.most_in_data, self.owner.in_data)
+        try:
+            await self._delay("DATA")
+        finally:
+            self.owner.in_data -= 1
         return self.script.data_reply or "250 2.0.0 OK queued"
 
     async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -211,6 +225,9 @@ class ScriptedSMTPServer:
         self.port = 0
         self.received: list[ReceivedMessage] = []
         self.connections = 0
+        self.held_saw: list[int] = []  # messages arrived when a held RCPT was answered
+        self.in_data = 0  # transactions between their data and its reply
+        self.most_in_data = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
