@@ -54,17 +54,17 @@ sys.path.insert(0, str(ROOT))  # for tests.servers
 
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin  # noqa: E402
 from flowrt.adapters.mail.sender.poller import MailPoller  # noqa: E402
-from flowrt.dsl.model import (  # noqa: E402
+from flowrt.adapters.mail.model import (  # noqa: E402
     Address,
     Auth,
     Connection,
     PollEvery,
     PollIdle,
-    Pos,
     PostProcess,
     Proxy,
     Sender,
 )
+from flowrt.dsl.model import Pos  # noqa: E402
 from flowrt.engine.exchange import Exchange  # noqa: E402
 from flowrt.runtime.state import StateDB  # noqa: E402
 from flowrt.security.secret import Secret  # noqa: E402
