@@ -52,8 +52,6 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.servers
 
-from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin  # noqa: E402
-from flowrt.adapters.mail.sender.poller import MailPoller  # noqa: E402
 from flowrt.adapters.mail.model import (  # noqa: E402
     Address,
     Auth,
@@ -64,6 +62,8 @@ from flowrt.adapters.mail.model import (  # noqa: E402
     Proxy,
     Sender,
 )
+from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin  # noqa: E402
+from flowrt.adapters.mail.sender.poller import MailPoller  # noqa: E402
 from flowrt.dsl.model import Pos  # noqa: E402
 from flowrt.engine.exchange import Exchange  # noqa: E402
 from flowrt.runtime.state import StateDB  # noqa: E402

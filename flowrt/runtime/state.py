@@ -131,6 +131,7 @@ class StateDB:
     def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._batching = False  # inside batch(): writes are savepoints of its transaction
         self._conn = open_wal(
             self.path,
             name="runtime state database",
@@ -180,7 +181,38 @@ class StateDB:
                 ) from exc
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The writes inside are committed together, in one transaction (the records of
+        mails that ended together); each write is a savepoint, so one that fails takes
+        only itself back."""
+        with self._guard("write mail records") as conn:
+            if self._batching:
+                yield
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            self._batching = True
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._batching = False
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        if self._batching:
+            with self._guard(action) as conn:
+                conn.execute("SAVEPOINT one")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    raise
+                conn.execute("RELEASE one")
+            return
         with self._guard(action) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -149,7 +149,9 @@ class MailPoller:
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._purged = 0.0
-        self._commits = GroupCommit(lambda: getattr(self.handle, "durable", None))
+        self._commits = GroupCommit(
+            lambda: getattr(self.handle, "durable", None), getattr(state, "batch", None)
+        )
         self._log = _log.bind(poller=self.name)
         self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
 
