@@ -66,6 +66,7 @@ from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin  # noqa
 from flowrt.adapters.mail.sender.poller import MailPoller  # noqa: E402
 from flowrt.dsl.model import Pos  # noqa: E402
 from flowrt.engine.exchange import Exchange  # noqa: E402
+from flowrt.runtime.schedule import run_on_schedule  # noqa: E402
 from flowrt.runtime.state import StateDB  # noqa: E402
 from flowrt.security.secret import Secret  # noqa: E402
 from tests.servers import DovecotServer, MailboxUser  # noqa: E402
@@ -240,7 +241,7 @@ async def idle_latencies(dovecot: DovecotServer, user: MailboxUser, mails: int) 
     ):
         poller = MailPoller(s, endpoint(s, user), handle, state)
         stop = asyncio.Event()
-        task = asyncio.ensure_future(poller.run(stop))
+        task = asyncio.ensure_future(run_on_schedule(poller, stop))
         appender = imaplib.IMAP4("127.0.0.1", dovecot.imap_port)
         appender.login(user.address, user.password)
         try:
