@@ -122,6 +122,16 @@ class TenantError(FlowrtError):
     """The tenant directory is missing, unreadable, read-only or locked."""
 
 
+class HandedBack(FlowrtError):
+    """The mail is not this process's to finish any more (another runtime node took its
+    mailbox over): the runner ends its entry ABANDONED, never with a final status."""
+
+
+class StoreError(TenantError):
+    """The tenant's shared store (PostgreSQL) is unreachable, refuses us, or has another
+    schema or another tenant's data."""
+
+
 class SecurityError(FlowrtError):
     """Keystore, credential store or master key."""
 

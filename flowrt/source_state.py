@@ -17,13 +17,17 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from flowrt.errors import HandedBack, TenantError
+
 __all__ = [
     "SOURCE_KEY",
     "SOURCE_RAW",
     "SOURCE_SCOPE",
     "UNREADABLE",
+    "Fence",
     "Lease",
     "LeaseBusy",
+    "LeaseLost",
     "LockInfo",
     "MailRecord",
     "PollerHealth",
@@ -96,6 +100,11 @@ class LockInfo:
     acquired: float
     renewed: float
     expires: float
+    epoch: int = 0  # grows with every new holder (PostgreSQL store); 0 in SQLite
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.key, self.owner, self.epoch)
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires
@@ -129,6 +138,30 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """The lease a state write is made under: the write is refused (:class:`LeaseLost`)
+    unless this owner still holds an unexpired lease ``key`` of this ``epoch``. That is what
+    keeps a paused or partitioned poller, whose lease another node took meanwhile, from
+    writing a final state for a mail the other node now owns."""
+
+    key: str
+    owner: str
+    epoch: int = 0
+
+
+class LeaseLost(HandedBack, TenantError):
+    """A fenced state write found that the lease is no longer ours."""
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(
+            f"the lease {fence.key} is no longer held by {fence.owner}; the write was refused",
+            hint="another runtime node took the mailbox over (the lease expired or was "
+            "released); it processes the mail",
+        )
+        self.fence = fence
+
+
 class LeaseBusy(Exception):
     """Another owner holds the lease; ``holder`` says who, and until when."""
 
@@ -143,6 +176,10 @@ class Lease(Protocol):
 
     @property
     def lost(self) -> asyncio.Event: ...
+    @property
+    def fence(self) -> Fence:
+        """What the holder's state writes name (see :class:`Fence`)."""
+        ...
 
 
 class SourceState(Protocol):
@@ -153,7 +190,14 @@ class SourceState(Protocol):
         self, mailbox: str, message_id: str, *, other_generation_than: str
     ) -> MailRecord | None: ...
     def record_done(
-        self, mailbox: str, key: str, *, generation: str, message_id: str, action: str
+        self,
+        mailbox: str,
+        key: str,
+        *,
+        generation: str,
+        message_id: str,
+        action: str,
+        fence: Fence | None = None,
     ) -> None: ...
     def record_failure(
         self,
@@ -164,6 +208,7 @@ class SourceState(Protocol):
         generation: str,
         message_id: str,
         next_attempt: float = 0.0,
+        fence: Fence | None = None,
     ) -> int: ...
     def next_attempt_due(self, mailbox: str) -> float | None: ...
     @property
@@ -173,8 +218,14 @@ class SourceState(Protocol):
 
     def replays(self, mailbox: str) -> list[str]: ...
     def take_replay(self, mailbox: str, key: str) -> None: ...
-    def mark_post_processed(self, mailbox: str, keys: Sequence[str]) -> None: ...
-    def forget(self, mailbox: str, keys: Sequence[str]) -> int: ...
+    def mark_post_processed(
+        self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None
+    ) -> None: ...
+    def forget(self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None) -> int: ...
+    def check_fence(self, fence: Fence) -> None:
+        """:class:`LeaseLost` unless ``fence`` is the lease in force."""
+        ...
+
     def keys(self, mailbox: str) -> list[str]: ...
     def purge_records(self, older_than: float, *, mailbox: str | None = None) -> int: ...
     def save_health(self, health: PollerHealth) -> None: ...

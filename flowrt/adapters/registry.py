@@ -33,6 +33,7 @@ __all__ = [
     "AdapterRuntime",
     "Adapters",
     "Composer",
+    "Cron",
     "Daily",
     "Delivery",
     "Every",
@@ -102,6 +103,17 @@ class Daily(Protocol):
     def tz(self) -> str | None: ...
 
 
+class Cron(Protocol):
+    """``poll cron "MIN HOUR DAY MONTH WEEKDAY" [TZ]``."""
+
+    @property
+    def kind(self) -> Literal["cron"]: ...
+    @property
+    def expression(self) -> str: ...
+    @property
+    def tz(self) -> str | None: ...
+
+
 class Idle(Protocol):
     """``poll idle``: the source holds a session and polls when told of new data."""
 
@@ -109,7 +121,7 @@ class Idle(Protocol):
     def kind(self) -> Literal["idle"]: ...
 
 
-Schedule: TypeAlias = Every | Daily | Idle
+Schedule: TypeAlias = Every | Daily | Cron | Idle
 
 
 class Source(Protocol):

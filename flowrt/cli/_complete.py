@@ -40,9 +40,13 @@ def _completer(
 
 
 def _flows(tenant: Tenant) -> list[str]:
-    from flowrt.runtime.deployments import Deployments
+    from flowrt.store import open_deployments
 
-    return Deployments(tenant).names()
+    store = open_deployments(tenant)
+    try:
+        return store.names()
+    finally:
+        store.close()
 
 
 def _aliases(tenant: Tenant) -> list[str]:

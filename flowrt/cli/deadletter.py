@@ -18,9 +18,8 @@ from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import MplError, NotFoundError
 from flowrt.mpl._time import iso
 from flowrt.mpl.model import MplEntry
-from flowrt.mpl.store import MplStore
 from flowrt.runtime.ending import DEAD_LETTER, SOURCE_PROPERTY
-from flowrt.runtime.state import StateDB
+from flowrt.store import MplBackend, open_mpl, open_state
 
 
 def _first(entry: MplEntry, name: str) -> str:
@@ -43,11 +42,8 @@ def _row(entry: MplEntry) -> dict[str, object]:
     }
 
 
-def _store(cli: CliContext) -> MplStore | None:
-    tenant = cli.tenant
-    if not tenant.mpl_path.exists():
-        return None
-    return MplStore(tenant.mpl_path, create=False)
+def _store(cli: CliContext) -> MplBackend | None:
+    return open_mpl(cli.tenant, create=False)
 
 
 @click.group("deadletter")
@@ -107,8 +103,12 @@ def replay(cli: CliContext, message_id: str) -> None:
                 hint="move the mail back into the flow's folder by hand: it is a new mail "
                 "there and is handed over again",
             )
-        with StateDB.open(cli.tenant) as state:
+        state = open_state(cli.tenant)
+        assert state is not None  # create=True opens or raises
+        try:
             state.request_replay(scope, key, message_id=entry.message_id)
+        finally:
+            state.close()
         store.add_property(entry.message_id, "replayed", iso(datetime.now(UTC)) or "")
     click.echo(
         f"dead letter {entry.message_id} put back: flow {entry.flow} hands it over again at "

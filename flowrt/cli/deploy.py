@@ -14,10 +14,11 @@ from flowrt.cli._output import format_option, print_json
 from flowrt.dsl.diagnostics import render_all
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import FlowError, UsageError
-from flowrt.runtime.deployments import Deployments, DeployOutcome
+from flowrt.runtime.deployments import DeployOutcome
 from flowrt.runtime.parameters import from_environment, read_param_file
 from flowrt.runtime.prepare import Preparation, prepare
 from flowrt.runtime.status import ERROR, STARTED, read_status
+from flowrt.store import DeploymentStore, is_shared, open_deployments
 from flowrt.tenant import Tenant
 
 
@@ -72,7 +73,7 @@ def deploy(
     if not prep.ok:
         raise FlowError(_REFUSED[prep.stage])
     if dry_run:
-        _show_dry_run(prep, Deployments(tenant), fmt)
+        _show_dry_run(prep, open_deployments(tenant), fmt)
         return
     outcomes = publish(tenant, prep)
     text = fmt == "text"
@@ -107,7 +108,7 @@ _REFUSED = {
 }
 
 
-def _show_dry_run(prep: Preparation, store: Deployments, fmt: str) -> None:
+def _show_dry_run(prep: Preparation, store: DeploymentStore, fmt: str) -> None:
     rows: list[dict[str, Any]] = []
     for item in prep.flows:
         current = store.get(item.flow.name)
@@ -149,16 +150,19 @@ def _show_dry_run(prep: Preparation, store: Deployments, fmt: str) -> None:
 
 
 def publish(tenant: Tenant, prep: Preparation) -> list[DeployOutcome]:
-    store = Deployments(tenant)
-    return [
-        store.deploy(
-            item.flow,
-            params=item.resolved.values,
-            param_sources=item.resolved.sources,
-            bundle=item.bundle,
-        )
-        for item in prep.flows
-    ]
+    store = open_deployments(tenant)
+    try:
+        return [
+            store.deploy(
+                item.flow,
+                params=item.resolved.values,
+                param_sources=item.resolved.sources,
+                bundle=item.bundle,
+            )
+            for item in prep.flows
+        ]
+    finally:
+        store.close()
 
 
 def _await_runtime(
@@ -167,6 +171,13 @@ def _await_runtime(
     """What a running runtime reports per flow (``runtime``: STARTED, ERROR, NOT RUNNING,
     NO REPORT), and whether all is well; prints as it learns when ``text``."""
     reports: dict[str, dict[str, str | None]] = {}
+    if is_shared(tenant):
+        if text:
+            click.echo(
+                "stored in the shared store: every running node picks it up within a "
+                "second (`flowrt status` shows them)"
+            )
+        return {name: {"runtime": "SHARED STORE", "reason": None} for name in expected}, True
     status = read_status(tenant)
     if status is None or not status.alive():
         if text:
@@ -211,7 +222,11 @@ def _await_runtime(
 @pass_cli
 def undeploy(cli: CliContext, name: str, fmt: str) -> None:
     """Stop and remove a deployed flow (its version history stays in the tenant)."""
-    removed = Deployments(cli.tenant).undeploy(name)
+    store = open_deployments(cli.tenant)
+    try:
+        removed = store.undeploy(name)
+    finally:
+        store.close()
     if fmt == "json":
         print_json({"flow": name, "version": removed.version, "undeployed": True})
         return

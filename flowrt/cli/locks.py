@@ -16,7 +16,8 @@ import click
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.errors import NotFoundError
-from flowrt.runtime.state import LockInfo, StateDB
+from flowrt.source_state import LockInfo
+from flowrt.store import open_state
 
 
 def _iso(ts: float) -> str:
@@ -38,11 +39,13 @@ def _row(lock: LockInfo, now: float) -> dict[str, object]:
 
 
 def _locks(cli: CliContext) -> list[LockInfo]:
-    tenant = cli.tenant
-    if not tenant.state_path.exists():  # no runtime ever ran here: no locks
+    state = open_state(cli.tenant, create=False)
+    if state is None:  # no runtime ever ran here: no locks
         return []
-    with StateDB.open(tenant, create=False) as state:
+    try:
         return state.locks()
+    finally:
+        state.close()
 
 
 @click.group("locks")
@@ -68,14 +71,16 @@ def list_(cli: CliContext, fmt: str) -> None:
 @pass_cli
 def release(cli: CliContext, key: str) -> None:
     """Release the lock KEY (as shown by `flowrt locks list`), whoever holds it."""
-    tenant = cli.tenant
     removed: LockInfo | None = None
     existing: list[LockInfo] = []
-    if tenant.state_path.exists():
-        with StateDB.open(tenant, create=False) as state:
+    state = open_state(cli.tenant, create=False)
+    if state is not None:
+        try:
             removed = state.force_release(key)
             if removed is None:
                 existing = state.locks()
+        finally:
+            state.close()
     if removed is None:
         known = ", ".join(lock.key for lock in existing[:5]) or "none"
         raise NotFoundError(

@@ -70,12 +70,14 @@ def _register() -> None:
         params,
         run,
         simulate,
+        store,
         test,
         validate,
     )
 
     for module in (
         init,
+        store,
         validate,
         simulate,
         check,

@@ -16,7 +16,8 @@ from flowrt.mpl._time import format_duration, iso, parse_duration, parse_instant
 from flowrt.mpl.follow import Follower
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.render import LIST_COLUMNS, render_entry, summary_row, tail_header, tail_line
-from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION, MplStore
+from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION
+from flowrt.store import MplBackend, is_shared, open_mpl
 
 _STATUSES = [status.value for status in MplStatus]
 
@@ -68,12 +69,9 @@ _flow_option = click.option(
 )
 
 
-def _open(cli: CliContext, *, create: bool = False) -> MplStore | None:
+def _open(cli: CliContext, *, create: bool = False) -> MplBackend | None:
     """The tenant's MPL store; None when nothing was recorded yet and ``create`` is false."""
-    path = cli.tenant.mpl_path
-    if not create and not path.exists():
-        return None
-    return MplStore(path)
+    return open_mpl(cli.tenant, create=create)
 
 
 @click.group("mpl")
@@ -206,19 +204,21 @@ def tail_command(
     """Follow the MPL: print each entry as it begins or changes status (Ctrl-C stops).
     With --format json, one JSON object per line."""
     path = cli.tenant.mpl_path
+    shared = is_shared(cli.tenant)
     deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
     wanted = None if status is None else MplStatus(status)
     printed = 0
     if fmt == "text":
         click.echo(tail_header())
     # A log that is created after we started is new from its first entry.
-    start_row = None if path.exists() else 0
-    store: MplStore | None = None
+    start_row = None if shared or path.exists() else 0
+    store: MplBackend | None = None
     follower: Follower | None = None
     try:
         while True:
-            if follower is None and path.exists():
-                store = MplStore(path)
+            if follower is None and (shared or path.exists()):
+                store = open_mpl(cli.tenant)
+                assert store is not None
                 follower = Follower(store, flow=flow, status=wanted, start_row=start_row)
             for summary in follower.poll() if follower is not None else []:
                 if fmt == "json":

@@ -30,8 +30,8 @@ from flowrt.notify.config import (
 )
 from flowrt.notify.rules import iso
 from flowrt.notify.store import Attempt, NotifyStore
-from flowrt.runtime.deployments import Deployments
 from flowrt.security import TenantSecurity
+from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
 
 _MAX_LIMIT = 1000
@@ -315,7 +315,7 @@ def rule_add(
         flow=flow,
         duration=duration,
         include_content=include_content,
-        known_flows=Deployments(tenant).names() if flow not in (None, "*") else (),
+        known_flows=_deployed_names(tenant) if flow not in (None, "*") else (),
     )
     with edit_config(tenant) as edit:
         existing = edit.value.rule(name)
@@ -484,6 +484,14 @@ def log(
                 click.echo(f"\n#{a.id} {a.status} to {a.recipient}:\n{a.chain}")
                 if a.hint:
                     click.echo(f"hint: {a.hint}")
+
+
+def _deployed_names(tenant: Tenant) -> list[str]:
+    store = open_deployments(tenant)
+    try:
+        return store.names()
+    finally:
+        store.close()
 
 
 COMMANDS: list[click.Command] = [notify]

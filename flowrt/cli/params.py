@@ -14,9 +14,9 @@ from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.cli.deploy import _REFUSED, _await_runtime, _seconds, publish
 from flowrt.dsl.diagnostics import render_all
 from flowrt.errors import FlowError, NotFoundError, UsageError
-from flowrt.runtime.deployments import Deployments
 from flowrt.runtime.parameters import ParameterStore, check_name
 from flowrt.runtime.prepare import prepare_redeploy
+from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
 
 _WAIT = click.option(
@@ -37,7 +37,7 @@ def params() -> None:
 def _redeploy(tenant: Tenant, flow: str, change: dict[str, str | None], timeout: float) -> bool:
     """Redeploy ``flow`` with ``change`` applied to its values (None: the value goes);
     False when it is not deployed. Raises FlowError, storing nothing, when it cannot be."""
-    store = Deployments(tenant)
+    store = open_deployments(tenant)
     current = store.get(flow)
     if current is None:
         return False
@@ -70,7 +70,7 @@ def _redeploy(tenant: Tenant, flow: str, change: dict[str, str | None], timeout:
 
 
 def _check_used(tenant: Tenant, flow: str, name: str) -> None:
-    current = Deployments(tenant).get(flow)
+    current = open_deployments(tenant).get(flow)
     if current is None:
         return
     used = current.load().param_names
@@ -96,7 +96,7 @@ def set_param(cli: CliContext, flow: str, name: str, value: str, wait_for: str) 
     store = ParameterStore(tenant)
     values = store.get(flow)
     _check_used(tenant, flow, name)
-    if values.get(name) == value and Deployments(tenant).get(flow) is not None:
+    if values.get(name) == value and open_deployments(tenant).get(flow) is not None:
         click.echo(f"{flow}: {name} is already {value}")
         return
     redeployed = _redeploy(tenant, flow, {name: value}, timeout)
@@ -119,7 +119,7 @@ def unset_param(cli: CliContext, flow: str, name: str, wait_for: str) -> None:
     if name not in values:
         known = ", ".join(sorted(values)) or "none"
         raise NotFoundError(f"{flow} has no parameter {name} in the tenant (it has: {known})")
-    current = Deployments(tenant).get(flow)
+    current = open_deployments(tenant).get(flow)
     change: dict[str, str | None] = {}
     if current is not None and current.param_sources.get(name) == "tenant":
         change[name] = None
@@ -137,7 +137,7 @@ def list_params(cli: CliContext, flow: str | None, fmt: str) -> None:
     """Parameter values in the tenant, and those the deployed versions run with."""
     tenant = cli.tenant
     store = ParameterStore(tenant)
-    deployments = Deployments(tenant)
+    deployments = open_deployments(tenant)
     flows = sorted(set(store.flows()) | set(deployments.names()))
     if flow is not None:
         flows = [flow]

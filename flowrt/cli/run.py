@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+from typing import Any
 
 import click
 
@@ -10,12 +13,25 @@ from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
-from flowrt.errors import UsageError
+from flowrt.errors import NotFoundError, UsageError
 from flowrt.runtime.report import FLOW_COLUMNS, status_report
+from flowrt.store import is_shared, open_deployments, open_state
+from flowrt.tenant import Tenant
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Poll each deployed flow once, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Poll every deployed flow once now, whatever its schedule, then exit.",
+)
+@click.option(
+    "--due",
+    is_flag=True,
+    help="With --once: poll only the flows whose schedule (every, daily at, cron) has a run "
+    "due since their last poll recorded in the state DB; idle flows and flows whose last "
+    "poll failed are always due. For a cron job or timer that runs flowrt every few minutes.",
+)
 @click.option(
     "--grace",
     default="30s",
@@ -40,23 +56,54 @@ from flowrt.runtime.report import FLOW_COLUMNS, status_report
 @click.option(
     "--tls-alias", metavar="ALIAS", help="Serve the monitor over HTTPS with this key pair."
 )
+@click.option(
+    "--node",
+    metavar="NAME",
+    help="This runtime node's name (PostgreSQL store: several nodes share the tenant; "
+    "default: the host name).",
+)
+@click.option(
+    "--lease",
+    metavar="DURATION",
+    help="How long a mailbox lease lasts unless renewed: a dead node's mailboxes are taken "
+    "over within it (default 2m).",
+)
 @pass_cli
 def run(
     cli: CliContext,
     once: bool,
+    due: bool,
     grace: str,
     log_format: str,
     address: str | None,
     tls_alias: str | None,
+    node: str | None,
+    lease: str | None,
 ) -> None:
     """Run every deployed flow in the foreground, picking up deploys as they happen."""
     from flowrt import logs
     from flowrt.runtime.process import Runtime
 
+    if due and not once:
+        raise UsageError("--due needs --once (a running runtime follows every schedule itself)")
     grace_time = parse_duration(grace)
     if grace_time is None:
         raise UsageError(f"--grace: bad duration {grace!r} (e.g. 30s)")
+    lease_time = None
+    if lease is not None:
+        parsed = parse_duration(lease)
+        if parsed is None or parsed.total_seconds() < 1:
+            raise UsageError(f"--lease: bad duration {lease!r} (e.g. 30s, at least 1s)")
+        lease_time = parsed.total_seconds()
+    if node is not None and not _NODE_NAME.fullmatch(node):
+        raise UsageError(f"--node: {node!r} is not a node name (letters, digits, . _ -)")
     tenant = cli.tenant
+    if node is not None and not is_shared(tenant):
+        raise UsageError(
+            "--node needs a PostgreSQL store: this tenant keeps its store in SQLite files, "
+            "which one runtime uses at a time",
+            hint="create the tenant with `flowrt init --store postgresql://...`",
+        )
     logs.configure(json=None if log_format == "auto" else log_format == "json")
     from flowrt.monitor.server import MonitorSettings
 
@@ -66,9 +113,14 @@ def run(
         grace=grace_time.total_seconds(),
         http=None if once else address or settings.http,
         tls_alias=tls_alias or settings.tls_alias,
+        node=node,
+        lease=lease_time,
     )
-    code = asyncio.run(runtime.run(once=once))
+    code = asyncio.run(runtime.run(once=once, due=due))
     raise SystemExit(code)
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 @click.command()
@@ -77,6 +129,9 @@ def run(
 @pass_cli
 def status(cli: CliContext, name: str | None, fmt: str) -> None:
     """Each deployed flow: version, state, last poll, messages, last error; and held locks."""
+    if is_shared(cli.tenant):
+        _shared_status(cli.tenant, name, fmt)
+        return
     report = status_report(cli.tenant, name)
     if fmt == "json":
         print_json(report.to_dict())
@@ -105,6 +160,118 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
         print_table(
             [{"lock": lock.key, "holder": lock.describe()} for lock in locks], ["lock", "holder"]
         )
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _shared_status(tenant: Tenant, name: str | None, fmt: str) -> None:
+    """Nodes, the flows with the node that holds each one's mailbox, and the leases."""
+    from flowrt.store.pg.state import NODE_TTL, PgStateDB
+
+    deployments_store = open_deployments(tenant)
+    try:
+        deployments = deployments_store.all()
+    finally:
+        deployments_store.close()
+    if name is not None and name not in {d.name for d in deployments}:
+        raise NotFoundError(f"no deployed flow named {name!r}")
+    state = open_state(tenant)
+    assert isinstance(state, PgStateDB)
+    try:
+        now = state.now()
+        nodes = state.nodes()
+        locks = state.locks()
+    finally:
+        state.close()
+    held = {lock.info.split(":")[0]: lock for lock in locks if not lock.expired(now)}
+    node_rows = []
+    for node in nodes:
+        alive = node.alive(now, NODE_TTL)
+        holds = sorted(
+            lock.info.split(":")[0] for lock in held.values() if _node_of(lock.owner) == node.name
+        )
+        node_rows.append(
+            {
+                "node": node.name,
+                "state": "running" if alive else ("stopped" if node.stopped else "gone"),
+                "host": node.host,
+                "pid": node.pid,
+                "since": _iso(node.started),
+                "heartbeat": _iso(node.heartbeat),
+                "holds": ", ".join(holds),
+            }
+        )
+    rows: list[dict[str, Any]] = []
+    for deployment in deployments:
+        if name is not None and deployment.name != name:
+            continue
+        report = _latest_report(nodes, deployment.name, deployment.version, now, NODE_TTL)
+        lock = held.get(deployment.name)
+        rows.append(
+            {
+                "flow": deployment.name,
+                "version": deployment.version,
+                "state": report.get("state", "PENDING") if report else "NOT RUNNING",
+                "node": _node_of(lock.owner) if lock else "",
+                "held_since": _iso(lock.acquired) if lock else "",
+                "last_poll": report.get("last_poll", "") if report else "",
+                "completed": int(report.get("completed", 0)) if report else 0,
+                "failed": int(report.get("failed", 0)) if report else 0,
+                "last_error": (report.get("reason") or report.get("last_error", ""))
+                if report
+                else "",
+            }
+        )
+    lock_rows = [
+        {
+            "lock": lock.key,
+            "node": _node_of(lock.owner),
+            "holder": lock.describe(),
+            "since": _iso(lock.acquired),
+            "expires": _iso(lock.expires),
+            "epoch": lock.epoch,
+        }
+        for lock in locks
+    ]
+    if fmt == "json":
+        print_json({"nodes": node_rows, "flows": rows, "locks": lock_rows})
+        return
+    running = sum(1 for r in node_rows if r["state"] == "running")
+    click.echo(f"runtime: {running} node(s) running (store: PostgreSQL)")
+    if node_rows:
+        click.echo()
+        print_table(node_rows, ["node", "state", "host", "pid", "since", "heartbeat", "holds"])
+    click.echo()
+    print_table(
+        rows,
+        ["flow", "version", "state", "node", "held_since", "last_poll", "completed", "failed"],
+    )
+    if lock_rows:
+        click.echo()
+        print_table(lock_rows, ["lock", "node", "since", "expires", "epoch"])
+
+
+def _node_of(owner: str) -> str:
+    """Owners of node leases are ``NODE/host:pid:random``."""
+    return owner.split("/", 1)[0] if "/" in owner else ""
+
+
+def _latest_report(
+    nodes: list[Any], flow: str, version: int, now: float, ttl: float
+) -> dict[str, Any] | None:
+    """The freshest report of ``flow`` at ``version`` among the running nodes."""
+    best: dict[str, Any] | None = None
+    for node in nodes:
+        if not node.alive(now, ttl):
+            continue
+        report = node.status.get("flows", {}).get(flow)
+        if not isinstance(report, dict) or report.get("version") != version:
+            continue
+        if best is None or str(report.get("updated", "")) > str(best.get("updated", "")):
+            best = report
+    return best
 
 
 COMMANDS: list[click.Command] = [run, status]

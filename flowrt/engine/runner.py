@@ -31,6 +31,7 @@ from flowrt.engine.compiled import CompiledStep, Filtered, MessageLog, Routed, S
 from flowrt.engine.exchange import Exchange, new_message_id
 from flowrt.engine.pipeline import Pipeline
 from flowrt.errors import (
+    HandedBack,
     MessagingException,
     ProcessingError,
     StepException,
@@ -181,6 +182,17 @@ class Runner:
                     break
                 except _AttemptFailed as failure:
                     last = failure
+                    if isinstance(failure.error.__cause__ or failure.error, HandedBack):
+                        # another node owns the mail now: it records the outcome
+                        entry.fail(failure.error, MplStatus.ABANDONED, failure.step)
+                        return Result(
+                            exchange.message_id,
+                            MplStatus.ABANDONED,
+                            attempt,
+                            len(delivered) if delivered else 0,
+                            error=failure.error,
+                            failed_step=failure.step,
+                        )
                     if (
                         policy is None
                         or attempt > policy.retries

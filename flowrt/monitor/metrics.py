@@ -20,8 +20,8 @@ from prometheus_client.registry import Collector
 from flowrt import metrics as process_metrics
 from flowrt.errors import FlowrtError
 from flowrt.mpl.model import MplStatus
-from flowrt.mpl.store import MplStore
 from flowrt.security.keystore import Keystore, valid_until
+from flowrt.store import open_mpl
 from flowrt.tenant import Tenant
 
 __all__ = ["MetricsSource"]
@@ -78,9 +78,9 @@ class _TenantCollector(Collector):
     def _mpl_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             if time.monotonic() - self._counted_at >= _MPL_COUNT_TTL:
-                path = self._tenant.mpl_path
-                if path.exists():
-                    with MplStore(path, create=False) as store:
+                store = open_mpl(self._tenant, create=False)
+                if store is not None:
+                    with store:
                         self._counts = store.counts()
                         self._dead = sum(store.dead_letter_counts().values())
                 self._counted_at = time.monotonic()

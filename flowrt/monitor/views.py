@@ -17,12 +17,13 @@ from typing import Any
 from flowrt.errors import FlowrtError, MplError
 from flowrt.mpl._time import parse_instant
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
-from flowrt.mpl.store import DEFAULT_LIMIT, MplStore
+from flowrt.mpl.store import DEFAULT_LIMIT
 from flowrt.notify.store import Attempt, NotifyStore
 from flowrt.runtime.report import StatusReport, status_report
 from flowrt.runtime.status import STARTED
 from flowrt.security.expiry import entry_row
 from flowrt.security.keystore import Keystore, valid_until
+from flowrt.store import MplBackend, is_shared, open_mpl
 from flowrt.tenant import Tenant
 
 __all__ = ["MAX_LIMIT", "MessageQuery", "QueryError", "TenantViews"]
@@ -130,7 +131,7 @@ class TenantViews:
     ) -> None:
         self.tenant = tenant
         self._live_states = live_states
-        self._store: MplStore | None = None
+        self._store: MplBackend | None = None
         self._store_lock = threading.Lock()
 
     def close(self) -> None:
@@ -139,12 +140,12 @@ class TenantViews:
                 self._store.close()
                 self._store = None
 
-    def _mpl(self) -> MplStore | None:
+    def _mpl(self) -> MplBackend | None:
         """The MPL store, opened on first use; None while nothing was recorded (the monitor
         never creates the database: it may look at a copy)."""
         with self._store_lock:
-            if self._store is None and self.tenant.mpl_path.exists():
-                self._store = MplStore(self.tenant.mpl_path, create=False)
+            if self._store is None:
+                self._store = open_mpl(self.tenant, create=False)
             return self._store
 
     # ------------------------------------------------------------------ messages
@@ -246,7 +247,12 @@ class TenantViews:
             for row in report.flows:
                 if row["state"] != STARTED:
                     reasons.append(f"flow {row['flow']} is {row['state']}")
-        for what, path in (("MPL", self.tenant.mpl_path), ("state", self.tenant.state_path)):
+        files = (
+            ()
+            if is_shared(self.tenant)
+            else (("MPL", self.tenant.mpl_path), ("state", self.tenant.state_path))
+        )
+        for what, path in files:
             if path.exists():
                 if not os.access(path, os.W_OK):
                     reasons.append(f"the {what} database {path} is not writable")

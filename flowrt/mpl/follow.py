@@ -9,8 +9,12 @@ change to COMPLETED or FAILED is noticed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flowrt.mpl.model import MplStatus, MplSummary
-from flowrt.mpl.store import MplStore
+
+if TYPE_CHECKING:
+    from flowrt.store.api import MplBackend
 
 __all__ = ["Follower"]
 
@@ -27,7 +31,7 @@ class Follower:
 
     def __init__(
         self,
-        store: MplStore,
+        store: MplBackend,
         *,
         flow: str | None = None,
         status: MplStatus | None = None,

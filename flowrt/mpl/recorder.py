@@ -53,11 +53,13 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowrt.errors import MplError, chain_levels, find_hint, render_chain
 from flowrt.mpl.model import CONTENT_LIMIT, LogLevel, MplStatus, StepStatus
-from flowrt.mpl.store import MplStore
+
+if TYPE_CHECKING:
+    from flowrt.store.api import MplBackend
 
 __all__ = ["EntryHandle", "Headers", "MplRecorder", "RunHandle"]
 
@@ -342,7 +344,7 @@ class MplRecorder:
 
     def __init__(
         self,
-        store: MplStore,
+        store: MplBackend,
         *,
         level: LogLevel = LogLevel.INFO,
         batch_size: int = 1000,

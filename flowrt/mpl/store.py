@@ -410,61 +410,15 @@ class MplStore:
         return found
 
     def _entry(self, conn: sqlite3.Connection, row: Sequence[Any]) -> MplEntry:
-        values = dict(zip(_schema.ENTRY_COLUMNS, row, strict=True))
-        message_id = values["message_id"]
-        props: dict[str, list[str]] = {}
-        for name, value in conn.execute(
+        message_id = row[0]
+        props = conn.execute(
             "SELECT name, value FROM properties WHERE message_id = ? ORDER BY seq", (message_id,)
-        ):
-            props.setdefault(name, []).append(value)
-        contents = {
-            (run, step): StepContent(
-                headers=tuple((str(n), str(v)) for n, v in json.loads(headers)),
-                body=body,
-                truncated=bool(truncated),
-                size=size,
-            )
-            for run, step, headers, body, truncated, size in conn.execute(
-                "SELECT run, step, headers, body, truncated, size FROM contents "
-                "WHERE message_id = ?",
-                (message_id,),
-            )
-        }
-        error = None
-        if values["error_chain"] is not None:
-            error = ErrorInfo(
-                chain=values["error_chain"],
-                levels=tuple(
-                    ChainLevel(level=i, type=t, message=m)
-                    for i, (t, m) in enumerate(json.loads(values["error_levels"] or "[]"))
-                ),
-                hint=values["error_hint"],
-                failed_step=values["failed_step"],
-            )
-        return MplEntry(
-            message_id=message_id,
-            correlation_id=values["correlation_id"],
-            application_id=values["application_id"],
-            flow=values["flow"],
-            flow_version=values["flow_version"],
-            sender=values["sender"],
-            receivers=tuple(json.loads(values["receivers"])),
-            status=MplStatus(values["status"]),
-            log_start=from_epoch(values["log_start"]),
-            log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
-            log_level=LogLevel(values["log_level"]),
-            simulation=bool(values["simulation"]),
-            subject=values["subject"],
-            mail_from=values["mail_from"],
-            custom_properties={k: tuple(v) for k, v in props.items()},
-            error=error,
-            filter_note=values["filter_note"],
-            runs=tuple(_run(r, contents) for r in json.loads(values["runs"])),
-            log=tuple(
-                LogLine(time=from_epoch_us(t), level=lvl, text=text)
-                for t, lvl, text in json.loads(values["log_lines"])
-            ),
-        )
+        ).fetchall()
+        contents = conn.execute(
+            "SELECT run, step, headers, body, truncated, size FROM contents WHERE message_id = ?",
+            (message_id,),
+        ).fetchall()
+        return build_entry(row, props, contents)
 
     # ------------------------------------------------------------------ following (tail)
 
@@ -662,6 +616,65 @@ class MplStore:
     def count(self) -> int:
         with self._guard("count") as conn:
             return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+
+def build_entry(
+    row: Sequence[Any],
+    properties: Iterable[Sequence[Any]],
+    contents: Iterable[Sequence[Any]],
+) -> MplEntry:
+    """An entry from its row (columns as :data:`_schema.ENTRY_COLUMNS`), its property rows
+    ``(name, value)`` in order and its content rows ``(run, step, headers, body, truncated,
+    size)``: shared by both store backends."""
+    values = dict(zip(_schema.ENTRY_COLUMNS, row, strict=True))
+    message_id = values["message_id"]
+    props: dict[str, list[str]] = {}
+    for name, value in properties:
+        props.setdefault(name, []).append(value)
+    steps = {
+        (run, step): StepContent(
+            headers=tuple((str(n), str(v)) for n, v in json.loads(headers)),
+            body=body,
+            truncated=bool(truncated),
+            size=size,
+        )
+        for run, step, headers, body, truncated, size in contents
+    }
+    error = None
+    if values["error_chain"] is not None:
+        error = ErrorInfo(
+            chain=values["error_chain"],
+            levels=tuple(
+                ChainLevel(level=i, type=t, message=m)
+                for i, (t, m) in enumerate(json.loads(values["error_levels"] or "[]"))
+            ),
+            hint=values["error_hint"],
+            failed_step=values["failed_step"],
+        )
+    return MplEntry(
+        message_id=message_id,
+        correlation_id=values["correlation_id"],
+        application_id=values["application_id"],
+        flow=values["flow"],
+        flow_version=values["flow_version"],
+        sender=values["sender"],
+        receivers=tuple(json.loads(values["receivers"])),
+        status=MplStatus(values["status"]),
+        log_start=from_epoch(values["log_start"]),
+        log_end=None if values["log_end"] is None else from_epoch(values["log_end"]),
+        log_level=LogLevel(values["log_level"]),
+        simulation=bool(values["simulation"]),
+        subject=values["subject"],
+        mail_from=values["mail_from"],
+        custom_properties={k: tuple(v) for k, v in props.items()},
+        error=error,
+        filter_note=values["filter_note"],
+        runs=tuple(_run(r, steps) for r in json.loads(values["runs"])),
+        log=tuple(
+            LogLine(time=from_epoch_us(t), level=lvl, text=text)
+            for t, lvl, text in json.loads(values["log_lines"])
+        ),
+    )
 
 
 def _hint_for(exc: sqlite3.Error) -> str | None:

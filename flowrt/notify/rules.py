@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterable
 
 from flowrt.errors import summary_of_levels
 from flowrt.mpl.model import MplEntry, MplStatus
-from flowrt.mpl.store import MplStore
 from flowrt.notify.config import NotifyConfig, Rule
 from flowrt.notify.store import NotifyStore, iso
-from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import ERROR, read_status
 from flowrt.security import TenantSecurity
 from flowrt.security.keystore import valid_until
+from flowrt.store import MplBackend, StateBackend, open_mpl, open_state
 from flowrt.tenant import Tenant
 
 __all__ = ["Evaluator", "Event", "dead_letters_since", "iso", "message_event"]
@@ -61,7 +60,7 @@ def _ago(seconds: float) -> str:
     return f"{max(seconds, 0) / 60:.0f} minutes"
 
 
-def dead_letters_since(store: MplStore, watermark: int) -> list[MplEntry]:
+def dead_letters_since(store: MplBackend, watermark: int) -> list[MplEntry]:
     """Entries dead-lettered after row ``watermark`` (ESCALATED with the ``dead-letter``
     property: :meth:`MplStore.dead_letters`)."""
     return [entry for _, entry in store.dead_letters(after_row=watermark, limit=1000)]
@@ -119,8 +118,8 @@ class Evaluator:
         self.security = security
         self.log = log
         self.clock = clock
-        self._mpl: MplStore | None = None
-        self._state: StateDB | None = None
+        self._mpl: MplBackend | None = None
+        self._state: StateBackend | None = None
         self._watched: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._next_expiry_check = 0.0  # at start
@@ -173,13 +172,13 @@ class Evaluator:
 
     # ------------------------------------------------------------------ messages
 
-    def _mpl_store(self) -> MplStore | None:
+    def _mpl_store(self) -> MplBackend | None:
         if self._mpl is None:
-            if not self.tenant.mpl_path.exists():
+            self._mpl = open_mpl(self.tenant, create=False)
+            if self._mpl is None:
                 if self.log.mark(_WATERMARK) is None:  # a log written from now on is all new
                     self.log.set_mark(_WATERMARK, "0")
                 return None
-            self._mpl = MplStore(self.tenant.mpl_path, create=False)
             mark = self.log.mark(_WATERMARK)
             if mark is None:  # first start: what is already in the log is history
                 self.log.set_mark(_WATERMARK, str(self._mpl.last_row_id()))
@@ -254,9 +253,9 @@ class Evaluator:
 
     def _state_events(self, now: float) -> list[Event]:
         if self._state is None:
-            if not self.tenant.state_path.exists():
+            self._state = open_state(self.tenant, create=False)
+            if self._state is None:
                 return []
-            self._state = StateDB.open(self.tenant, create=False)
         events = []
         failing = set()
         for health in self._state.health():

@@ -38,7 +38,7 @@ from flowrt.errors import FlowError, TenantError
 from flowrt.runtime.bundle import Bundle, ScriptRef, write_bundle
 from flowrt.tenant import Tenant
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +79,28 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def deploy_digest(flow: Flow, params: Mapping[str, str], bundle: Bundle) -> str:
+    """What tells a changed version from an unchanged one (both store backends): the text,
+    the parameter values and the bundled files."""
+    return _sha256(
+        flow.source
+        + "\0"
+        + flow.name
+        + "\0"
+        + json.dumps(dict(params), sort_keys=True)
+        + "\0"
+        + bundle.digest()
+    )
+
+
 class Deployments:
     """The deployed flows of one tenant."""
 
     def __init__(self, tenant: Tenant) -> None:
         self.root = tenant.root / "deployed"
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def _meta(self, name: str) -> Path:
         return self.root / f"{name}.json"
@@ -160,20 +177,12 @@ class Deployments:
     ) -> DeployOutcome:
         """Store ``flow`` (its whole file text), its parameter values and its scripts as the
         next version; unchanged -> no-op."""
-        if not _NAME.fullmatch(flow.name):
+        if not NAME_PATTERN.fullmatch(flow.name):
             raise FlowError(f"flow name {flow.name!r} cannot be deployed")
         self._ensure()
         params = dict(sorted((params or {}).items()))
         bundle = bundle or Bundle({}, ())
-        digest = _sha256(
-            flow.source
-            + "\0"
-            + flow.name
-            + "\0"
-            + json.dumps(params, sort_keys=True)
-            + "\0"
-            + bundle.digest()
-        )
+        digest = deploy_digest(flow, params, bundle)
         current = self.get(flow.name)
         if current is not None and current.sha256 == digest:
             return DeployOutcome(flow.name, current.version, changed=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +37,13 @@ from flowrt.runtime.ending import (
     source_of,
     verdict_for,
 )
-from flowrt.runtime.schedule import run_on_schedule
-from flowrt.runtime.state import StateDB
+from flowrt.runtime.leases import check_current_lease
+from flowrt.runtime.schedule import is_due, run_on_schedule
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
 from flowrt.source_state import UNREADABLE, Verdict
+from flowrt.store.api import StateBackend
 
 _log = structlog.get_logger("flowrt.runtime")
 
@@ -55,7 +57,7 @@ class FlowInstance:
         *,
         security: TenantSecurity,
         recorder: MplRecorder,
-        state: StateDB,
+        state: StateBackend,
         adapters: Adapters,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -112,6 +114,9 @@ class FlowInstance:
             security=self._security,
             version=str(self.deployment.version),
             folder=self.deployment.scripts_dir or Path(self.deployment.file).parent,
+            # a node paused past its mailbox lease hands the mail back instead of sending
+            # what the node that took the mailbox over sends too
+            guard=check_current_lease,
         )
         self._receivers = wired.deliveries
         self._runner = wired.runner
@@ -125,11 +130,21 @@ class FlowInstance:
             flow.sender, self._security, _Handler(self), self._state, name=flow.name
         )
 
-    def run(self) -> None:
-        """Start polling on the flow's schedule (in the background)."""
+    def run(self, *, start_after: float = 0.0) -> None:
+        """Start polling on the flow's schedule (in the background), the first poll or
+        session after ``start_after`` seconds."""
         if self._poller is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(run_on_schedule(self._poller, self._stop))
+        self._task = asyncio.ensure_future(
+            run_on_schedule(self._poller, self._stop, start_after=start_after)
+        )
+
+    def due(self, now: dt.datetime) -> bool:
+        """Whether the flow's schedule has a run due since its last recorded poll."""
+        if self._poller is None:
+            return False
+        health = self._poller.health
+        return is_due(self._poller.schedule, health.last_poll, health.consecutive_failures, now)
 
     async def poll_once(self) -> object | None:
         if self._poller is None:

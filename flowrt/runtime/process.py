@@ -1,6 +1,9 @@
 """The runtime process (``flowrt run``): every deployed flow, kept in step with deployments.
 
 - One runtime per tenant (an exclusive lock); a second one refuses to start and says why.
+  With a PostgreSQL store, one runtime per *node name* instead (``flowrt run --node NAME``):
+  several nodes share the tenant, each mailbox polled by one of them at a time (its lease),
+  and each node reports its status into the store's node registry.
 - Deploys and undeploys are picked up within a second: the deployments' generation counter
   is checked every :data:`WATCH_INTERVAL`. A new version replaces the old one after the old
   one finished the mail in hand (the mailbox lock keeps the two from polling together).
@@ -8,13 +11,21 @@
 - SIGTERM or Ctrl-C: polling stops, the mail in hand may finish within the grace period,
   what is still unfinished then is handed back (left unmarked in the mailbox, ABANDONED in
   the MPL), and the process exits.
-- ``once``: one poll of each flow, then exit (for cron and tests).
+- Flows that start together (a runtime starting with hundreds of deployed flows) open their
+  first connections at most :data:`START_RATE` a second: a thousand TLS logins at once
+  overwhelm the mail server's login processes and the runtime's own event loop (a quarter of
+  them timed out waiting for the greeting in ``benchmarks/many_mailboxes.py``).
+- ``once``: one poll of each flow now, then exit (for tests and by hand); with ``due``
+  only the flows whose schedule has a run due since their last recorded poll (for a cron
+  job or systemd timer that starts the runtime every few minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -27,11 +38,9 @@ from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
-from flowrt.mpl.store import MplStore
-from flowrt.runtime.deployments import Deployment, Deployments
+from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
 from flowrt.runtime.monitor import Monitor
-from flowrt.runtime.state import StateDB
 from flowrt.runtime.status import (
     ERROR,
     HEARTBEAT,
@@ -41,12 +50,18 @@ from flowrt.runtime.status import (
     write_status,
 )
 from flowrt.security import TenantSecurity
+from flowrt.store import MplBackend, StateBackend, is_shared, open_deployments, open_mpl, open_state
+from flowrt.store.pg.state import PgStateDB
 from flowrt.tenant import Tenant
 
 if TYPE_CHECKING:
     from flowrt.notify.notifier import Notifier, NotifierTask
 
 WATCH_INTERVAL = 0.2
+STATUS_GAP = 0.5  # at most two status writes a second for changes (plus the heartbeat)
+START_RATE = 40.0  # flows per second whose first connection opens, when many start at once
+NOTIFIER_LEASE = "runtime:notifier"
+NOTIFIER_TTL = 60.0
 PURGE_INTERVAL = 3600.0
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -60,14 +75,18 @@ class Runtime:
         grace: float = 30.0,
         http: str | None = None,
         tls_alias: str | None = None,
+        node: str | None = None,
+        lease: float | None = None,
     ) -> None:
         self.tenant = tenant
         self.grace = grace
         self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
-        self.deployments = Deployments(tenant)
+        self.shared = is_shared(tenant)
+        self.node = node or (socket.gethostname() if self.shared else None)
+        self.lease = lease
         self.instances: dict[str, FlowInstance] = {}
         self.stopping = asyncio.Event()
-        self._lock = RuntimeLock(tenant)
+        self._lock = RuntimeLock(tenant, node=self.node if self.shared else None)
         self._status = RuntimeStatus(
             pid=os.getpid(),
             host=socket.gethostname(),
@@ -79,8 +98,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ entry points
 
-    async def run(self, *, once: bool = False) -> int:
-        """Run until stopped (or one poll each with ``once``); the exit code."""
+    async def run(self, *, once: bool = False, due: bool = False) -> int:
+        """Run until stopped (or one poll each with ``once``, only of the flows whose
+        schedule is due with ``due``); the exit code."""
         self._lock.acquire()
         try:
             self._open()
@@ -88,7 +108,7 @@ class Runtime:
                 self._install_signals()
                 await self._monitor.start(self._live_states, lambda: not self.stopping.is_set())
                 if once:
-                    return await self._run_once()
+                    return await self._run_once(due=due)
                 await self._serve()
                 return 0
             finally:
@@ -98,15 +118,25 @@ class Runtime:
 
     def _open(self) -> None:
         self.security = TenantSecurity.open(self.tenant)
-        self.state = StateDB.open(self.tenant)
-        self.store = MplStore(self.tenant.mpl_path)
-        # one runtime per tenant (the lock above): what is still unfinished was left by one
-        # that died; its mails are still in their mailboxes and are processed again
-        abandoned = self.store.abandon_unfinished(
-            "the runtime stopped (crashed or was killed) while this message was processed"
-        )
-        if abandoned:
-            _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
+        state = open_state(self.tenant)
+        store = open_mpl(self.tenant)
+        assert state is not None and store is not None  # create=True opens or raises
+        self.state: StateBackend = state
+        self.store: MplBackend = store
+        self.deployments = open_deployments(self.tenant)
+        self.state.lease_ttl = self.lease
+        if self.node is not None and isinstance(self.state, PgStateDB):
+            self.state.register_node(self.node)
+            self.state.node = self.node  # its leases' owners start with the node's name
+        if not self.shared:
+            # one runtime per tenant (the lock above): what is still unfinished was left by
+            # one that died; its mails are still in their mailboxes and are processed again.
+            # (Several nodes share one MPL: what another node is processing is not ours.)
+            abandoned = self.store.abandon_unfinished(
+                "the runtime stopped (crashed or was killed) while this message was processed"
+            )
+            if abandoned:
+                _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
         self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
         self.adapters = Adapters()
 
@@ -123,13 +153,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ modes
 
-    async def _run_once(self) -> int:
+    async def _run_once(self, *, due: bool) -> int:
         notifier = self._open_notifier()
         failures = 0
+        now = dt.datetime.now(dt.UTC)
         for deployment in self.deployments.all():
             instance = self._instance(deployment)
             if not instance.start():
                 failures += 1
+                continue
+            if due and not instance.due(now):
+                _log.info("poll not due", flow=instance.name)
+                self._write_status()
                 continue
             result = await instance.poll_once()
             if result is None or instance.status.failed:
@@ -164,28 +199,63 @@ class Runtime:
         _log.info("runtime started", tenant=str(self.tenant.root), pid=os.getpid())
         from flowrt.notify.notifier import start_notifier  # see _open_notifier
 
-        self._notifier = start_notifier(self.tenant, self.security)
+        if not self.shared:
+            self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = 0.0
         while not self.stopping.is_set():
-            current = self.deployments.generation()
-            if current != generation:
-                generation = current
-                await self._reconcile()
+            reconciled = False
+            try:
+                current = self.deployments.generation()
+                if current != generation:
+                    await self._reconcile()
+                    generation = current
+                    reconciled = True
+            except FlowrtError as exc:  # the store is away for a moment: the flows go on
+                _log.warning("cannot read the deployments", error=str(exc), hint=exc.hint)
             now = time.monotonic()
             if now - last_purge > PURGE_INTERVAL:
                 last_purge = now
                 await asyncio.to_thread(self._purge)
-            if self._dirty or now - last_beat >= HEARTBEAT:
+            # a deploy's outcome (STARTED, or ERROR at start) is written at once, for
+            # `flowrt deploy` waiting on it; other changes within STATUS_GAP: with many flows
+            # polling, some flow changes on every tick, and each write serializes every flow
+            if (
+                reconciled
+                or (self._dirty and now - last_beat >= STATUS_GAP)
+                or now - last_beat >= HEARTBEAT
+            ):
                 for instance in self.instances.values():
                     instance.refresh()
                 self._write_status()
+                if self.shared:
+                    await self._notifier_turn()
                 last_beat = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
 
+    async def _notifier_turn(self) -> None:
+        """On a shared store the nodes read one MPL: one of them sends the alerts, the one
+        holding the notifier's lease; another takes it over when that node is gone."""
+        from flowrt.notify.notifier import start_notifier  # see _open_notifier
+
+        owner = f"{self.node}/notifier:{os.getpid()}"
+        try:
+            held, _ = self.state.acquire_lock(
+                NOTIFIER_LEASE, owner, self.lease or NOTIFIER_TTL, info="notifier"
+            )
+        except FlowrtError as exc:  # the store is away: keep what we have
+            _log.warning("cannot renew the notifier's lease", error=str(exc))
+            return
+        if held and self._notifier is None:
+            self._notifier = start_notifier(self.tenant, self.security)
+        elif not held and self._notifier is not None:
+            await self._notifier.stop()
+            self._notifier = None
+
     async def _reconcile(self) -> None:
         wanted = {d.name: d for d in self.deployments.all()}
+        starting = 0
         for name in [n for n in self.instances if n not in wanted]:
             _log.info("undeploying", flow=name)
             await self.instances.pop(name).stop(self.grace)
@@ -201,7 +271,8 @@ class Runtime:
                 await current.stop(self.grace)
             instance = self._instance(deployment)
             if instance.start():
-                instance.run()
+                instance.run(start_after=starting / START_RATE)
+                starting += 1
         self._dirty = True
 
     def _instance(self, deployment: Deployment) -> FlowInstance:
@@ -231,6 +302,14 @@ class Runtime:
 
     def _write_status(self) -> None:
         self._dirty = False
+        if self.node is not None and isinstance(self.state, PgStateDB):
+            try:
+                self.state.node_heartbeat(
+                    self.node, json.loads(self._status.to_json()), stopped=self._status.stopping
+                )
+            except FlowrtError as exc:
+                _log.warning("could not write the node status", error=str(exc))
+            return
         try:
             write_status(self.tenant, self._status)
         except OSError as exc:
@@ -244,6 +323,9 @@ class Runtime:
         await self._monitor.stop()
         if self._notifier is not None:
             await self._notifier.stop()
+            if self.shared:
+                with contextlib.suppress(FlowrtError):
+                    self.state.release_lock(NOTIFIER_LEASE, f"{self.node}/notifier:{os.getpid()}")
         await asyncio.gather(
             *(i.stop(self.grace) for i in self.instances.values()), return_exceptions=True
         )
@@ -251,7 +333,8 @@ class Runtime:
             await self.adapters.aclose()
         self.recorder.close()
         self.store.close()
-        self.state.close()
         self._write_status()
+        self.state.close()
+        self.deployments.close()
         errors = [i.name for i in self.instances.values() if i.status.state == ERROR]
         _log.info("runtime stopped", flows_in_error=errors)

@@ -8,10 +8,9 @@ import dataclasses
 from typing import Any
 
 from flowrt.errors import NotFoundError
-from flowrt.mpl.store import MplStore
-from flowrt.runtime.deployments import Deployments
-from flowrt.runtime.state import LockInfo, StateDB
 from flowrt.runtime.status import RuntimeStatus, read_status
+from flowrt.source_state import LockInfo
+from flowrt.store import open_deployments, open_mpl, open_state
 from flowrt.tenant import Tenant
 
 __all__ = ["StatusReport", "status_report"]
@@ -57,7 +56,11 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
     """Every deployed flow (or the one named; NotFoundError if it is not deployed)."""
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
-    deployments = Deployments(tenant).all()
+    store = open_deployments(tenant)
+    try:
+        deployments = store.all()
+    finally:
+        store.close()
     if name is not None and name not in {d.name for d in deployments}:
         known = ", ".join(d.name for d in deployments[:5]) or "none"
         raise NotFoundError(
@@ -87,7 +90,7 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "warning": flow.warning if flow else "",
             }
         )
-    state_db = StateDB.open(tenant, create=False) if tenant.state_path.exists() else None
+    state_db = open_state(tenant, create=False)
     locks = state_db.locks() if state_db is not None else []
     if state_db is not None:
         state_db.close()
@@ -96,7 +99,8 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
 
 def _dead_letters(tenant: Tenant) -> dict[str, int]:
     """Dead letters not replayed, by flow (``flowrt deadletter list`` has them)."""
-    if not tenant.mpl_path.exists():
+    store = open_mpl(tenant, create=False)
+    if store is None:
         return {}
-    with MplStore(tenant.mpl_path, create=False) as store:
+    with store:
         return store.dead_letter_counts()

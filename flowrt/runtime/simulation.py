@@ -32,6 +32,7 @@ from flowrt.mpl.recorder import MplRecorder
 from flowrt.mpl.store import MplStore
 from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
+from flowrt.store.opening import is_shared
 from flowrt.tenant import Tenant
 
 __all__ = ["Output", "Simulated", "Trace", "TracedStep", "simulate"]
@@ -210,7 +211,11 @@ def _open_recorder(
     """A recorder on the tenant's MPL, or (no tenant, or its MPL cannot be opened) on a
     throw-away database, so that the runner works the same either way."""
     problem = None
-    if tenant.exists():
+    if tenant.exists() and is_shared(tenant):
+        # reading a simulated entry back needs the same store; a shared tenant's MPL is
+        # the nodes' production log, so a simulation keeps its entry to itself
+        problem = "the tenant's MPL is in its PostgreSQL store; recorded in a throw-away log"
+    elif tenant.exists():
         try:
             store = MplStore(tenant.mpl_path)
             return MplRecorder(store, level=pipeline.level, owns_store=True), tenant.mpl_path, None

@@ -38,7 +38,7 @@ from typing import Any
 from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
 from flowrt.runtime.leases import HeldLease
-from flowrt.source_state import LockInfo, MailRecord, PollerHealth
+from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
 from flowrt.tenant import Tenant
 
 __all__ = [
@@ -130,6 +130,7 @@ class StateDB:
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
         self.path = Path(path)
+        self.lease_ttl: float | None = None
         self._lock = threading.RLock()
         self._batching = False  # inside batch(): writes are savepoints of its transaction
         self._conn = open_wal(
@@ -285,11 +286,14 @@ class StateDB:
         generation: str = "",
         message_id: str = "",
         action: str = "",
+        fence: Fence | None = None,
     ) -> None:
-        """The flow finished with this mail. Committed before returning: this is what stops a
-        resend when the process dies before the mailbox was changed."""
+        """The flow finished with this mail. Committed before returning (inside
+        :meth:`batch`: with the batch, still before the mailbox changes): this is what stops
+        a resend when the process dies before the mailbox was changed."""
         now = time.time()
         with self._transaction("write a mail record") as conn:
+            _check_fence(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
                 "attempts, action, post_processed, created, updated) "
@@ -310,12 +314,14 @@ class StateDB:
         generation: str = "",
         message_id: str = "",
         next_attempt: float = 0.0,
+        fence: Fence | None = None,
     ) -> int:
         """The flow failed with this mail (it stays in the mailbox as it was); returns how
         many times it has failed so far. A ``done`` record is never turned back.
         ``next_attempt`` (a UNIX time) is when it may be handed over again."""
         now = time.time()
         with self._transaction("write a mail record") as conn:
+            _check_fence(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
                 "attempts, last_error, created, updated, next_attempt) "
@@ -332,10 +338,13 @@ class StateDB:
             ).fetchone()
         return int(row[0]) if row else 1
 
-    def mark_post_processed(self, mailbox: str, keys: Sequence[str]) -> None:
+    def mark_post_processed(
+        self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None
+    ) -> None:
         """The mailbox was changed for these mails (marked, deleted, moved, or kept)."""
         now = time.time()
         with self._transaction("update mail records") as conn:
+            _check_fence(conn, fence, now)
             for start in range(0, len(keys), _CHUNK):
                 chunk = list(keys[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
@@ -345,10 +354,11 @@ class StateDB:
                     (now, mailbox, *chunk),
                 )
 
-    def forget(self, mailbox: str, keys: Sequence[str]) -> int:
+    def forget(self, mailbox: str, keys: Sequence[str], *, fence: Fence | None = None) -> int:
         """Drop the records of ``keys`` (mails that are gone from the mailbox)."""
         removed = 0
         with self._transaction("delete mail records") as conn:
+            _check_fence(conn, fence, time.time())
             for start in range(0, len(keys), _CHUNK):
                 chunk = list(keys[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
@@ -480,7 +490,7 @@ class StateDB:
             ).fetchone()
             if row is not None:
                 holder = _lock(row)
-                if holder.owner != owner and not holder.expired(now) and not _dead(holder):
+                if holder.owner != owner and not holder.expired(now) and not dead_holder(holder):
                     return False, holder
             acquired = now
             if row is not None and _lock(row).owner == owner:
@@ -490,7 +500,7 @@ class StateDB:
             )
             conn.execute(
                 f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                dataclasses.astuple(lease),
+                dataclasses.astuple(lease)[:8],
             )
         return True, lease
 
@@ -505,14 +515,21 @@ class StateDB:
             )
             return cursor.rowcount == 1
 
+    def check_fence(self, fence: Fence) -> None:
+        """LeaseLost unless ``fence`` is still the lease in force (before changing the
+        mailbox, which is outside any transaction)."""
+        with self._guard("check a lock") as conn:
+            _check_fence(conn, fence, time.time())
+
     def release_lock(self, key: str, owner: str) -> bool:
         with self._transaction("release a lock") as conn:
             cursor = conn.execute("DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner))
             return cursor.rowcount == 1
 
     def lease(self, key: str, owner: str, ttl: float, *, info: str = "") -> HeldLease:
-        """The lease ``key`` held for an ``async with`` block and renewed while it runs."""
-        return HeldLease(self, key, owner, ttl, info=info)
+        """The lease ``key`` held for an ``async with`` block and renewed while it runs
+        (for :attr:`lease_ttl` seconds when the runtime set one: ``flowrt run --lease``)."""
+        return HeldLease(self, key, owner, self.lease_ttl or ttl, info=info)
 
     def force_release(self, key: str) -> LockInfo | None:
         """Remove the lock ``key`` whoever holds it; the removed lock, or None if none."""
@@ -553,7 +570,7 @@ class StateDB:
 
 
 _RECORD_COLUMNS = ", ".join(f.name for f in dataclasses.fields(MailRecord))
-_LOCK_COLUMNS = ", ".join(f.name for f in dataclasses.fields(LockInfo))
+_LOCK_COLUMNS = ", ".join(f.name for f in dataclasses.fields(LockInfo) if f.name != "epoch")
 _HEALTH_COLUMNS = ", ".join(f.name for f in dataclasses.fields(PollerHealth))
 
 
@@ -567,7 +584,15 @@ def _lock(row: Sequence[Any]) -> LockInfo:
     return LockInfo(*row)
 
 
-def _dead(holder: LockInfo) -> bool:
+def _check_fence(conn: sqlite3.Connection, fence: Fence | None, now: float) -> None:
+    """Writes to the SQLite store are not fenced: one runtime uses a tenant's files at a
+    time (the runtime lock), and a lease released by ``flowrt locks release`` lets the mail
+    in hand finish and be marked, as it always did. Fencing is what the PostgreSQL store,
+    shared by several nodes, adds (:mod:`flowrt.store.pg.state`)."""
+    del conn, fence, now
+
+
+def dead_holder(holder: LockInfo) -> bool:
     """Whether the holder is a process of this host that is gone."""
     if holder.host != socket.gethostname() or holder.pid == os.getpid() or holder.pid <= 0:
         return False

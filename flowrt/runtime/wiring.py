@@ -47,10 +47,13 @@ def wire(
     simulation: bool = False,
     sleep: Sleep = asyncio.sleep,
     observer: Observer | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> Wired:
     """Compile ``flow`` and make its runner. Without ``deliver``, each receiver is made by
     its adapter (``security`` is then required) and the runner delivers to it. ``recorder``
-    may be a function of the compiled pipeline (its MPL level is known only then)."""
+    may be a function of the compiled pipeline (its MPL level is known only then).
+    ``guard`` runs before each delivery to a real receiver; what it raises fails that
+    delivery (the runtime checks there that its mailbox lease is still its own)."""
     pipeline = compile_flow(flow, folder=folder, logger=logger)
     deliveries: dict[str, Delivery] = {}
     if deliver is None:
@@ -59,6 +62,8 @@ def wire(
         deliveries = {r.name: adapters[r.adapter].delivery(r, security) for r in flow.receivers}
 
         async def deliver(name: str, exchange: Exchange) -> None:
+            if guard is not None:
+                guard()
             try:
                 await deliveries[name].deliver(exchange)
             except Exception as exc:

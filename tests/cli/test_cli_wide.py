@@ -144,6 +144,7 @@ JSON_RUNS: dict[tuple[str, ...], Args] = {
     ("mpl", "retention"): lambda e: ["mpl", "retention"],
     ("check",): lambda e: ["check", str(ROOT / "flows" / "mail.flow")],
     ("params", "list"): lambda e: ["params", "list"],
+    ("store", "check"): lambda e: ["store", "check"],
     ("notify", "counters"): lambda e: ["notify", "counters"],
     ("notify", "log"): lambda e: ["notify", "log"],
     ("notify", "rule", "list"): lambda e: ["notify", "rule", "list"],

@@ -156,3 +156,23 @@ def test_flows_and_keystore(tenant: Path, filled: dict[str, str], client: TestCl
     without = [{k: v for k, v in row.items() if k != "expires_in_seconds"} for row in keystore]
     assert without == listed
     assert client.get("/keystore").status_code == 200
+
+
+def test_message_page_shows_a_dead_letter_and_how_to_replay_it(
+    tenant: Path, filled: dict[str, str], client: TestClient
+) -> None:
+    from flowrt.mpl import MplStore
+    from flowrt.tenant import Tenant
+
+    assert "Dead letter and replay" not in client.get(f"/messages/{filled['ok']}").text
+    with MplStore(Tenant(tenant).mpl_path) as store:
+        store.add_property(filled["bad"], "dead-letter", 'folder "Failed"')
+        store.add_property(filled["bad"], "attempts", "5")
+    page = client.get(f"/messages/{filled['bad']}").text
+    assert "Dead-lettered" in page and "folder &#34;Failed&#34; after 5 attempt(s)" in page
+    assert f"flowrt deadletter replay {filled['bad']}" in page
+    with MplStore(Tenant(tenant).mpl_path) as store:
+        store.add_property(filled["bad"], "replayed", "2026-12-06T04:00:00Z")
+    page = client.get(f"/messages/{filled['bad']}").text
+    assert "Replayed" in page and "2026-12-06T04:00:00Z" in page
+    assert "flowrt deadletter replay" not in page

@@ -58,11 +58,18 @@ class PollDaily:
 
 
 @dataclasses.dataclass(frozen=True)
+class PollCron:
+    expression: str  # five fields, checked when the flow was read
+    tz: str | None = None
+    kind: Literal["cron"] = "cron"
+
+
+@dataclasses.dataclass(frozen=True)
 class PollIdle:
     kind: Literal["idle"] = "idle"
 
 
-Poll: TypeAlias = PollEvery | PollDaily | PollIdle
+Poll: TypeAlias = PollEvery | PollDaily | PollCron | PollIdle
 
 
 @dataclasses.dataclass(frozen=True)

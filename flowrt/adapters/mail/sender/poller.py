@@ -66,8 +66,10 @@ from flowrt.source_state import (
     SOURCE_RAW,
     SOURCE_SCOPE,
     UNREADABLE,
+    Fence,
     Lease,
     LeaseBusy,
+    LeaseLost,
     LockInfo,
     PollerHealth,
     SourceState,
@@ -148,6 +150,7 @@ class MailPoller:
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
+        self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
         self._commits = GroupCommit(
             lambda: getattr(self.handle, "durable", None), getattr(state, "batch", None)
@@ -280,6 +283,14 @@ class MailPoller:
             result.lock_lost = True
             self._log.warning("lease lost during the poll", lock=self.lock_key)
         state_error = errors[0] if errors else None
+        if (finish or dead) and self._fence is not None:
+            # the mailbox is changed outside any transaction: make sure, right before, that
+            # no other node took the mailbox while this one was busy (or paused)
+            try:
+                self.state.check_fence(self._fence)
+            except LeaseLost:
+                self._lease_lost(result)
+                finish, dead = [], []
         # after the fetches: one command at a time on the connection
         for item in dead:
             await self._dead_letter(mailbox, item, result)
@@ -287,7 +298,12 @@ class MailPoller:
         if getattr(mailbox, "can_claim", False):
             await mailbox.release_claims()
         if finish:
-            self.state.mark_post_processed(mailbox.scope, [c.key for c in finish if c.key])
+            try:
+                self.state.mark_post_processed(
+                    mailbox.scope, [c.key for c in finish if c.key], fence=self._fence
+                )
+            except LeaseLost:  # taken over after the check: the records say "done" anyway
+                self._lease_lost(result)
             result.post_processed = len(finish)
         if state_error is not None:
             raise state_error
@@ -297,6 +313,13 @@ class MailPoller:
     def _stopping(self) -> bool:
         """The runtime is stopping: mails not started yet are handed back untouched."""
         return bool(getattr(self.handle, "stopping", False))
+
+    def _lease_lost(self, result: PollResult) -> None:
+        self._lost.set()
+        result.lock_lost = True
+        self._log.warning(
+            "lease taken over by another node; leaving the mailbox to it", lock=self.lock_key
+        )
 
     def _purge_now_and_then(self, scope: str) -> None:
         # once a day: records of mails that were marked, moved or deleted long ago (records
@@ -414,6 +437,7 @@ class MailPoller:
                 generation=mailbox.generation,
                 message_id=message_id,
                 action=self.sender.post_process.action,
+                fence=self._fence,
             )
             result.recovered += 1
             return True
@@ -424,16 +448,21 @@ class MailPoller:
             if verdict.dead_letter:
                 dead.append(_Dead(candidate, verdict, message_id))
                 return False
-            count = await self._commits.write(
-                lambda: self.state.record_failure(
-                    mailbox.scope,
-                    candidate.key,
-                    error=verdict.error,
-                    generation=mailbox.generation,
-                    message_id=message_id,
-                    next_attempt=verdict.retry_at,
+            try:
+                count = await self._commits.write(
+                    lambda: self.state.record_failure(
+                        mailbox.scope,
+                        candidate.key,
+                        error=verdict.error,
+                        generation=mailbox.generation,
+                        message_id=message_id,
+                        next_attempt=verdict.retry_at,
+                        fence=self._fence,
+                    )
                 )
-            )
+            except LeaseLost:
+                self._lease_lost(result)
+                return False
             self._log.warning(
                 "mail not processed; left in the mailbox",
                 key=candidate.key,
@@ -450,8 +479,14 @@ class MailPoller:
                     generation=mailbox.generation,
                     message_id=message_id,
                     action=self.sender.post_process.action,
+                    fence=self._fence,
                 )
             )
+        except LeaseLost:
+            # another node owns the mailbox now: it decides about this mail (it finds no
+            # record and hands the mail over again); this node must not change the mailbox
+            self._lease_lost(result)
+            return False
         except FlowrtError as exc:
             raise _RecordFailed(exc) from exc
         return True
@@ -509,7 +544,7 @@ class MailPoller:
         # POP3 lists the whole maildrop: records of mails no longer there are done with
         gone = [key for key in self.state.keys(mailbox.scope) if key not in present]
         if gone:
-            self.state.forget(mailbox.scope, gone)
+            self.state.forget(mailbox.scope, gone, fence=self._fence)
 
     # ------------------------------------------------------------------ IDLE
 
@@ -529,7 +564,10 @@ class MailPoller:
                 await mailbox.close()
         except LeaseBusy as busy:
             self._skipped(busy.holder)
-            return min(self.lock_ttl, max(1.0, self.lock_ttl / 4))
+            # try again when the holder's lease runs out (a node that died is taken over
+            # then), or sooner: the holder may release it
+            remaining = busy.holder.expires - time.time()
+            return min(self.lock_ttl, max(1.0, min(self.lock_ttl / 4, remaining)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -571,6 +609,7 @@ class MailPoller:
             self.lock_key, self.owner, self.lock_ttl, info=self.name
         ) as lease:
             self._lost = lease.lost
+            self._fence = lease.fence
             yield lease
 
     # ------------------------------------------------------------------ health

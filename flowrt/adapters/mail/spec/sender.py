@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from flowrt.adapters.mail.model import Poll, PollDaily, PollEvery, PollIdle, PostProcess, Sender
+from flowrt.adapters.mail.model import (
+    Poll,
+    PollCron,
+    PollDaily,
+    PollEvery,
+    PollIdle,
+    PostProcess,
+    Sender,
+)
 from flowrt.adapters.mail.spec.connection import build_connection, connection_settings
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader
@@ -57,7 +65,7 @@ def _post_process(r: ValueReader) -> PostProcess:
 
 
 def _poll(r: ValueReader) -> Poll:
-    kind = r.word(["every", "daily", "idle"])
+    kind = r.word(["every", "daily", "cron", "idle"])
     if kind == "every":
         interval = r.duration(above=dt.timedelta(0))
         r.end()
@@ -65,18 +73,32 @@ def _poll(r: ValueReader) -> Poll:
     if kind == "idle":
         r.end()
         return PollIdle()
+    if kind == "cron":
+        from flowrt import cron  # croniter is loaded only by flows that use it
+
+        expression = r.string('a cron expression such as "0 7-18 * * 1-5"')
+        wrong = cron.problem(expression.text)
+        if wrong is not None:
+            raise r.fail(expression, f"bad cron expression {expression.shown()}: {wrong}")
+        tz = _tz(r)
+        r.end()
+        return PollCron(" ".join(expression.text.split()), tz)
     r.keyword("at")
     at = r.time_of_day()
-    tz: str | None = None
-    if r.maybe_keyword("tz"):
-        zone = r.string('a time zone such as "Europe/Berlin"')
-        try:
-            zoneinfo.ZoneInfo(zone.text)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise r.fail(zone, f"unknown time zone {zone.shown()}") from None
-        tz = zone.text
+    tz = _tz(r)
     r.end()
     return PollDaily(at, tz)
+
+
+def _tz(r: ValueReader) -> str | None:
+    if not r.maybe_keyword("tz"):
+        return None
+    zone = r.string('a time zone such as "Europe/Berlin"')
+    try:
+        zoneinfo.ZoneInfo(zone.text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise r.fail(zone, f"unknown time zone {zone.shown()}") from None
+    return zone.text
 
 
 def _keep_drop(r: ValueReader) -> str:
@@ -135,8 +157,10 @@ SETTINGS = (
     ),
     SettingSpec(
         "poll",
-        'every DURATION | daily at HH:MM [tz "ZONE"] | idle',
-        "When to poll; idle is IMAP push (IDLE), re-issued before 29 minutes.",
+        'every DURATION | daily at HH:MM [tz "ZONE"] | cron "M H DOM MON DOW" [tz "ZONE"] | idle',
+        'When to poll; cron takes the five classic fields (e.g. "0 7-18 * * 1-5": on the '
+        "hour from 7 to 18, Monday to Friday), in UTC unless tz says otherwise; idle is IMAP "
+        "push (IDLE), re-issued before 29 minutes.",
         _poll,
         default="every 1m",
     ),
