@@ -1,14 +1,86 @@
 """How flowrt opens its SQLite files (the MPL, the runtime state): WAL, so that readers never
 wait for the runtime's writes and a killed process leaves a readable file, with
-``synchronous=NORMAL`` (durable at checkpoints, fast per commit)."""
+``synchronous=NORMAL`` (durable at checkpoints, fast per commit).
+
+A file that is there is never silently replaced: only a missing or 0-byte file (with no
+write-ahead log holding data) is initialised, and a 0-byte one is logged as such. A file
+that is not an SQLite database, or an SQLite database without flowrt's schema that holds
+tables, is an error naming the file and how to restore it.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+
 from flowrt.errors import FlowrtError
+
+_log = structlog.get_logger("flowrt.store")
+_MAGIC = b"SQLite format 3\x00"
+FRESH_SECONDS = 2.0
+
+
+def _restore_hint(path: Path, name: str) -> str:
+    side = f"{path.name}-wal, {path.name}-shm"
+    return (
+        f"the file is damaged: stop the runtime, move {path} (and any {side}) away and "
+        f"restore it from a backup; to start with an empty {name} instead, remove it and "
+        "run again (what it held is lost)"
+    )
+
+
+def _settled(path: Path) -> bool:
+    """Whether a file is older than a moment: an empty file that another process has just
+    created (and is initialising) is not news; one that was emptied or made by hand is."""
+    try:
+        return time.time() - path.stat().st_mtime > FRESH_SECONDS
+    except OSError:
+        return False
+
+
+def _wal_holds_data(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _check_existing(
+    path: Path, name: str, error: Callable[[str, sqlite3.Error | None], FlowrtError]
+) -> bool:
+    """Whether ``path`` is a 0-byte file to initialise; raises for a damaged one."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_MAGIC))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise error(f"cannot read the {name} {path}: {exc.strerror}", None) from exc
+    if not head:
+        if _wal_holds_data(path):
+            damaged = error(
+                f"the {name} {path} is empty, but its write-ahead log {path.name}-wal holds "
+                "data; not initialising it",
+                None,
+            )
+            damaged.hint = _restore_hint(path, name)
+            raise damaged
+        return True
+    if not _MAGIC.startswith(head):  # a shorter prefix: another process is creating it
+        found = "text" if head.isascii() and head.decode("ascii").isprintable() else "binary data"
+        damaged = error(
+            f"the {name} {path} is damaged: not an SQLite database (it starts with {found}, "
+            f"not the SQLite header)",
+            None,
+        )
+        damaged.hint = _restore_hint(path, name)
+        raise damaged
+    return False
 
 
 def open_wal(
@@ -18,22 +90,56 @@ def open_wal(
     error: Callable[[str, sqlite3.Error | None], FlowrtError],
     create: bool,
     timeout: float,
+    versioned: bool = False,
 ) -> sqlite3.Connection:
     """An autocommit connection, shareable between threads (callers hold their own lock).
 
     ``create=False`` refuses a missing file. Failures become ``error(message, cause)``: the
     caller's own FlowrtError (with its hint for that sqlite3 error), naming the database.
+    ``versioned``: the caller's schema sets ``PRAGMA user_version``, so tables without it
+    are not the caller's and the file is refused.
     """
     if not create and not path.exists():
         raise error(f"no {name} at {path}", None)
+    empty = _check_existing(path, name, error) and _settled(path)  # before SQLite writes
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
+            # before WAL mode is set: that alone rewrites the header of a file not ours
+            if versioned and int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                require_own_schema(conn, path, name, error)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
             raise
     except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+            damaged = error(f"the {name} {path} is damaged: SQLite says: {exc}", exc)
+            damaged.hint = _restore_hint(path, name)
+            raise damaged from None  # the message says it all; no library name in the output
         raise error(f"cannot open the {name} {path}: {exc}", exc) from exc
+    if empty:
+        _log.warning(f"the {name} {path} was an empty (0-byte) file; initialised it")
     return conn
+
+
+def require_own_schema(
+    conn: sqlite3.Connection,
+    path: Path,
+    name: str,
+    error: Callable[[str, sqlite3.Error | None], FlowrtError],
+) -> None:
+    """Before a first migration (user_version 0): refuse a database that holds tables, since
+    they are not flowrt's (or the version number was lost) and migrating would mix them."""
+    tables = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchone()[0]
+    if tables:
+        damaged = error(
+            f"the {name} {path} holds {tables} table(s) but no flowrt schema version; not "
+            "initialising it over them",
+            None,
+        )
+        damaged.hint = _restore_hint(path, name)
+        raise damaged

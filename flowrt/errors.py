@@ -22,7 +22,8 @@ The tree::
     │   │   ├── SendFailedException      (invalid, valid-sent and valid-unsent addresses)
     │   │   ├── MailConnectException
     │   │   ├── FolderNotFoundException
-    │   │   └── StoreClosedException
+    │   │   ├── StoreClosedException
+    │   │   └── MailboxLockedException   another runtime's poller holds the mailbox lease
     │   ├── MessageFormatException       a mail that cannot be read (not retryable)
     │   └── IOException                  the causes: what went wrong on the wire
     │       ├── SSLHandshakeException
@@ -55,6 +56,7 @@ __all__ = [
     "IOException",
     "KeystoreError",
     "MailConnectException",
+    "MailboxLockedException",
     "MessageFormatException",
     "MessagingException",
     "MplError",
@@ -71,8 +73,10 @@ __all__ = [
     "UnknownHostException",
     "UsageError",
     "chain_levels",
+    "chain_of",
     "find_hint",
     "is_retryable",
+    "library_cause",
     "render_chain",
     "summary",
     "summary_of_levels",
@@ -223,6 +227,20 @@ class StoreClosedException(MessagingException):
     retryable = True
 
 
+class MailboxLockedException(MessagingException):
+    """The mailbox's lease lock is held by another runtime, so this poll did not run.
+
+    ``key`` is the lock's key (for ``flowrt locks release KEY``), ``holder`` who holds it.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, key: str, holder: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+        self.holder = holder
+
+
 class MessageFormatException(ProcessingError):
     """A mail that cannot be read at all (empty, or not a mail, such as a PDF file).
 
@@ -304,6 +322,11 @@ def _iter_chain(exc: BaseException) -> Iterator[BaseException]:
             current = None
 
 
+def chain_of(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, outermost first (each once), including library exceptions."""
+    return list(_iter_chain(exc))
+
+
 def _message_of(exc: BaseException) -> str:
     text = str(exc)
     if not text and isinstance(exc, OSError) and exc.strerror:
@@ -369,6 +392,15 @@ def summary_of_levels(levels: Sequence[ChainLevel]) -> str:
         return first
     root = f"{levels[-1].type}: {levels[-1].message}".splitlines()[0]
     return f"{first.rstrip(';')}; caused by {root}"
+
+
+def library_cause(exc: BaseException) -> str | None:
+    """The first exception in the chain that flowrt did not raise (aiosmtplib's, ssl's, a
+    socket's), as its repr: for the JSON log and debugging, never for a chain level."""
+    for e in _iter_chain(exc):
+        if not isinstance(e, FlowrtError):
+            return repr(e)
+    return None
 
 
 def find_hint(exc: BaseException) -> str | None:

@@ -3,7 +3,7 @@
 The runtime implements the store (:class:`flowrt.runtime.state.StateDB`, with leases from
 :mod:`flowrt.runtime.leases`) and injects it; an adapter's source (the mail poller) depends
 only on :class:`SourceState`. The records are those the store keeps: idempotency records of
-mails, lease locks, and each poller's health.
+mails, lease locks, each poller's health, and the polls that could not run.
 """
 
 from __future__ import annotations
@@ -229,6 +229,7 @@ class SourceState(Protocol):
     def keys(self, mailbox: str) -> list[str]: ...
     def purge_records(self, older_than: float, *, mailbox: str | None = None) -> int: ...
     def save_health(self, health: PollerHealth) -> None: ...
+
     def health(self, poller: str | None = None) -> list[PollerHealth]: ...
     def lease(
         self, key: str, owner: str, ttl: float, *, info: str = ""

@@ -39,6 +39,7 @@ __all__ = [
     "Every",
     "Handler",
     "Idle",
+    "PollOutcome",
     "Schedule",
     "Source",
     "SourceHealth",
@@ -81,6 +82,17 @@ class SourceHealth(Protocol):
     def consecutive_failures(self) -> int: ...
     @property
     def last_error(self) -> str | None: ...
+    @property
+    def note(self) -> str:
+        """Why the last poll did not run although nothing failed (a lock held elsewhere)."""
+        ...
+
+
+class PollOutcome(Protocol):
+    @property
+    def busy(self) -> str:
+        """Why the poll did not run (another runtime holds the source's lock), or ""."""
+        ...
 
 
 class Every(Protocol):
@@ -132,7 +144,12 @@ class Source(Protocol):
     def schedule(self) -> Schedule: ...
     @property
     def health(self) -> SourceHealth: ...
-    async def poll_once(self) -> object:
+    @property
+    def last_hint(self) -> str:
+        """The hint of the last failed or skipped poll."""
+        ...
+
+    async def poll_once(self) -> PollOutcome:
         """One poll; raises the error chain when it fails (after recording it)."""
         ...
 

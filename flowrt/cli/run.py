@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
 from flowrt.errors import NotFoundError, UsageError
-from flowrt.runtime.report import FLOW_COLUMNS, status_report
+from flowrt.runtime.report import FLOW_COLUMNS, poll_failures_report, status_report
 from flowrt.store import is_shared, open_deployments, open_state
 from flowrt.tenant import Tenant
 
@@ -125,10 +126,26 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 @click.command()
 @click.argument("name", required=False, shell_complete=complete_flow_names)
+@click.option(
+    "--failures",
+    is_flag=True,
+    help="List the polls that could not run (connect, TLS, login, folder, lock), newest first.",
+)
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="With --failures: how many, newest first.",
+)
 @format_option
 @pass_cli
-def status(cli: CliContext, name: str | None, fmt: str) -> None:
-    """Each deployed flow: version, state, last poll, messages, last error; and held locks."""
+def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: str) -> None:
+    """Each deployed flow: version, state, last poll, messages, last error with its chain
+    and hint; and held locks. With --failures: the poll-failure log."""
+    if failures:
+        _failures(cli, name, limit, fmt)
+        return
     if is_shared(cli.tenant):
         _shared_status(cli.tenant, name, fmt)
         return
@@ -151,6 +168,12 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
     click.echo()
     print_table(rows, FLOW_COLUMNS)
     for row in rows:
+        if row["chain"] or row["hint"]:
+            click.echo(f"\n{row['flow']}: last error")
+            if row["chain"]:
+                click.echo(str(row["chain"]))
+            if row["hint"]:
+                click.echo(f"hint: {row['hint']}")
         if row["warning"]:
             click.echo(f"warning: flow {row['flow']}: {row['warning']}")
     if any(row["dead_letters"] for row in rows):
@@ -160,6 +183,24 @@ def status(cli: CliContext, name: str | None, fmt: str) -> None:
         print_table(
             [{"lock": lock.key, "holder": lock.describe()} for lock in locks], ["lock", "holder"]
         )
+
+
+def _failures(cli: CliContext, name: str | None, limit: int, fmt: str) -> None:
+    found = poll_failures_report(cli.tenant, name, limit=limit)
+    if fmt == "json":
+        print_json({"failures": [f.to_dict() for f in found]})
+        return
+    if not found:
+        click.echo("no failed polls recorded")
+        return
+    for i, failure in enumerate(found):
+        at = dt.datetime.fromtimestamp(failure.at, dt.UTC).isoformat(timespec="seconds")
+        if i:
+            click.echo()
+        click.echo(f"{at}  {failure.flow or failure.poller}  {failure.kind}")
+        click.echo(failure.chain)
+        if failure.hint:
+            click.echo(f"hint: {failure.hint}")
 
 
 def _iso(ts: float) -> str:

@@ -308,6 +308,39 @@ class SyntaxProblem:
     pos: m.Pos
 
 
+MAX_NESTING = 64  # parentheses and `not`s in one condition; deeper is a generated mistake
+_NESTING_TOKEN = re.compile(r'"(?:\\.|[^"\\\n])*"?|#[^\n]*|\(|\)|\bnot\b|\n')
+
+
+def _too_deep(text: str, file: str) -> SyntaxProblem | None:
+    """The first place where a condition nests deeper than MAX_NESTING, if any. The
+    parse tree is transformed recursively, so a deep one must be refused before that."""
+    depth = nots = 0
+    line, line_start = 1, 0
+    for match in _NESTING_TOKEN.finditer(text):
+        token = match.group()
+        if token == "\n":
+            line, line_start = line + 1, match.end()
+            depth = nots = 0  # a condition ends with its line
+            continue
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth = max(0, depth - 1)
+        elif token == "not":
+            nots += 1
+        else:
+            nots = 0 if token.startswith("#") else nots
+            continue
+        if depth + nots > MAX_NESTING:
+            return SyntaxProblem(
+                f"this condition nests more than {MAX_NESTING} levels deep (parentheses and "
+                "`not`); write it flatter",
+                m.Pos(file, line, match.start() - line_start + 1),
+            )
+    return None
+
+
 @dataclasses.dataclass
 class RawParse:
     flows: list[RawFlow]
@@ -324,6 +357,9 @@ def parse_raw(
     ``params`` holds parameter values by flow name; a flow not in it (or no ``params``:
     ``flowrt validate``) has none to be had, so defaults or placeholders stand in.
     """
+    deep = _too_deep(text, file)
+    if deep is not None:
+        return RawParse([], [deep])
     try:
         tree = parser().parse(text)
     except UnexpectedInput as exc:

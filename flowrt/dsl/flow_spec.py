@@ -7,7 +7,7 @@ import datetime as dt
 
 from flowrt.dsl.model import DEFAULT_MAX_ATTEMPTS, DeadLetter, MplLogLevel, RetryPolicy
 from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
-from flowrt.dsl.values import SpecError, ValueReader
+from flowrt.dsl.values import MAX_BACKOFF, SpecError, ValueReader
 
 
 def _description(r: ValueReader) -> str:
@@ -44,6 +44,12 @@ def _retry(r: ValueReader) -> RetryPolicy:
         if backoff < 1 and value is not None:
             raise r.fail(
                 value, f"the backoff factor must be at least 1, got {backoff:g}", "out-of-range"
+            )
+        if backoff > MAX_BACKOFF and value is not None:
+            raise r.fail(
+                value,
+                f"the backoff factor must be at most {MAX_BACKOFF:g}, got {backoff:g}",
+                "out-of-range",
             )
     r.end()
     return RetryPolicy(retries, interval, backoff)

@@ -164,6 +164,8 @@ class ReceiverBlock(Block, Protocol):
     def name(self) -> str: ...
 
 
+MAX_WAIT_SECONDS = 3650 * 86400.0  # a wait longer than the longest duration a flow may say
+
 DEFAULT_MAX_ATTEMPTS = 5
 
 
@@ -196,7 +198,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return self.interval.total_seconds() * (self.backoff ** (attempt - 1))
+        try:
+            seconds = self.interval.total_seconds() * (self.backoff ** (attempt - 1))
+        except OverflowError:  # many retries with a large factor
+            seconds = MAX_WAIT_SECONDS
+        return min(seconds, MAX_WAIT_SECONDS)
 
 
 DEFAULT_POLICY = RetryPolicy(0, dt.timedelta(0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import math
 import re
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ __all__ = [
     "SpecError",
     "ValueReader",
     "did_you_mean",
+    "duration_seconds",
     "format_duration",
     "parse_duration",
     "split_host_port",
@@ -29,10 +31,13 @@ __all__ = [
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DURATION_HELP = "a number and a unit (ms, s, m, h, d), e.g. 30s or 5m"
+MAX_DURATION = dt.timedelta(days=3650)  # longer than any wait a flow or a command means
+MAX_INTEGER = 2**31 - 1  # counts and limits; a larger one is a typo, not a setting
+MAX_BACKOFF = 100.0
 
 
-def parse_duration(text: str) -> dt.timedelta | None:
-    """``30s``, ``5m``, ``1h30m``, ``500ms``, ``7d``; None when it is not a duration."""
+def duration_seconds(text: str) -> float | None:
+    """The seconds ``text`` says (``inf`` when too many digits); None when not a duration."""
     pos = 0
     total = 0.0
     if not text:
@@ -43,6 +48,15 @@ def parse_duration(text: str) -> dt.timedelta | None:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(text):
+        return None
+    return total
+
+
+def parse_duration(text: str) -> dt.timedelta | None:
+    """``30s``, ``5m``, ``1h30m``, ``500ms``, ``7d``; None when it is not a duration or is
+    longer than :data:`MAX_DURATION`."""
+    total = duration_seconds(text)
+    if total is None or not total <= MAX_DURATION.total_seconds():
         return None
     return dt.timedelta(seconds=total)
 
@@ -197,26 +211,49 @@ class ValueReader:
             return Template((value.text,), value.raw, value.pos)
         return parse_template(value.raw, value.pos)
 
-    def integer(self, what: str = "a whole number", *, minimum: int | None = None) -> int:
+    def integer(
+        self,
+        what: str = "a whole number",
+        *,
+        minimum: int | None = None,
+        maximum: int = MAX_INTEGER,
+    ) -> int:
         value = self._next(what)
         if not re.fullmatch(r"-?\d+", value.text):
             raise self.fail(value, f"expected {what}, got {value.shown()}")
+        if len(value.text.lstrip("-")) > len(str(maximum)):  # int() of 5,000 digits refuses
+            raise self.fail(
+                value, f"must be at most {maximum}, got {value.shown()}", "out-of-range"
+            )
         number = int(value.text)
         if minimum is not None and number < minimum:
             raise self.fail(value, f"must be at least {minimum}, got {number}", "out-of-range")
+        if number > maximum:
+            raise self.fail(value, f"must be at most {maximum}, got {number}", "out-of-range")
         return number
 
     def number(self, what: str = "a number") -> float:
         value = self._next(what)
         try:
-            return float(value.text)
+            number = float(value.text)
         except ValueError:
             raise self.fail(value, f"expected {what}, got {value.shown()}") from None
+        if not math.isfinite(number):
+            raise self.fail(value, f"expected {what}, got {value.shown()}", "out-of-range")
+        return number
 
     def duration(
         self, *, above: dt.timedelta | None = None, below: dt.timedelta | None = None
     ) -> dt.timedelta:
         value = self._next(f"a duration, {DURATION_HELP}")
+        seconds = duration_seconds(value.text)
+        if seconds is not None and not seconds <= MAX_DURATION.total_seconds():
+            limit = (
+                f"less than {format_duration(below)}"
+                if below is not None
+                else f"at most {format_duration(MAX_DURATION)}"
+            )
+            raise self.fail(value, f"must be {limit}, got {value.shown()}", "out-of-range")
         parsed = parse_duration(value.text)
         if parsed is None:
             raise self.fail(value, f"bad duration {value.shown()}: expected {DURATION_HELP}")

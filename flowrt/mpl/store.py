@@ -88,7 +88,12 @@ class MplStore:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._conn = open_wal(
-            self.path, name="MPL database", error=_open_error, create=create, timeout=timeout
+            self.path,
+            name="MPL database",
+            error=_open_error,
+            create=create,
+            timeout=timeout,
+            versioned=True,
         )
         self._max_variables = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._sql: dict[tuple[str, str, int, str], str] = {}  # multi-row INSERT texts

@@ -11,6 +11,7 @@ uses them and explains their failures (:func:`tls_failure`).
 from flowrt.net.connect import connect, open_stream
 from flowrt.net.route import ProxyRoute, resolve_route
 from flowrt.net.tls_errors import describe_certificate, tls_failure
+from flowrt.net.tls_probe import speaks_tls_at_once
 
 __all__ = [
     "ProxyRoute",
@@ -18,5 +19,6 @@ __all__ = [
     "describe_certificate",
     "open_stream",
     "resolve_route",
+    "speaks_tls_at_once",
     "tls_failure",
 ]

@@ -135,23 +135,35 @@ class Deployments:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise TenantError(f"deployment {name} cannot be read: {exc}") from exc
-        version = int(meta["version"])
-        # A version deployed before scripts were bundled has none: its scripts are looked
-        # up beside the flow file it came from, as they were then.
-        scripts = self.root.resolve() / "scripts" / name / str(version)
-        scripts_dir = scripts if "scripts" in meta else None
-        return Deployment(
-            name=meta["name"],
-            version=version,
-            sha256=meta["sha256"],
-            file=meta["file"],
-            deployed_at=meta["deployed_at"],
-            source=source,
-            params=dict(meta.get("params", {})),
-            param_sources=dict(meta.get("param_sources", {})),
-            scripts=tuple(meta.get("scripts", ())),
-            scripts_dir=scripts_dir,
+            raise self._damaged(name, exc) from exc
+        try:
+            version = int(meta["version"])
+            # A version deployed before scripts were bundled has none: its scripts are looked
+            # up beside the flow file it came from, as they were then.
+            scripts = self.root.resolve() / "scripts" / name / str(version)
+            scripts_dir = scripts if "scripts" in meta else None
+            return Deployment(
+                name=str(meta["name"]),
+                version=version,
+                sha256=str(meta["sha256"]),
+                file=str(meta["file"]),
+                deployed_at=str(meta["deployed_at"]),
+                source=source,
+                params=dict(meta.get("params", {})),
+                param_sources=dict(meta.get("param_sources", {})),
+                scripts=tuple(meta.get("scripts", ())),
+                scripts_dir=scripts_dir,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._damaged(name, exc) from exc
+
+    def _damaged(self, name: str, exc: Exception) -> TenantError:
+        what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"({exc})"
+        return TenantError(
+            f"deployment {name} cannot be read: {self._meta(name)} or "
+            f"{self.root / (name + '.flow')} is damaged {what}",
+            hint=f"deploy the flow file again with `flowrt deploy FILE`, or remove "
+            f"{self._meta(name)} to drop the deployment",
         )
 
     def bundle(self, deployment: Deployment) -> Bundle:

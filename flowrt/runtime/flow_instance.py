@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from flowrt import metrics
-from flowrt.adapters.registry import Adapters, Delivery, Source
+from flowrt.adapters.registry import Adapters, Delivery, PollOutcome, Source
 from flowrt.dsl.model import DEFAULT_POLICY, Flow, RetryPolicy
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.runner import Result, Runner
@@ -146,13 +146,14 @@ class FlowInstance:
         health = self._poller.health
         return is_due(self._poller.schedule, health.last_poll, health.consecutive_failures, now)
 
-    async def poll_once(self) -> object | None:
+    async def poll_once(self) -> PollOutcome | None:
         if self._poller is None:
             return None
         try:
             return await self._poller.poll_once()
         except FlowrtError as exc:
             self.status.last_error = summary(exc)
+            self.status.last_hint = find_hint(exc) or ""
             self._log.error("poll failed", error=summary(exc), hint=find_hint(exc))
             return None
         finally:
@@ -236,10 +237,12 @@ class FlowInstance:
         if verdict.ok:
             self.status.completed += 1
             self.status.last_error = ""  # the flow works again; the MPL keeps the failure
+            self.status.last_hint = ""
         else:
             self.status.failed += 1
             if result.error is not None:
                 self.status.last_error = summary(result.error)
+                self.status.last_hint = find_hint(result.error) or ""
         if flush:
             self._durable()
         self.refresh()
@@ -333,8 +336,11 @@ class FlowInstance:
             if health.last_success:
                 self.status.last_success = _iso(health.last_success)
             self.status.consecutive_failures = health.consecutive_failures
-            if health.last_error and health.consecutive_failures:
+            # a poll skipped for a lock held elsewhere leaves a note, not a failure in a row
+            skipped = getattr(health, "note", "")  # a source may not skip polls at all
+            if health.last_error and (health.consecutive_failures or skipped):
                 self.status.last_error = health.last_error
+                self.status.last_hint = getattr(self._poller, "last_hint", "")
             # polls that keep failing put a running flow in ERROR (it retries with backoff);
             # the next good poll brings it back
             if self.status.state in (STARTED, ERROR) and not self._start_failed:
@@ -347,6 +353,7 @@ class FlowInstance:
                 else:
                     if self.status.state == ERROR:
                         self.status.last_error = ""  # recovered: `status` shows no stale error
+                        self.status.last_hint = ""
                     self.status.state = STARTED
                     self.status.reason = ""
         self.status.updated = now_iso()
@@ -357,6 +364,7 @@ class FlowInstance:
         self.status.reason = reason + (f" (hint: {hint})" if hint else "")
         if reason:
             self.status.last_error = reason
+            self.status.last_hint = hint or ""
         self.status.updated = now_iso()
         self._on_change()
 

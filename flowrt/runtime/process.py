@@ -167,7 +167,8 @@ class Runtime:
                 self._write_status()
                 continue
             result = await instance.poll_once()
-            if result is None or instance.status.failed:
+            # a poll that did not run (a lock held elsewhere) is a poll that failed here
+            if result is None or result.busy or instance.status.failed:
                 failures += 1
             self._write_status()
         if notifier is not None:

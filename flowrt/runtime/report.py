@@ -8,12 +8,13 @@ import dataclasses
 from typing import Any
 
 from flowrt.errors import NotFoundError
+from flowrt.poll_failures import PollFailure
 from flowrt.runtime.status import RuntimeStatus, read_status
 from flowrt.source_state import LockInfo
 from flowrt.store import open_deployments, open_mpl, open_state
 from flowrt.tenant import Tenant
 
-__all__ = ["StatusReport", "status_report"]
+__all__ = ["StatusReport", "poll_failures_report", "status_report"]
 
 FLOW_COLUMNS = [
     "flow",
@@ -87,14 +88,52 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "failed": flow.failed if flow else 0,
                 "dead_letters": dead.get(deployment.name, 0),
                 "last_error": (flow.reason or flow.last_error) if flow else "",
+                "hint": flow.last_hint if flow and flow.last_error else "",
+                "chain": "",
                 "warning": flow.warning if flow else "",
             }
         )
     state_db = open_state(tenant, create=False)
     locks = state_db.locks() if state_db is not None else []
     if state_db is not None:
+        for row in rows:
+            # the chain of a poll that failed, when that is the flow's last error
+            latest = _poll_failures(state_db, str(row["flow"]), 1) if row["hint"] else []
+            if latest and latest[0].summary in str(row["last_error"]):
+                row["chain"] = latest[0].chain
         state_db.close()
     return StatusReport(runtime=runtime, alive=alive, flows=rows, locks=locks)
+
+
+def poll_failures_report(
+    tenant: Tenant, name: str | None = None, *, limit: int = 20
+) -> list[PollFailure]:
+    """The newest polls that could not run, of the flow named (NotFoundError if it is not
+    deployed) or of all."""
+    store = open_deployments(tenant)
+    try:
+        deployments = store.all()
+    finally:
+        store.close()
+    if name is not None and name not in {d.name for d in deployments}:
+        known = ", ".join(d.name for d in deployments[:5]) or "none"
+        raise NotFoundError(
+            f"no deployed flow named {name!r}",
+            hint=f"see `flowrt status` (deployed flows: {known})",
+        )
+    state_db = open_state(tenant, create=False)
+    if state_db is None:
+        return []
+    try:
+        return _poll_failures(state_db, name, limit)
+    finally:
+        state_db.close()
+
+
+def _poll_failures(state_db: object, flow: str | None, limit: int) -> list[PollFailure]:
+    # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+    read = getattr(state_db, "poll_failures", None)
+    return list(read(flow, limit=limit)) if read is not None else []
 
 
 def _dead_letters(tenant: Tenant) -> dict[str, int]:

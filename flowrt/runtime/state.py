@@ -14,6 +14,8 @@ Three tables::
                    post_processed: one row per mail a poller has seen through to a verdict
     locks          key -> owner, host, pid, acquired, renewed, expires: lease locks
     poller_health  poller -> last poll, last success, last error, consecutive failures
+    poll_failures  every poll that could not run, with chain and hint
+                   (:mod:`flowrt.poll_failures`)
 
 A *mailbox* is a scope string such as ``imap:user@host/INBOX``; a *key* identifies a mail in
 it (``uid:UIDVALIDITY:UID``, ``uidl:UIDL``, ``message-id:ID``). A *generation* is the scope's
@@ -37,6 +39,8 @@ from typing import Any
 
 from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
+from flowrt.poll_failures import COLUMNS as POLL_FAILURE_COLUMNS
+from flowrt.poll_failures import KEEP_PER_POLLER, PollFailure
 from flowrt.runtime.leases import HeldLease
 from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
 from flowrt.tenant import Tenant
@@ -44,6 +48,7 @@ from flowrt.tenant import Tenant
 __all__ = [
     "LockInfo",
     "MailRecord",
+    "PollFailure",
     "PollerHealth",
     "StateDB",
 ]
@@ -113,6 +118,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (mailbox, key)
     ) WITHOUT ROWID;
     """,
+    # 3: the poll-failure log (flowrt.poll_failures)
+    """
+    CREATE TABLE poll_failures (
+        id      INTEGER PRIMARY KEY,
+        poller  TEXT NOT NULL,
+        flow    TEXT NOT NULL DEFAULT '',
+        at      REAL NOT NULL,
+        kind    TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        chain   TEXT NOT NULL,
+        levels  TEXT NOT NULL DEFAULT '[]',
+        hint    TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX poll_failures_by_flow ON poll_failures (flow, at);
+    CREATE INDEX poll_failures_by_poller ON poll_failures (poller, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _CHUNK = 500  # keys per IN (...) query: well below SQLite's variable limit
@@ -122,6 +143,10 @@ _DAMAGED_HINT = (
     "another process may hold a long write lock; if the file is damaged, stop the runtime "
     "and move it away (idempotency records are lost then)"
 )
+
+
+def _state_error(message: str, _cause: sqlite3.Error | None) -> TenantError:
+    return TenantError(message, hint=_DAMAGED_HINT)
 
 
 class StateDB:
@@ -136,9 +161,10 @@ class StateDB:
         self._conn = open_wal(
             self.path,
             name="runtime state database",
-            error=lambda message, _cause: TenantError(message, hint=_DAMAGED_HINT),
+            error=_state_error,
             create=create,
             timeout=timeout,
+            versioned=True,
         )
         try:
             with self._guard("open"):
@@ -567,6 +593,40 @@ class StateDB:
         with self._guard("read poller health") as conn:
             rows = conn.execute(sql + " ORDER BY poller", args).fetchall()
         return [PollerHealth(*row) for row in rows]
+
+    # ------------------------------------------------------------------ poll failures
+
+    def record_poll_failure(self, failure: PollFailure) -> None:
+        """Log a poll that could not run; keeps the newest KEEP_PER_POLLER per poller."""
+        with self._transaction("record a poll failure") as conn:
+            conn.execute(
+                f"INSERT INTO poll_failures ({POLL_FAILURE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                failure.row(),
+            )
+            conn.execute(
+                "DELETE FROM poll_failures WHERE poller = ? AND id <= ("
+                "SELECT id FROM poll_failures WHERE poller = ? ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)",
+                (failure.poller, failure.poller, KEEP_PER_POLLER),
+            )
+
+    def poll_failures(
+        self, flow: str | None = None, *, limit: int = 50, since: float | None = None
+    ) -> list[PollFailure]:
+        """The newest poll failures first, of one flow or of all."""
+        sql = f"SELECT {POLL_FAILURE_COLUMNS} FROM poll_failures WHERE 1 = 1"
+        args: list[Any] = []
+        if flow is not None:
+            sql += " AND flow = ?"
+            args.append(flow)
+        if since is not None:
+            sql += " AND at > ?"
+            args.append(since)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._guard("read poll failures") as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [PollFailure.from_row(tuple(row)) for row in rows]
 
 
 _RECORD_COLUMNS = ", ".join(f.name for f in dataclasses.fields(MailRecord))

@@ -45,6 +45,7 @@ class FlowStatus:
     completed: int = 0
     failed: int = 0
     last_error: str = ""
+    last_hint: str = ""  # what to do about last_error
     consecutive_failures: int = 0
     dead_lettered: int = 0
     warning: str = ""  # e.g. the mailbox cannot be claimed against other runtimes

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flowrt.errors import KeystoreError
-from flowrt.security import _pkcs12
+from flowrt.security import _der, _pkcs12
 from flowrt.security._pkcs12 import PrivateKey
 
 KEY_SPECS = ("rsa:3072", "rsa:2048", "ec:p256", "ec:p384")
@@ -44,25 +44,63 @@ def read_certificate_file(path: Path) -> list[x509.Certificate]:
         raise KeystoreError(f"{path}: no such file") from None
     except OSError as exc:
         raise KeystoreError(f"cannot read {path}: {exc.strerror}") from exc
-    return load_certificates(data, str(path))
+    certs, found = _load(data, str(path))
+    claimed = _CLAIMS.get(path.suffix.lower())
+    if claimed is not None and found not in claimed[1]:
+        raise KeystoreError(
+            f"{path} is named {path.suffix} ({claimed[0]}) but holds {_FOUND[found]}",
+            hint="rename the file to what it holds, or export it again in the claimed format",
+        )
+    return certs
+
+
+# what a file's extension claims: (its name, the formats that fulfil it)
+_CLAIMS = {
+    ".p7b": ("a PKCS#7 bundle", {"pkcs7-der", "pem-pkcs7"}),
+    ".p7c": ("a PKCS#7 bundle", {"pkcs7-der", "pem-pkcs7"}),
+    ".pem": ("PEM text", {"pem", "pem-pkcs7"}),
+    ".der": ("DER", {"x509-der", "pkcs7-der"}),
+}
+_FOUND = {
+    "x509-der": "one DER X.509 certificate",
+    "pkcs7-der": "a DER PKCS#7 bundle",
+    "pem": "PEM certificates",
+    "pem-pkcs7": "a PEM PKCS#7 bundle",
+}
+MAX_TEXT_OUTSIDE_PEM = 64 * 1024  # explanatory text (openssl's "subject=" lines) is small
 
 
 def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
     """Parse DER or PEM certificates or a PKCS#7 bundle; ``source`` names the input in errors."""
+    return _load(data, source)[0]
+
+
+def _load(data: bytes, source: str) -> tuple[list[x509.Certificate], str]:
+    """The certificates and the format found (a key of _FOUND)."""
     if not data.strip():
         raise KeystoreError(f"{source} is empty")
     if b"-----BEGIN" in data:
-        return _load_pem(data, source)
+        certs = _load_pem(data, source)
+        return certs, "pem-pkcs7" if b"-----BEGIN PKCS7" in data else "pem"
+    try:  # the first DER structure; what follows it must be nothing (or a final newline)
+        end = _der.read_one(data)[1]
+    except _der.DerError:  # BER or a length form we do not read: the parsers decide
+        end = len(data)
+    head, tail = data[:end], data[end:]
     try:
-        return [x509.load_der_x509_certificate(data)]
+        cert = x509.load_der_x509_certificate(head)
     except ValueError:
         pass
+    else:
+        _no_trailing_bytes(tail, end, source, "the DER certificate")
+        return [cert], "x509-der"
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(data)
+        certs = pkcs7.load_der_pkcs7_certificates(head)
     except ValueError:
         certs = []
     if certs:
-        return list(certs)
+        _no_trailing_bytes(tail, end, source, "the PKCS#7 bundle")
+        return list(certs), "pkcs7-der"
     raise KeystoreError(
         f"{source} is not a certificate: neither DER X.509, PEM nor a PKCS#7 (.p7b) bundle, "
         "or it is truncated or corrupt",
@@ -71,10 +109,55 @@ def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
     )
 
 
+def _no_trailing_bytes(tail: bytes, end: int, source: str, what: str) -> None:
+    if len(tail) <= 2 and not tail.strip():  # a final newline some tools add
+        return
+    raise KeystoreError(
+        f"{source} is not exactly a certificate file: {len(tail)} bytes follow {what} "
+        f"(from byte {end}: {_describe_bytes(tail)})",
+        hint="a certificate file holds the certificate and nothing else; export it again",
+    )
+
+
+def _describe_bytes(chunk: bytes) -> str:
+    if not chunk.strip(b"\x00\r\n\t "):
+        return "zero bytes (padding)"
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    return "text" if text.isprintable() or not text.strip("\r\n\t ") else "binary data"
+
+
+def _outside_pem(data: bytes, source: str) -> None:
+    """Text around PEM blocks is fine (openssl writes "subject=" lines); binary data or
+    megabytes of it mean the file is something else, or was padded or concatenated."""
+    outside = _PEM_BLOCK.sub(b"", data)
+    if len(outside) > MAX_TEXT_OUTSIDE_PEM:
+        raise KeystoreError(
+            f"{source} is not exactly a certificate file: {len(outside)} bytes outside its PEM "
+            f"blocks ({_describe_bytes(outside)}; at most {MAX_TEXT_OUTSIDE_PEM} bytes of text "
+            "are taken)",
+            hint="a certificate file holds the certificates and nothing else; export it again",
+        )
+    try:
+        text = outside.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text, bad = "", exc.start
+    else:
+        bad = next((i for i, c in enumerate(text) if not (c.isprintable() or c in "\r\n\t")), -1)
+    if bad >= 0 or (not text and outside):
+        raise KeystoreError(
+            f"{source} is not exactly a certificate file: binary data outside its PEM blocks",
+            hint="a certificate file holds the certificates and nothing else; export it again",
+        )
+
+
 def _load_pem(data: bytes, source: str) -> list[x509.Certificate]:
     blocks = _PEM_BLOCK.findall(data)
     if data.count(b"-----BEGIN") != len(blocks):
         raise KeystoreError(f"{source}: a PEM block has no matching END line (truncated file?)")
+    _outside_pem(data, source)
     certs: list[x509.Certificate] = []
     for number, (label, body) in enumerate(blocks, start=1):
         if b"PRIVATE KEY" in label:

@@ -40,6 +40,12 @@ class Location:
         return f"{host}:{self.proxy_port}"
 
 
+_RESTORE_HINT = (
+    "restore {path} from a backup, or move it away and register the locations again with "
+    "`flowrt locations add ID --proxy HOST:PORT --credential NAME` (it holds no secret)"
+)
+
+
 def validate_location_id(location_id: str) -> str:
     if not 1 <= len(location_id) <= ID_MAX or not _ID.fullmatch(location_id):
         raise UsageError(
@@ -78,16 +84,24 @@ class Locations:
     @classmethod
     def load(cls, path: Path) -> Locations:
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return cls(path, [])
         except OSError as exc:
             raise ConnectorError(f"cannot read the locations file {path}: {exc.strerror}") from exc
         try:
-            document = json.loads(text)
+            document = json.loads(data.decode("utf-8"))
             locations = [_from_json(item) for item in document["locations"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConnectorError(f"the locations file {path} is not valid ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConnectorError(
+                f"the locations file {path} is damaged: byte {exc.start} is not UTF-8 text",
+                hint=_RESTORE_HINT.format(path=path),
+            ) from None  # the message says where; no library name in the output
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConnectorError(
+                f"the locations file {path} is not valid ({exc})",
+                hint=_RESTORE_HINT.format(path=path),
+            ) from exc
         return cls(path, locations)
 
     def get(self, location_id: str) -> Location:

@@ -78,7 +78,9 @@ def test_smtp_to_an_unmapped_host(onprem: OnPrem, connector: Connector) -> None:
 
     assert result.exit_code == 1
     assert (
-        "MessagingException: Could not connect to SMTP host: smtp.plant.example, port: 25\n"
+        # the receiver's wording: the same failure reads the same in a flow's MPL
+        "MailConnectException: Couldn't connect to host, port: smtp.plant.example, 25; "
+        "timeout 30000\n"
         "  nested exception is:\n"
         "\tSocksException: Connection not allowed by ruleset\n"
         "hint: add a mapping for smtp.plant.example:25 in location plant-1\n"

@@ -70,7 +70,9 @@ class MailRuntime:
         endpoint = endpoint_from_tenant(
             sender, security, tokens=self.tokens, oauth2_user=sender.connection.auth.user
         )
-        return MailPoller(sender, endpoint, handler, state, name=f"{name}:{sender.protocol}")
+        return MailPoller(
+            sender, endpoint, handler, state, name=f"{name}:{sender.protocol}", flow=name
+        )
 
     def delivery(self, block: ReceiverBlock, security: TenantSecurity) -> Delivery:
         from flowrt.adapters.mail.smtp.receiver import SmtpReceiver

@@ -21,6 +21,7 @@ from flowrt.adapters.mail.check.target import CheckOptions
 from flowrt.adapters.mail.model import Proxy
 from flowrt.adapters.mail.sender.client import StartClient
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint, MailLogin
+from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
 from flowrt.connectivity.chain import CertInfo, mark_trust, peer_chain
 from flowrt.connectivity.report import ConnectivityReport
 from flowrt.dsl.model import Pos, Template
@@ -125,10 +126,13 @@ async def run_check(
         error = await explain_tls(report, opts, failed, chain, security)
         raise error from error.__cause__
     except (OSError, EOFError) as exc:  # a library let a wire error through unmapped
-        error = connect_failure(opts, IOException(f"connection lost: {exc}"))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        cause = IOException(f"connection lost: {reason}")
+        cause.__cause__ = exc  # kept for logs; the rendered chain stops at the IOException
+        error = connect_failure(opts, cause)
         if report.error is None:
             report.fail(report.stages[-1].name if report.stages else "connect", error)
-        raise error from exc
+        raise error from cause
 
 
 async def check_mailbox_server(
@@ -155,7 +159,11 @@ async def check_mailbox_server(
 
 
 async def start_client(
-    start: StartClient[C], opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None
+    start: StartClient[C],
+    opts: CheckOptions,
+    sock: socket.socket,
+    tls: ssl.SSLContext | None,
+    route: ProxyRoute | None = None,
 ) -> C:
     """The client ``start`` gives over ``sock`` (implicit TLS first with ``tls``), greeting
     read; a failed handshake is TlsFailed, a dropped connection IOException."""
@@ -167,6 +175,18 @@ async def start_client(
         raise TlsFailed(exc) from exc
     except OSError as exc:  # reset or aborted before anything was said
         raise IOException(f"connection lost: {exc}") from exc
+    except FlowrtError as exc:
+        if timed_out(exc):  # the hint lands on the level that `failing` wraps
+            await explain_silent_greeting(
+                exc,
+                protocol=opts.protocol,
+                host=opts.host,
+                port=opts.port,
+                protection=opts.protection,
+                timeout=opts.timeout,
+                route=route,
+            )
+        raise
 
 
 async def fetch_chain(
@@ -206,13 +226,19 @@ def failing(
 
 
 async def connect_stage(
-    report: ConnectivityReport, opts: CheckOptions, route: ProxyRoute | None
+    report: ConnectivityReport,
+    opts: CheckOptions,
+    route: ProxyRoute | None,
+    *,
+    failure: Callable[[FlowrtError], MessagingException] | None = None,
 ) -> socket.socket:
+    """The TCP (or SOCKS5) connection; ``failure`` words a failed one as the protocol's
+    flow does (default: "Could not connect to IMAP host ...")."""
     started = time.perf_counter()
     try:
         sock = await connect(opts.host, opts.port, route=route, timeout=opts.timeout)
     except FlowrtError as exc:
-        error = connect_failure(opts, exc)
+        error = failure(exc) if failure is not None else connect_failure(opts, exc)
         report.fail("connect", error)
         raise error from exc
     how = route.describe() if route else "direct"

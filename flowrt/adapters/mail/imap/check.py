@@ -60,7 +60,9 @@ async def _session(
     implicit = opts.protection == "imaps"
     sock = await connect_stage(report, opts, route)
     with failing(report, "greeting", connecting=opts):
-        client = await start_client(ImapClient.start, opts, sock, context if implicit else None)
+        client = await start_client(
+            ImapClient.start, opts, sock, context if implicit else None, route
+        )
     try:
         if implicit:
             tls_stage(report, client.ssl_object(), security)

@@ -42,10 +42,15 @@ async def check(opts: CheckOptions, security: TenantSecurity, report: Connectivi
     await check_mailbox_server(opts, security, report, _session, _fetch_chain)
 
 
-async def _start(opts: CheckOptions, sock: socket.socket, tls: ssl.SSLContext | None) -> Pop3Client:
+async def _start(
+    opts: CheckOptions,
+    sock: socket.socket,
+    tls: ssl.SSLContext | None,
+    route: ProxyRoute | None = None,
+) -> Pop3Client:
     """The client over ``sock`` (implicit TLS first with ``tls``), greeting read."""
     try:
-        return await start_client(Pop3Client.start, opts, sock, tls)
+        return await start_client(Pop3Client.start, opts, sock, tls, route)
     except Pop3ErrorReply as exc:
         raise errors.not_a_greeting(exc.reply, opts.host, opts.port) from None
 
@@ -61,7 +66,7 @@ async def _session(
     implicit = opts.protection == "pop3s"
     sock = await connect_stage(report, opts, route)
     with failing(report, "greeting", connecting=opts):
-        client = await _start(opts, sock, context if implicit else None)
+        client = await _start(opts, sock, context if implicit else None, route)
     try:
         if implicit:
             tls_stage(report, client.ssl_object(), security)

@@ -57,10 +57,12 @@ from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.model import Poll, Sender
 from flowrt.adapters.mail.sender.commit import GroupCommit
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
+from flowrt.adapters.mail.sender.errors import mailbox_locked
 from flowrt.adapters.mail.sender.inflight import InFlight
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
-from flowrt.errors import FlowrtError, find_hint, render_chain, summary
+from flowrt.errors import FlowrtError, find_hint, library_cause, render_chain, summary
+from flowrt.poll_failures import from_exception
 from flowrt.source_state import (
     SOURCE_KEY,
     SOURCE_RAW,
@@ -136,6 +138,7 @@ class MailPoller:
         lock_ttl: float = LOCK_TTL,
         idle_refresh: float = IDLE_REFRESH,
         opener: MailboxOpener | None = None,
+        flow: str = "",
     ) -> None:
         self.sender = sender
         self.endpoint = endpoint
@@ -147,6 +150,8 @@ class MailPoller:
         self.owner = owner or default_owner()
         self.lock_ttl = lock_ttl
         self.idle_refresh = idle_refresh
+        self.flow = flow  # names the poll-failure log's entries
+        self.last_hint = ""  # the hint of the last failed or skipped poll
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
@@ -630,12 +635,15 @@ class MailPoller:
         h.last_error = summary(exc)
         h.consecutive_failures += 1
         h.note = ""
+        self.last_hint = find_hint(exc) or ""
         self._save_health()
+        self._log_failure(exc, h.last_error_at)
         metrics.poll_done(self.name, ok=False)
         self._log.error(
             "poll failed",
             error=render_chain(exc),
             hint=find_hint(exc),
+            library_cause=library_cause(exc),
             consecutive_failures=h.consecutive_failures,
         )
 
@@ -646,10 +654,27 @@ class MailPoller:
             f"{until}; skipping this poll (if that runtime is gone: `flowrt locks release "
             f"{holder.key}`)"
         )
-        self._health.note = reason
+        # not a failure in a row (a standby runtime is normal), but a poll that did not run:
+        # shown in status and listed with the poll failures
+        locked = mailbox_locked(holder.key, holder.describe(), until)
+        h = self._health
+        h.note = reason
+        h.last_error = summary(locked)
+        h.last_error_at = time.time()
+        self.last_hint = locked.hint or ""
         self._save_health()
-        self._log.warning("poll skipped: mailbox locked", reason=reason)
+        self._log_failure(locked, h.last_error_at)
+        self._log.warning("poll skipped: mailbox locked", reason=reason, hint=locked.hint)
         return PollResult(busy=reason)
+
+    def _log_failure(self, exc: BaseException, at: float) -> None:
+        try:
+            # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+            record = getattr(self.state, "record_poll_failure", None)
+            if record is not None:
+                record(from_exception(self.name, self.flow, at, exc))
+        except FlowrtError as error:  # the log is a report; never fail a poll over it
+            self._log.warning("could not log the poll failure", error=summary(error))
 
     def _save_health(self) -> None:
         try:

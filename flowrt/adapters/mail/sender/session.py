@@ -20,6 +20,7 @@ from flowrt.adapters.mail.sender.endpoint import (
     peer_certificate,
     tls_error,
 )
+from flowrt.adapters.mail.sender.errors import explain_silent_greeting, timed_out
 from flowrt.errors import (
     AuthenticationFailedException,
     FlowrtError,
@@ -82,7 +83,18 @@ async def open_client(endpoint: MailEndpoint, start: StartClient[C]) -> C:
     except SessionRefused as exc:
         raise session_refused(endpoint, exc.greeting) from exc.__cause__
     except (IOException, MessagingException) as exc:
-        raise connect_failure(endpoint, exc) from exc
+        error = connect_failure(endpoint, exc)
+        if timed_out(exc):
+            await explain_silent_greeting(
+                error,
+                protocol=endpoint.protocol,
+                host=endpoint.host,
+                port=endpoint.port,
+                protection=endpoint.protection,
+                timeout=endpoint.timeout,
+                route=endpoint.route,
+            )
+        raise error from exc
 
 
 async def starttls(

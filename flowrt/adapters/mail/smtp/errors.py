@@ -12,6 +12,11 @@ Retryability follows the reply class: 4xx is temporary and may be retried, 5xx i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from aiosmtplib import SMTPServerDisconnected, SMTPTimeoutError
+
 from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.errors import (
     IOException,
@@ -29,14 +34,20 @@ __all__ = [
     "data_refused",
     "dropped",
     "greeting_refused",
+    "no_greeting",
     "read_timeout",
     "refused_reply",
     "reply_text",
     "sender_refused",
     "some_recipients_refused",
+    "starttls_missing",
     "temporary",
     "too_large",
+    "wire_errors",
 ]
+
+IMPLICIT_TLS_PORT = 465
+SUBMISSION_PORT = 587
 
 
 def temporary(code: int) -> bool:
@@ -67,6 +78,41 @@ def couldnt_connect(target: SmtpTarget, cause: IOException) -> MailConnectExcept
     )
 
 
+def no_greeting(target: SmtpTarget, *, tls_at_once: bool) -> MailConnectException:
+    """No greeting within the timeout (raise it from its ``__cause__``). ``tls_at_once``:
+    a second connection found that the port speaks TLS right away, so the client waited for
+    a greeting the server never sends before a TLS handshake."""
+    implicit = target.protection == "smtps"
+    what = "TLS handshake or server greeting" if implicit else "server greeting"
+    cause = SocketTimeoutException(f"Read timed out after {target.timeout:g}s ({what})")
+    if tls_at_once:
+        hint = (
+            f"{target.address} speaks TLS at once (implicit TLS, SMTPS), so it never greets a "
+            f"client that waits in clear; use protection smtps for port {target.port}, or port "
+            f"{SUBMISSION_PORT} with protection starttls-mandatory"
+        )
+    elif implicit:
+        hint = (
+            f"{target.address} accepted the connection but neither completed a TLS handshake nor "
+            f"greeted within {target.timeout:g}s; check that it is an SMTPS port (usually "
+            f"{IMPLICIT_TLS_PORT}) and that the server is healthy, or raise `timeout`"
+        )
+    else:
+        hint = (
+            f"{target.address} accepted the connection but sent no SMTP greeting within "
+            f"{target.timeout:g}s; check that it is an SMTP port (25, {SUBMISSION_PORT}) and "
+            "that the server is healthy (behind a connector, its mapping), or raise `timeout`"
+        )
+    error = MailConnectException(
+        f"Couldn't connect to host, port: {target.host}, {target.port}; "
+        f"timeout {target.timeout_ms}",
+        hint=hint,
+        retryable=not tls_at_once,
+    )
+    error.__cause__ = cause
+    return error
+
+
 def greeting_refused(target: SmtpTarget, code: int, message: str) -> MailConnectException:
     reply = reply_text(code, message)
     hint = (
@@ -82,14 +128,58 @@ def greeting_refused(target: SmtpTarget, code: int, message: str) -> MailConnect
     )
 
 
-def dropped(target: SmtpTarget, during: str, *, reply: str | None = None) -> MailConnectException:
-    """The server closed the connection while ``during`` (raise it from an IOException)."""
+def dropped(
+    target: SmtpTarget, during: str, *, reply: str | None = None, greeting: str | None = None
+) -> MailConnectException:
+    """The server closed the connection while ``during`` (raise it from an IOException).
+    ``greeting``: the server had greeted, so it was reached and chose to close."""
     said = f" ({reply})" if reply else ""
+    if greeting:
+        hint = (
+            f"{target.address} greeted ({greeting}) and then closed the connection: it may "
+            "limit connections from this machine (rate limit, blocklist, too many sessions) "
+            "or be shutting down; check the server's log"
+        )
+    else:
+        hint = (
+            f"{target.address} closed the connection; check the server's log (behind a "
+            "connector, also the connector's log)"
+        )
     return MailConnectException(
         f"Connection to SMTP host: {target.host}, port: {target.port} closed during {during}{said}",
-        hint=f"{target.address} closed the connection; check the server's log (behind a "
-        "connector, also the connector's log)",
+        hint=hint,
         retryable=True,
+    )
+
+
+@contextlib.contextmanager
+def wire_errors(
+    target: SmtpTarget, waiting_for: str, *, greeting: str | None = None
+) -> Iterator[None]:
+    """Map a lost connection or a read timeout while ``waiting_for`` to the chain."""
+    try:
+        yield
+    except SMTPTimeoutError as exc:
+        outer, cause = read_timeout(target, waiting_for)
+        cause.__cause__ = exc  # for the log; the shown chain stops at the IOException
+        raise outer from cause
+    except (SMTPServerDisconnected, ConnectionError) as exc:
+        dropped_cause = connection_dropped_cause()
+        dropped_cause.__cause__ = exc
+        raise dropped(target, waiting_for, greeting=greeting) from dropped_cause
+
+
+def starttls_missing(target: SmtpTarget) -> MessagingException:
+    """``starttls-mandatory`` against a server that does not offer STARTTLS."""
+    return MessagingException(
+        f"the SMTP server {target.address} does not offer STARTTLS; protection "
+        "starttls-mandatory does not fall back, since falling back would send the "
+        "mail (and any password) in clear",
+        hint="a missing STARTTLS may be the server's configuration or someone on the path "
+        f"removing it; check with `flowrt test smtp {target.address} --protection "
+        f"starttls-mandatory`, or use the server's SMTPS port with protection smtps (address "
+        f'"{target.host}:{IMPLICIT_TLS_PORT}", protection smtps)',
+        retryable=False,
     )
 
 
@@ -133,7 +223,10 @@ def all_recipients_refused(replies: dict[str, str], codes: dict[str, int]) -> Se
         f"Invalid Addresses: {listed}{tail}",
         invalid=list(replies),
         replies=replies,
-        hint="the server accepted none of the recipients; check the to/cc/bcc addresses"
+        hint=f"the server accepted none of the recipients ({', '.join(replies)}): the mailbox "
+        "does not exist, or the server does not take mail for it from this login; check the "
+        "to/cc/bcc addresses (a 5.7.1 relay refusal needs auth with a credential the server "
+        "relays for)"
         if not every_temporary
         else "the server refused the recipients for now (mailbox full, too many recipients, "
         "rate limit); the retry policy tries again",

@@ -60,6 +60,7 @@ from flowrt.errors import (
     SecurityError,
     SendFailedException,
     SocksException,
+    library_cause,
 )
 from flowrt.net import ProxyRoute, resolve_route
 from flowrt.recipients import LEDGER, SENT, RecipientLedger, state_of
@@ -191,6 +192,7 @@ class SmtpReceiver:
                 **target.log_fields(),
                 error=f"{type(exc).__name__}: {exc.message}",
                 retryable=exc.retryable,
+                library_cause=library_cause(exc),
             )
             raise
 

@@ -23,7 +23,7 @@ import dataclasses
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Literal, NoReturn, Protocol
 
 import aiosmtplib
@@ -38,7 +38,6 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPStatus,
-    SMTPTimeoutError,
 )
 from cryptography import x509
 
@@ -49,10 +48,12 @@ from flowrt.adapters.mail.smtp.errors import (
     couldnt_connect,
     dropped,
     greeting_refused,
-    read_timeout,
+    no_greeting,
     refused_reply,
     reply_text,
+    starttls_missing,
     temporary,
+    wire_errors,
 )
 from flowrt.adapters.mail.smtp.target import SmtpTarget
 from flowrt.errors import (
@@ -60,9 +61,8 @@ from flowrt.errors import (
     ConnectException,
     IOException,
     MessagingException,
-    SocketTimeoutException,
 )
-from flowrt.net import connect, tls_failure
+from flowrt.net import connect, speaks_tls_at_once, tls_failure
 from flowrt.security import Secret, unverified_context
 
 log = structlog.get_logger("flowrt.smtp")
@@ -138,18 +138,6 @@ class SmtpSession:
         return f"<SmtpSession {self.target.address} {tls} {state} {self.transactions} sent>"
 
 
-@contextlib.contextmanager
-def wire_errors(target: SmtpTarget, waiting_for: str) -> Iterator[None]:
-    """Map a lost connection or a read timeout while ``waiting_for`` to the chain."""
-    try:
-        yield
-    except SMTPTimeoutError:
-        outer, cause = read_timeout(target, waiting_for)
-        raise outer from cause
-    except (SMTPServerDisconnected, ConnectionError):
-        raise dropped(target, waiting_for) from connection_dropped_cause()
-
-
 async def open_session(
     target: SmtpTarget,
     *,
@@ -180,14 +168,14 @@ async def open_session(
     # From here on the socket belongs to the transport: closing it directly would free the
     # descriptor while a TLS shutdown still runs on it, and the next socket would collide.
     try:
-        await _greet(smtp, target, local_hostname)
+        greeting = await greet(smtp, target, local_hostname)
         encrypted = implicit
-        with wire_errors(target, "EHLO"):
-            await _hello(smtp, target)
+        with wire_errors(target, "EHLO", greeting=greeting):
+            await hello(smtp, target)
         if target.protection in _STARTTLS:
             encrypted = await _starttls(smtp, target, context, local_hostname)
         if login is not None:
-            await _authenticate(smtp, target, login, encrypted=encrypted)
+            await authenticate(smtp, target, login, encrypted=encrypted)
     except BaseException:
         smtp.close()
         raise
@@ -201,28 +189,44 @@ async def open_session(
     return SmtpSession(smtp, target, encrypted=encrypted)
 
 
-async def _greet(smtp: aiosmtplib.SMTP, target: SmtpTarget, local_hostname: str) -> None:
+TlsFailed = Callable[[SmtpTarget, "ssl.SSLError | ConnectionError", str], Awaitable[NoReturn]]
+
+
+async def greet(
+    smtp: aiosmtplib.SMTP,
+    target: SmtpTarget,
+    local_hostname: str,
+    *,
+    tls_failed: TlsFailed | None = None,
+) -> str:
+    """Read the server's greeting (implicit TLS first with smtps); the greeting, one line.
+    A failed handshake goes to ``tls_failed`` (the connectivity test shows the chain)."""
     try:
-        await smtp.connect()
+        response = await smtp.connect()
     except SMTPConnectResponseError as exc:
         raise greeting_refused(target, exc.code, exc.message) from None
-    except SMTPConnectTimeoutError:
-        what = "TLS handshake or server greeting" if smtp.use_tls else "server greeting"
-        timeout = SocketTimeoutException(f"Read timed out after {target.timeout:g}s ({what})")
-        raise couldnt_connect(target, timeout) from timeout
+    except SMTPConnectTimeoutError as exc:
+        tls_at_once = not smtp.use_tls and await speaks_tls_at_once(
+            target.host, target.port, route=target.route, timeout=target.timeout
+        )
+        error = no_greeting(target, tls_at_once=tls_at_once)
+        assert error.__cause__ is not None
+        error.__cause__.__cause__ = exc  # for the log; the shown chain stops above it
+        raise error from error.__cause__
     except SMTPConnectError as exc:
         reason = exc.__cause__
         if isinstance(reason, ssl.SSLError) or (
             smtp.use_tls and isinstance(reason, ConnectionError)
         ):
-            await _tls_failed(target, reason, local_hostname)
+            await (tls_failed or _tls_failed)(target, reason, local_hostname)
         if isinstance(reason, SMTPServerDisconnected):
             raise dropped(target, "the greeting") from connection_dropped_cause()
         cause = ConnectException(str(reason or exc))
         raise couldnt_connect(target, cause) from cause
+    return reply_text(response.code, response.message)
 
 
-async def _hello(smtp: aiosmtplib.SMTP, target: SmtpTarget) -> None:
+async def hello(smtp: aiosmtplib.SMTP, target: SmtpTarget) -> None:
     try:
         await smtp.ehlo()
     except SMTPHeloError as exc:
@@ -243,15 +247,7 @@ async def _starttls(
     """True when the link is now encrypted."""
     if not smtp.supports_extension("starttls"):
         if target.protection == "starttls-mandatory":
-            raise MessagingException(
-                f"the SMTP server {target.address} does not offer STARTTLS; protection "
-                "starttls-mandatory does not fall back, since falling back would send the "
-                "mail (and any password) in clear",
-                hint="a missing STARTTLS may be the server's configuration or someone on the "
-                "path removing it; check with `flowrt test smtp "
-                f"{target.address} --protection starttls-mandatory`, or use smtps",
-                retryable=False,
-            )
+            raise starttls_missing(target)
         log.warning("smtp.starttls_not_offered", **target.log_fields())
         return False
     assert context is not None
@@ -263,7 +259,7 @@ async def _starttls(
     except ssl.SSLError as exc:
         await _tls_failed(target, exc, local_hostname)
     with wire_errors(target, "EHLO after STARTTLS"):
-        await _hello(smtp, target)
+        await hello(smtp, target)
     return True
 
 
@@ -316,9 +312,10 @@ async def fetch_peer_certificate(
     return x509.load_der_x509_certificate(der) if der else None
 
 
-async def _authenticate(
+async def authenticate(
     smtp: aiosmtplib.SMTP, target: SmtpTarget, login: Login, *, encrypted: bool
-) -> None:
+) -> str:
+    """Log in as ``login`` says, with a mechanism the server offers; the server's reply."""
     if login.method in ("plain", "oauth2") and not encrypted and not login.allow_plaintext:
         what = "password" if login.method == "plain" else "OAuth2 token"
         raise MessagingException(
@@ -338,13 +335,15 @@ async def _authenticate(
                 assert login.password is not None
                 password = login.password.reveal()
                 if mechanism == "PLAIN":
-                    await smtp.auth_plain(login.user, password)
+                    response = await smtp.auth_plain(login.user, password)
                 elif mechanism == "LOGIN":
-                    await smtp.auth_login(login.user, password)
+                    response = await smtp.auth_login(login.user, password)
                 else:
-                    await smtp.auth_crammd5(login.user, password)
+                    response = await smtp.auth_crammd5(login.user, password)
+                return reply_text(response.code, response.message)
     except SMTPResponseException as exc:  # SMTPAuthenticationError and other replies
         raise _auth_failed(target, login, exc.code, exc.message) from None
+    return f"{mechanism} as {login.user}"
 
 
 def _mechanism(smtp: aiosmtplib.SMTP, target: SmtpTarget, login: Login, *, encrypted: bool) -> str:
@@ -425,10 +424,17 @@ def _auth_failed(
         "encrypted": "user and password",
         "oauth2": "client ID, secret and scope",
     }[login.method]
+    alone = (
+        f"; to check credential '{login.credential}' against the server alone: `flowrt test "
+        f"smtp {target.address} --protection {target.protection} --auth {login.method} "
+        f"--credential {login.credential}`"
+        if login.method != "oauth2"
+        else ""
+    )
     return AuthenticationFailedException(
         reply_text(code, message),
         hint=f"{target.address} refused the login of {login.user}; check the {what} in "
-        f"credential {login.credential} (`flowrt credentials show {login.credential}`)",
+        f"credential {login.credential} (`flowrt credentials show {login.credential}`){alone}",
         retryable=temporary(code),
     )
 

@@ -30,8 +30,9 @@ from flowrt.adapters.mail.smtp.errors import (
     reply_text,
     sender_refused,
     too_large,
+    wire_errors,
 )
-from flowrt.adapters.mail.smtp.session import SmtpSession, wire_errors
+from flowrt.adapters.mail.smtp.session import SmtpSession
 from flowrt.errors import MessagingException
 
 _CLOSING = 421  # "service not available, closing transmission channel"
