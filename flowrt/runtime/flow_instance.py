@@ -243,7 +243,7 @@ class FlowInstance:
             if result.error is not None:
                 self.status.last_error = summary(result.error)
                 self.status.last_hint = find_hint(result.error) or ""
-        if flush:
+        if flush or not verdict.ok:  # failures and dead letters: as one at a time did
             self._durable()
         self.refresh()
         return verdict
