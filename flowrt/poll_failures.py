@@ -79,6 +79,38 @@ class PollFailure:
 COLUMNS = "poller, flow, at, kind, summary, chain, levels, hint"
 
 
+def insert_sql(mark: str) -> str:
+    """The INSERT of one failure; ``mark`` is the driver's placeholder (``?`` or ``%s``)."""
+    return f"INSERT INTO poll_failures ({COLUMNS}) VALUES ({', '.join([mark] * 8)})"
+
+
+def prune_sql(mark: str) -> str:
+    """Deletes a poller's failures older than its newest KEEP_PER_POLLER; args: poller,
+    poller, KEEP_PER_POLLER."""
+    return (
+        f"DELETE FROM poll_failures WHERE poller = {mark} AND id <= ("
+        f"SELECT id FROM poll_failures WHERE poller = {mark} ORDER BY id DESC "
+        f"LIMIT 1 OFFSET {mark})"
+    )
+
+
+def select_sql(
+    mark: str, flow: str | None, since: float | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The newest failures first, of one flow or of all, with their arguments."""
+    sql = f"SELECT {COLUMNS} FROM poll_failures WHERE 1 = 1"
+    args: list[Any] = []
+    if flow is not None:
+        sql += f" AND flow = {mark}"
+        args.append(flow)
+    if since is not None:
+        sql += f" AND at > {mark}"
+        args.append(since)
+    sql += f" ORDER BY id DESC LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
+
 def classify(exc: BaseException) -> str:
     """What an operator has to fix: the login, the folder, the TLS trust, the connection."""
     chain = chain_of(exc)

@@ -124,7 +124,7 @@ def new_token(token_file: Path | None, force: bool) -> None:
 @connector.command("hash-token")
 def hash_token_command() -> None:
     """Read a token from standard input and print the token_sha256 line for the config."""
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     if sys.stdin.isatty():
         token = click.prompt("Token", hide_input=True, default="", show_default=False)
     else:

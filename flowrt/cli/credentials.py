@@ -37,7 +37,7 @@ def read_secret(*, from_stdin: bool, what: str, confirm: bool, allow_empty: bool
     Never from a command-line argument, where `ps` and shell history would show it.
     """
     if from_stdin:
-        value = click.get_text_stream("stdin").read()
+        value = sys.stdin.read()
         # One trailing line break is how `echo` and here-strings end the value.
         value = value.removesuffix("\n").removesuffix("\r")
     elif _stdin_is_terminal():

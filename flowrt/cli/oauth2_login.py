@@ -160,7 +160,7 @@ def _duration(option: str, text: str) -> float:
 
 def _client_secret() -> Secret:
     # One line only: with --no-browser the redirected address follows on stdin.
-    value = click.get_text_stream("stdin").readline().removesuffix("\n").removesuffix("\r")
+    value = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     if not value:
         raise UsageError("--client-secret-stdin: the first line of stdin is empty")
     return Secret(value)
@@ -181,7 +181,7 @@ def _show(url: str, redirect: str, no_browser: bool, wait: float, user: str | No
 
 
 async def _paste(redirect: str) -> str:
-    line = await asyncio.to_thread(click.get_text_stream("stdin").readline)
+    line: str = await asyncio.to_thread(sys.stdin.readline)
     if not line.strip():
         raise UsageError(
             "nothing was pasted", hint=f"paste the address that starts with {redirect}"

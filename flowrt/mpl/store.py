@@ -26,7 +26,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -380,39 +380,18 @@ class MplStore:
     def get(self, id_or_prefix: str) -> MplEntry:
         """The entry with this message ID, or with the one ID starting with this prefix of at
         least :data:`MIN_PREFIX` characters; MplError if there is none or more than one."""
-        entry = self.find(id_or_prefix)
-        if entry is not None:
-            return entry
-        if len(id_or_prefix) < MIN_PREFIX:
-            raise MplError(
-                f"no MPL entry with message ID {id_or_prefix!r}",
-                hint=f"give the full message ID or a prefix of at least {MIN_PREFIX} characters "
-                "(see `flowrt mpl list`)",
-            )
+        return get_by_id_or_prefix(id_or_prefix, self.find, self._ids_with_prefix)
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:
         with self._guard("read entry") as conn:
-            ids = [
+            return [
                 r[0]
                 for r in conn.execute(
                     "SELECT message_id FROM entries WHERE message_id >= ? AND message_id < ? "
                     "ORDER BY message_id LIMIT 3",
-                    (id_or_prefix, id_or_prefix + _ID_MAX),
+                    (prefix, prefix + _ID_MAX),
                 )
             ]
-        if not ids:
-            raise MplError(
-                f"no MPL entry with message ID {id_or_prefix!r}",
-                hint="see `flowrt mpl list` for the IDs that are stored",
-            )
-        if len(ids) > 1:
-            shown = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
-            raise MplError(
-                f"message ID prefix {id_or_prefix!r} matches more than one entry ({shown})",
-                hint="give more characters of the message ID",
-            )
-        found = self.find(ids[0])
-        if found is None:  # purged between the two reads
-            raise MplError(f"no MPL entry with message ID {id_or_prefix!r}")
-        return found
 
     def _entry(self, conn: sqlite3.Connection, row: Sequence[Any]) -> MplEntry:
         message_id = row[0]
@@ -725,6 +704,40 @@ def _filters(
         )
         args += [name, value]
     return where, args
+
+
+def get_by_id_or_prefix(
+    id_or_prefix: str,
+    find: Callable[[str], MplEntry | None],
+    ids_with_prefix: Callable[[str], list[str]],
+) -> MplEntry:
+    """What ``get`` means on every MPL backend; only how a backend finds the entry and the
+    (at most 3) IDs starting with a prefix differs."""
+    entry = find(id_or_prefix)
+    if entry is not None:
+        return entry
+    if len(id_or_prefix) < MIN_PREFIX:
+        raise MplError(
+            f"no MPL entry with message ID {id_or_prefix!r}",
+            hint=f"give the full message ID or a prefix of at least {MIN_PREFIX} characters "
+            "(see `flowrt mpl list`)",
+        )
+    ids = ids_with_prefix(id_or_prefix)
+    if not ids:
+        raise MplError(
+            f"no MPL entry with message ID {id_or_prefix!r}",
+            hint="see `flowrt mpl list` for the IDs that are stored",
+        )
+    if len(ids) > 1:
+        shown = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
+        raise MplError(
+            f"message ID prefix {id_or_prefix!r} matches more than one entry ({shown})",
+            hint="give more characters of the message ID",
+        )
+    found = find(ids[0])
+    if found is None:  # purged between the two reads
+        raise MplError(f"no MPL entry with message ID {id_or_prefix!r}")
+    return found
 
 
 #: what the monitor's text filter searches

@@ -131,7 +131,7 @@ def poll_failures_report(
 
 
 def _poll_failures(state_db: object, flow: str | None, limit: int) -> list[PollFailure]:
-    # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+    # both stores keep the poll-failure log; a stand-in state (tests, tools) may not
     read = getattr(state_db, "poll_failures", None)
     return list(read(flow, limit=limit)) if read is not None else []
 

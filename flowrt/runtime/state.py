@@ -37,10 +37,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from flowrt import poll_failures
 from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
-from flowrt.poll_failures import COLUMNS as POLL_FAILURE_COLUMNS
-from flowrt.poll_failures import KEEP_PER_POLLER, PollFailure
+from flowrt.poll_failures import PollFailure
 from flowrt.runtime.leases import HeldLease
 from flowrt.source_state import Fence, LockInfo, MailRecord, PollerHealth
 from flowrt.tenant import Tenant
@@ -599,31 +599,17 @@ class StateDB:
     def record_poll_failure(self, failure: PollFailure) -> None:
         """Log a poll that could not run; keeps the newest KEEP_PER_POLLER per poller."""
         with self._transaction("record a poll failure") as conn:
+            conn.execute(poll_failures.insert_sql("?"), failure.row())
             conn.execute(
-                f"INSERT INTO poll_failures ({POLL_FAILURE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
-                failure.row(),
-            )
-            conn.execute(
-                "DELETE FROM poll_failures WHERE poller = ? AND id <= ("
-                "SELECT id FROM poll_failures WHERE poller = ? ORDER BY id DESC "
-                "LIMIT 1 OFFSET ?)",
-                (failure.poller, failure.poller, KEEP_PER_POLLER),
+                poll_failures.prune_sql("?"),
+                (failure.poller, failure.poller, poll_failures.KEEP_PER_POLLER),
             )
 
     def poll_failures(
         self, flow: str | None = None, *, limit: int = 50, since: float | None = None
     ) -> list[PollFailure]:
         """The newest poll failures first, of one flow or of all."""
-        sql = f"SELECT {POLL_FAILURE_COLUMNS} FROM poll_failures WHERE 1 = 1"
-        args: list[Any] = []
-        if flow is not None:
-            sql += " AND flow = ?"
-            args.append(flow)
-        if since is not None:
-            sql += " AND at > ?"
-            args.append(since)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql, args = poll_failures.select_sql("?", flow, since, limit)
         with self._guard("read poll failures") as conn:
             rows = conn.execute(sql, args).fetchall()
         return [PollFailure.from_row(tuple(row)) for row in rows]

@@ -11,6 +11,7 @@ from typing import Any, Protocol, Self
 
 from flowrt.dsl import Flow
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
+from flowrt.poll_failures import PollFailure
 from flowrt.runtime.bundle import Bundle
 from flowrt.runtime.deployments import Deployment, DeployOutcome
 from flowrt.runtime.leases import HeldLease
@@ -147,6 +148,10 @@ class StateBackend(Protocol):
     def take_replay(self, mailbox: str, key: str) -> None: ...
     def dead_letter_count(self) -> int: ...
     def health(self, poller: str | None = None) -> list[PollerHealth]: ...
+    def record_poll_failure(self, failure: PollFailure) -> None: ...
+    def poll_failures(
+        self, flow: str | None = None, *, limit: int = 50, since: float | None = None
+    ) -> list[PollFailure]: ...
 
 
 class DeploymentStore(Protocol):

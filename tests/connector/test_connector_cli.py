@@ -229,15 +229,16 @@ async def test_run_reloads_its_config_on_sighup_and_keeps_it_when_the_new_one_is
             await proc.wait()
 
 
-def test_new_token_prints_a_token_file_line_that_works_from_any_config(tmp_path: Path) -> None:
+def test_new_token_prints_a_token_file_line_that_works_from_any_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from flowrt.cli.main import cli
 
-    runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as here:
-        (Path(here) / "conn").mkdir()
-        result = runner.invoke(cli, ["connector", "new-token", "--file", "conn/site-b.token"])
-        assert result.exit_code == 0, result.output
-        expected = (Path(here) / "conn" / "site-b.token").resolve()
-        assert result.stdout == f'token_file = "{expected}"\n'
+    monkeypatch.chdir(tmp_path)  # the token file is given relative to the working directory
+    (tmp_path / "conn").mkdir()
+    result = CliRunner().invoke(cli, ["connector", "new-token", "--file", "conn/site-b.token"])
+    assert result.exit_code == 0, result.output
+    expected = (tmp_path / "conn" / "site-b.token").resolve()
+    assert result.stdout == f'token_file = "{expected}"\n'

@@ -308,6 +308,10 @@ first_valid_gid = 1
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 1000
 mail_fsync = optimized
+# IDLE notices new mail through inotify; where the kernel has no inotify instance left
+# (many private Dovecots side by side, a container that caps them) it polls the mailbox
+# instead, every 30 s by default: too slow for tests that wait on IDLE push.
+mailbox_idle_check_interval = 1 secs
 
 auth_mechanisms = plain login cram-md5{self._oauth2_mechanisms()}
 disable_plaintext_auth = no

@@ -188,3 +188,25 @@ def test_attempts_deliveries_and_replays(state: StateBackend) -> None:
     assert state.replays("mb") == [] and state.records("mb", ["k"]) == {}
     assert state.deliveries("mb", "k") == [("out", "a@x", "sent", "250 ok")]  # has it
     assert len(state.claim_id) == 12
+
+
+def test_poll_failure_log_keeps_the_newest_per_poller(state: StateBackend) -> None:
+    from flowrt.poll_failures import KEEP_PER_POLLER, PollFailure
+
+    def failure(i: int, poller: str = "f:imap", flow: str = "f") -> PollFailure:
+        return PollFailure(
+            poller, flow, 1000.0 + i, "login", f"failure {i}", "chain", [{"level": 0}], "hint"
+        )
+
+    for i in range(KEEP_PER_POLLER + 3):
+        state.record_poll_failure(failure(i))
+    state.record_poll_failure(failure(0, poller="g:pop3", flow="g"))
+    newest = state.poll_failures("f", limit=2)
+    assert [f.summary for f in newest] == [
+        f"failure {KEEP_PER_POLLER + 2}",
+        f"failure {KEEP_PER_POLLER + 1}",
+    ]
+    assert newest[0].levels == [{"level": 0}] and newest[0].hint == "hint"
+    assert len(state.poll_failures("f", limit=10_000)) == KEEP_PER_POLLER
+    assert [f.flow for f in state.poll_failures(limit=1)] == ["g"]
+    assert state.poll_failures("f", since=1000.0 + KEEP_PER_POLLER + 1, limit=10) == [newest[0]]

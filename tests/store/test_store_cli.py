@@ -38,7 +38,10 @@ def test_init_with_a_store_then_check_and_upgrade(
     marker = json.loads((tenant / "tenant.json").read_text())
     assert marker["store"]["url"] == url and marker["store"]["credential"] is None
     check = flowrt(tenant, "store", "check")
-    assert check.exit_code == 0 and "reachable, schema version 1" in check.output
+    assert (
+        check.exit_code == 0
+        and f"reachable, schema version {schema.SCHEMA_VERSION}" in check.output
+    )
     upgrade = flowrt(tenant, "upgrade")
     assert upgrade.exit_code == 0 and "nothing to do" in upgrade.output
     assert not (tenant / "mpl.sqlite").exists() and not (tenant / "state.sqlite").exists()
@@ -124,24 +127,25 @@ def test_an_older_schema_is_refused_until_upgrade(
     url = new_database()
     assert flowrt(tenant, "init", "--store", url).exit_code == 0
     # this flowrt knows one migration more than the database has
-    extra = ("0002_test.sql", "CREATE TABLE upgraded_marker (x integer);")
+    now = schema.SCHEMA_VERSION
+    extra = (f"{now + 1:04d}_test.sql", "CREATE TABLE upgraded_marker (x integer);")
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
     for args in (("mpl", "list"), ("run", "--node", "n1", "--once"), ("locks", "list")):
         result = flowrt(tenant, *args)
         no_traceback(result)
         assert result.exit_code == 1, result.output
-        assert "has schema version 1; this flowrt needs 2" in result.output
+        assert f"has schema version {now}; this flowrt needs {now + 1}" in result.output
         assert f"flowrt --tenant {tenant} upgrade" in result.output
     with psycopg.connect(url) as conn:  # refused, and nothing was written meanwhile
         assert conn.execute("SELECT to_regclass('upgraded_marker')").fetchone() == (None,)
         assert conn.execute("SELECT count(*) FROM nodes").fetchone() == (0,)
     upgraded = flowrt(tenant, "upgrade")
-    assert upgraded.exit_code == 0 and "schema version 1 -> 2" in upgraded.output
+    assert upgraded.exit_code == 0 and f"schema version {now} -> {now + 1}" in upgraded.output
     assert flowrt(tenant, "mpl", "list").exit_code == 0
     # and a flowrt older than the database refuses it too
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:now])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", now)
     newer = flowrt(tenant, "mpl", "list")
     assert newer.exit_code == 1 and "newer than this flowrt knows" in newer.output
 

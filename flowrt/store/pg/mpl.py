@@ -22,7 +22,12 @@ from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import _TEXT_COLUMNS as TEXT_COLUMNS
-from flowrt.mpl.store import DEFAULT_LIMIT, DEFAULT_RETENTION, MIN_PREFIX, build_entry
+from flowrt.mpl.store import (
+    DEFAULT_LIMIT,
+    DEFAULT_RETENTION,
+    build_entry,
+    get_by_id_or_prefix,
+)
 from flowrt.mpl.store import _filters as sqlite_filters
 from flowrt.mpl.store import _parse_cursor as parse_cursor
 from flowrt.mpl.store import _summary as summary_of
@@ -210,39 +215,18 @@ class PgMplStore:
         return build_entry(row, props, contents)
 
     def get(self, id_or_prefix: str) -> MplEntry:
-        entry = self.find(id_or_prefix)
-        if entry is not None:
-            return entry
-        if len(id_or_prefix) < MIN_PREFIX:
-            raise MplError(
-                f"no MPL entry with message ID {id_or_prefix!r}",
-                hint=f"give the full message ID or a prefix of at least {MIN_PREFIX} characters "
-                "(see `flowrt mpl list`)",
-            )
+        return get_by_id_or_prefix(id_or_prefix, self.find, self._ids_with_prefix)
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:
         with self._guard("read entry") as conn:
-            ids = [
+            return [
                 str(r[0])
                 for r in conn.execute(
                     "SELECT message_id FROM mpl_entries WHERE message_id >= %s AND "
                     "message_id < %s ORDER BY message_id LIMIT 3",
-                    (id_or_prefix, id_or_prefix + _ID_MAX),
+                    (prefix, prefix + _ID_MAX),
                 )
             ]
-        if not ids:
-            raise MplError(
-                f"no MPL entry with message ID {id_or_prefix!r}",
-                hint="see `flowrt mpl list` for the IDs that are stored",
-            )
-        if len(ids) > 1:
-            shown = ", ".join(ids[:2]) + (", ..." if len(ids) > 2 else "")
-            raise MplError(
-                f"message ID prefix {id_or_prefix!r} matches more than one entry ({shown})",
-                hint="give more characters of the message ID",
-            )
-        found = self.find(ids[0])
-        if found is None:
-            raise MplError(f"no MPL entry with message ID {id_or_prefix!r}")
-        return found
 
     # ------------------------------------------------------------------ following (tail)
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import psycopg
 
+from flowrt import poll_failures
 from flowrt.errors import StoreError, TenantError
+from flowrt.poll_failures import PollFailure
 from flowrt.runtime.leases import HeldLease
 from flowrt.runtime.state import dead_holder
 from flowrt.source_state import Fence, LeaseLost, LockInfo, MailRecord, PollerHealth
@@ -423,6 +425,26 @@ class PgStateDB:
         with self._guard("read poller health") as conn:
             rows = conn.execute((sql + " ORDER BY poller").encode(), args).fetchall()
         return [PollerHealth(*row) for row in rows]
+
+    # ------------------------------------------------------------------ poll failures
+
+    def record_poll_failure(self, failure: PollFailure) -> None:
+        """Log a poll that could not run; keeps the newest KEEP_PER_POLLER per poller."""
+        with self._transaction("record a poll failure") as (conn, _now):
+            conn.execute(poll_failures.insert_sql("%s").encode(), failure.row())
+            conn.execute(
+                poll_failures.prune_sql("%s").encode(),
+                (failure.poller, failure.poller, poll_failures.KEEP_PER_POLLER),
+            )
+
+    def poll_failures(
+        self, flow: str | None = None, *, limit: int = 50, since: float | None = None
+    ) -> list[PollFailure]:
+        """The newest poll failures first, of one flow or of all."""
+        sql, args = poll_failures.select_sql("%s", flow, since, limit)
+        with self._guard("read poll failures") as conn:
+            rows = conn.execute(sql.encode(), args).fetchall()
+        return [PollFailure.from_row(tuple(row)) for row in rows]
 
     # ------------------------------------------------------------------ runtime nodes
 

@@ -671,7 +671,7 @@ class MailPoller:
 
     def _log_failure(self, exc: BaseException, at: float) -> None:
         try:
-            # the SQLite state DB keeps the poll-failure log; the PostgreSQL store does not yet
+            # both flowrt stores keep the poll-failure log; an injected stand-in may not
             record = getattr(self.state, "record_poll_failure", None)
             if record is not None:
                 record(from_exception(self.name, self.flow, at, exc))
