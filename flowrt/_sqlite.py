@@ -53,34 +53,44 @@ def _wal_holds_data(path: Path) -> bool:
 def _check_existing(
     path: Path, name: str, error: Callable[[str, sqlite3.Error | None], FlowrtError]
 ) -> bool:
-    """Whether ``path`` is a 0-byte file to initialise; raises for a damaged one."""
+    """Whether ``path`` is a 0-byte file to initialise; raises for an empty one whose WAL
+    holds data.
+
+    Only ``stat``, never an open: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, including the SHARED lock by which this process's SQLite
+    connections say "in use". Another process closing its connection then believes itself
+    the last one, deletes the WAL, and this process goes on writing into the deleted file
+    (what it writes is lost to every reader; a new connection gets "disk I/O error")."""
     try:
-        with path.open("rb") as handle:
-            head = handle.read(len(_MAGIC))
+        size = path.stat().st_size
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise error(f"cannot read the {name} {path}: {exc.strerror}", None) from exc
-    if not head:
-        if _wal_holds_data(path):
-            damaged = error(
-                f"the {name} {path} is empty, but its write-ahead log {path.name}-wal holds "
-                "data; not initialising it",
-                None,
-            )
-            damaged.hint = _restore_hint(path, name)
-            raise damaged
-        return True
-    if not _MAGIC.startswith(head):  # a shorter prefix: another process is creating it
-        found = "text" if head.isascii() and head.decode("ascii").isprintable() else "binary data"
+    if size:
+        return False
+    if _wal_holds_data(path):
         damaged = error(
-            f"the {name} {path} is damaged: not an SQLite database (it starts with {found}, "
-            f"not the SQLite header)",
+            f"the {name} {path} is empty, but its write-ahead log {path.name}-wal holds "
+            "data; not initialising it",
             None,
         )
         damaged.hint = _restore_hint(path, name)
         raise damaged
-    return False
+    return True
+
+
+def _not_sqlite(path: Path) -> str | None:
+    """What a file SQLite refused starts with, when that is not the SQLite header (read only
+    once SQLite has refused it: see :func:`_check_existing` for why not before)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_MAGIC))
+    except OSError:
+        return None
+    if not head or _MAGIC.startswith(head):  # SQLite's header, or what is written of it
+        return None
+    return "text" if head.isascii() and head.decode("ascii").isprintable() else "binary data"
 
 
 def open_wal(
@@ -115,7 +125,16 @@ def open_wal(
             raise
     except sqlite3.Error as exc:
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
-            damaged = error(f"the {name} {path} is damaged: SQLite says: {exc}", exc)
+            found = _not_sqlite(path)
+            damaged = error(
+                f"the {name} {path} is damaged: "
+                + (
+                    f"SQLite says: {exc}"
+                    if found is None
+                    else f"not an SQLite database (it starts with {found}, not the SQLite header)"
+                ),
+                exc,
+            )
             damaged.hint = _restore_hint(path, name)
             raise damaged from None  # the message says it all; no library name in the output
         raise error(f"cannot open the {name} {path}: {exc}", exc) from exc

@@ -451,8 +451,6 @@ class MailPoller:
         if not verdict:
             result.failed += 1
             if verdict.dead_letter:
-                # its entry durable (one flush with the others) before its record and place
-                await self._commits.write(lambda: None)
                 dead.append(_Dead(candidate, verdict, message_id))
                 return False
             try:
