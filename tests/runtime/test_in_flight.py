@@ -226,3 +226,25 @@ def test_kill_9_mid_batch_loses_nothing_and_resends_only_cut_transactions(
     # a kill cuts at most the transactions open at that moment: one per mail in flight
     assert twice <= kills * in_flight, copies
     assert smtp.most_in_data > 1, "one mail at a time; the test proves nothing"
+
+
+def test_a_backlog_over_max_messages_is_worked_off_without_waiting_for_the_interval(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    path = tenant.parent / "inflight.flow"
+    text = FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, in_flight=2)
+    path.write_text(text.replace("every 1s", "every 1h\n        max-messages  2"))
+    assert flowrt(tenant, "deploy", str(path)).exit_code == 0
+    fill(dovecot, source, 7)
+    runtime = Runtime(tenant)
+    try:
+        # four polls of at most 2 mails, one after the other: not one poll an hour
+        wait_for(lambda: len(smtp.received) == 7, timeout=30, what="the whole backlog")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="marks")
+    finally:
+        assert runtime.stop() == 0
+    assert sorted(received(smtp)) == sorted(f"mail {i}" for i in range(7))

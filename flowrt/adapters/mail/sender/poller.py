@@ -313,6 +313,13 @@ class MailPoller:
         if state_error is not None:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
+        # "more" asks for the next poll at once: only when this one got on with the mail
+        # (mail claimed elsewhere, or a stop, would otherwise be polled for in a loop)
+        result.more = (
+            result.more
+            and bool(result.handled or result.failed)
+            and not (result.lock_lost or self._stopping())
+        )
         return result
 
     def _stopping(self) -> bool:
