@@ -15,6 +15,10 @@ What the server does is set by a ``Script``:
   ``"MAIL"``, ``"RCPT"``, ``"DATA"`` (the reply after the data);
 * ``tls``: a ``ServerCert`` to offer STARTTLS with (``require_starttls`` to insist), or
   ``implicit_tls=True`` for SMTPS;
+* ``pipelining``: offer PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands
+  in order, so a pipelined group is answered reply by reply. ``waiting_at_mail`` records,
+  per MAIL FROM, the client's bytes already there behind it (a moment later): the rest of
+  the group when the client pipelines, nothing when it waits for each reply;
 * ``credentials``: ``{user: password}`` enables AUTH PLAIN, LOGIN and CRAM-MD5
   (``auth_required`` to insist; ``auth_require_tls`` defaults to "only if TLS is set").
 
@@ -62,6 +66,7 @@ class Script:
     credentials: Mapping[str, str] | None = None
     auth_required: bool = False
     auth_require_tls: bool | None = None
+    pipelining: bool = False
     hostname: str = "scripted.test.example"
     data_size_limit: int = 64 * 1024 * 1024
     timeout: float = 60.0
@@ -94,6 +99,8 @@ class _Handler:
     ) -> Any:
         await self._delay("EHLO")
         session.host_name = hostname
+        if self.script.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -112,6 +119,9 @@ class _Handler:
         mail_options: list[str],
     ) -> str:
         await self._delay("MAIL")
+        if self.script.pipelining:
+            await asyncio.sleep(0.02)
+            self.owner.waiting_at_mail.append(bytes(server._reader._buffer))  # type: ignore[attr-defined]
         if self.script.mail_reply:
             return self.script.mail_reply
         envelope.mail_from = address
@@ -226,6 +236,7 @@ class ScriptedSMTPServer:
         self.received: list[ReceivedMessage] = []
         self.connections = 0
         self.held_saw: list[int] = []  # messages arrived when a held RCPT was answered
+        self.waiting_at_mail: list[bytes] = []  # see Script.pipelining
         self.in_data = 0  # transactions between their data and its reply
         self.most_in_data = 0
         self._cond = threading.Condition()
