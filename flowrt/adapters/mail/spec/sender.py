@@ -135,7 +135,8 @@ SETTINGS = (
     SettingSpec(
         "max-messages",
         "N",
-        "Mails fetched per poll, at least 1.",
+        "Mails fetched per poll, at least 1 (with `poll every`, a poll that stopped here "
+        "polls again at once).",
         _max_messages,
         default=str(DEFAULT_MAX_MESSAGES),
     ),
