@@ -29,7 +29,7 @@ from flowrt.notify.config import (
     show_duration,
 )
 from flowrt.notify.rules import iso
-from flowrt.notify.store import Attempt, NotifyStore
+from flowrt.notify.store import Attempt, NotifyLog, open_log
 from flowrt.security import TenantSecurity
 from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
@@ -376,9 +376,8 @@ def rule_remove(cli: CliContext, name: str) -> None:
 # ----------------------------------------------------------------------------- counters, log
 
 
-def _store(tenant: Tenant) -> NotifyStore | None:
-    path = tenant.root / "notify.sqlite"
-    return NotifyStore(path, create=False) if path.exists() else None
+def _store(tenant: Tenant) -> NotifyLog | None:
+    return open_log(tenant, create=False)
 
 
 @notify.command("counters")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import time
-from typing import Any
 
 import click
 
@@ -14,10 +12,14 @@ from flowrt.cli._complete import complete_flow_names
 from flowrt.cli._context import CliContext, pass_cli
 from flowrt.cli._output import format_option, print_json, print_table
 from flowrt.dsl.values import parse_duration
-from flowrt.errors import NotFoundError, UsageError
-from flowrt.runtime.report import FLOW_COLUMNS, poll_failures_report, status_report
-from flowrt.store import is_shared, open_deployments, open_state
-from flowrt.tenant import Tenant
+from flowrt.errors import UsageError
+from flowrt.runtime.report import (
+    FLOW_COLUMNS,
+    StatusReport,
+    poll_failures_report,
+    status_report,
+)
+from flowrt.store import is_shared
 
 
 @click.command()
@@ -146,10 +148,10 @@ def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: s
     if failures:
         _failures(cli, name, limit, fmt)
         return
-    if is_shared(cli.tenant):
-        _shared_status(cli.tenant, name, fmt)
-        return
     report = status_report(cli.tenant, name)
+    if report.nodes is not None:
+        _shared_status(report, fmt)
+        return
     if fmt == "json":
         print_json(report.to_dict())
         return
@@ -203,82 +205,13 @@ def _failures(cli: CliContext, name: str | None, limit: int, fmt: str) -> None:
             click.echo(f"hint: {failure.hint}")
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _shared_status(tenant: Tenant, name: str | None, fmt: str) -> None:
+def _shared_status(report: StatusReport, fmt: str) -> None:
     """Nodes, the flows with the node that holds each one's mailbox, and the leases."""
-    from flowrt.store.pg.state import NODE_TTL, PgStateDB
-
-    deployments_store = open_deployments(tenant)
-    try:
-        deployments = deployments_store.all()
-    finally:
-        deployments_store.close()
-    if name is not None and name not in {d.name for d in deployments}:
-        raise NotFoundError(f"no deployed flow named {name!r}")
-    state = open_state(tenant)
-    assert isinstance(state, PgStateDB)
-    try:
-        now = state.now()
-        nodes = state.nodes()
-        locks = state.locks()
-    finally:
-        state.close()
-    held = {lock.info.split(":")[0]: lock for lock in locks if not lock.expired(now)}
-    node_rows = []
-    for node in nodes:
-        alive = node.alive(now, NODE_TTL)
-        holds = sorted(
-            lock.info.split(":")[0] for lock in held.values() if _node_of(lock.owner) == node.name
-        )
-        node_rows.append(
-            {
-                "node": node.name,
-                "state": "running" if alive else ("stopped" if node.stopped else "gone"),
-                "host": node.host,
-                "pid": node.pid,
-                "since": _iso(node.started),
-                "heartbeat": _iso(node.heartbeat),
-                "holds": ", ".join(holds),
-            }
-        )
-    rows: list[dict[str, Any]] = []
-    for deployment in deployments:
-        if name is not None and deployment.name != name:
-            continue
-        report = _latest_report(nodes, deployment.name, deployment.version, now, NODE_TTL)
-        lock = held.get(deployment.name)
-        rows.append(
-            {
-                "flow": deployment.name,
-                "version": deployment.version,
-                "state": report.get("state", "PENDING") if report else "NOT RUNNING",
-                "node": _node_of(lock.owner) if lock else "",
-                "held_since": _iso(lock.acquired) if lock else "",
-                "last_poll": report.get("last_poll", "") if report else "",
-                "completed": int(report.get("completed", 0)) if report else 0,
-                "failed": int(report.get("failed", 0)) if report else 0,
-                "last_error": (report.get("reason") or report.get("last_error", ""))
-                if report
-                else "",
-            }
-        )
-    lock_rows = [
-        {
-            "lock": lock.key,
-            "node": _node_of(lock.owner),
-            "holder": lock.describe(),
-            "since": _iso(lock.acquired),
-            "expires": _iso(lock.expires),
-            "epoch": lock.epoch,
-        }
-        for lock in locks
-    ]
+    data = report.to_dict()
     if fmt == "json":
-        print_json({"nodes": node_rows, "flows": rows, "locks": lock_rows})
+        print_json(data)
         return
+    node_rows, rows, lock_rows = data["nodes"], data["flows"], data["locks"]
     running = sum(1 for r in node_rows if r["state"] == "running")
     click.echo(f"runtime: {running} node(s) running (store: PostgreSQL)")
     if node_rows:
@@ -292,27 +225,6 @@ def _shared_status(tenant: Tenant, name: str | None, fmt: str) -> None:
     if lock_rows:
         click.echo()
         print_table(lock_rows, ["lock", "node", "since", "expires", "epoch"])
-
-
-def _node_of(owner: str) -> str:
-    """Owners of node leases are ``NODE/host:pid:random``."""
-    return owner.split("/", 1)[0] if "/" in owner else ""
-
-
-def _latest_report(
-    nodes: list[Any], flow: str, version: int, now: float, ttl: float
-) -> dict[str, Any] | None:
-    """The freshest report of ``flow`` at ``version`` among the running nodes."""
-    best: dict[str, Any] | None = None
-    for node in nodes:
-        if not node.alive(now, ttl):
-            continue
-        report = node.status.get("flows", {}).get(flow)
-        if not isinstance(report, dict) or report.get("version") != version:
-            continue
-        if best is None or str(report.get("updated", "")) > str(best.get("updated", "")):
-            best = report
-    return best
 
 
 COMMANDS: list[click.Command] = [run, status]

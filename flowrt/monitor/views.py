@@ -18,7 +18,7 @@ from flowrt.errors import FlowrtError, MplError
 from flowrt.mpl._time import parse_instant
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import DEFAULT_LIMIT
-from flowrt.notify.store import Attempt, NotifyStore
+from flowrt.notify.store import Attempt, open_log
 from flowrt.runtime.report import StatusReport, status_report
 from flowrt.runtime.status import STARTED
 from flowrt.security.expiry import entry_row
@@ -180,7 +180,9 @@ class TenantViews:
 
     def status(self) -> StatusReport:
         report = status_report(self.tenant)
-        if self._live_states is not None:
+        # On a shared store the report already comes from every node's heartbeat in the
+        # store; this node's own view would hide what the others run.
+        if self._live_states is not None and report.nodes is None:
             states = self._live_states()
             for row in report.flows:
                 row["state"] = states.get(row["flow"], row["state"])
@@ -225,10 +227,10 @@ class TenantViews:
         """The alert attempts, newest first, as ``flowrt notify log`` lists them."""
         if status is not None and status not in NOTIFY_STATUSES:
             raise QueryError(f"status: {status!r} is not one of {', '.join(NOTIFY_STATUSES)}")
-        path = self.tenant.root / "notify.sqlite"
-        if not path.exists():
+        store = open_log(self.tenant, create=False)
+        if store is None:
             return []
-        with NotifyStore(path, create=False) as store:
+        with store:
             return store.attempts(recipient=recipient, status=status, limit=limit)
 
     # ------------------------------------------------------------------ readiness

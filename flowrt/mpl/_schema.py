@@ -48,6 +48,7 @@ ENTRY_COLUMNS = (
     "log_lines",  # JSON [[epoch µs, level, text], ...]
     "subject",  # the mail's Subject and From as the sender read them ("" when none)
     "mail_from",
+    "node",  # the runtime node that wrote the entry ("" for a tenant of one runtime)
 )
 NULLABLE_COLUMNS = (
     "application_id",
@@ -135,7 +136,13 @@ ALTER TABLE entries ADD COLUMN subject TEXT NOT NULL DEFAULT '';
 ALTER TABLE entries ADD COLUMN mail_from TEXT NOT NULL DEFAULT ''
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# V3: the runtime node that processes the message (issue 18: several nodes on one store; an
+# entry of a node that is gone is closed ABANDONED by the node that takes over).
+_V3 = """
+ALTER TABLE entries ADD COLUMN node TEXT NOT NULL DEFAULT ''
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """Migration ``i`` takes a database from ``user_version == i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -217,6 +217,7 @@ class MplSummary:
     failed_step: str | None
     subject: str = ""
     mail_from: str = ""
+    node: str = ""
 
     @property
     def duration_ms(self) -> float | None:
@@ -237,6 +238,7 @@ class MplSummary:
             "failed_step": self.failed_step,
             "subject": self.subject,
             "from": self.mail_from,
+            "node": self.node or None,
         }
 
 
@@ -269,6 +271,7 @@ class MplEntry:
     log: tuple[LogLine, ...] = ()
     subject: str = ""
     mail_from: str = ""
+    node: str = ""  # the runtime node that processed it (several nodes on one store)
 
     @property
     def duration_ms(self) -> float | None:
@@ -288,6 +291,7 @@ class MplEntry:
             failed_step=None if self.error is None else self.error.failed_step,
             subject=self.subject,
             mail_from=self.mail_from,
+            node=self.node,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,4 +316,5 @@ class MplEntry:
             "log": [line.to_dict() for line in self.log],
             "subject": self.subject,
             "from": self.mail_from,
+            "node": self.node or None,
         }

@@ -327,6 +327,7 @@ class EntryHandle:
             _encode(self.log_lines) if self.log_lines else "[]",
             self.subject,
             self.mail_from,
+            self._recorder.node,
         )
 
 
@@ -338,7 +339,9 @@ class MplRecorder:
     every ``flush_interval`` seconds. If writes fail, entries are kept and retried; a call
     raises MplError only once ``max_pending`` entries are waiting (memory stays bounded and
     the engine learns that recording is broken). ``content_limit`` caps trace content per
-    step (bytes). With ``owns_store`` the store is closed by :meth:`close`. Use as a context
+    step (bytes). ``node`` is written into every entry (the runtime node recording it, so
+    that another node can close what a dead one left open). With ``owns_store`` the store
+    is closed by :meth:`close`. Use as a context
     manager, or call :meth:`close`: entries still buffered are lost without it.
     """
 
@@ -352,8 +355,10 @@ class MplRecorder:
         max_pending: int = 50_000,
         content_limit: int = CONTENT_LIMIT,
         owns_store: bool = False,
+        node: str = "",
     ) -> None:
         self.store = store
+        self.node = node
         self.level = LogLevel(level)
         self.content_limit = content_limit
         self._batch_size = batch_size

@@ -100,6 +100,8 @@ def render_entry(entry: MplEntry) -> str:
         ("Log level", entry.log_level.value),
         ("Simulation", "yes" if entry.simulation else "no"),
     ]
+    if entry.node:
+        fields.append(("Node", entry.node))
     if entry.filter_note:
         fields.append(("Filtered", entry.filter_note))
     lines += _pairs(fields)

@@ -57,9 +57,10 @@ MIN_PREFIX = 8
 
 _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
+ABANDONED_HINT = "the mail stayed in its mailbox and is processed again (a later entry)"
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step, subject, mail_from"
+    "log_start, log_end, simulation, failed_step, subject, mail_from, node"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _ID_MAX = "\U0010ffff"  # sorts after every character a message ID can hold
@@ -410,6 +411,13 @@ class MplStore:
         with self._guard("read") as conn:
             return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
+    def settled_row_id(self, after: int) -> int:
+        """The highest row id up to which every entry is visible for good (no later commit
+        can add a lower id): here the last one, since SQLite commits one writer at a time
+        and ids grow in commit order."""
+        del after
+        return self.last_row_id()
+
     def rows_after(
         self, row_id: int, *, flow: str | None = None, limit: int = 1000
     ) -> list[tuple[int, MplSummary]]:
@@ -434,22 +442,31 @@ class MplStore:
         with self._guard("read") as conn:
             return [_summary(row) for row in conn.execute(sql, args)]
 
-    def abandon_unfinished(self, reason: str, *, now: float | None = None) -> int:
+    def abandon_unfinished(
+        self, reason: str, *, now: float | None = None, nodes: Sequence[str] | None = None
+    ) -> int:
         """Close the entries a crashed runtime left PROCESSING or in RETRY as ABANDONED,
-        with ``reason`` as their error; simulations are not the runtime's. Returns how many."""
+        with ``reason`` as their error; simulations are not the runtime's. ``nodes``: only
+        the entries those runtime nodes wrote. Returns how many."""
         levels = json.dumps([["ABANDONED", reason]])
+        where = "status IN (?, ?) AND simulation = 0"
+        args: list[Any] = [*_UNFINISHED]
+        if nodes is not None:
+            if not nodes:
+                return 0
+            where += f" AND node IN ({', '.join('?' * len(nodes))})"
+            args += list(nodes)
         with self._transaction("close abandoned entries") as conn:
             cursor = conn.execute(
                 "UPDATE entries SET status = ?, log_end = coalesce(log_end, ?), "
-                "error_chain = ?, error_levels = ?, error_hint = ? "
-                "WHERE status IN (?, ?) AND simulation = 0",
+                f"error_chain = ?, error_levels = ?, error_hint = ? WHERE {where}",
                 (
                     MplStatus.ABANDONED.value,
                     time.time() if now is None else now,
                     f"ABANDONED: {reason}",
                     levels,
-                    "the mail stayed in its mailbox and is processed again (a later entry)",
-                    *_UNFINISHED,
+                    ABANDONED_HINT,
+                    *args,
                 ),
             )
             return cursor.rowcount
@@ -650,6 +667,7 @@ def build_entry(
         simulation=bool(values["simulation"]),
         subject=values["subject"],
         mail_from=values["mail_from"],
+        node=values["node"],
         custom_properties={k: tuple(v) for k, v in props.items()},
         error=error,
         filter_note=values["filter_note"],
@@ -772,6 +790,7 @@ def _summary(row: Sequence[Any]) -> MplSummary:
         failed_step=row[10],
         subject=row[11],
         mail_from=row[12],
+        node=row[13],
     )
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 
 from flowrt.notify.config import WINDOW
-from flowrt.notify.store import Attempt, NotifyStore
+from flowrt.notify.store import Attempt, NotifyLog
 
 __all__ = ["Limiter"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Limiter:
-    store: NotifyStore
+    store: NotifyLog
     limit: int
     window: float = WINDOW
 

@@ -29,11 +29,11 @@ from flowrt.errors import (
     render_chain,
 )
 from flowrt.notify.compose import alert_text, build_mail, digest_text
-from flowrt.notify.config import NotifyConfig, NotifyServer, Rule, load_config
+from flowrt.notify.config import NotifyConfig, NotifyServer, load_config
 from flowrt.notify.limiter import Limiter
-from flowrt.notify.rules import Evaluator, Event
+from flowrt.notify.rules import Evaluator
 from flowrt.notify.send import send_mail
-from flowrt.notify.store import PENDING, Attempt, NotifyStore
+from flowrt.notify.store import Attempt, Claim, NewAttempt, open_log
 from flowrt.security import TenantSecurity
 from flowrt.tenant import Tenant
 
@@ -63,6 +63,12 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** max(0, failed_tries - 1))
 
 
+def _hold(server: NotifyServer | None) -> float:
+    """How long an attempt being sent is left to its sender before another may take it
+    (its sender died): longer than a send may take."""
+    return 60.0 if server is None else server.timeout * 4 + 30.0
+
+
 class Notifier:
     """Evaluates the rules and sends, one cycle per :meth:`run_once`; ``clock`` is injectable
     so that tests can step through days."""
@@ -81,7 +87,9 @@ class Notifier:
         self.clock = clock
         self.backoff = backoff or Backoff()
         self._send = send
-        self.log = NotifyStore.open(tenant)
+        log = open_log(tenant)
+        assert log is not None  # create=True opens or raises
+        self.log = log
         self.evaluator = Evaluator(tenant, security, self.log, clock=clock)
         self._down: FlowrtError | None = None
         self._next_purge = 0.0
@@ -96,40 +104,46 @@ class Notifier:
 
     async def run_once(self) -> None:
         config = await asyncio.to_thread(load_config, self.tenant)
-        matched = await asyncio.to_thread(self.evaluator.evaluate, config)
-        if config.server is None:
-            if matched:
-                _log.info("no notification server: alerts not sent", alerts=len(matched))
+        evaluation = await asyncio.to_thread(self.evaluator.evaluate, config)
+        server = config.server
+        hold = _hold(server)
+        alerts = []
+        for rule, event in evaluation.matched:
+            attempts: tuple[NewAttempt, ...] = ()
+            if server is not None:
+                subject, body = alert_text(rule, event)
+                attempts = tuple(
+                    NewAttempt(rule.name, event.trigger, event.key, to, subject, body, event.mpl_id)
+                    for to in rule.recipients
+                )
+            alerts.append((f"{rule.name}|{event.key}", attempts))
+        claim = Claim(
+            marks=evaluation.marks,
+            watch=evaluation.watch,
+            unwatch=evaluation.unwatch,
+            alerts=tuple(alerts),
+        )
+        # the cycle's decisions and the alerts they make, in one transaction: a sender that
+        # dies before it leaves the next one to read them again, after it their attempts
+        # are pending and due to whoever sends next
+        created = []
+        if claim.marks or claim.watch or claim.unwatch or claim.alerts:
+            created = await asyncio.to_thread(self.log.claim, claim, now=self.clock(), hold=hold)
+        self.evaluator.adopt(evaluation)
+        if server is None:
+            if evaluation.matched:
+                _log.info("no notification server: alerts not sent", alerts=len(alerts))
             return
         # One server-wide failure (down, untrusted, refusing the login) per cycle is enough:
         # the other mails of the cycle wait for their retry instead of each waiting for it.
         self._down = None
-        for rule, event in matched:
-            for recipient in rule.recipients:
-                await self._alert(config, config.server, rule, event, recipient)
-        for attempt in await asyncio.to_thread(self.log.due, self.clock()):
-            await self._deliver(config, config.server, attempt)
+        for attempt in created:
+            await self._deliver(config, server, attempt)
+        for attempt in await asyncio.to_thread(self.log.take_due, self.clock(), hold=hold):
+            await self._deliver(config, server, attempt)
         if self.clock() >= self._next_purge:
             self._next_purge = self.clock() + PURGE_EVERY
             await asyncio.to_thread(self.log.purge, self.clock() - KEEP)
-
-    async def _alert(
-        self, config: NotifyConfig, server: NotifyServer, rule: Rule, event: Event, recipient: str
-    ) -> None:
-        subject, body = alert_text(rule, event)
-        attempt = await asyncio.to_thread(
-            self.log.add,
-            now=self.clock(),
-            rule=rule.name,
-            trigger=event.trigger,
-            event_key=event.key,
-            recipient=recipient,
-            status=PENDING,
-            subject=subject,
-            body=body,
-            mpl_id=event.mpl_id,
-        )
-        await self._deliver(config, server, attempt)
 
     async def _deliver(self, config: NotifyConfig, server: NotifyServer, attempt: Attempt) -> None:
         """Send ``attempt`` with the digest of what was held back, or hold it when the

@@ -15,23 +15,25 @@ occurrence: its key is remembered in the notification log.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterable
 
 from flowrt.errors import summary_of_levels
 from flowrt.mpl.model import MplEntry, MplStatus
 from flowrt.notify.config import NotifyConfig, Rule
-from flowrt.notify.store import NotifyStore, iso
-from flowrt.runtime.status import ERROR, read_status
+from flowrt.notify.store import NotifyLog, iso
+from flowrt.runtime.status import ERROR, FlowStatus, read_status
 from flowrt.security import TenantSecurity
 from flowrt.security.keystore import valid_until
-from flowrt.store import MplBackend, StateBackend, open_mpl, open_state
+from flowrt.store import MplBackend, StateBackend, is_shared, open_mpl, open_state
 from flowrt.tenant import Tenant
 
-__all__ = ["Evaluator", "Event", "dead_letters_since", "iso", "message_event"]
+__all__ = ["Evaluation", "Evaluator", "Event", "dead_letters_since", "iso", "message_event"]
 
 ALERTED_STATUSES = (MplStatus.FAILED, MplStatus.ESCALATED)
 EXPIRY_EVERY = 86400.0
 _WATERMARK = "mpl_row"
+_FIRST_SEEN = "first_seen"  # JSON {condition key: when first seen}
 _CONTENT_LIMIT = 4096
 
 
@@ -103,14 +105,32 @@ def _content(entry: MplEntry) -> str:
     return ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One cycle's reading, nothing stored yet: the ``(rule, event)`` pairs that match, and
+    what the cycle moves on (the MPL watermark, the messages watched until they end, when
+    each condition was first seen). The notifier stores it with its alerts in one
+    transaction (:meth:`~flowrt.notify.store.NotifyStore.claim`), then :meth:`Evaluator.adopt`
+    takes it: a sender that dies in between leaves it all to be read again."""
+
+    matched: list[tuple[Rule, Event]]
+    marks: dict[str, str]
+    watched: frozenset[str]
+    watch: frozenset[str]
+    unwatch: frozenset[str]
+    first_seen: dict[str, float]
+    recent: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 class Evaluator:
-    """Reads the sources and returns ``(rule, event)`` pairs not alerted before."""
+    """Reads the sources and returns the ``(rule, event)`` pairs that match; the claim of
+    each pair (``rule|event key``, alerted once) is the notifier's, with its attempts."""
 
     def __init__(
         self,
         tenant: Tenant,
         security: TenantSecurity,
-        log: NotifyStore,
+        log: NotifyLog,
         *,
         clock: Callable[[], float],
     ) -> None:
@@ -120,8 +140,13 @@ class Evaluator:
         self.clock = clock
         self._mpl: MplBackend | None = None
         self._state: StateBackend | None = None
-        self._watched: set[str] = set()
-        self._first_seen: dict[str, float] = {}
+        self._watched: set[str] = set()  # as stored in the notification log
+        self._unfinished: set[str] = set()  # unfinished in the MPL when it was opened
+        self._first_seen: dict[str, float] = _load_first_seen(log.mark(_FIRST_SEEN))
+        self._cycle_first_seen: dict[str, float] = {}
+        # final entries above the watermark, already evaluated (read again until settled)
+        self._recent: dict[str, int] = {}
+        self._cycle_recent: dict[str, int] = {}
         self._next_expiry_check = 0.0  # at start
 
     def close(self) -> None:
@@ -135,11 +160,14 @@ class Evaluator:
         from here on (``run --once`` polls after this) counts as new, not as history."""
         self._mpl_store()
 
-    def evaluate(self, config: NotifyConfig) -> list[tuple[Rule, Event]]:
+    def evaluate(self, config: NotifyConfig) -> Evaluation:
         now = self.clock()
+        self._cycle_first_seen = dict(self._first_seen)
+        self._cycle_recent = dict(self._recent)
         events: list[Event] = []
         triggers = {r.trigger for r in config.rules}
-        events += self._messages()  # always, so the watermark follows the log
+        messages, marks, watched = self._messages()  # always: the watermark follows the log
+        events += messages
         if "flow-error" in triggers:
             events += self._flows_in_error(now)
         if triggers & {"poller-failing", "lock-stuck"}:
@@ -147,14 +175,31 @@ class Evaluator:
         if "keystore-expiry" in triggers and now >= self._next_expiry_check:
             self._next_expiry_check = now + EXPIRY_EVERY
             events += self._expiring(config.rules, now)
-        matched: list[tuple[Rule, Event]] = []
-        for event in events:
-            for rule in config.rules:
-                if not self._matches(rule, event, now):
-                    continue
-                if self.log.first_time(f"{rule.name}|{event.key}", now=now):
-                    matched.append((rule, event))
-        return matched
+        matched = [
+            (rule, event)
+            for event in events
+            for rule in config.rules
+            if self._matches(rule, event, now)
+        ]
+        first_seen = self._cycle_first_seen
+        if first_seen != self._first_seen:
+            marks[_FIRST_SEEN] = json.dumps(first_seen, sort_keys=True)
+        return Evaluation(
+            matched=matched,
+            marks=marks,
+            watched=frozenset(watched),
+            watch=frozenset(watched - self._watched),
+            unwatch=frozenset(self._watched - watched),
+            first_seen=first_seen,
+            recent=self._cycle_recent,
+        )
+
+    def adopt(self, evaluation: Evaluation) -> None:
+        """Go on from ``evaluation``, once it is stored."""
+        self._watched = set(evaluation.watched)
+        self._unfinished = set()
+        self._first_seen = dict(evaluation.first_seen)
+        self._recent = dict(evaluation.recent)
 
     @staticmethod
     def _matches(rule: Rule, event: Event, now: float) -> bool:
@@ -182,55 +227,103 @@ class Evaluator:
             mark = self.log.mark(_WATERMARK)
             if mark is None:  # first start: what is already in the log is history
                 self.log.set_mark(_WATERMARK, str(self._mpl.last_row_id()))
-            self._watched = {s.message_id for s in self._mpl.unfinished()}
+            # what the sender before this one (this process earlier, or another node) saw
+            # unfinished, and what is unfinished now
+            self._watched = self.log.watched()
+            self._unfinished = {s.message_id for s in self._mpl.unfinished()}
         return self._mpl
 
-    def _messages(self) -> list[Event]:
+    def _messages(self) -> tuple[list[Event], dict[str, str], set[str]]:
+        """The events of messages that ended, the watermark to store, the messages to
+        watch from now on.
+
+        The watermark moves only as far as the MPL is settled (:meth:`settled_row_id`):
+        on PostgreSQL several nodes write at once, and a row can become visible after a
+        row with a higher ID, so the rows above it are read again next cycle (what they
+        alerted is remembered in :attr:`_recent`, and claimed once anyway)."""
         store = self._mpl_store()
+        watched = self._watched | self._unfinished
+        recent = dict(self._recent)
         if store is None:
-            return []
-        seen = watermark = int(self.log.mark(_WATERMARK) or 0)
+            return [], {}, watched
+        seen = int(self.log.mark(_WATERMARK) or 0)
+        settled = store.settled_row_id(seen)  # before the reads: rows up to it are all in
         ended: list[str] = []
-        if self._watched:
-            for message_id, summary in store.summaries(self._watched).items():
-                if summary.status.is_final:
-                    self._watched.discard(message_id)
+        if watched:
+            summaries = store.summaries(watched)
+            for message_id in sorted(watched):
+                summary = summaries.get(message_id)
+                if summary is None:  # purged before it ended: nothing to wait for
+                    watched.discard(message_id)
+                elif summary.status.is_final:
+                    watched.discard(message_id)
                     if summary.status in ALERTED_STATUSES:
                         ended.append(message_id)
+        last = seen
         while True:
-            rows = store.rows_after(watermark, limit=1000)
+            rows = store.rows_after(last, limit=1000)
             for row_id, summary in rows:
-                watermark = row_id
+                last = row_id
                 if not summary.status.is_final:
-                    self._watched.add(summary.message_id)
+                    watched.add(summary.message_id)
+                elif summary.message_id in recent:
+                    continue
                 elif summary.status in ALERTED_STATUSES and not summary.simulation:
                     ended.append(summary.message_id)
+                if summary.status.is_final:
+                    recent[summary.message_id] = row_id
             if len(rows) < 1000:
                 break
-        if watermark != seen:
-            self.log.set_mark(_WATERMARK, str(watermark))
+        watermark = max(seen, min(settled, last))
         events = []
         for message_id in dict.fromkeys(ended):
             entry = store.find(message_id)
-            if entry is not None:
-                events.append(message_event(entry))
-        events += [dead_letter_event(e) for e in dead_letters_since(store, watermark)]
-        return events
+            if entry is None:
+                continue
+            events.append(message_event(entry))
+            if entry.status is MplStatus.ESCALATED and "dead-letter" in entry.custom_properties:
+                events.append(dead_letter_event(entry))
+        events += [dead_letter_event(e) for e in dead_letters_since(store, seen)]
+        marks = {_WATERMARK: str(watermark)} if watermark != seen else {}
+        self._cycle_recent = {m: r for m, r in recent.items() if r > watermark}
+        return events, marks, watched
 
     # ------------------------------------------------------------------ conditions
 
     def _since(self, key: str, now: float, known: float | None = None) -> float:
-        """When a condition began: as recorded, or when it was first seen here."""
-        first = self._first_seen.setdefault(key, now)
+        """When a condition began: as recorded, or when it was first seen (by this sender
+        or the one before it: kept with the notification log)."""
+        first = self._cycle_first_seen.setdefault(key, now)
         return known if known is not None else first
 
-    def _flows_in_error(self, now: float) -> list[Event]:
-        status = read_status(self.tenant)
-        if status is None:
+    def _flow_reports(self) -> list[FlowStatus]:
+        """What the runtime reports of each flow: its status file, or on a shared store
+        each running node's report in the node registry."""
+        if not is_shared(self.tenant):
+            status = read_status(self.tenant)
+            return [] if status is None else list(status.flows.values())
+        from flowrt.store.pg.state import NODE_TTL, PgStateDB
+
+        state = self._state_store()
+        if not isinstance(state, PgStateDB):
             return []
+        now = state.now()
+        found: dict[tuple[str, int], FlowStatus] = {}
+        for node in state.nodes():
+            if not node.alive(now, NODE_TTL):
+                continue
+            for data in node.status.get("flows", {}).values():
+                try:
+                    flow = FlowStatus(**data)
+                except TypeError:  # a report of another flowrt version
+                    continue
+                found.setdefault((flow.name, flow.version), flow)
+        return list(found.values())
+
+    def _flows_in_error(self, now: float) -> list[Event]:
         current = set()
         events = []
-        for flow in status.flows.values():
+        for flow in self._flow_reports():
             if flow.state != ERROR:
                 continue
             key = f"flow-error:{flow.name}:{flow.version}"
@@ -251,14 +344,18 @@ class Evaluator:
         self._forget("flow-error:", current)
         return events
 
-    def _state_events(self, now: float) -> list[Event]:
+    def _state_store(self) -> StateBackend | None:
         if self._state is None:
             self._state = open_state(self.tenant, create=False)
-            if self._state is None:
-                return []
+        return self._state
+
+    def _state_events(self, now: float) -> list[Event]:
+        state = self._state_store()
+        if state is None:
+            return []
         events = []
         failing = set()
-        for health in self._state.health():
+        for health in state.health():
             if not health.consecutive_failures:
                 continue
             key = f"poller:{health.poller}"
@@ -279,7 +376,7 @@ class Evaluator:
                 )
             )
         self._forget("poller:", failing)
-        for lock in self._state.locks():
+        for lock in state.locks():
             events.append(
                 Event(
                     trigger="lock-stuck",
@@ -295,8 +392,9 @@ class Evaluator:
         return events
 
     def _forget(self, prefix: str, current: set[str]) -> None:
-        for key in [k for k in self._first_seen if k.startswith(prefix) and k not in current]:
-            del self._first_seen[key]
+        first_seen = self._cycle_first_seen
+        for key in [k for k in first_seen if k.startswith(prefix) and k not in current]:
+            del first_seen[key]
 
     def _expiring(self, rules: Iterable[Rule], now: float) -> list[Event]:
         events = []
@@ -328,3 +426,11 @@ def dead_letter_event(entry: MplEntry) -> Event:
         key=f"dead-letter:{entry.message_id}",
         title=f"dead letter in flow {entry.flow}: {event.summary}".rstrip(": "),
     )
+
+
+def _load_first_seen(text: str | None) -> dict[str, float]:
+    try:
+        data = json.loads(text or "{}")
+        return {str(k): float(v) for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError):  # damaged: conditions count from now
+        return {}

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 from flowrt._sqlite import open_wal
 from flowrt.errors import TenantError
@@ -33,8 +33,12 @@ __all__ = [
     "PENDING",
     "SENT",
     "Attempt",
+    "Claim",
     "Counter",
+    "NewAttempt",
+    "NotifyLog",
     "NotifyStore",
+    "open_log",
 ]
 
 PENDING, SENT, HELD, FAILED, GAVE_UP = "pending", "sent", "held", "failed", "gave-up"
@@ -72,6 +76,9 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE TABLE IF NOT EXISTS marks (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watch (
+    message_id TEXT PRIMARY KEY
 )
 """
 
@@ -123,6 +130,31 @@ def iso(timestamp: float) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class NewAttempt:
+    """An alert to record as ``pending`` with its claim (:meth:`NotifyStore.claim`)."""
+
+    rule: str
+    trigger: str
+    event_key: str
+    recipient: str
+    subject: str
+    body: str
+    mpl_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One notifier cycle's decisions, stored in one transaction by :meth:`NotifyStore.claim`:
+    the marks it moved (the MPL watermark ...), the messages it starts or stops watching,
+    and per ``seen`` key the attempts to record if no one claimed that key before."""
+
+    marks: dict[str, str] = dataclasses.field(default_factory=dict)
+    watch: frozenset[str] = frozenset()
+    unwatch: frozenset[str] = frozenset()
+    alerts: tuple[tuple[str, tuple[NewAttempt, ...]], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Counter:
     recipient: str
     sent: int  # in the current 24-hour window, since the last reset
@@ -152,6 +184,7 @@ class NotifyStore:
 
     @classmethod
     def open(cls, tenant: Tenant, *, create: bool = True) -> NotifyStore:
+        """The SQLite log in the tenant directory (:func:`open_log` picks the backend)."""
         return cls(tenant.root / "notify.sqlite", create=create)
 
     def close(self) -> None:
@@ -290,6 +323,62 @@ class NotifyStore:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM attempts {tail}", args).fetchall()
         return [Attempt(*row) for row in rows]
 
+    def claim(self, claim: Claim, *, now: float, hold: float) -> list[Attempt]:
+        """Store ``claim`` in one transaction; the attempts it recorded (each ``seen`` key
+        once: a key claimed before adds none), due again after ``hold`` seconds should their
+        sender not get to them (it died)."""
+        created: list[int] = []
+        with self._transaction("record the alerts of a cycle") as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", claim.marks.items()
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO watch (message_id) VALUES (?)", [(m,) for m in claim.watch]
+            )
+            conn.executemany(
+                "DELETE FROM watch WHERE message_id = ?", [(m,) for m in claim.unwatch]
+            )
+            for key, attempts in claim.alerts:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO seen (key, at) VALUES (?, ?)", (key, now)
+                )
+                if cursor.rowcount != 1:
+                    continue
+                for a in attempts:
+                    cursor = conn.execute(
+                        "INSERT INTO attempts (created, updated, rule, trigger, event_key, "
+                        "recipient, status, subject, body, mpl_id, next_try) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            *(now, now, a.rule, a.trigger, a.event_key, a.recipient, PENDING),
+                            *(a.subject, a.body, a.mpl_id, now + hold),
+                        ),
+                    )
+                    created.append(int(cursor.lastrowid or 0))
+        return [a for a in (self.get(i) for i in created) if a is not None]
+
+    def take_due(self, now: float, *, hold: float) -> list[Attempt]:
+        """:meth:`due`, and each one's next try moved ``hold`` seconds on in the same
+        transaction: the caller sends it, no one else."""
+        if not self.due(now):  # the common case, without taking the write lock
+            return []
+        with self._transaction("take due attempts") as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM attempts WHERE status IN (?, ?) AND next_try <= ? "
+                "ORDER BY id",
+                (FAILED, PENDING, now),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE attempts SET next_try = ? WHERE id = ?",
+                [(now + hold, row[0]) for row in rows],
+            )
+        return [Attempt(*row) for row in rows]
+
+    def watched(self) -> set[str]:
+        """The messages a notifier saw unfinished and waits to see end."""
+        with self._guard("read watched messages") as conn:
+            return {str(r[0]) for r in conn.execute("SELECT message_id FROM watch")}
+
     # ------------------------------------------------------------------ counters
 
     def sent_in_window(self, recipient: str, *, now: float, window: float) -> int:
@@ -376,3 +465,74 @@ class NotifyStore:
     def set_mark(self, name: str, value: str) -> None:
         with self._transaction("write a mark") as conn:
             conn.execute("INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value))
+
+
+class NotifyLog(Protocol):
+    """What the notifier, ``flowrt notify`` and the monitor need of the notification log:
+    :class:`NotifyStore` (``notify.sqlite``) or, on a store shared by several runtime nodes,
+    :class:`~flowrt.store.pg.notify.PgNotifyStore`, so that the node sending the alerts
+    (whichever holds the notifier's lease) decides from the same watermark, claims and
+    counters as the one before it."""
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+    def add(
+        self,
+        *,
+        now: float,
+        rule: str,
+        trigger: str,
+        event_key: str,
+        recipient: str,
+        status: str,
+        subject: str,
+        body: str,
+        mpl_id: str = "",
+    ) -> Attempt: ...
+    def mark_sent(
+        self, attempt_id: int, *, now: float, reply: str, digested: Sequence[int]
+    ) -> None: ...
+    def mark_failed(
+        self,
+        attempt_id: int,
+        *,
+        now: float,
+        chain: str,
+        hint: str,
+        next_try: float | None,
+        tried: bool = True,
+    ) -> None: ...
+    def mark_held(self, attempt_id: int, *, now: float) -> None: ...
+    def due(self, now: float) -> list[Attempt]: ...
+    def take_due(self, now: float, *, hold: float) -> list[Attempt]: ...
+    def held(self, recipient: str) -> list[Attempt]: ...
+    def get(self, attempt_id: int) -> Attempt | None: ...
+    def attempts(
+        self, *, recipient: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Attempt]: ...
+    def claim(self, claim: Claim, *, now: float, hold: float) -> list[Attempt]: ...
+    def watched(self) -> set[str]: ...
+    def sent_in_window(self, recipient: str, *, now: float, window: float) -> int: ...
+    def counters(self, *, now: float, window: float) -> list[Counter]: ...
+    def reset(self, recipient: str, *, now: float) -> bool: ...
+    def purge(self, before: float) -> int: ...
+    def first_time(self, key: str, *, now: float) -> bool: ...
+    def mark(self, name: str) -> str | None: ...
+    def set_mark(self, name: str, value: str) -> None: ...
+
+
+def open_log(tenant: Tenant, *, create: bool = True) -> NotifyLog | None:
+    """The tenant's notification log; None when ``create`` is False and there is none yet
+    (SQLite: no ``notify.sqlite``). On a PostgreSQL store it is in the store (migration
+    0004), shared by every node."""
+    from flowrt.store import is_shared, open_database
+
+    if is_shared(tenant):
+        from flowrt.store.pg.notify import PgNotifyStore
+
+        return PgNotifyStore(open_database(tenant, max_size=2))
+    path = tenant.root / "notify.sqlite"
+    if not create and not path.exists():
+        return None
+    return NotifyStore(path, create=create)

@@ -51,7 +51,7 @@ from flowrt.runtime.status import (
 )
 from flowrt.security import TenantSecurity
 from flowrt.store import MplBackend, StateBackend, is_shared, open_deployments, open_mpl, open_state
-from flowrt.store.pg.state import PgStateDB
+from flowrt.store.pg.state import NODE_TTL, PgStateDB
 from flowrt.tenant import Tenant
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 WATCH_INTERVAL = 0.2
 STATUS_GAP = 0.5  # at most two status writes a second for changes (plus the heartbeat)
 START_RATE = 40.0  # flows per second whose first connection opens, when many start at once
+ABANDONED_REASON = "the runtime stopped (crashed or was killed) while this message was processed"
+LEASE_TTL = 120.0  # a mailbox lease unless `--lease` (the mail sender's LOCK_TTL)
+SWEEP_INTERVAL = 2.0  # how often a node looks for nodes that are gone and their MPL entries
 NOTIFIER_LEASE = "runtime:notifier"
 NOTIFIER_TTL = 60.0
 PURGE_INTERVAL = 3600.0
@@ -128,16 +131,16 @@ class Runtime:
         if self.node is not None and isinstance(self.state, PgStateDB):
             self.state.register_node(self.node)
             self.state.node = self.node  # its leases' owners start with the node's name
-        if not self.shared:
-            # one runtime per tenant (the lock above): what is still unfinished was left by
-            # one that died; its mails are still in their mailboxes and are processed again.
-            # (Several nodes share one MPL: what another node is processing is not ours.)
-            abandoned = self.store.abandon_unfinished(
-                "the runtime stopped (crashed or was killed) while this message was processed"
-            )
-            if abandoned:
-                _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
-        self.recorder = MplRecorder(self.store, level=LogLevel.INFO)
+        # One runtime per tenant (the lock above), or per node name (the registry): what is
+        # still unfinished of ours was left by one that died; its mails are still in their
+        # mailboxes and are processed again. Several nodes share one MPL: what another node
+        # is processing is not ours (the sweep closes a dead node's entries).
+        abandoned = self.store.abandon_unfinished(
+            ABANDONED_REASON, nodes=None if self.node is None else [self.node]
+        )
+        if abandoned:
+            _log.warning("closed MPL entries a crash left unfinished", abandoned=abandoned)
+        self.recorder = MplRecorder(self.store, level=LogLevel.INFO, node=self.node or "")
         self.adapters = Adapters()
 
     def _install_signals(self) -> None:
@@ -203,7 +206,7 @@ class Runtime:
         if not self.shared:
             self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
-        last_beat = last_purge = 0.0
+        last_beat = last_purge = last_sweep = 0.0
         while not self.stopping.is_set():
             reconciled = False
             try:
@@ -215,6 +218,9 @@ class Runtime:
             except FlowrtError as exc:  # the store is away for a moment: the flows go on
                 _log.warning("cannot read the deployments", error=str(exc), hint=exc.hint)
             now = time.monotonic()
+            if self.shared and now - last_sweep > SWEEP_INTERVAL:
+                last_sweep = now
+                await asyncio.to_thread(self._sweep)
             if now - last_purge > PURGE_INTERVAL:
                 last_purge = now
                 await asyncio.to_thread(self._purge)
@@ -291,6 +297,30 @@ class Runtime:
 
     def _changed(self) -> None:
         self._dirty = True
+
+    def _sweep(self) -> None:
+        """Close ABANDONED the MPL entries that nodes which are gone left PROCESSING: gone
+        means no heartbeat for as long as a mailbox lease lasts (their mailboxes are taken
+        over then, and the mails processed again) or, on this host, its process is gone.
+        Every node sweeps; the update is idempotent, and a node that was only slow writes
+        its entry's real ending over it."""
+        assert isinstance(self.state, PgStateDB)
+        try:
+            now = self.state.now()
+            ttl = max(NODE_TTL, self.lease or LEASE_TTL)
+            gone = [
+                n.name for n in self.state.nodes() if n.name != self.node and not n.alive(now, ttl)
+            ]
+            closed = self.store.abandon_unfinished(ABANDONED_REASON, nodes=gone) if gone else 0
+        except FlowrtError as exc:  # the store is away for a moment: next sweep
+            _log.warning("cannot close the entries of nodes that are gone", error=str(exc))
+            return
+        if closed:
+            _log.warning(
+                "closed MPL entries that nodes which are gone left unfinished",
+                abandoned=closed,
+                nodes=gone,
+            )
 
     def _purge(self) -> None:
         try:

@@ -5,16 +5,18 @@ works with or without a running runtime."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from flowrt.errors import NotFoundError
 from flowrt.poll_failures import PollFailure
+from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.status import RuntimeStatus, read_status
 from flowrt.source_state import LockInfo
-from flowrt.store import open_deployments, open_mpl, open_state
+from flowrt.store import is_shared, open_deployments, open_mpl, open_state
 from flowrt.tenant import Tenant
 
-__all__ = ["StatusReport", "poll_failures_report", "status_report"]
+__all__ = ["StatusReport", "node_of", "poll_failures_report", "shared_report", "status_report"]
 
 FLOW_COLUMNS = [
     "flow",
@@ -30,13 +32,25 @@ FLOW_COLUMNS = [
 
 @dataclasses.dataclass(frozen=True)
 class StatusReport:
+    """``nodes`` (None on a tenant of one runtime): the runtime nodes of a shared store, each
+    with what it holds; then ``alive`` means that one of them runs, and each flow row names
+    the node running it (``node``: the one holding its mailbox lease, ``held_since``, or
+    between polls the one that polled it last)."""
+
     runtime: RuntimeStatus | None
     alive: bool
     flows: list[dict[str, Any]]
     locks: list[LockInfo]
+    nodes: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of ``flowrt status --format json``."""
+        if self.nodes is not None:
+            return {
+                "nodes": self.nodes,
+                "flows": self.flows,
+                "locks": [_lock_row(lock) for lock in self.locks],
+            }
         runtime = self.runtime
         return {
             "runtime": None
@@ -54,20 +68,13 @@ class StatusReport:
 
 
 def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
-    """Every deployed flow (or the one named; NotFoundError if it is not deployed)."""
+    """Every deployed flow (or the one named; NotFoundError if it is not deployed). On a
+    shared store, from the node registry and the leases in it (:func:`shared_report`)."""
+    if is_shared(tenant):
+        return shared_report(tenant, name)
     runtime = read_status(tenant)
     alive = runtime is not None and runtime.alive()
-    store = open_deployments(tenant)
-    try:
-        deployments = store.all()
-    finally:
-        store.close()
-    if name is not None and name not in {d.name for d in deployments}:
-        known = ", ".join(d.name for d in deployments[:5]) or "none"
-        raise NotFoundError(
-            f"no deployed flow named {name!r}",
-            hint=f"see `flowrt status` (deployed flows: {known})",
-        )
+    deployments = _deployments(tenant, name)
     dead = _dead_letters(tenant)
     rows: list[dict[str, Any]] = []
     for deployment in deployments:
@@ -105,11 +112,7 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
     return StatusReport(runtime=runtime, alive=alive, flows=rows, locks=locks)
 
 
-def poll_failures_report(
-    tenant: Tenant, name: str | None = None, *, limit: int = 20
-) -> list[PollFailure]:
-    """The newest polls that could not run, of the flow named (NotFoundError if it is not
-    deployed) or of all."""
+def _deployments(tenant: Tenant, name: str | None) -> list[Deployment]:
     store = open_deployments(tenant)
     try:
         deployments = store.all()
@@ -121,6 +124,132 @@ def poll_failures_report(
             f"no deployed flow named {name!r}",
             hint=f"see `flowrt status` (deployed flows: {known})",
         )
+    return deployments
+
+
+def shared_report(tenant: Tenant, name: str | None = None) -> StatusReport:
+    """The flows of a tenant whose nodes share a PostgreSQL store: each node (running,
+    stopped or gone, what it holds, since when), each flow with the node holding its mailbox
+    and the freshest report of the running nodes, and the leases. Read from the store, so
+    every node's monitor shows the same."""
+    from flowrt.store.pg.state import NODE_TTL, PgStateDB
+
+    deployments = _deployments(tenant, name)
+    dead = _dead_letters(tenant)
+    state = open_state(tenant)
+    assert isinstance(state, PgStateDB)
+    try:
+        now = state.now()
+        nodes = state.nodes()
+        locks = state.locks()
+    finally:
+        state.close()
+    held = {lock.info.split(":")[0]: lock for lock in locks if not lock.expired(now)}
+    node_rows = []
+    for node in nodes:
+        alive = node.alive(now, NODE_TTL)
+        holds = sorted(
+            lock.info.split(":")[0] for lock in held.values() if node_of(lock.owner) == node.name
+        )
+        node_rows.append(
+            {
+                "node": node.name,
+                "state": "running" if alive else ("stopped" if node.stopped else "gone"),
+                "host": node.host,
+                "pid": node.pid,
+                "since": _iso(node.started),
+                "heartbeat": _iso(node.heartbeat),
+                "holds": ", ".join(holds),
+            }
+        )
+    rows: list[dict[str, Any]] = []
+    for deployment in deployments:
+        if name is not None and deployment.name != name:
+            continue
+        report = _latest_report(nodes, deployment.name, deployment.version, now, NODE_TTL)
+        lock = held.get(deployment.name)
+        # a mailbox lease is held while a poll runs; between polls the node that polled
+        # last is the one running the flow
+        polled_by = _last_poller(nodes, deployment.name, deployment.version, now, NODE_TTL)
+        error = (report.get("reason") or report.get("last_error", "")) if report else ""
+        rows.append(
+            {
+                "flow": deployment.name,
+                "version": deployment.version,
+                "state": report.get("state", "PENDING") if report else "NOT RUNNING",
+                "node": node_of(lock.owner) if lock else polled_by,
+                "held_since": _iso(lock.acquired) if lock else "",
+                "last_poll": report.get("last_poll", "") if report else "",
+                "completed": int(report.get("completed", 0)) if report else 0,
+                "failed": int(report.get("failed", 0)) if report else 0,
+                "dead_letters": dead.get(deployment.name, 0),
+                "last_error": error,
+                "hint": (report.get("last_hint", "") if report and error else ""),
+                "chain": "",
+                "warning": report.get("warning", "") if report else "",
+            }
+        )
+    alive_nodes = any(row["state"] == "running" for row in node_rows)
+    return StatusReport(runtime=None, alive=alive_nodes, flows=rows, locks=locks, nodes=node_rows)
+
+
+def node_of(owner: str) -> str:
+    """The node of a lease's owner (``NODE/host:pid:random``); "" for a single runtime's."""
+    return owner.split("/", 1)[0] if "/" in owner else ""
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _lock_row(lock: LockInfo) -> dict[str, Any]:
+    return {
+        "lock": lock.key,
+        "node": node_of(lock.owner),
+        "holder": lock.describe(),
+        "since": _iso(lock.acquired),
+        "expires": _iso(lock.expires),
+        "epoch": lock.epoch,
+    }
+
+
+def _latest_report(
+    nodes: list[Any], flow: str, version: int, now: float, ttl: float
+) -> dict[str, Any] | None:
+    """The freshest report of ``flow`` at ``version`` among the running nodes."""
+    best: dict[str, Any] | None = None
+    for node in nodes:
+        if not node.alive(now, ttl):
+            continue
+        report = node.status.get("flows", {}).get(flow)
+        if not isinstance(report, dict) or report.get("version") != version:
+            continue
+        if best is None or str(report.get("updated", "")) > str(best.get("updated", "")):
+            best = report
+    return best
+
+
+def _last_poller(nodes: list[Any], flow: str, version: int, now: float, ttl: float) -> str:
+    """The running node whose report of ``flow`` at ``version`` has the latest poll."""
+    best, name = "", ""
+    for node in nodes:
+        if not node.alive(now, ttl):
+            continue
+        report = node.status.get("flows", {}).get(flow)
+        if not isinstance(report, dict) or report.get("version") != version:
+            continue
+        polled = str(report.get("last_poll") or "")
+        if polled > best:
+            best, name = polled, node.name
+    return name
+
+
+def poll_failures_report(
+    tenant: Tenant, name: str | None = None, *, limit: int = 20
+) -> list[PollFailure]:
+    """The newest polls that could not run, of the flow named (NotFoundError if it is not
+    deployed) or of all."""
+    _deployments(tenant, name)
     state_db = open_state(tenant, create=False)
     if state_db is None:
         return []

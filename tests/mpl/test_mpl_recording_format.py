@@ -139,6 +139,7 @@ def test_write_batch_takes_rows_with_none_in_any_nullable_column(store: MplStore
         row: list[object] = [f"m-{i:03d}", "c", "app", "f", "1", "s", "[]", "COMPLETED"]
         row += [T0 + i, T0 + i + 1, "info", 0, "note", "chain", "[]", "hint", "step", "[]", "[]"]
         row += ["Invoice", "billing@example.com"]  # subject, mail_from (schema V2)
+        row += ["node-a"]  # node (schema V3)
         assert len(row) == width
         for bit, column in enumerate(nullable):
             if (i // 3) >> bit & 1:

@@ -234,7 +234,9 @@ def test_to_dict_is_stable_json(filled: MplStore) -> None:
         "log",
         "subject",  # added with schema V2 (issue 20), after the keys there were
         "from",
+        "node",  # added with schema V3 (issue 18): the runtime node, null without one
     ]
+    assert data["node"] is None
     assert data["log_start"] == "2023-11-14T22:14:20.000000Z"
     assert data["custom_properties"] == {"customer": ["acme"], "order": ["7"]}
     assert data["runs"][0]["steps"][0]["status"] == "FAILED"

@@ -13,6 +13,8 @@ import email
 import email.policy
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -20,10 +22,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
+from starlette.testclient import TestClient
 
 from flowrt.cli.main import cli
+from flowrt.monitor.app import MonitorConfig, create_app
+from flowrt.tenant import Tenant
 from tests.servers import DovecotServer, MailboxUser, PostfixServer
 from tests.servers.postgres import PostgresServer
 
@@ -65,7 +71,7 @@ FLOW = """flow {name} {{
         subject       "${{header.Subject}}"
         timeout       10s
     }}
-}}
+{on_error}}}
 """
 
 
@@ -81,8 +87,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class Node:
-    def __init__(self, tenant: Path, name: str, lease: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, tenant: Path, name: str, lease: str, env: dict[str, str], args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.home = tenant
         self.log = tenant.parent / f"node-{name}-{time.monotonic_ns()}.log"
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
@@ -99,6 +108,7 @@ class Node:
                 "json",
                 "--grace",
                 "5s",
+                *args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
@@ -152,13 +162,25 @@ def cluster(
     nodes: list[Node] = []
     target = new_mailbox_user(prefix="dst")
 
-    def start(name: str, lease: str = "4s", **env: str) -> Node:
-        node = Node(tenant, name, lease, env)
+    def start(
+        name: str,
+        lease: str = "4s",
+        args: tuple[str, ...] = (),
+        copy: bool = False,
+        home: Path | None = None,
+        **env: str,
+    ) -> Node:
+        """``copy``: on its own copy of the tenant directory, as on another machine (or on
+        ``home``, such a copy made before)."""
+        if copy:
+            home = tenant.parent / f"tenant-{name}"
+            shutil.copytree(tenant, home)
+        node = Node(home or tenant, name, lease, env, args)
         nodes.append(node)
         wait_for(lambda: running(tenant, name), 20, f"node {name} to start")
         return node
 
-    def deploy(name: str, in_flight: int = 8) -> MailboxUser:
+    def deploy(name: str, to: str = "", on_error: str = "", in_flight: int = 8) -> MailboxUser:
         source = new_mailbox_user(prefix="src")
         add_credential(tenant, f"src-{name}", source)
         path = flows / f"{name}.flow"
@@ -168,7 +190,8 @@ def cluster(
                 imap=dovecot.imap_port,
                 smtps=postfix.smtps_port,
                 credential=f"src-{name}",
-                target=target.address,
+                target=to or target.address,
+                on_error=on_error,
                 in_flight=in_flight,
             )
         )
@@ -241,22 +264,43 @@ def completed(tenant: Path) -> collections.Counter[str]:
     return collections.Counter(e["correlation_id"] for e in json.loads(result.output))
 
 
+def listed(tenant: Path, status: str) -> list[dict[str, Any]]:
+    result = flowrt(
+        tenant, "mpl", "list", "--status", status, "--limit", "100000", "--format", "json"
+    )
+    assert result.exit_code == 0, result.output
+    found: list[dict[str, Any]] = json.loads(result.output)
+    return found
+
+
 def marker_pid(flows: Path) -> int | None:
     markers = list((flows / "markers").iterdir())
     return int(markers[0].name) if markers else None
 
 
+MAILS = 500
+"""Mails of the kill -9 test, over three mailboxes, as the issue asks: ~35 s on the shared
+2-core machine (60 took ~10 s), all of it bounded by the waits below."""
+
+
 def test_kill_9_of_the_node_mid_batch_another_takes_over(
     cluster: dict[str, Any], dovecot: DovecotServer
 ) -> None:
+    failover(cluster, dovecot, MAILS)
+
+
+def failover(cluster: dict[str, Any], dovecot: DovecotServer, count: int) -> dict[str, Any]:
+    """Two nodes, ``count`` mails in three mailboxes, kill -9 of the node that is in the
+    middle of a (slow) mail: asserts what the issue asks, returns what it measured."""
     tenant, target, flows = cluster["tenant"], cluster["target"], cluster["flows"]
     sources = [cluster["deploy"](f"box{i}") for i in range(3)]
     subjects = []
-    for i, source in enumerate(sources):
-        for j in range(20):
-            subject = f"slow {i}-{j}" if (i, j) == (0, 5) else f"mail {i}-{j}"
-            dovecot.append(source.address, "INBOX", mail(subject))
-            subjects.append(subject)
+    for n in range(count):
+        i, j = n % 3, n // 3
+        subject = f"slow {i}-{j}" if (i, j) == (0, 5) else f"mail {i}-{j}"
+        dovecot.append(sources[i].address, "INBOX", mail(subject))
+        subjects.append(subject)
+    budget = 50 + count / 5  # seconds for every mail to arrive (bounded, generous)
     a = cluster["start"]("node-a")
     b = cluster["start"]("node-b")
     wait_for(lambda: marker_pid(flows) is not None, 40, "a node to reach the slow mail")
@@ -266,7 +310,9 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
 
-    wait_for(lambda: sum(arrived(dovecot, target).values()) >= len(subjects), 50, "all mails")
+    killed_at = time.monotonic()
+    wait_for(lambda: sum(arrived(dovecot, target).values()) >= len(subjects), budget, "all mails")
+    all_in = time.monotonic() - killed_at
     got = arrived(dovecot, target)
     assert set(got) == set(subjects), "0 lost"
     # A mail is sent twice only when the kill fell between the SMTP server's "250 accepted"
@@ -287,6 +333,27 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     wait_for(lambda: len(completed(tenant)) >= len(subjects), 10, "the MPL entries")
     entries = completed(tenant)
     assert len(entries) == len(subjects) and max(entries.values()) == 1
+    # a mail sent twice is one the killed node never finished: its one COMPLETED entry is
+    # the survivor's (nothing the killed node had recorded as done was sent again)
+    finished_by = {e["subject"]: e["node"] for e in listed(tenant, "COMPLETED")}
+    for subject in twice:
+        assert finished_by[subject] == survivor.name
+    # what the killed node had in hand ends ABANDONED (closed by the survivor, which saw it
+    # gone), naming the node; nothing stays PROCESSING
+    wait_for(lambda: not listed(tenant, "PROCESSING"), 15, "the killed node's entries closed")
+    assert not listed(tenant, "RETRY")
+    abandoned = listed(tenant, "ABANDONED")
+    assert "slow 0-5" in {e["subject"] for e in abandoned}
+    for summary in abandoned:
+        shown = flowrt(tenant, "mpl", "show", summary["message_id"], "--format", "json")
+        entry = json.loads(shown.output)
+        assert entry["node"] == victim.name
+        assert entry["error"]["chain"] == (
+            "ABANDONED: the runtime stopped (crashed or was killed) while this message was "
+            "processed"
+        )
+    text = flowrt(tenant, "mpl", "show", abandoned[0]["message_id"]).output
+    assert re.search(rf"^Node +{re.escape(victim.name)}$", text, re.MULTILINE), text
     view = status(tenant)
     assert {n["node"]: n["state"] for n in view["nodes"]} == {
         victim.name: "gone",
@@ -295,6 +362,13 @@ def test_kill_9_of_the_node_mid_batch_another_takes_over(
     assert survivor.proc.poll() is None
     # one node sends the alerts (both read the one MPL): now the survivor
     wait_for(lambda: notifier_node(tenant) == survivor.name, 15, "the notifier's takeover")
+    return {
+        "mails": len(subjects),
+        "lost": len(set(subjects) - set(got)),
+        "duplicated": len(twice),
+        "abandoned": len(abandoned),
+        "seconds_after_kill": round(all_in, 1),
+    }
 
 
 def notifier_node(tenant: Path) -> str:
@@ -360,3 +434,143 @@ def test_postgresql_restart_mid_run_nothing_lost(
     got = arrived(dovecot, target)
     assert set(got) == set(first + later) and max(got.values()) == 1
     wait_for(lambda: len(completed(tenant)) == 20, 20, "the MPL to catch up")
+
+
+def monitor_url(node: Node) -> str:
+    def found() -> str:
+        for line in node.log.read_text().splitlines():
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("event") == "monitor serving":
+                return str(record["url"])
+        return ""
+
+    wait_for(lambda: bool(found()), 20, "the monitor's address in the node's log")
+    return found()
+
+
+def test_every_nodes_monitor_shows_which_node_runs_each_flow(cluster: dict[str, Any]) -> None:
+    """The flows view comes from the shared store: a monitor on a machine whose own node runs
+    nothing (or none at all) shows the flows another node runs, and which node that is."""
+    tenant = cluster["tenant"]
+    for name in ("mon0", "mon1"):
+        cluster["deploy"](name)
+    cluster["start"]("node-b")
+
+    def runners() -> dict[str, str]:
+        return {row["flow"]: row["node"] for row in status(tenant)["flows"]}
+
+    wait_for(lambda: runners() == {"mon0": "node-b", "mon1": "node-b"}, 30, "node-b's polls")
+    # a monitor of this tenant directory, with no runtime of its own here
+    with TestClient(create_app(MonitorConfig(Tenant(tenant)))) as client:
+
+        def shown_nodes() -> set[str]:
+            return {r["node"] for r in client.get("/api/flows").json()["flows"]}
+
+        # between polls (no lease held) the node that polled last, once it reported a poll
+        wait_for(lambda: shown_nodes() == {"node-b"}, 10, "the monitor to name node-b")
+        shown = client.get("/api/flows").json()
+        assert [(r["flow"], r["state"], r["node"]) for r in shown["flows"]] == [
+            ("mon0", "STARTED", "node-b"),
+            ("mon1", "STARTED", "node-b"),
+        ]
+        assert [(n["node"], n["state"]) for n in shown["nodes"]] == [("node-b", "running")]
+        page = client.get("/flows").text
+        assert "node-b" in page and "NOT RUNNING" not in page
+        assert client.get("/readyz").status_code == 200
+
+    # node-a's own monitor (inside its runtime) shows the same view of both nodes
+    a = cluster["start"]("node-a", args=("--http", "127.0.0.1:0"))
+    with httpx.Client(base_url=monitor_url(a), timeout=10) as http:
+        shown = http.get("/api/flows").json()
+        assert {(r["flow"], r["state"]) for r in shown["flows"]} == {
+            ("mon0", "STARTED"),
+            ("mon1", "STARTED"),
+        }
+        assert {r["node"] for r in shown["flows"]} <= {"node-a", "node-b"}
+        assert {n["node"]: n["state"] for n in shown["nodes"]} == {
+            "node-a": "running",
+            "node-b": "running",
+        }
+
+
+def alerted(dovecot: DovecotServer, user: MailboxUser) -> collections.Counter[str]:
+    """How many alert mails name each MPL message ID."""
+    found: collections.Counter[str] = collections.Counter()
+    for _uid, _flags, raw in dovecot.messages(user.address, "INBOX"):
+        text = email.message_from_bytes(raw, policy=email.policy.default)
+        body = text.get_body(("plain",))
+        assert body is not None
+        match = re.search(r"Message (\S+) of flow", body.get_content())
+        assert match, body.get_content()
+        found[match.group(1)] += 1
+    return found
+
+
+def test_two_nodes_send_each_dead_letter_alert_once_across_a_kill_9(
+    cluster: dict[str, Any],
+    dovecot: DovecotServer,
+    postfix: PostfixServer,
+    new_mailbox_user: Callable[..., MailboxUser],
+) -> None:
+    """One node sends the alerts (the notifier's lease), from the notification log in the
+    store, whichever machine it is on: node-b sends, then node-a, then node-b again after
+    node-a was killed; each goes on from where the one before stopped (node-b not from where
+    it once was), so no alert comes twice and none is lost."""
+    tenant = cluster["tenant"]
+    ops = new_mailbox_user(prefix="ops")
+    set_server = flowrt(
+        tenant,
+        *("notify", "server", "set", f"127.0.0.1:{postfix.smtps_port}"),
+        *("--protection", "smtps", "--credential", "smtp-out"),
+        *("--from", "accounting@example.com", "--timeout", "5s"),
+    )
+    assert set_server.exit_code == 0, set_server.output
+    for args in (
+        ("rule", "add", "dead", "--on", "dead-letter", "--to", ops.address),
+        ("limit", "100"),
+    ):
+        result = flowrt(tenant, "notify", *args)
+        assert result.exit_code == 0, result.output
+    # Postfix refuses the recipient; after one attempt the mail is a dead letter
+    on_error = "    on-error {\n        max-attempts 1\n    }\n"
+    source = cluster["deploy"]("refused", to="nobody@example.com", on_error=on_error)
+
+    def refuse(numbers: range) -> None:
+        for i in numbers:
+            dovecot.append(source.address, "INBOX", mail(f"refused {i}"))
+
+    def alerts() -> int:
+        return sum(alerted(dovecot, ops).values())
+
+    b = cluster["start"]("node-b", copy=True)  # its files are its own, the store is shared
+    wait_for(lambda: notifier_node(tenant) == "node-b", 15, "node-b to send the alerts")
+    refuse(range(1))
+    wait_for(lambda: alerts() >= 1, 60, "node-b's alert")
+    a = cluster["start"]("node-a")
+    b.stop()  # hands the notifier's lease over
+    wait_for(lambda: notifier_node(tenant) == "node-a", 15, "node-a to send the alerts")
+    refuse(range(1, 3))
+    wait_for(lambda: alerts() >= 3, 60, "node-a's alerts")
+    cluster["start"]("node-b", home=b.home)
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    refuse(range(3, 5))  # while no one sends alerts
+
+    def dead_letters() -> dict[str, str]:
+        rows = listed(tenant, "ESCALATED")
+        return {row["message_id"]: row["subject"] for row in rows}
+
+    wait_for(lambda: len(set(dead_letters().values())) >= 5, 60, "five dead letters")
+    wait_for(lambda: notifier_node(tenant) == "node-b", 20, "node-b to take over again")
+    wait_for(lambda: set(alerted(dovecot, ops)) >= set(dead_letters()), 60, "every alert")
+    time.sleep(3)  # a notifier cycle or two more: nothing may come twice
+    got = alerted(dovecot, ops)
+    assert set(got) == set(dead_letters()), "every dead letter alerted, no other message"
+    assert max(got.values()) == 1, "none twice"
+    assert sorted(set(dead_letters().values())) == [f"refused {i}" for i in range(5)]
+    # the notification log and counters are the store's: the same from any node's directory
+    for home in (tenant, b.home):
+        log = json.loads(flowrt(home, "notify", "log", "--format", "json").output)
+        assert sorted(a["mpl_id"] for a in log if a["status"] == "sent") == sorted(got)
+        counters = json.loads(flowrt(home, "notify", "counters", "--format", "json").output)
+        assert [(c["recipient"], c["sent_24h"]) for c in counters] == [(ops.address, len(got))]

@@ -23,6 +23,7 @@ from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import _TEXT_COLUMNS as TEXT_COLUMNS
 from flowrt.mpl.store import (
+    ABANDONED_HINT,
     DEFAULT_LIMIT,
     DEFAULT_RETENTION,
     build_entry,
@@ -36,11 +37,14 @@ from flowrt.store.pg.connect import PgDatabase
 __all__ = ["PgMplStore"]
 
 _ID_MAX = "\U0010ffff"
+SETTLE = 10.0
+"""Seconds an MPL write transaction takes at most (a recorder batch is ~0.1 s): rows first
+written longer ago than this are settled (see :meth:`PgMplStore.settled_row_id`)."""
 _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = [MplStatus.PROCESSING.value, MplStatus.RETRY.value]
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
-    "log_start, log_end, simulation, failed_step, subject, mail_from"
+    "log_start, log_end, simulation, failed_step, subject, mail_from, node"
 )
 _ENTRY_COLUMNS = ", ".join(_schema.ENTRY_COLUMNS)
 _UPSERT = (
@@ -235,6 +239,21 @@ class PgMplStore:
             row = conn.execute("SELECT coalesce(max(id), 0) FROM mpl_entries").fetchone()
         return int(row[0]) if row else 0
 
+    def settled_row_id(self, after: int) -> int:
+        """As :meth:`MplStore.settled_row_id`. Several nodes insert at once, and a row's
+        id is taken when it is inserted, not when its transaction commits: a row with a
+        lower id can become visible later. A row first written :data:`SETTLE` seconds ago
+        (``written``, the database's clock) had every lower id's transaction started
+        before it, and those have ended since; the highest such id after ``after`` is the
+        bound (or ``after``)."""
+        with self._guard("read") as conn:
+            row = conn.execute(
+                "SELECT max(id) FROM mpl_entries WHERE id > %s AND "
+                "written < extract(epoch from clock_timestamp()) - %s",
+                (after, SETTLE),
+            ).fetchone()
+        return after if row is None or row[0] is None else int(row[0])
+
     def rows_after(
         self, row_id: int, *, flow: str | None = None, limit: int = 1000
     ) -> list[tuple[int, MplSummary]]:
@@ -274,22 +293,31 @@ class PgMplStore:
 
     # ------------------------------------------------------------------ endings
 
-    def abandon_unfinished(self, reason: str, *, now: float | None = None) -> int:
-        """As :meth:`MplStore.abandon_unfinished`. Only for a store one runtime uses: with
-        several nodes, what is unfinished may be another node's mail in hand."""
+    def abandon_unfinished(
+        self, reason: str, *, now: float | None = None, nodes: Sequence[str] | None = None
+    ) -> int:
+        """As :meth:`MplStore.abandon_unfinished`. With several nodes, what is unfinished
+        may be another node's mail in hand: a node passes ``nodes``, the ones it knows are
+        gone (itself at start), and only their entries are closed."""
         levels = json.dumps([["ABANDONED", reason]])
+        where = "status = ANY(%s) AND simulation = 0"
+        args: list[Any] = [_UNFINISHED]
+        if nodes is not None:
+            if not nodes:
+                return 0
+            where += " AND node = ANY(%s)"
+            args.append(list(nodes))
         with self._guard("close abandoned entries") as conn:
             cursor = conn.execute(
                 "UPDATE mpl_entries SET status = %s, log_end = coalesce(log_end, %s), "
-                "error_chain = %s, error_levels = %s, error_hint = %s "
-                "WHERE status = ANY(%s) AND simulation = 0",
+                f"error_chain = %s, error_levels = %s, error_hint = %s WHERE {where}".encode(),
                 (
                     MplStatus.ABANDONED.value,
                     time.time() if now is None else now,
                     f"ABANDONED: {reason}",
                     levels,
-                    "the mail stayed in its mailbox and is processed again (a later entry)",
-                    _UNFINISHED,
+                    ABANDONED_HINT,
+                    *args,
                 ),
             )
             return cursor.rowcount
