@@ -89,6 +89,9 @@ class SourceHealth(Protocol):
 
 
 class PollOutcome(Protocol):
+    """What a poll says to the schedule. An outcome may also have ``more`` (True: it
+    stopped at ``max-messages`` with mail left; a ``poll every`` source polls again at once)."""
+
     @property
     def busy(self) -> str:
         """Why the poll did not run (another runtime holds the source's lock), or ""."""

@@ -83,6 +83,10 @@ class FlowInstance:
     def name(self) -> str:
         return self.deployment.name
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> bool:
@@ -189,9 +193,11 @@ class FlowInstance:
 
     # ------------------------------------------------------------------ per message
 
-    async def handle(self, exchange: Exchange) -> Verdict:
+    async def handle(self, exchange: Exchange, *, flush: bool = True) -> Verdict:
         """Run one mail through the flow; the verdict says whether the flow finished with
-        it, and if not, when to try again or that its attempts are over (see ending.py)."""
+        it, and if not, when to try again or that its attempts are over (see ending.py).
+        ``flush=False``: the source calls :meth:`durable` before it records the verdict
+        (once for the mails that end together)."""
         assert self._runner is not None
         if self._stop.is_set():
             # stopping: handed back, unmarked, for the next runtime to take; not an attempt
@@ -240,7 +246,8 @@ class FlowInstance:
             if result.error is not None:
                 self.status.last_error = summary(result.error)
                 self.status.last_hint = find_hint(result.error) or ""
-        self._durable()
+        if flush or not verdict.ok:  # failures and dead letters: as one at a time did
+            self._durable()
         self.refresh()
         return verdict
 
@@ -288,6 +295,9 @@ class FlowInstance:
     def _dead_letter_failed(self, text: str) -> None:
         self.status.last_error = text
         self._log.error("dead letter failed; mail left in the mailbox", error=text)
+
+    def durable(self) -> None:
+        self._durable()
 
     def _durable(self) -> None:
         """The MPL entry is written before the source records the mail as done and changes
@@ -389,3 +399,16 @@ class _Handler:
 
     async def refused(self, exchange: Exchange) -> Verdict:
         return await self._instance.handle(exchange)
+
+    async def ending(self, exchange: Exchange) -> Verdict:
+        """Like calling the handler, but the MPL entry is made durable by :meth:`durable`,
+        which the source calls before it writes the mail's record."""
+        return await self._instance.handle(exchange, flush=False)
+
+    def durable(self) -> None:
+        self._instance.durable()
+
+    @property
+    def stopping(self) -> bool:
+        """The source starts no more mails: what it has not started is handed back."""
+        return self._instance.stopping

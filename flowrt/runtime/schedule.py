@@ -5,7 +5,9 @@ when the next one runs, and never lets a failure end the loop.
 ``poll every`` flows poll once at start, then on a grid shifted by a random phase within the
 interval: a runtime started with hundreds of ``every 1m`` flows would otherwise poll them all
 in the same second each minute (a thundering herd on the mail server and on the state DB).
-The phase only ever shortens the first gap, so no flow waits longer than its interval.
+The phase only ever shortens the first gap, so no flow waits longer than its interval. A
+poll that stopped at ``max-messages`` with mail left (``more``) is followed by the next at
+once: a backlog is not worked off ``max-messages`` per interval.
 
 :func:`is_due` answers ``flowrt run --once --due``: has a scheduled run passed since the
 flow's last poll (recorded in the state DB)?
@@ -72,8 +74,10 @@ async def run_on_schedule(
             if schedule.kind == "idle":
                 delay = await source.session(stop)
             else:
-                await source.poll_once()
+                outcome = await source.poll_once()
                 delay = _until_next_poll(schedule, phase)
+                if schedule.kind == "every" and getattr(outcome, "more", False):
+                    delay = 0.0  # it stopped at max-messages with mail left: at once
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -118,3 +118,31 @@ async def test_a_staggered_start_waits_and_a_stop_during_the_wait_polls_nothing(
     stop.set()
     await asyncio.wait_for(task, 1)
     assert prompt.polls == 1
+
+
+@dataclasses.dataclass
+class _Outcome:
+    more: bool
+    busy: str = ""
+
+
+async def test_a_poll_that_stopped_at_max_messages_is_followed_by_the_next_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+
+    async def record_the_wait(stop: asyncio.Event, delay: float) -> bool:
+        waits.append(delay)
+        return len(waits) == 3
+
+    class _Backlog(_Source):
+        async def poll_once(self) -> _Outcome:  # type: ignore[override]
+            self.polls += 1
+            return _Outcome(more=self.polls < 3)  # two full polls, then the backlog is done
+
+    monkeypatch.setattr(schedule, "sleep_unless_stopped", record_the_wait)
+    source = _Backlog(PollEvery(dt.timedelta(minutes=5)))
+    await run_on_schedule(source)
+    assert source.polls == 3
+    assert waits[:2] == [0.0, 0.0]  # not five minutes for each max-messages mails
+    assert 0 < waits[2] <= 300

@@ -69,6 +69,7 @@ def make_sender(
     keep_original: bool = False,
     allow_plaintext_auth: bool = True,
     timeout: float = 5.0,
+    in_flight: int = 1,
 ) -> Sender:
     pos = Pos("test.flow", 1, 1)
     default_post = PostProcess("mark-read" if protocol == "imap" else "delete")
@@ -91,6 +92,7 @@ def make_sender(
         attachments=attachments,  # type: ignore[arg-type]
         headers=headers,
         keep_original=keep_original,
+        in_flight=in_flight,
         pos=pos,
         positions={},
     )

@@ -1,6 +1,7 @@
 """Run one poll in a process that kills itself with SIGKILL right after the Nth idempotency
-record was committed: the flow has finished with the mail (its "sent" marker is on disk)
-and the state DB says so, but the mailbox has not been changed yet.
+record was committed (with the records that ended together, in one transaction): the flow
+has finished with the mail (its "sent" marker is on disk) and the state DB says so, but the
+mailbox has not been changed yet.
 
     python -m tests.sender.crash_poller '{"port": ..., "kill_after": 3, ...}'
 
@@ -10,11 +11,13 @@ Used by test_sender_recovery.py; not a test module itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import ssl
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,24 @@ def main(config: dict[str, Any]) -> None:
     original = StateDB.record_done
     written = 0
 
+    original_batch = StateDB.batch
+
     def record_done(self: StateDB, *args: Any, **kwargs: Any) -> None:
         nonlocal written
         original(self, *args, **kwargs)
         written += 1
-        if written >= config["kill_after"]:
+        if written >= config["kill_after"] and not self._batching:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @contextlib.contextmanager
+    def batch(self: StateDB) -> Iterator[None]:
+        with original_batch(self):
+            yield
+        if written >= config["kill_after"]:  # committed: now the process dies
             os.kill(os.getpid(), signal.SIGKILL)
 
     StateDB.record_done = record_done  # type: ignore[method-assign]
+    StateDB.batch = batch  # type: ignore[method-assign]
 
     async def handle(exchange: Exchange) -> bool:
         with open(config["sent"], "a", encoding="utf-8") as sent:

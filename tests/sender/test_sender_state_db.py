@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flowrt.errors import TenantError
-from flowrt.runtime.state import SCHEMA_VERSION, PollerHealth, StateDB
+from flowrt.runtime.state import MIGRATIONS, SCHEMA_VERSION, PollerHealth, StateDB
 
 BOX = "imap:u@h/INBOX"
 
@@ -41,6 +41,32 @@ def test_message_id_fallback_only_across_generations(state: StateDB) -> None:
     found = state.find_by_message_id(BOX, "m@x", other_generation_than="2")
     assert found is not None and found.key == "uid:1:5"
     assert state.find_by_message_id(BOX, "", other_generation_than="2") is None
+
+
+def test_message_id_lookup_uses_an_index_also_after_upgrading(tmp_path: Path) -> None:
+    # a state DB of schema 3 (before the index that the lookup can use), with records in it
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path)
+    for version, migration in enumerate(MIGRATIONS[:3], start=1):
+        conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.executemany(
+        "INSERT INTO mail_records (mailbox, key, generation, message_id, status, created, "
+        "updated) VALUES (?, ?, '1', ?, 'done', 0, 0)",
+        [(BOX, f"uid:1:{i}", f"m{i}@x") for i in range(300)],
+    )
+    conn.commit()
+    conn.close()
+    with StateDB(path) as state:
+        statements: list[str] = []
+        state._conn.set_trace_callback(statements.append)
+        found = state.find_by_message_id(BOX, "m7@x", other_generation_than="2")
+        state._conn.set_trace_callback(None)
+        assert found is not None and found.key == "uid:1:7"
+        [lookup] = [s for s in statements if s.startswith("SELECT")]
+        plan = " ".join(str(row[-1]) for row in state._conn.execute(f"EXPLAIN QUERY PLAN {lookup}"))
+        # not a walk through every record of the mailbox, which each mail handed over paid
+        assert "USING INDEX mail_records_by_message_id" in plan, plan
 
 
 def test_many_keys_are_read_in_chunks(state: StateDB) -> None:

@@ -15,6 +15,10 @@ What the server does is set by a ``Script``:
   ``"MAIL"``, ``"RCPT"``, ``"DATA"`` (the reply after the data);
 * ``tls``: a ``ServerCert`` to offer STARTTLS with (``require_starttls`` to insist), or
   ``implicit_tls=True`` for SMTPS;
+* ``pipelining``: offer PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands
+  in order, so a pipelined group is answered reply by reply. ``waiting_at_mail`` records,
+  per MAIL FROM, the client's bytes already there behind it (a moment later): the rest of
+  the group when the client pipelines, nothing when it waits for each reply;
 * ``credentials``: ``{user: password}`` enables AUTH PLAIN, LOGIN and CRAM-MD5
   (``auth_required`` to insist; ``auth_require_tls`` defaults to "only if TLS is set").
 
@@ -54,12 +58,15 @@ class Script:
     data_reply: str | None = None
     drop_during_data: bool = False
     delays: Mapping[str, float] = field(default_factory=dict)
+    # recipient -> hold its RCPT reply until this many messages arrived (at most 8 s)
+    rcpt_hold: Mapping[str, int] = field(default_factory=dict)
     tls: ServerCert | None = None
     implicit_tls: bool = False
     require_starttls: bool = False
     credentials: Mapping[str, str] | None = None
     auth_required: bool = False
     auth_require_tls: bool | None = None
+    pipelining: bool = False
     hostname: str = "scripted.test.example"
     data_size_limit: int = 64 * 1024 * 1024
     timeout: float = 60.0
@@ -92,6 +99,8 @@ class _Handler:
     ) -> Any:
         await self._delay("EHLO")
         session.host_name = hostname
+        if self.script.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -110,6 +119,9 @@ class _Handler:
         mail_options: list[str],
     ) -> str:
         await self._delay("MAIL")
+        if self.script.pipelining:
+            await asyncio.sleep(0.02)
+            self.owner.waiting_at_mail.append(bytes(server._reader._buffer))  # type: ignore[attr-defined]
         if self.script.mail_reply:
             return self.script.mail_reply
         envelope.mail_from = address
@@ -125,6 +137,13 @@ class _Handler:
         rcpt_options: list[str],
     ) -> str:
         await self._delay("RCPT")
+        hold = self.script.rcpt_hold.get(address)
+        if hold:
+            for _ in range(400):
+                if len(self.owner.received) >= hold:
+                    break
+                await asyncio.sleep(0.02)
+            self.owner.held_saw.append(len(self.owner.received))
         reply = self.script.rcpt_replies.get(address) or self.script.rcpt_replies.get(
             address.lower()
         )
@@ -155,7 +174,12 @@ class _Handler:
             if isinstance(transport, asyncio.Transport):
                 transport.abort()  # no reply at all; connection_lost cancels this handler
             await asyncio.sleep(3600)
-        await self._delay("DATA")
+        self.owner.in_data += 1
+        self.owner.most_in_data = max(self.owner.most_in_data, self.owner.in_data)
+        try:
+            await self._delay("DATA")
+        finally:
+            self.owner.in_data -= 1
         return self.script.data_reply or "250 2.0.0 OK queued"
 
     async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -211,6 +235,10 @@ class ScriptedSMTPServer:
         self.port = 0
         self.received: list[ReceivedMessage] = []
         self.connections = 0
+        self.held_saw: list[int] = []  # messages arrived when a held RCPT was answered
+        self.waiting_at_mail: list[bytes] = []  # see Script.pipelining
+        self.in_data = 0  # transactions between their data and its reply
+        self.most_in_data = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None

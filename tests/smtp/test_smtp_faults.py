@@ -28,6 +28,20 @@ from tests.smtp.conftest import TestTenant, drop_once_server, make_receiver
 Start = Callable[..., ScriptedSMTPServer]
 
 
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def scripted(request: pytest.FixtureRequest, scripted: Start) -> Start:
+    """Every scripted server here twice: without PIPELINING (a command, its reply) and with
+    it (MAIL, RCPT and DATA in one write): the same replies kept, the same failures."""
+
+    def start(server: ScriptedSMTPServer | None = None, **fields: Any) -> ScriptedSMTPServer:
+        if server is None:
+            server = ScriptedSMTPServer(**fields)
+        server.script = dataclasses.replace(server.script, pipelining=request.param)
+        return scripted(server)
+
+    return start
+
+
 def receiver_for(tenant: TestTenant, port: int, **settings: str) -> SmtpReceiver:
     values = {
         "address": f'"127.0.0.1:{port}"',
@@ -153,6 +167,28 @@ async def test_some_recipients_refused_sends_to_the_rest_and_is_not_retried(
     assert received.rcpt_tos == ("accounting@example.com", "audit@example.com")
 
 
+async def test_the_envelope_goes_in_one_write_when_the_server_pipelines(
+    tenant: TestTenant, scripted: Start
+) -> None:
+    server = scripted()
+    to = '"accounting@example.com, audit@example.com"'
+    async with receiver_for(tenant, server.port, to=to) as smtp:
+        first = await smtp.deliver(mail("first"))
+        dots = Exchange(body=b".one dot\n..two dots\n", headers=Headers([("Subject", "dots")]))
+        second = await smtp.deliver(dots)
+    for report in (first, second):
+        assert report.accepted == ("accounting@example.com", "audit@example.com")
+        assert set(report.replies.values()) == {"250 2.1.5 OK"}
+        assert report.data_reply == "250 2.0.0 OK queued"
+    assert second.reused_connection
+    if server.script.pipelining:  # the RCPTs and DATA were there before MAIL's reply
+        group = b"RCPT TO:<accounting@example.com>\r\nRCPT TO:<audit@example.com>\r\nDATA\r\n"
+        assert server.waiting_at_mail == [group, group]
+    received = server.wait_for_messages(2)
+    assert [m.rcpt_tos for m in received] == [("accounting@example.com", "audit@example.com")] * 2
+    assert received[1].data.endswith(b"\r\n\r\n.one dot\r\n..two dots\r\n")  # dots kept
+
+
 @pytest.mark.parametrize(
     ("replies", "retryable"),
     [
@@ -190,6 +226,19 @@ async def test_refused_sender_and_refused_content(tenant: TestTenant, scripted: 
             await smtp.deliver(mail())
     assert info.value.message.startswith("451 4.7.1 Greylisted")
     assert is_retryable(info.value)
+
+
+async def test_a_421_reply_to_mail_from_is_a_closed_connection(
+    tenant: TestTenant, scripted: Start
+) -> None:
+    server = scripted(mail_reply="421 4.3.2 Service shutting down")
+    async with receiver_for(tenant, server.port) as smtp:
+        with pytest.raises(MailConnectException) as info:
+            await smtp.deliver(mail())
+        assert smtp.pool.idle_count() == 0
+    assert "closed during MAIL FROM (421 4.3.2 Service shutting down)" in render_chain(info.value)
+    assert is_retryable(info.value)
+    assert server.received == []
 
 
 # ----------------------------------------------------------------------------- dropped

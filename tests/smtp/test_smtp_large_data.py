@@ -16,7 +16,11 @@ from flowrt.adapters.mail.smtp.data import STREAM_ABOVE, end_line, streams, wire
 from flowrt.engine.exchange import Attachment, Exchange, Headers
 from flowrt.errors import MailConnectException, SendFailedException, is_retryable
 from tests.smtp.conftest import TestTenant, drop_once_server
-from tests.smtp.test_smtp_faults import Start, receiver_for
+from tests.smtp.test_smtp_faults import Start, receiver_for, scripted
+
+# every scripted server twice, as in the fault tests: without PIPELINING, the message goes
+# through smtp.data; with it, through the pipelined group's own writer (smtp.pipelining)
+__all__ = ["scripted"]
 
 TRICKY = [
     b"",

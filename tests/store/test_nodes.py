@@ -55,6 +55,7 @@ FLOW = """flow {name} {{
         auth          plain credential "{credential}"
         post-process  mark-read
         max-messages  50
+        in-flight     {in_flight}
         poll          every 1s
         timeout       10s
     }}
@@ -179,7 +180,7 @@ def cluster(
         wait_for(lambda: running(tenant, name), 20, f"node {name} to start")
         return node
 
-    def deploy(name: str, to: str = "", on_error: str = "") -> MailboxUser:
+    def deploy(name: str, to: str = "", on_error: str = "", in_flight: int = 8) -> MailboxUser:
         source = new_mailbox_user(prefix="src")
         add_credential(tenant, f"src-{name}", source)
         path = flows / f"{name}.flow"
@@ -191,6 +192,7 @@ def cluster(
                 credential=f"src-{name}",
                 target=to or target.address,
                 on_error=on_error,
+                in_flight=in_flight,
             )
         )
         result = flowrt(tenant, "deploy", str(path), "--wait", "0s")
@@ -384,7 +386,7 @@ def test_a_paused_node_does_not_touch_what_another_took(
     cluster: dict[str, Any], dovecot: DovecotServer
 ) -> None:
     tenant, target, flows = cluster["tenant"], cluster["target"], cluster["flows"]
-    source = cluster["deploy"]("paused")
+    source = cluster["deploy"]("paused", in_flight=1)  # node-a holds the slow mail alone
     subjects = ["slow p-0"] + [f"mail p-{j}" for j in range(1, 6)]
     for subject in subjects:
         dovecot.append(source.address, "INBOX", mail(subject))

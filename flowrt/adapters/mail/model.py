@@ -128,6 +128,7 @@ class Sender:
     claim: bool = True  # IMAP: claim each mail on the server (CONDSTORE) before handing it over
     # IMAP: how long the connection stays open between polls; None: log out after each poll
     keep_connection: dt.timedelta | None = dt.timedelta(minutes=25)
+    in_flight: int = 8  # mails handed over at once; 1: one after another, in mailbox order
 
     def describe(self) -> str:
         where = f"{self.connection.address}"

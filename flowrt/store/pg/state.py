@@ -145,9 +145,12 @@ class PgStateDB:
         if not message_id:
             return None
         with self._guard("read mail records") as conn:
+            # "message_id <> ''" lets the partial index serve a generic plan (a prepared
+            # statement's), which cannot know that the bound value is not empty
             row = conn.execute(
                 f"SELECT {_RECORD_COLUMNS} FROM mail_records WHERE mailbox = %s AND "
-                "message_id = %s AND generation <> %s AND status = 'done' LIMIT 1".encode(),
+                "message_id = %s AND message_id <> '' AND generation <> %s AND "
+                "status = 'done' LIMIT 1".encode(),
                 (mailbox, message_id, other_generation_than),
             ).fetchone()
         return None if row is None else _record(row)

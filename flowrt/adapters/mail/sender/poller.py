@@ -35,6 +35,11 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    :meth:`ImapMailbox.claim`. Where that is impossible, the poller warns (``warning``).
 6. Every wait is bounded; a poll or IDLE session that fails (server restarted, half-open
    connection) raises, and the schedule retries it with backoff.
+7. ``in-flight N`` mails are handed over at once (:class:`InFlight`): the next are fetched
+   while earlier ones run, and a slow flow holds the fetching back. Their endings are written
+   together (:class:`GroupCommit`: MPL flush, then the records, with no other work between);
+   the mailbox changes for all of them after the fetches, as before. A stopping runtime or a
+   lost lease starts no more mails; those started finish. ``in-flight 1``: mailbox order.
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ import structlog
 from flowrt import metrics
 from flowrt.adapters.mail.mime.read import mail_to_exchange
 from flowrt.adapters.mail.model import Poll, Sender
+from flowrt.adapters.mail.sender.commit import GroupCommit
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.errors import mailbox_locked
+from flowrt.adapters.mail.sender.inflight import InFlight
 from flowrt.adapters.mail.sender.keeper import KeptConnection
 from flowrt.adapters.mail.sender.mailbox import Candidate, Mailbox, content_key, message_id_of
 from flowrt.engine.exchange import Exchange
@@ -152,6 +159,9 @@ class MailPoller:
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
+        self._commits = GroupCommit(
+            lambda: getattr(self.handle, "durable", None), getattr(state, "batch", None)
+        )
         self._log = _log.bind(poller=self.name)
         # between polls: see keeper.py (an IDLE session holds its own connection)
         self._kept = KeptConnection(self._opener, keep=_keep_seconds(sender), log=self._log)
@@ -247,23 +257,46 @@ class MailPoller:
         result.more = len(todo) > self.sender.max_messages
         todo = todo[: self.sender.max_messages]
         todo = await self._claim(mailbox, todo, result)
-        state_error: FlowrtError | None = None
+        errors: list[FlowrtError] = []
         dead: list[_Dead] = []
-        async with contextlib.aclosing(mailbox.batches(todo)) as batches:
-            async for batch in batches:
-                for candidate, raw in batch:
+        flight = InFlight(self.sender.in_flight)
+
+        async def one(candidate: Candidate, raw: bytes) -> None:
+            try:
+                if await self._process(mailbox, candidate, raw, attempts, result, dead):
+                    finish.append(candidate)
+            except _RecordFailed as failed:  # see _process
+                finish.append(candidate)
+                errors.append(failed.error)
+
+        try:
+            async with contextlib.aclosing(mailbox.batches(todo)) as batches:
+                async for batch in batches:
+                    for candidate, raw in batch:
+                        await flight.slot()  # backpressure: a slow flow holds back the fetching
+                        if self._lost.is_set() or self._stopping():
+                            flight.release()
+                            break
+                        flight.spawn(one(candidate, raw))
                     if self._lost.is_set():
+                        result.lock_lost = True
+                        self._log.warning(
+                            "lease lost during the poll; stopping", lock=self.lock_key
+                        )
                         break
-                    try:
-                        if await self._process(mailbox, candidate, raw, attempts, result, dead):
-                            finish.append(candidate)
-                    except _RecordFailed as failed:  # see _process
-                        finish.append(candidate)
-                        state_error = state_error or failed.error
-                if self._lost.is_set():
-                    result.lock_lost = True
-                    self._log.warning("lease lost during the poll; stopping", lock=self.lock_key)
-                    break
+                    if self._stopping():  # the mails not started stay as they are
+                        break
+        except asyncio.CancelledError:
+            await flight.cancel()
+            raise
+        except BaseException:
+            await flight.drain()  # the started mails end before the poll fails
+            raise
+        await flight.drain()
+        if self._lost.is_set() and not result.lock_lost:  # lost while the last mails ran
+            result.lock_lost = True
+            self._log.warning("lease lost during the poll", lock=self.lock_key)
+        state_error = errors[0] if errors else None
         if (finish or dead) and self._fence is not None:
             # the mailbox is changed outside any transaction: make sure, right before, that
             # no other node took the mailbox while this one was busy (or paused)
@@ -289,7 +322,18 @@ class MailPoller:
         if state_error is not None:
             raise state_error
         self._purge_now_and_then(mailbox.scope)
+        # "more" asks for the next poll at once: only when this one got on with the mail
+        # (mail claimed elsewhere, or a stop, would otherwise be polled for in a loop)
+        result.more = (
+            result.more
+            and bool(result.handled or result.failed)
+            and not (result.lock_lost or self._stopping())
+        )
         return result
+
+    def _stopping(self) -> bool:
+        """The runtime is stopping: mails not started yet are handed back untouched."""
+        return bool(getattr(self.handle, "stopping", False))
 
     def _lease_lost(self, result: PollResult) -> None:
         self._lost.set()
@@ -426,14 +470,16 @@ class MailPoller:
                 dead.append(_Dead(candidate, verdict, message_id))
                 return False
             try:
-                count = self.state.record_failure(
-                    mailbox.scope,
-                    candidate.key,
-                    error=verdict.error,
-                    generation=mailbox.generation,
-                    message_id=message_id,
-                    next_attempt=verdict.retry_at,
-                    fence=self._fence,
+                count = await self._commits.write(
+                    lambda: self.state.record_failure(
+                        mailbox.scope,
+                        candidate.key,
+                        error=verdict.error,
+                        generation=mailbox.generation,
+                        message_id=message_id,
+                        next_attempt=verdict.retry_at,
+                        fence=self._fence,
+                    )
                 )
             except LeaseLost:
                 self._lease_lost(result)
@@ -447,13 +493,15 @@ class MailPoller:
             return False
         result.handled += 1
         try:
-            self.state.record_done(
-                mailbox.scope,
-                candidate.key,
-                generation=mailbox.generation,
-                message_id=message_id,
-                action=self.sender.post_process.action,
-                fence=self._fence,
+            await self._commits.write(
+                lambda: self.state.record_done(
+                    mailbox.scope,
+                    candidate.key,
+                    generation=mailbox.generation,
+                    message_id=message_id,
+                    action=self.sender.post_process.action,
+                    fence=self._fence,
+                )
             )
         except LeaseLost:
             # another node owns the mailbox now: it decides about this mail (it finds no
@@ -502,7 +550,9 @@ class MailPoller:
         else:
             exchange.properties.update(source)
         try:
-            verdict = await (self.handle if refused is None else refused)(exchange)
+            # ``ending``: the MPL entry is made durable by the group commit, before the record
+            ending = getattr(self.handle, "ending", None) if refused is None else None
+            verdict = await (ending or refused or self.handle)(exchange)
         except Exception as exc:
             return Verdict(False, error=summary(exc))
         if isinstance(verdict, Verdict):

@@ -19,6 +19,7 @@ from flowrt.dsl.spec import BlockSpec, Report, Settings, SettingSpec
 from flowrt.dsl.values import SpecError, ValueReader
 
 DEFAULT_MAX_MESSAGES = 100
+DEFAULT_IN_FLIGHT = 8  # measured: see the README's "Mails in flight"
 DEFAULT_POLL = PollEvery(dt.timedelta(minutes=1))
 # servers log out a connection idle for 30 minutes (RFC 9051 puts the autologout timer at
 # 30 minutes or more; Dovecot's is 30): a kept connection is closed before that
@@ -44,6 +45,12 @@ def _selection(r: ValueReader) -> str:
 
 def _max_messages(r: ValueReader) -> int:
     value = r.integer("a whole number of messages", minimum=1)
+    r.end()
+    return value
+
+
+def _in_flight(r: ValueReader) -> int:
+    value = r.integer("a whole number of mails", minimum=1)
     r.end()
     return value
 
@@ -141,9 +148,18 @@ SETTINGS = (
     SettingSpec(
         "max-messages",
         "N",
-        "Mails fetched per poll, at least 1.",
+        "Mails fetched per poll, at least 1 (with `poll every`, a poll that stopped here "
+        "polls again at once).",
         _max_messages,
         default=str(DEFAULT_MAX_MESSAGES),
+    ),
+    SettingSpec(
+        "in-flight",
+        "N",
+        "Mails processed at once: the next are fetched while earlier ones run through the "
+        "flow and its receivers; 1 handles one mail after another, in mailbox order.",
+        _in_flight,
+        default=str(DEFAULT_IN_FLIGHT),
     ),
     SettingSpec(
         "post-process",
@@ -262,6 +278,7 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
         folder=s.get("folder", "INBOX"),
         selection=selection,
         max_messages=s.get("max-messages", DEFAULT_MAX_MESSAGES),
+        in_flight=s.get("in-flight", DEFAULT_IN_FLIGHT),
         post_process=post,
         poll=poll,
         attachments=s.get("attachments", "keep"),

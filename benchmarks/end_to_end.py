@@ -1,0 +1,261 @@
+"""End to end: real Dovecot (IMAP with STARTTLS, and IMAPS) -> a deployed flow on
+``flowrt run`` -> Postfix' ``smtp-sink``, one JSON line per figure.
+
+The job (as in issue 22): forward ``--mails`` unread 2 KB mails and mark them read. For each
+``--in-flight`` value and each protection, a fresh tenant deploys the flow (``max-messages``
+= all mails, ``poll every 1s``), ``flowrt run`` starts as a process, and the sink's counter
+is watched every 2 ms:
+
+- ``rate_start_to_last``: mails / seconds from starting ``flowrt run`` to the last arrival
+  (includes Python's start, deploy load, connect, login, TLS);
+- ``rate_first_to_last``: (mails - 1) / seconds from the first arrival to the last;
+- ``cpu_s_per_1000``: user + system CPU seconds of the ``flowrt run`` process (start and
+  stop included) per 1,000 mails; ``peak_rss_mb``: its peak resident memory.
+
+References in the same run, on the same servers:
+
+- ``imap_only_rate``: flowrt's poller alone (``benchmarks/imap_poll.py``'s ``flowrt_rate``:
+  fetch, three steps, record, mark read; STARTTLS off);
+- ``smtp_only_rate``: flowrt's receiver alone (``benchmarks/smtp_send.py``'s ``flowrt_rate``,
+  4 sessions);
+- ``plain_script_rate``: what a user would write: imaplib fetch + smtplib send + mark,
+  one mail after another, on one connection each (STARTTLS);
+- ``vs_slower_part``: ``rate_first_to_last`` / min(imap_only, smtp_only) (goal 0.6).
+
+Each figure is the median over ``--rounds``. The machine may be shared and loaded: compare
+the ratios of one run, not absolute figures across runs. Nothing is asserted.
+
+Usage: ``python benchmarks/end_to_end.py [--mails 1000|5000] [--in-flight 1,4,8,16]
+[--rounds 3] [--protection starttls,imaps]``. Needs dovecot-imapd and postfix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import json
+import logging
+import os
+import signal
+import smtplib
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.servers and the other benchmarks
+
+from benchmarks import imap_poll, smtp_send  # noqa: E402
+from flowrt.adapters.mail.smtp.receiver import SmtpReceiver  # noqa: E402
+from flowrt.security import TenantSecurity  # noqa: E402
+from flowrt.security.setup import init_tenant  # noqa: E402
+from flowrt.tenant import Tenant  # noqa: E402
+from tests.servers import DovecotServer, MailboxUser  # noqa: E402
+from tests.servers.ca import TestCA  # noqa: E402
+from tests.servers.postfix import SmtpSink  # noqa: E402
+
+FLOW = """flow e2e {{
+    sender mail {{
+        protocol      imap
+        address       "127.0.0.1:{port}"
+        protection    {protection}
+        auth          plain credential "source"
+        post-process  mark-read
+        poll          every 1s
+        max-messages  {mails}
+        in-flight     {in_flight}
+        timeout       30s
+    }}
+    pipeline {{
+        set header "X-Forwarded-By" = "flowrt"
+    }}
+    receiver mail sink {{
+        address       "127.0.0.1:{sink}"
+        protection    off
+        auth          none
+        from          "integration@example.com"
+        to            "accounting@example.com"
+        subject       "Fwd: ${{header.Subject}}"
+        timeout       30s
+    }}
+}}
+"""
+
+
+def emit(figure: str, value: float, unit: str, **extra: object) -> None:
+    record = {"benchmark": "end_to_end", "figure": figure, "value": value, "unit": unit}
+    print(json.dumps({**record, **extra}), flush=True)
+
+
+def cli(tenant: Path, *args: str, stdin: str | None = None) -> None:
+    done = subprocess.run(
+        ["flowrt", "--tenant", str(tenant), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"flowrt {' '.join(args)} failed: {done.stdout}{done.stderr}")
+
+
+def make_tenant(folder: Path, ca: TestCA, user: MailboxUser, flow: str) -> Path:
+    tenant = folder / "tenant"
+    cli(tenant, "init")
+    (folder / "ca.pem").write_bytes(ca.cert_pem)
+    cli(tenant, "keystore", "add", "test-root", str(folder / "ca.pem"))
+    cli(
+        tenant,
+        "credentials",
+        "add",
+        "source",
+        "--user",
+        user.address,
+        "--password-stdin",
+        stdin=user.password,
+    )
+    (folder / "e2e.flow").write_text(flow)
+    cli(tenant, "deploy", str(folder / "e2e.flow"))
+    return tenant
+
+
+def flowrt_run(tenant: Path, sink: SmtpSink, mails: int) -> dict[str, float]:
+    base = sink.message_count()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        ["flowrt", "--tenant", str(tenant), "run", "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = last = 0.0
+    deadline = started + 600
+    while time.perf_counter() < deadline:
+        count = sink.message_count() - base
+        now = time.perf_counter()
+        if count >= 1 and not first:
+            first = now
+        if count >= mails:
+            last = now
+            break
+        if proc.poll() is not None:
+            raise SystemExit("flowrt run ended early")
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0  # reaped by wait4
+    if not last:
+        raise SystemExit(f"only {sink.message_count() - base} of {mails} mails arrived")
+    return {
+        "start_to_last": mails / (last - started),
+        "first_to_last": (mails - 1) / (last - first) if last > first else 0.0,
+        "cpu_per_1000": (usage.ru_utime + usage.ru_stime) / mails * 1000,
+        "rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def plain_script(dovecot: DovecotServer, user: MailboxUser, ca: TestCA, sink: SmtpSink) -> float:
+    """The script a user would write: fetch, forward, mark; one mail after another."""
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    started = time.perf_counter()
+    imap = imaplib.IMAP4("127.0.0.1", dovecot.imap_port)
+    imap.starttls(context)
+    imap.login(user.address, user.password)
+    imap.select("INBOX")
+    smtp = smtplib.SMTP("127.0.0.1", sink.port)
+    _, data = imap.uid("SEARCH", "UNSEEN")
+    uids = data[0].split()
+    for uid in uids:
+        _, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+        raw = parts[0][1]
+        smtp.sendmail("integration@example.com", ["accounting@example.com"], raw)
+        imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+    smtp.quit()
+    imap.logout()
+    return len(uids) / (time.perf_counter() - started)
+
+
+async def smtp_only(sink: SmtpSink, mails: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="flowrt-bench-") as folder:
+        init_tenant(Path(folder) / "tenant", environ={})
+        security = TenantSecurity.open(Tenant(Path(folder) / "tenant"))
+        receiver = SmtpReceiver(smtp_send.receiver_block(sink.port, 4), security, per_target=4)
+        try:
+            await smtp_send.flowrt_round(receiver, 50, 4)  # sessions open, as in a flow
+            seconds = await smtp_send.flowrt_round(receiver, mails, 4)
+        finally:
+            await receiver.aclose()
+    return mails / seconds
+
+
+async def imap_only(dovecot: DovecotServer, user: MailboxUser, mails: int) -> float:
+    seconds, done = await imap_poll.timed(
+        lambda: imap_poll.run_flowrt(dovecot.imap_port, user, mails)
+    )
+    return done / seconds
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    args.add_argument("--mails", type=int, default=1000, choices=(1000, 5000))
+    args.add_argument("--in-flight", default="1,4,8,16")
+    args.add_argument("--rounds", type=int, default=3)
+    args.add_argument("--protection", default="starttls,imaps")
+    opts = args.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("aioimaplib").setLevel(logging.WARNING)
+    os.environ.pop("FLOWRT_MASTER_KEY", None)
+    in_flight = [int(n) for n in opts.in_flight.split(",")]
+    protections = opts.protection.split(",")
+    n = opts.mails
+    common = {"mails": n, "rounds": opts.rounds}
+    ca = TestCA()
+    with DovecotServer(ca=ca.new_intermediate(), users={}) as dovecot, SmtpSink() as sink:
+        user = dovecot.new_user("e2e")
+        imap_poll.fill(dovecot, user, n)
+        figures: dict[str, list[float]] = {}
+        for _ in range(opts.rounds):
+            imap_poll.reset_seen(dovecot, user)
+            figures.setdefault("imap_only", []).append(asyncio.run(imap_only(dovecot, user, n)))
+            figures.setdefault("smtp_only", []).append(asyncio.run(smtp_only(sink, n)))
+            imap_poll.reset_seen(dovecot, user)
+            figures.setdefault("plain", []).append(plain_script(dovecot, user, ca, sink))
+            for protection in protections:
+                port = dovecot.imaps_port if protection == "imaps" else dovecot.imap_port
+                mode = "imaps" if protection == "imaps" else "starttls-mandatory"
+                for limit in in_flight:
+                    imap_poll.reset_seen(dovecot, user)
+                    flow = FLOW.format(
+                        port=port, protection=mode, mails=n, in_flight=limit, sink=sink.port
+                    )
+                    with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
+                        tenant = make_tenant(Path(folder), ca, user, flow)
+                        got = flowrt_run(tenant, sink, n)
+                    for name, value in got.items():
+                        figures.setdefault(f"{protection}/{limit}/{name}", []).append(value)
+        med = {name: statistics.median(values) for name, values in figures.items()}
+        emit("imap_only_rate", round(med["imap_only"]), "mails/s", **common)
+        emit("smtp_only_rate", round(med["smtp_only"]), "mails/s", **common)
+        emit("plain_script_rate", round(med["plain"]), "mails/s", **common)
+        slower = min(med["imap_only"], med["smtp_only"])
+        for protection in protections:
+            for limit in in_flight:
+                key = f"{protection}/{limit}"
+                extra = {**common, "protection": protection, "in_flight": limit}
+                emit("rate_start_to_last", round(med[f"{key}/start_to_last"]), "mails/s", **extra)
+                rate = med[f"{key}/first_to_last"]
+                emit("rate_first_to_last", round(rate), "mails/s", **extra)
+                emit("vs_slower_part", round(rate / slower, 2), "ratio", goal=0.6, **extra)
+                emit("vs_plain_script", round(rate / med["plain"], 2), "ratio", **extra)
+                emit("cpu_s_per_1000", round(med[f"{key}/cpu_per_1000"], 2), "s", **extra)
+                emit("peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)
+
+
+if __name__ == "__main__":
+    main()
