@@ -204,13 +204,15 @@ class FlowInstance:
             return Verdict(False, error="the runtime is stopping")
         scope, key = source_of(exchange)
         ledger: RecipientLedger | None = None
+        unreadable = exchange.properties.pop(UNREADABLE, None)
         if scope:
+            rows = self._state.deliveries(scope, key)
+            if rows and unreadable is None and self._completed_before(scope, key):
+                return Verdict(True)
             ledger = RecipientLedger(
-                self._state.deliveries(scope, key),
-                save=lambda rows: self._state.save_deliveries(scope, key, rows),
+                rows, save=lambda rows: self._state.save_deliveries(scope, key, rows)
             )
             exchange.properties[LEDGER] = ledger
-        unreadable = exchange.properties.pop(UNREADABLE, None)
         original = exchange.copy() if self._policy.dead_letter.kind == "receiver" else exchange
         self._in_flight += 1
         try:
@@ -250,6 +252,32 @@ class FlowInstance:
             self._durable()
         self.refresh()
         return verdict
+
+    def _completed_before(self, scope: str, key: str) -> bool:
+        """Did an earlier attempt of this mail complete, though its record never came?
+
+        The MPL entry is made durable before the source's record (the order rule), so a
+        node killed between the two leaves a COMPLETED entry for a mail that is handed over
+        again. Only a mail that already has deliveries is looked up (its receivers sent it
+        before), so new mail costs nothing; such a mail is done: running it again would
+        send to no one and only add a second final entry."""
+        try:
+            found = self._recorder.store.list_entries(
+                status=MplStatus.COMPLETED,
+                properties=[(SOURCE_PROPERTY, f"{scope} {key}")],
+                limit=1,
+            )
+        except FlowrtError as exc:  # then run it: the ledger still keeps the sends once
+            self._log.warning("MPL lookup of an earlier attempt failed", error=summary(exc))
+            return False
+        if not found:
+            return False
+        self._log.info(
+            "mail completed before the runtime stopped; recorded as done, not run again",
+            earlier_entry=found[0].message_id,
+            source=f"{scope} {key}",
+        )
+        return True
 
     async def _verdict(self, result: Result, original: Exchange, unreadable: bool) -> Verdict:
         if result.status is MplStatus.COMPLETED:

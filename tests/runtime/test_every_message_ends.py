@@ -42,7 +42,7 @@ FLOW = """flow ends {{
         address       "127.0.0.1:{imap}"
         protection    starttls-mandatory
         auth          plain credential "source"
-        post-process  mark-read
+        post-process  {post_process}
         poll          {poll}
         timeout       10s
     }}
@@ -89,10 +89,18 @@ def deploy(
     to: str = ALL,
     on_error: str = "",
     poll: str = "every 1s",
+    post_process: str = "mark-read",
 ) -> None:
     path = tenant.parent / "ends.flow"
     path.write_text(
-        FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, to=to, on_error=on_error, poll=poll)
+        FLOW.format(
+            imap=dovecot.imap_port,
+            smtp=smtp.port,
+            to=to,
+            on_error=on_error,
+            poll=poll,
+            post_process=post_process,
+        )
     )
     result = flowrt(tenant, "deploy", str(path))
     assert result.exit_code == 0, result.output
@@ -278,6 +286,30 @@ def test_attempts_wait_for_the_backoff_across_polls(
         )
     poll(tenant, 2)
     assert entries(tenant) == []  # not due: not handed over
+
+
+def test_a_mail_completed_before_a_crash_is_recorded_not_run_again(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    """A node killed after the mail's COMPLETED entry was made durable but before its
+    record was written: the mail is handed over again, and is recorded as done, neither
+    sent again nor given a second final entry."""
+    smtp = scripted_smtp()
+    deploy(tenant, dovecot, smtp, to="a@example.com", post_process="keep")
+    dovecot.append(source.address, "INBOX", mail("once"))
+    poll(tenant)
+    assert copies(smtp) == Counter({"a@example.com": 1})
+    scope = f"imap:{source.address}@127.0.0.1/INBOX"
+    with StateDB(Tenant(tenant).state_path) as state:
+        assert state.forget(scope, state.keys(scope)) == 1  # the record the crash never wrote
+    poll(tenant, 2)
+    assert copies(smtp) == Counter({"a@example.com": 1})
+    assert [e["status"] for e in entries(tenant)] == ["COMPLETED"]
+    with StateDB(Tenant(tenant).state_path) as state:
+        assert len(state.keys(scope)) == 1  # recorded now: the next polls skip it at once
 
 
 def test_an_idle_flow_wakes_up_for_its_due_retries(
