@@ -105,7 +105,9 @@ def read_status(tenant: Tenant) -> RuntimeStatus | None:
 
 def write_status(tenant: Tenant, status: RuntimeStatus) -> None:
     status.heartbeat_at = now_iso()
-    atomic_write(status_path(tenant), status.to_json(), mode=0o644)
+    # a live view, rewritten up to twice a second by a busy runtime: not worth two fsyncs
+    # each time (a runtime that crashed is told by its lock and its old heartbeat)
+    atomic_write(status_path(tenant), status.to_json(), mode=0o644, durable=False)
 
 
 class RuntimeLock:
