@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from flowrt import metrics
-from flowrt.adapters.registry import Adapters, Delivery, PollOutcome, Source
+from flowrt.adapters.registry import Adapters, Delivery, PollOutcome, Source, SourceHealth
 from flowrt.dsl.model import DEFAULT_POLICY, Flow, RetryPolicy
 from flowrt.engine.exchange import Exchange
 from flowrt.engine.runner import Result, Runner
@@ -75,6 +75,7 @@ class FlowInstance:
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._start_failed = False
+        self._seen: tuple[object, ...] = ()  # the inputs of the last refresh
         self._hard_cap = 65.0
         self._policy: RetryPolicy = DEFAULT_POLICY
         self._log = _log.bind(flow=deployment.name, version=deployment.version)
@@ -360,35 +361,72 @@ class FlowInstance:
     def refresh(self) -> None:
         """Take the poller's health into the status (and tell the runtime it changed)."""
         if self._poller is not None:
-            self.status.warning = str(getattr(self._poller, "warning", "") or "")
-            health = self._poller.health
-            if health.last_poll:
-                self.status.last_poll = _iso(health.last_poll)
-            if health.last_success:
-                self.status.last_success = _iso(health.last_success)
-            self.status.consecutive_failures = health.consecutive_failures
-            # a poll skipped for a lock held elsewhere leaves a note, not a failure in a row
-            skipped = getattr(health, "note", "")  # a source may not skip polls at all
-            if health.last_error and (health.consecutive_failures or skipped):
-                self.status.last_error = health.last_error
-                self.status.last_hint = getattr(self._poller, "last_hint", "")
-            # polls that keep failing put a running flow in ERROR (it retries with backoff);
-            # the next good poll brings it back
-            if self.status.state in (STARTED, ERROR) and not self._start_failed:
-                if health.consecutive_failures:
-                    self.status.state = ERROR
-                    self.status.reason = (
-                        f"{health.consecutive_failures} poll(s) failed in a row: "
-                        f"{health.last_error}"
-                    )
-                else:
-                    if self.status.state == ERROR:
-                        self.status.last_error = ""  # recovered: `status` shows no stale error
-                        self.status.last_hint = ""
-                    self.status.state = STARTED
-                    self.status.reason = ""
+            # the runtime refreshes every flow before each status write (a thousand flows,
+            # every second): a flow whose inputs did not change since is left as it is. A
+            # source that counts its health's changes spares the copy of its health
+            changes: int | None = getattr(self._poller, "health_changes", None)
+            health = self._poller.health if changes is None else None
+            seen = self._refresh_inputs(changes if health is None else health)
+            if seen == self._seen:
+                return
+            health = health or self._poller.health
+            self._take_health(health)
+            self._seen = self._refresh_inputs(health if changes is None else changes)
         self.status.updated = now_iso()
         self._on_change()
+
+    def _refresh_inputs(self, health: SourceHealth | int | None) -> tuple[object, ...]:
+        """Everything :meth:`_take_health` reads (it gives the same status again for the
+        same inputs); ``health`` is the source's count of its health's changes, or the
+        health itself when the source does not count them."""
+        assert self._poller is not None
+        inputs: object = health
+        if health is not None and not isinstance(health, int):
+            inputs = (
+                health.last_poll,
+                health.last_success,
+                health.consecutive_failures,
+                health.last_error,
+                getattr(health, "note", ""),
+            )
+        return (
+            inputs,
+            getattr(self._poller, "warning", ""),
+            getattr(self._poller, "last_hint", ""),
+            self.status.state,
+            self.status.reason,
+            self.status.last_error,
+            self.status.last_hint,
+            self._start_failed,
+        )
+
+    def _take_health(self, health: SourceHealth) -> None:
+        assert self._poller is not None
+        self.status.warning = str(getattr(self._poller, "warning", "") or "")
+        if health.last_poll:
+            self.status.last_poll = _iso(health.last_poll)
+        if health.last_success:
+            self.status.last_success = _iso(health.last_success)
+        self.status.consecutive_failures = health.consecutive_failures
+        # a poll skipped for a lock held elsewhere leaves a note, not a failure in a row
+        skipped = getattr(health, "note", "")  # a source may not skip polls at all
+        if health.last_error and (health.consecutive_failures or skipped):
+            self.status.last_error = health.last_error
+            self.status.last_hint = getattr(self._poller, "last_hint", "")
+        # polls that keep failing put a running flow in ERROR (it retries with backoff);
+        # the next good poll brings it back
+        if self.status.state in (STARTED, ERROR) and not self._start_failed:
+            if health.consecutive_failures:
+                self.status.state = ERROR
+                self.status.reason = (
+                    f"{health.consecutive_failures} poll(s) failed in a row: {health.last_error}"
+                )
+            else:
+                if self.status.state == ERROR:
+                    self.status.last_error = ""  # recovered: `status` shows no stale error
+                    self.status.last_hint = ""
+                self.status.state = STARTED
+                self.status.reason = ""
 
     def _set(self, state: str, *, reason: str = "", hint: str | None = None) -> None:
         self.status.state = state

@@ -66,16 +66,39 @@ class RuntimeStatus:
         beat = dt.datetime.fromisoformat(self.heartbeat_at)
         return not self.stopping and now - beat < STALE_AFTER
 
+    # each flow's JSON kept with the values it was made from: a thousand flows are written
+    # every heartbeat, and most of them did not change since the last write
+    _fragments: dict[str, tuple[tuple[Any, ...], bytes]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def to_json(self) -> bytes:
-        # written several times a second with a thousand flows: dataclasses.asdict (deep
-        # copies) and indenting cost 80 ms a write there, this 12 ms
+        # dataclasses.asdict (deep copies) and indenting cost 80 ms a write with a thousand
+        # flows; json.dumps of every flow 12 ms; joining the fragments of unchanged flows 1 ms
         data: dict[str, Any] = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
-            if field.name != "flows"
+            if field.name not in ("flows", "_fragments")
         }
-        data["flows"] = {name: dict(vars(flow)) for name, flow in self.flows.items()}
-        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+        head = json.dumps(data, separators=(",", ":")).encode("utf-8")
+        flows = b",".join(
+            json.dumps(name).encode("utf-8") + b":" + self._fragment(name, flow)
+            for name, flow in self.flows.items()
+        )
+        if len(self._fragments) > len(self.flows):  # flows undeployed
+            for name in [n for n in self._fragments if n not in self.flows]:
+                del self._fragments[name]
+        return head[:-1] + b',"flows":{' + flows + b"}}"
+
+    def _fragment(self, name: str, flow: FlowStatus) -> bytes:
+        values = vars(flow)
+        key = tuple(values.values())
+        cached = self._fragments.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fragment = json.dumps(values, separators=(",", ":")).encode("utf-8")
+        self._fragments[name] = (key, fragment)
+        return fragment
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RuntimeStatus:

@@ -228,3 +228,43 @@ async def test_a_failed_mail_is_never_marked_even_when_the_state_db_fails(
     with pytest.raises(TenantError):
         await p.poll_once()
     assert mailbox.finished == []
+
+
+async def test_health_is_saved_when_it_changes_and_poll_times_when_the_poller_closes(
+    state: StateDB,
+) -> None:
+    mailbox = ScriptedMailbox({})
+    p = scripted_poller(state, mailbox, Recorder())
+    await p.poll_once()  # the first poll: saved (there was none)
+    [first] = state.health(p.name)
+    assert first.last_success is not None
+
+    await p.poll_once()  # nothing but the poll times moved: kept in memory only
+    assert state.health(p.name)[0].last_poll == first.last_poll
+    assert p.health.last_poll is not None and p.health.last_poll >= first.last_poll
+
+    # a failure is saved at once (what `poller-failing` reads), and so is the recovery
+    p._failed(MailConnectException("Could not connect to IMAP host: h, port: 143"))
+    [failing] = state.health(p.name)
+    assert failing.consecutive_failures == 1 and failing.last_error.startswith("MailConnect")
+    assert failing.last_success == p.health.last_success
+    await p.poll_once()
+    assert state.health(p.name)[0].consecutive_failures == 0
+
+    await p.poll_once()
+    await p.aclose()  # stop: the poll times not saved yet are (for `run --once --due`)
+    assert state.health(p.name)[0].last_poll == p.health.last_poll
+
+
+async def test_poll_times_alone_are_saved_every_few_minutes(
+    state: StateDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowrt.adapters.mail.sender import poller as module
+
+    p = scripted_poller(state, ScriptedMailbox({}), Recorder())
+    await p.poll_once()
+    saved = state.health(p.name)[0].last_poll
+    assert saved is not None
+    monkeypatch.setattr(module, "HEALTH_SAVE_GAP", 0.0)
+    await p.poll_once()
+    assert state.health(p.name)[0].last_poll == p.health.last_poll

@@ -93,6 +93,10 @@ IDLE_REFRESH = 25 * 60.0  # servers may drop an IDLE after 30 minutes (RFC 2177)
 LOCK_TTL = 120.0
 RECORD_RETENTION = 30 * 86400.0  # records of mails that left the mailbox's selection
 PURGE_EVERY = 86400.0
+# a poll that changed nothing but the poll times is saved at most this often (and when the
+# poller closes): a thousand flows polling each minute wrote a row each poll for no reader.
+# The status view has the times at once; the saved ones serve `run --once --due` and a restart
+HEALTH_SAVE_GAP = 300.0
 
 _log = structlog.get_logger("flowrt.sender")
 
@@ -156,6 +160,9 @@ class MailPoller:
         self.last_hint = ""  # the hint of the last failed or skipped poll
         self._opener = opener or self._open_mailbox
         self._health = self._saved_health()
+        self._saved = _without_times(self._health) if self._health.last_poll else None
+        self._saved_poll = self._health.last_poll
+        self.health_changes = 0  # counts the changes of `health`: a reader sees it moved
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
@@ -212,7 +219,10 @@ class MailPoller:
         return result
 
     async def aclose(self) -> None:
-        """Log out the connection kept between polls (stop, undeploy)."""
+        """Log out the connection kept between polls (stop, undeploy); save the poll times
+        not saved yet."""
+        if self._health.last_poll != self._saved_poll:
+            self._write_health()
         await self._kept.aclose()
 
     async def _open_mailbox(self) -> Mailbox:
@@ -693,10 +703,32 @@ class MailPoller:
             self._log.warning("could not log the poll failure", error=summary(error))
 
     def _save_health(self) -> None:
+        self.health_changes += 1
+        h = self._health
+        if (
+            self._saved == _without_times(h)
+            and h.last_poll is not None
+            and self._saved_poll is not None
+            and h.last_poll - self._saved_poll < HEALTH_SAVE_GAP
+        ):
+            return  # only the poll times moved: kept in memory (and in the status view)
+        self._write_health()
+
+    def _write_health(self) -> None:
         try:
             self.state.save_health(self._health)
         except FlowrtError as exc:  # health is a report; never fail a poll over it
             self._log.warning("could not save the poller health", error=summary(exc))
+            return
+        self._saved = _without_times(self._health)
+        self._saved_poll = self._health.last_poll
+
+
+def _without_times(health: PollerHealth) -> PollerHealth:
+    """What a saved health must show as it is: everything but the times of the polls."""
+    # (whether there was a success at all is more than a time: `poller-failing` says "never")
+    success = None if health.last_success is None else 0.0
+    return dataclasses.replace(health, last_poll=None, last_success=success)
 
 
 def _keep_seconds(sender: Sender) -> float:
