@@ -215,3 +215,81 @@ async def test_small_tls_read_buffers_read_a_large_mail_whole(
     # the spooled literal (imap/client.py) is handed on as the bytes it was read into
     raw = handle.seen[0].properties[SOURCE_RAW]
     assert type(raw) is bytes and raw.replace(b"\r\n", b"\n") == big.replace(b"\r\n", b"\n")
+
+
+def _count_searches(p: Any) -> list[int]:
+    """Counts the UID SEARCHes of the poller's kept IMAP connections."""
+    searches: list[int] = []
+    opener = p._kept._opener
+
+    async def counting_opener() -> Any:
+        mailbox = await opener()
+        original = mailbox.client.uid_search
+
+        async def uid_search(*criteria: str) -> list[int]:
+            searches.append(1)
+            return list(await original(*criteria))
+
+        mailbox.client.uid_search = uid_search
+        return mailbox
+
+    p._kept._opener = counting_opener
+    return searches
+
+
+async def test_an_unchanged_folder_is_not_searched_again_and_new_mail_is_seen(
+    dovecot: DovecotServer, mailbox_user: MailboxUser, state: StateDB
+) -> None:
+    sender = imap_sender(dovecot)
+    handle = Recorder()
+    p = poller(sender, endpoint_for(sender, mailbox_user), handle, state)
+    searches = _count_searches(p)
+    assert (await p.poll_once()).handled == 0
+    first = len(searches)  # the candidates, and this runtime's claims a crash may have left
+    assert first >= 1
+    assert (await p.poll_once()).handled == 0  # a NOOP said nothing changed: no search
+    assert len(searches) == first
+    fill(dovecot, mailbox_user, [make_mail("new")])
+    before = dovecot.logins(mailbox_user.address)
+    assert (await p.poll_once()).handled == 1
+    assert handle.subjects == ["new"] and len(searches) > first
+    assert dovecot.logins(mailbox_user.address) == before  # on the kept connection
+    await p.aclose()
+
+
+async def test_a_mail_another_client_marks_unread_again_is_handed_over(
+    dovecot: DovecotServer, mailbox_user: MailboxUser, state: StateDB
+) -> None:
+    sender = imap_sender(dovecot)  # selection: unread
+    handle = Recorder()
+    p = poller(sender, endpoint_for(sender, mailbox_user), handle, state)
+    [uid] = fill(dovecot, mailbox_user, [make_mail("read by a person")])
+    with dovecot.imap(mailbox_user.address) as c:
+        c.select("INBOX")
+        c.uid("STORE", str(uid), "+FLAGS", r"(\Seen)")
+    assert (await p.poll_once()).handled == 0
+    with dovecot.imap(mailbox_user.address) as c:
+        c.select("INBOX")
+        c.uid("STORE", str(uid), "-FLAGS", r"(\Seen)")
+    assert (await p.poll_once()).handled == 1
+    assert handle.subjects == ["read by a person"]
+    await p.aclose()
+
+
+async def test_the_folder_is_selected_again_after_a_while(
+    dovecot: DovecotServer,
+    mailbox_user: MailboxUser,
+    state: StateDB,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowrt.adapters.mail.imap import mailbox as module
+
+    sender = imap_sender(dovecot)
+    p = poller(sender, endpoint_for(sender, mailbox_user), Recorder(), state)
+    searches = _count_searches(p)
+    await p.poll_once()
+    first = len(searches)
+    monkeypatch.setattr(module, "RESELECT_AFTER", 0.0)
+    await p.poll_once()  # SELECTed again: searched again, whatever a NOOP would say
+    assert len(searches) == first + 1
+    await p.aclose()

@@ -87,6 +87,11 @@ Responder = Callable[[bytes], bytes]
 
 _EXISTS = re.compile(rb"\* (\d+) EXISTS\b", re.IGNORECASE)
 _BYE = re.compile(rb"\* BYE\b ?(.*)", re.IGNORECASE)
+# what a server says of a selected folder's messages changing (new, expunged, flags); not
+# FLAGS, the folder's set of keywords (it grows when a search names a new keyword)
+_FOLDER_CHANGED = re.compile(
+    rb"\* (?:\d+ (?:EXISTS|EXPUNGE|FETCH|RECENT)|VANISHED)\b", re.IGNORECASE
+)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 
@@ -109,6 +114,7 @@ class ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
         self.close_reason = ""
         self.bye = ""
         self.new_mail = asyncio.Event()  # an EXISTS came (during IDLE or any command)
+        self.folder_changes = 0  # responses saying the selected folder changed, so far
         self.last_activity = time.monotonic()
         self._wire_secrets: dict[str, str] = {}
 
@@ -180,6 +186,8 @@ class ImapProtocol(IMAP4ClientProtocol):  # type: ignore[misc]
         return result
 
     def _untagged_response(self, line: bytes) -> Command | None:
+        if _FOLDER_CHANGED.match(line):
+            self.folder_changes += 1
         if _EXISTS.match(line):
             self.new_mail.set()
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -26,6 +27,10 @@ from flowrt.errors import FlowrtError, FolderNotFoundException
 __all__ = ["CLAIM_PREFIX", "DEAD_KEYWORD", "ImapMailbox"]
 
 DEAD_KEYWORD = "$flowrt-dead"
+# a kept connection's folder is SELECTed (and searched) again at least this often, whatever
+# the NOOPs in between said: a server that does not tell of every change (flags set by
+# another client are a MAY) delays a mail by this much at most
+RESELECT_AFTER = 600.0
 CLAIM_PREFIX = "$flowrt-claim-"
 
 
@@ -55,6 +60,12 @@ class ImapMailbox:
         self.uidvalidity = client.selected.uidvalidity if client.selected else 0
         self.scope = f"imap:{endpoint.login.user}@{endpoint.host}/{folder}"
         self.generation = str(self.uidvalidity)
+        self._selected_at = time.monotonic()
+        # the folder's change count before the last search that found no candidate (None:
+        # it found some); the same count after a NOOP means the search would find none again
+        self._empty_at: int | None = None
+        self._unchanged = False
+        self._claims_released = False  # on this connection, and none claimed since
 
     @classmethod
     async def open(
@@ -86,9 +97,15 @@ class ImapMailbox:
     # -- listing and fetching
 
     async def candidates(self) -> list[Candidate]:
+        if self._unchanged:  # see resume
+            self._unchanged = False
+            return []
         criteria = ("UNSEEN", "UNDELETED") if self.selection == "unread" else ("UNDELETED",)
+        # counted before the search: a change reported during it is a change after it
+        changes = self.client.protocol.folder_changes
         # a dead letter stays in the folder, visible, but is not handed over again
         uids = await self.client.uid_search(*criteria, "UNKEYWORD", DEAD_KEYWORD)
+        self._empty_at = None if uids else changes
         prefix = f"uid:{self.uidvalidity}:"
         return [Candidate(uid, f"{prefix}{uid}") for uid in uids]
 
@@ -188,6 +205,7 @@ class ImapMailbox:
         if not todo or not self.claim_owner or not self.can_claim:
             return list(todo)
         mine = f"{CLAIM_PREFIX}{self.claim_owner}"
+        self._claims_released = False
         by_uid = {c.ref: c for c in todo}
         items = await self.client.uid_fetch(list(by_uid), "(UID FLAGS MODSEQ)")
         ours: set[int] = set()
@@ -213,12 +231,13 @@ class ImapMailbox:
     async def release_claims(self) -> None:
         """Take this runtime's claims off (those a crash left too): done mails are read or
         gone by now, failed ones free for the next poll."""
-        if not self.claim_owner or not self.can_claim:
-            return
+        if not self.claim_owner or not self.can_claim or self._claims_released:
+            return  # (a kept connection's polls that claimed nothing: nothing to search)
         mine = f"{CLAIM_PREFIX}{self.claim_owner}"
         uids = await self.client.uid_search("KEYWORD", mine)
         if uids:
             await self.client.uid_store(uids, "-", mine)
+        self._claims_released = True
 
     # -- dead letters
 
@@ -250,6 +269,7 @@ class ImapMailbox:
         prefix = f"uid:{self.uidvalidity}:"
         uids = sorted(int(k[len(prefix) :]) for k in keys if k.startswith(prefix))
         if uids:
+            self._empty_at, self._unchanged = None, False  # (a silent STORE reports nothing)
             await self.client.uid_store(uids, "-", DEAD_KEYWORD)
 
     # -- IDLE
@@ -266,15 +286,26 @@ class ImapMailbox:
     # -- between polls
 
     async def resume(self) -> None:
-        """The next poll on this connection: SELECT again, which shows the folder as it is
-        now (new mail, and a UIDVALIDITY that changed meanwhile), and check the archive
-        folder as a new connection would. A connection the server closed meanwhile raises
-        StoreClosedException at once (the client fails commands on a closed connection)."""
-        await _select(self.client, self.endpoint, self.folder)
+        """The next poll on this connection. The folder stays selected: a NOOP has the
+        server report what changed since (new mail, expunges, flags; a UIDVALIDITY that
+        changed under a selected folder ends the session), and when it reported nothing
+        after a search that found no candidate, this poll does not search again. Every
+        :data:`RESELECT_AFTER` it is SELECTed again instead, as a new connection would. The
+        archive folder is checked as a new connection would. A connection the server closed
+        meanwhile raises StoreClosedException at once (the client fails commands on a
+        closed connection)."""
+        self._unchanged = False
+        if time.monotonic() - self._selected_at < RESELECT_AFTER and self.client.selected:
+            await self.client.noop()
+        else:
+            self._empty_at = None
+            await _select(self.client, self.endpoint, self.folder)
+            self._selected_at = time.monotonic()
+            self.uidvalidity = self.client.selected.uidvalidity if self.client.selected else 0
+            self.generation = str(self.uidvalidity)
         if self.post_process.action == "archive" and self.post_process.folder:
             await _check_archive(self.client, self.endpoint, self.post_process.folder)
-        self.uidvalidity = self.client.selected.uidvalidity if self.client.selected else 0
-        self.generation = str(self.uidvalidity)
+        self._unchanged = self._empty_at == self.client.protocol.folder_changes
 
     # -- closing
 
