@@ -293,3 +293,22 @@ async def test_the_folder_is_selected_again_after_a_while(
     await p.poll_once()  # SELECTed again: searched again, whatever a NOOP would say
     assert len(searches) == first + 1
     await p.aclose()
+
+
+async def test_a_dead_letter_replayed_between_quiet_polls_is_handed_over(
+    dovecot: DovecotServer, mailbox_user: MailboxUser, state: StateDB
+) -> None:
+    sender = imap_sender(dovecot)
+    handle = Recorder()
+    p = poller(sender, endpoint_for(sender, mailbox_user), handle, state)
+    uid = dovecot.append(mailbox_user.address, "INBOX", make_mail("dead"), ["$flowrt-dead"])
+    assert (await p.poll_once()).handled == 0
+    assert (await p.poll_once()).handled == 0
+    kept = p._kept._parked
+    assert kept is not None
+    # `flowrt deadletter replay`: the keyword comes off by a silent STORE, which the server
+    # does not report back; the poll must search anyway
+    state.request_replay(kept.scope, f"uid:{kept.uidvalidity}:{uid}")
+    assert (await p.poll_once()).handled == 1
+    assert handle.subjects == ["dead"]
+    await p.aclose()
