@@ -81,22 +81,20 @@ class RuntimeStatus:
             if field.name not in ("flows", "_fragments")
         }
         head = json.dumps(data, separators=(",", ":")).encode("utf-8")
-        flows = b",".join(
-            json.dumps(name).encode("utf-8") + b":" + self._fragment(name, flow)
-            for name, flow in self.flows.items()
-        )
+        flows = b",".join([self._fragment(name, flow) for name, flow in self.flows.items()])
         if len(self._fragments) > len(self.flows):  # flows undeployed
             for name in [n for n in self._fragments if n not in self.flows]:
                 del self._fragments[name]
         return head[:-1] + b',"flows":{' + flows + b"}}"
 
     def _fragment(self, name: str, flow: FlowStatus) -> bytes:
+        """``"name":{...}`` of one flow, made again only when one of its values changed."""
         values = vars(flow)
         key = tuple(values.values())
         cached = self._fragments.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        fragment = json.dumps(values, separators=(",", ":")).encode("utf-8")
+        fragment = json.dumps({name: values}, separators=(",", ":"))[1:-1].encode("utf-8")
         self._fragments[name] = (key, fragment)
         return fragment
 
