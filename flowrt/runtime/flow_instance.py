@@ -130,6 +130,10 @@ class FlowInstance:
         self._poller = sender.source(
             flow.sender, self._security, _Handler(self), self._state, name=flow.name
         )
+        if hasattr(self._poller, "on_health"):
+            # a failure or a recovery shows in the status at once; a poll that only moved
+            # the poll times waits for the runtime's next heartbeat
+            self._poller.on_health = self.refresh
 
     def run(self, *, start_after: float = 0.0) -> None:
         """Start polling on the flow's schedule (in the background), the first poll or

@@ -20,7 +20,9 @@ from flowrt._fs import atomic_write
 from flowrt.errors import TenantError
 from flowrt.tenant import Tenant
 
-HEARTBEAT = 1.0
+# a status with nothing new but poll times is written this often (a thousand flows' status is
+# ~300 KB); a change a reader acts on (a state, a failure, a deploy) within half a second
+HEARTBEAT = 2.0
 STALE_AFTER = dt.timedelta(seconds=5)
 
 # flow states

@@ -268,3 +268,17 @@ async def test_poll_times_alone_are_saved_every_few_minutes(
     monkeypatch.setattr(module, "HEALTH_SAVE_GAP", 0.0)
     await p.poll_once()
     assert state.health(p.name)[0].last_poll == p.health.last_poll
+
+
+async def test_a_failure_and_a_recovery_are_told_at_once_poll_times_are_not(
+    state: StateDB,
+) -> None:
+    p = scripted_poller(state, ScriptedMailbox({}), Recorder())
+    told: list[int] = []
+    p.on_health = lambda: told.append(p.health.consecutive_failures)
+    await p.poll_once()  # the first poll: a success where there was none
+    await p.poll_once()  # only the poll times moved
+    assert told == [0]
+    p._failed(MailConnectException("Could not connect to IMAP host: h, port: 143"))
+    await p.poll_once()
+    assert told == [0, 1, 0]

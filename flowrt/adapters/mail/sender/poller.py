@@ -163,6 +163,8 @@ class MailPoller:
         self._saved = _without_times(self._health) if self._health.last_poll else None
         self._saved_poll = self._health.last_poll
         self.health_changes = 0  # counts the changes of `health`: a reader sees it moved
+        # called when more than the poll times changed (a failure, a recovery, a skip)
+        self.on_health: Callable[[], None] | None = None
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
@@ -705,14 +707,18 @@ class MailPoller:
     def _save_health(self) -> None:
         self.health_changes += 1
         h = self._health
-        if (
-            self._saved == _without_times(h)
-            and h.last_poll is not None
-            and self._saved_poll is not None
-            and h.last_poll - self._saved_poll < HEALTH_SAVE_GAP
-        ):
-            return  # only the poll times moved: kept in memory (and in the status view)
+        if self._saved == _without_times(h):
+            if (
+                h.last_poll is not None
+                and self._saved_poll is not None
+                and h.last_poll - self._saved_poll < HEALTH_SAVE_GAP
+            ):
+                return  # only the poll times moved: kept in memory (and in the status view)
+            self._write_health()
+            return
         self._write_health()
+        if self.on_health is not None:
+            self.on_health()
 
     def _write_health(self) -> None:
         try:
