@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 WATCH_INTERVAL = 0.2
 STATUS_GAP = 0.5  # at most two status writes a second for changes (plus the heartbeat)
+NODE_HEARTBEAT = 1.0  # a node's report in a shared store: other nodes judge it by NODE_TTL
 START_RATE = 40.0  # flows per second whose first connection opens, when many start at once
 ABANDONED_REASON = "the runtime stopped (crashed or was killed) while this message was processed"
 LEASE_TTL = 120.0  # a mailbox lease unless `--lease` (the mail sender's LOCK_TTL)
@@ -210,6 +211,7 @@ class Runtime:
             self._notifier = start_notifier(self.tenant, self.security)
         generation = -1
         last_beat = last_purge = last_sweep = 0.0
+        heartbeat = NODE_HEARTBEAT if self.shared else HEARTBEAT
         while not self.stopping.is_set():
             reconciled = False
             try:
@@ -233,7 +235,7 @@ class Runtime:
             if (
                 reconciled
                 or (self._dirty and now - last_beat >= STATUS_GAP)
-                or now - last_beat >= HEARTBEAT
+                or now - last_beat >= heartbeat
             ):
                 for instance in self.instances.values():
                     instance.refresh()
