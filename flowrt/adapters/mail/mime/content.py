@@ -26,9 +26,9 @@ import re
 from collections.abc import Callable
 from email.message import EmailMessage, Message
 from email.policy import SMTP
-from io import BytesIO
 from typing import NamedTuple
 
+from flowrt.adapters.mail.mime.pieces import Base64, join_pieces
 from flowrt.adapters.mail.mime.wire import (
     MAX_LINE,
     choose_encoding,
@@ -44,7 +44,6 @@ from flowrt.adapters.mail.mime.wire import (
     serialize,
     simple_part_head,
     transfer_encode,
-    write_base64_crlf,
 )
 from flowrt.adapters.mail.model import Receiver
 from flowrt.dsl.model import Pos, Ref, Template
@@ -52,23 +51,12 @@ from flowrt.engine.exchange import Attachment, Exchange, Sealed
 from flowrt.engine.expressions import Value, compile_template
 from flowrt.errors import MessagingException
 
-__all__ = ["Content"]
+__all__ = ["Base64", "Content", "join_pieces"]
 
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CACHE_SIZE = 256  # entries per cache of part heads
 _ORIGINAL_NAME = "original.eml"
-
-
-class Base64:
-    """An attachment's content in base64, written only when the whole mail is (see
-    :func:`join_pieces`): a 25 MB
-    attachment is 34 MB of base64, which then exists once, in the mail's bytes."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
 
 # a part's bytes, as pieces joined once for the whole mail; and the text a boundary must not
@@ -424,17 +412,6 @@ class Content:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def join_pieces(pieces: list[bytes | Base64]) -> bytes:
-    """The pieces as one bytes object, each base64 content encoded straight into it."""
-    out = BytesIO()
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            out.write(piece)
-        else:
-            write_base64_crlf(piece.data, out)
-    return out.getvalue()
 
 
 def _ref(kind: str, name: str, pos: Pos) -> Template:
