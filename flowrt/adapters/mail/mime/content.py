@@ -175,7 +175,7 @@ class Content:
 
     def _attachment_part(self, attachment: Attachment) -> EmailMessage:
         meta = self._attachment_meta(attachment)
-        embedded = _embedded(meta.content_type, attachment.data)
+        embedded = _embedded(meta.content_type, attachment)
         part = self._attachment_mime(meta, embedded is not None)
         if embedded is not None:
             # A mail inside a mail should not be base64 (RFC 2046 5.2.1): embed it as it is.
@@ -396,7 +396,7 @@ class Content:
         """An attachment part's bytes, and its text when a boundary must be checked against
         it (see :meth:`_attachment_part`: the same part, written directly)."""
         meta = self._attachment_meta(attachment)
-        embedded = _embedded(meta.content_type, attachment.data)
+        embedded = _embedded(meta.content_type, attachment)
         key = (meta, embedded is not None)
         head = self.part_heads.get(key)
         if head is None:
@@ -408,7 +408,7 @@ class Content:
                 self.part_heads[key] = head
         if embedded is not None:
             return [head + embedded], embedded.decode("ascii")
-        return [head, Base64(attachment.data)], None
+        return [head, Base64(attachment.source)], None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -499,6 +499,6 @@ def _simple_head(meta: _Meta, embedded: bool) -> bytes | None:
     return simple_part_head(meta.content_type, charset, meta.name, embedded)
 
 
-def _embedded(content_type: str, data: bytes) -> bytes | None:
+def _embedded(content_type: str, attachment: Attachment) -> bytes | None:
     """A message/* part (a mail, a delivery status) as it is, when 7bit can carry it."""
-    return embeddable(data) if content_type.startswith("message/") else None
+    return embeddable(attachment.data) if content_type.startswith("message/") else None

@@ -10,27 +10,50 @@ once (one bytes object, as before): a copy of it costs nothing worth the pieces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from io import BytesIO
 
 from flowrt.adapters.mail.mime.wire import base64_crlf_size, base64_crlf_steps
+from flowrt.engine.exchange import LazyContent
 
 __all__ = ["JOIN_BELOW", "Base64", "MailPieces", "join_pieces"]
 
 JOIN_BELOW = 1024 * 1024  # a smaller mail is one bytes object
+_LINE = 57  # content bytes per base64 line
 
 
 class Base64:
     """An attachment's content, written in base64 (76-character lines, CRLF) only when the
-    mail is: a 25 MB attachment is 34 MB of base64, which is never whole."""
+    mail is: a 25 MB attachment is 34 MB of base64, which is never whole. Content still in
+    the mail that was read (:class:`~.lazy.LazyBase64`) is decoded a step at a time too."""
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | LazyContent) -> None:
         self.data = data
 
     def __len__(self) -> int:
-        return base64_crlf_size(len(self.data))
+        data = self.data
+        return base64_crlf_size(len(data) if isinstance(data, bytes) else data.size)
+
+    def steps(self) -> Iterator[bytes]:
+        data = self.data
+        if isinstance(data, bytes):
+            return base64_crlf_steps(data)
+        return _encoded_steps(data.steps())
+
+
+def _encoded_steps(decoded: Iterable[bytes]) -> Iterator[bytes]:
+    """Pieces of content in base64, its lines whole across the pieces' edges."""
+    carry = b""
+    for piece in decoded:
+        data = carry + piece if carry else piece
+        whole = len(data) - len(data) % _LINE
+        carry = data[whole:]
+        if whole:
+            yield from base64_crlf_steps(data[:whole] if carry else data)
+    if carry:
+        yield from base64_crlf_steps(carry)
 
 
 def join_pieces(pieces: list[bytes | Base64]) -> bytes:
@@ -40,7 +63,7 @@ def join_pieces(pieces: list[bytes | Base64]) -> bytes:
         if isinstance(piece, bytes):
             out.write(piece)
         else:
-            for step in base64_crlf_steps(piece.data):
+            for step in piece.steps():
                 out.write(step)
     return out.getvalue()
 
@@ -82,7 +105,7 @@ class MailPieces:
             if isinstance(piece, bytes):
                 if piece:
                     return piece.endswith(suffix)
-            elif piece.data:
+            elif len(piece):
                 return b"\n".endswith(suffix)  # its lines end in CRLF
         return False
 
@@ -95,4 +118,4 @@ class MailPieces:
             if isinstance(piece, bytes):
                 yield piece
             else:
-                yield from base64_crlf_steps(piece.data)
+                yield from piece.steps()
