@@ -56,22 +56,17 @@ class LazyBase64:
 
 def lazy_base64(encoded: memoryview) -> LazyBase64 | None:
     """The content of plain base64 text, left encoded; None for anything else."""
-    count = 0
-    last = b""
+    count = padding = 0
     for at in range(0, len(encoded), _STEP):
         text = bytes(encoded[at : at + _STEP]).translate(None, _SPACE)
         if text.translate(None, _ALPHABET + b"="):
             return None  # a stray character: the eager decoder names it
-        if b"=" in last:
-            return None  # padding before the end
+        pad = text.find(b"=") if not padding else 0
+        if pad >= 0:
+            if text[pad:].strip(b"="):
+                return None  # padding before the end
+            padding += len(text) - pad
         count += len(text)
-        if text:
-            last = text
-    if count % 4:
-        return None
-    padding = len(last) - len(last.rstrip(b"="))
-    if padding > 2 or b"=" in last[: len(last) - padding]:
-        return None
-    if padding and count < 4:
+    if count % 4 or padding > 2:
         return None
     return LazyBase64(encoded, count // 4 * 3 - padding)
