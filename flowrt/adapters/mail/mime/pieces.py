@@ -76,7 +76,7 @@ class MailPieces:
 
     def __init__(self, pieces: list[bytes | Base64]) -> None:
         size = sum(len(p) for p in pieces)
-        if size < JOIN_BELOW and any(isinstance(p, Base64) for p in pieces):
+        if size < JOIN_BELOW and len(pieces) != 1:
             pieces = [join_pieces(pieces)]
         self._pieces = pieces
         self._size = size
