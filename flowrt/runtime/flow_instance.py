@@ -131,9 +131,10 @@ class FlowInstance:
             flow.sender, self._security, _Handler(self), self._state, name=flow.name
         )
         if hasattr(self._poller, "on_health"):
-            # a failure or a recovery shows in the status at once; a poll that only moved
-            # the poll times waits for the runtime's next heartbeat
-            self._poller.on_health = self.refresh
+            # a failure or a recovery makes the runtime write the status soon (refreshing
+            # every flow then, so that what it serves and the file agree); a poll that only
+            # moved the poll times waits for the next heartbeat
+            self._poller.on_health = lambda: self._on_change()
 
     def run(self, *, start_after: float = 0.0) -> None:
         """Start polling on the flow's schedule (in the background), the first poll or
