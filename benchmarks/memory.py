@@ -1,4 +1,5 @@
-"""Peak memory for a mail with a 25 MB attachment: read into an exchange, then composed.
+"""Peak memory for a mail with a 25 MB attachment: read into an exchange, then composed
+and written out as SMTP DATA pieces (as the sender writes them; the pieces are dropped).
 
 Prints one JSON line per figure. The reference, measured in the same run, is the plain
 stdlib way to do the same: ``BytesParser(policy=default)`` and ``get_content()`` of the
@@ -22,6 +23,7 @@ from typing import Any
 
 from flowrt.adapters.mail.mime.compose import MailComposer
 from flowrt.adapters.mail.mime.read import mail_to_exchange
+from flowrt.adapters.mail.smtp.data import wire_pieces
 from flowrt.dsl import parse_text
 
 MB = 1024 * 1024
@@ -75,7 +77,12 @@ def main() -> None:
     composer = MailComposer(receiver)
 
     exchange, read_peak = peak(lambda: mail_to_exchange(raw))
-    _, compose_peak = peak(lambda: composer.compose(exchange))
+
+    def compose_and_write() -> int:
+        mail = composer.compose(exchange)
+        return sum(len(piece) for piece in wire_pieces(mail.message))
+
+    _, compose_peak = peak(compose_and_write)
     exchange = None  # only what each step allocates counts
 
     def stdlib_read() -> bytes:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from flowrt.mpl.ids import new_message_id as time_ordered_id
 
-__all__ = ["Attachment", "Exchange", "Headers", "Sealed", "new_message_id"]
+__all__ = ["Attachment", "Exchange", "Headers", "LazyContent", "Sealed", "new_message_id"]
 
 # Fields a mail has at most once (RFC 5322 section 3.6): a second one is a mistake of the
 # sender, and joining two subjects or dates would make one that neither said.
@@ -104,25 +104,87 @@ class Headers:
         return clone
 
 
-@dataclasses.dataclass
+class LazyContent(Protocol):
+    """Content read when it is asked for (a large attachment still in the mail's bytes)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self) -> bytes:
+        """The whole content."""
+        ...
+
+    def steps(self) -> Iterator[bytes]:
+        """The content in order, a bounded piece at a time."""
+        ...
+
+
 class Attachment:
     """A file or part: ``content_type`` may carry parameters (``text/plain; charset=koi8-r``),
-    ``disposition`` is ``attachment`` or ``inline``, ``content_id`` has no angle brackets."""
+    ``disposition`` is ``attachment`` or ``inline``, ``content_id`` has no angle brackets.
 
-    name: str
-    content_type: str
-    data: bytes
-    disposition: str = "attachment"
-    content_id: str = ""
+    ``data`` may be given as :class:`LazyContent`: it is read the first time ``data`` is
+    asked for; until then :attr:`source` is what writes it, a piece at a time (a forwarded
+    25 MB attachment is never whole in memory)."""
+
+    __slots__ = ("_data", "content_id", "content_type", "disposition", "name")
+
+    def __init__(
+        self,
+        name: str,
+        content_type: str,
+        data: bytes | LazyContent,
+        disposition: str = "attachment",
+        content_id: str = "",
+    ) -> None:
+        self.name = name
+        self.content_type = content_type
+        self._data = data
+        self.disposition = disposition
+        self.content_id = content_id
+
+    @property
+    def data(self) -> bytes:
+        data = self._data
+        if not isinstance(data, bytes):
+            data = self._data = data.read()
+        return data
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        self._data = value
+
+    @property
+    def source(self) -> bytes | LazyContent:
+        """The content as it is held: bytes, or what reads it when asked."""
+        return self._data
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        data = self._data
+        return len(data) if isinstance(data, bytes) else data.size
 
     @property
     def mime_type(self) -> str:
         """The content type without parameters, lower case."""
         return self.content_type.partition(";")[0].strip().lower()
+
+    def _key(self) -> tuple[str, str, bytes, str, str]:
+        return (self.name, self.content_type, self.data, self.disposition, self.content_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attachment):
+            return NotImplemented
+        return self is other or self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (
+            f"Attachment(name={self.name!r}, content_type={self.content_type!r}, "
+            f"data={self._data!r}, disposition={self.disposition!r}, "
+            f"content_id={self.content_id!r})"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,8 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from flowrt.adapters.mail.mime import smime
-from flowrt.adapters.mail.mime.content import Base64, Content, join_pieces
+from flowrt.adapters.mail.mime.content import Base64, Content
+from flowrt.adapters.mail.mime.pieces import MailPieces
 from flowrt.adapters.mail.mime.wire import (
     EncodedHeader,
     encoded_line,
@@ -84,11 +85,17 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")
 
 @dataclasses.dataclass(frozen=True)
 class OutgoingMail:
-    """One mail to send: the SMTP envelope and the message bytes (CRLF line endings)."""
+    """One mail to send: the SMTP envelope and the message (CRLF line endings), as pieces
+    the SMTP writer encodes as it sends them (see :mod:`~flowrt.adapters.mail.mime.pieces`)."""
 
     sender: str
     recipients: tuple[str, ...]
-    data: bytes
+    message: MailPieces
+
+    @property
+    def data(self) -> bytes:
+        """The message as one bytes object (for a large mail, a copy made now)."""
+        return bytes(self.message)
 
 
 class _Addresses:
@@ -191,7 +198,7 @@ class MailComposer:
         return OutgoingMail(
             sender=first.addr_spec,
             recipients=_unique(a.addr_spec for a in recipients),
-            data=join_pieces([headers, *entity]),  # one copy of a large mail, not two
+            message=MailPieces([headers, *entity]),
         )
 
     # -- addresses

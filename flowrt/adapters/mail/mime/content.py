@@ -26,9 +26,9 @@ import re
 from collections.abc import Callable
 from email.message import EmailMessage, Message
 from email.policy import SMTP
-from io import BytesIO
 from typing import NamedTuple
 
+from flowrt.adapters.mail.mime.pieces import Base64, join_pieces
 from flowrt.adapters.mail.mime.wire import (
     MAX_LINE,
     choose_encoding,
@@ -44,7 +44,6 @@ from flowrt.adapters.mail.mime.wire import (
     serialize,
     simple_part_head,
     transfer_encode,
-    write_base64_crlf,
 )
 from flowrt.adapters.mail.model import Receiver
 from flowrt.dsl.model import Pos, Ref, Template
@@ -52,23 +51,12 @@ from flowrt.engine.exchange import Attachment, Exchange, Sealed
 from flowrt.engine.expressions import Value, compile_template
 from flowrt.errors import MessagingException
 
-__all__ = ["Content"]
+__all__ = ["Base64", "Content", "join_pieces"]
 
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CACHE_SIZE = 256  # entries per cache of part heads
 _ORIGINAL_NAME = "original.eml"
-
-
-class Base64:
-    """An attachment's content in base64, written only when the whole mail is (see
-    :func:`join_pieces`): a 25 MB
-    attachment is 34 MB of base64, which then exists once, in the mail's bytes."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
 
 
 # a part's bytes, as pieces joined once for the whole mail; and the text a boundary must not
@@ -187,7 +175,7 @@ class Content:
 
     def _attachment_part(self, attachment: Attachment) -> EmailMessage:
         meta = self._attachment_meta(attachment)
-        embedded = _embedded(meta.content_type, attachment.data)
+        embedded = _embedded(meta.content_type, attachment)
         part = self._attachment_mime(meta, embedded is not None)
         if embedded is not None:
             # A mail inside a mail should not be base64 (RFC 2046 5.2.1): embed it as it is.
@@ -408,7 +396,7 @@ class Content:
         """An attachment part's bytes, and its text when a boundary must be checked against
         it (see :meth:`_attachment_part`: the same part, written directly)."""
         meta = self._attachment_meta(attachment)
-        embedded = _embedded(meta.content_type, attachment.data)
+        embedded = _embedded(meta.content_type, attachment)
         key = (meta, embedded is not None)
         head = self.part_heads.get(key)
         if head is None:
@@ -420,21 +408,10 @@ class Content:
                 self.part_heads[key] = head
         if embedded is not None:
             return [head + embedded], embedded.decode("ascii")
-        return [head, Base64(attachment.data)], None
+        return [head, Base64(attachment.source)], None
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def join_pieces(pieces: list[bytes | Base64]) -> bytes:
-    """The pieces as one bytes object, each base64 content encoded straight into it."""
-    out = BytesIO()
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            out.write(piece)
-        else:
-            write_base64_crlf(piece.data, out)
-    return out.getvalue()
 
 
 def _ref(kind: str, name: str, pos: Pos) -> Template:
@@ -522,6 +499,6 @@ def _simple_head(meta: _Meta, embedded: bool) -> bytes | None:
     return simple_part_head(meta.content_type, charset, meta.name, embedded)
 
 
-def _embedded(content_type: str, data: bytes) -> bytes | None:
+def _embedded(content_type: str, attachment: Attachment) -> bytes | None:
     """A message/* part (a mail, a delivery status) as it is, when 7bit can carry it."""
-    return embeddable(data) if content_type.startswith("message/") else None
+    return embeddable(attachment.data) if content_type.startswith("message/") else None

@@ -38,9 +38,10 @@ from email.policy import Compat32, compat32
 from io import BytesIO
 from typing import Literal
 
+from flowrt.adapters.mail.mime.lazy import lazy_base64
 from flowrt.adapters.mail.mime.sealed import seal
 from flowrt.adapters.mail.mime.skeleton import Skeleton, skeleton
-from flowrt.engine.exchange import Attachment, Exchange, Headers
+from flowrt.engine.exchange import Attachment, Exchange, Headers, LazyContent
 from flowrt.errors import MessageFormatException
 
 __all__ = ["DEFECTS_PROPERTY", "ORIGINAL_PROPERTY", "decode_words", "mail_to_exchange"]
@@ -341,12 +342,13 @@ class _MailReader:
         disposition = part.get_content_disposition() or disposition
         content_id = str(part.get("content-id", "")).strip().strip("<>").strip()
         full_type = _full_type(part, content_type)
+        data: bytes | LazyContent
         if related and not filename and content_id:
             # an image the HTML shows by cid: needs no file name, and gets none it never had
-            data = self._content(part, where)
+            data = self._leaf_content(part, where)
             return Attachment("", full_type, data, disposition, content_id)
         if not part.is_multipart():  # a leaf, or a message/* sent base64-encoded
-            data = self._content(part, where)
+            data = self._leaf_content(part, where)
         elif content_type == "message/rfc822" and (inner := _first_part(part)) is not None:
             data, subject = self._nested_mail(part, inner, where)
             name = self.names.nested(filename or _eml_name(subject))
@@ -357,6 +359,16 @@ class _MailReader:
                 self.defects.append(f"{where}: kept as an attachment ({content_type}, unread)")
         name = self.names.take(filename, content_type)
         return Attachment(name, full_type, data, disposition, content_id)
+
+    def _leaf_content(self, part: Message, where: str) -> bytes | LazyContent:
+        """An attachment's content: a large base64 body is left in the mail's bytes."""
+        if self.cut is not None and _cte(part) == "base64":
+            cut = self.cut.body(part.get_payload())
+            lazy = lazy_base64(cut) if cut is not None else None
+            if lazy is not None:
+                part.set_payload("")
+                return lazy
+        return self._content(part, where)
 
     def _content(self, part: Message, where: str) -> bytes:
         """The part's bytes after transfer decoding; releases the parser's encoded copy."""

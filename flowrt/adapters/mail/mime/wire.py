@@ -13,6 +13,7 @@ import binascii
 import functools
 import hashlib
 import re
+from collections.abc import Iterator
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage
@@ -197,9 +198,22 @@ _BASE64_STEP = 57 * 16384  # whole 76-character lines: the pieces end where the 
 def write_base64_crlf(data: bytes, out: BytesIO) -> None:
     """``data`` in base64, 76-character lines ending in CRLF, written to ``out`` a piece at
     a time: no whole-size copy of the encoded text besides ``out``."""
+    for step in base64_crlf_steps(data):
+        out.write(step)
+
+
+def base64_crlf_steps(data: bytes) -> Iterator[bytes]:
+    """``data`` in base64 (76-character lines ending in CRLF), a step of whole lines at a
+    time."""
     view = memoryview(data)
     for at in range(0, len(data), _BASE64_STEP):
-        out.write(base64.encodebytes(view[at : at + _BASE64_STEP]).replace(b"\n", b"\r\n"))
+        yield base64.encodebytes(view[at : at + _BASE64_STEP]).replace(b"\n", b"\r\n")
+
+
+def base64_crlf_size(size: int) -> int:
+    """How many bytes :func:`base64_crlf_steps` writes for ``size`` bytes."""
+    encoded = -(-size // 3) * 4
+    return encoded + 2 * -(-encoded // 76)
 
 
 def payload_text(data: bytes, charset: str) -> str:

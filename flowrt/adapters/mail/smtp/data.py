@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, TypeAlias
 
 from aiosmtplib import (
     SMTP,
@@ -27,7 +27,17 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-__all__ = ["PIECE", "STREAM_ABOVE", "end_line", "send_data", "streams", "wire_pieces"]
+__all__ = [
+    "PIECE",
+    "STREAM_ABOVE",
+    "Message",
+    "Pieces",
+    "end_line",
+    "message_bytes",
+    "send_data",
+    "streams",
+    "wire_pieces",
+]
 
 STREAM_ABOVE = 1024 * 1024  # smaller messages: one copy more does not matter
 PIECE = 256 * 1024
@@ -39,19 +49,58 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-def wire_pieces(message: bytes, size: int = PIECE) -> Iterator[bytes]:
+class Pieces(Protocol):
+    """A message made a step at a time (``mime.pieces.MailPieces``)."""
+
+    def __len__(self) -> int: ...
+
+    def __bytes__(self) -> bytes: ...
+
+    def chunks(self) -> Iterable[bytes]: ...
+
+    def endswith(self, suffix: tuple[bytes, ...]) -> bool: ...
+
+    def isascii(self) -> bool: ...
+
+
+Message: TypeAlias = bytes | Pieces
+
+
+def message_bytes(message: Message) -> bytes:
+    return message if isinstance(message, bytes) else bytes(message)
+
+
+def wire_pieces(message: Message, size: int = PIECE) -> Iterator[bytes]:
     """The message as DATA carries it, in pieces of about ``size`` (then :func:`end_line`)."""
-    end = len(message)
-    pos = 0
-    while pos < end:
-        cut = message.find(b"\n", min(end, pos + size) - 1)
-        stop = end if cut < 0 else cut + 1
-        piece = _LINE_ENDINGS.sub(b"\r\n", message[pos:stop])
-        yield _LEADING_DOT.sub(b"..", piece)
-        pos = stop
+    for piece in _line_pieces(message, size):
+        yield _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", piece))
 
 
-def end_line(message: bytes) -> bytes:
+def _line_pieces(message: Message, size: int) -> Iterator[bytes]:
+    """The message's bytes in pieces of about ``size`` or more, each cut after a line feed
+    (the last excepted), so that each starts a line and no CR LF is split."""
+    chunks: Iterable[bytes] = (message,) if isinstance(message, bytes) else message.chunks()
+    carry = bytearray()
+    for chunk in chunks:
+        pos, end = 0, len(chunk)
+        while pos < end:
+            want = max(size - len(carry), 1)
+            cut = chunk.find(b"\n", min(end, pos + want) - 1)
+            if cut < 0:
+                carry += chunk[pos:]
+                break
+            if carry:
+                carry += chunk[pos : cut + 1]
+                yield bytes(carry)
+                carry.clear()
+            else:
+                yield chunk[pos : cut + 1]
+            pos = cut + 1
+    if carry:
+        yield bytes(carry)
+
+
+def end_line(message: Message) -> bytes:
     """The line that ends DATA; a message that does not end with a line break gets one."""
     return b".\r\n" if message.endswith((b"\n", b"\r")) else b"\r\n.\r\n"
 
@@ -68,11 +117,11 @@ def streams(smtp: SMTP) -> bool:
     )
 
 
-async def send_data(smtp: SMTP, message: bytes, *, timeout: float | None) -> SMTPResponse:
+async def send_data(smtp: SMTP, message: Message, *, timeout: float | None) -> SMTPResponse:
     """DATA, the message, and the server's reply to it; raises as ``SMTP.data`` does
     (SMTPDataError for a refusal, SMTPServerDisconnected, SMTPTimeoutError)."""
     if len(message) <= STREAM_ABOVE or not streams(smtp):
-        return await smtp.data(message, timeout=timeout)
+        return await smtp.data(message_bytes(message), timeout=timeout)
     protocol: Any = smtp.protocol
     try:
         async with protocol._command_lock:

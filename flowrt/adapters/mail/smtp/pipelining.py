@@ -32,7 +32,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from flowrt.adapters.mail.smtp.data import STREAM_ABOVE, end_line, wire_pieces
+from flowrt.adapters.mail.smtp.data import STREAM_ABOVE, Message, end_line, wire_pieces
 
 __all__ = ["Replies", "pipelined"]
 
@@ -60,7 +60,7 @@ class Replies(asyncio.Protocol):
             raise SMTPServerDisconnected("Connection lost")
         self._transport.write(data)
 
-    async def write_message(self, message: bytes, timeout: float | None) -> None:
+    async def write_message(self, message: Message, timeout: float | None) -> None:
         """The message as DATA carries it, with its end line. A large one goes in pieces,
         each written when the transport has room (as :func:`~.data.send_data` does), so
         that the transport's buffer does not hold a whole copy of it."""

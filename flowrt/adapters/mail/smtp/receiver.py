@@ -41,6 +41,7 @@ import structlog
 from flowrt.adapters.mail.mime.compose import MailComposer
 from flowrt.adapters.mail.model import Receiver
 from flowrt.adapters.mail.oauth2 import OAuth2Tokens
+from flowrt.adapters.mail.smtp.data import Message, message_bytes
 from flowrt.adapters.mail.smtp.errors import (
     couldnt_connect,
     some_recipients_pending,
@@ -106,6 +107,12 @@ class ComposedMail(Protocol):
 
     @property
     def data(self) -> bytes: ...
+
+
+def message_of(mail: ComposedMail) -> Message:
+    """What DATA sends: a composer's pieces (encoded as they are written), else its bytes."""
+    message: Message | None = getattr(mail, "message", None)
+    return mail.data if message is None else message
 
 
 class Composer(Protocol):
@@ -229,7 +236,7 @@ class SmtpReceiver:
             accepted=tuple(ledger.sent(key)),
             replies={},
             data_reply="not sent again: every recipient has it",
-            size=len(mail.data),
+            size=len(message_of(mail)),
             attempts=0,
             reused_connection=False,
         )
@@ -262,7 +269,7 @@ class SmtpReceiver:
             async with self.pool.lease(key, opener, fresh=attempt > 1) as lease:
                 try:
                     result = await send_transaction(
-                        lease.session, mail.sender, recipients, mail.data
+                        lease.session, mail.sender, recipients, message_of(mail)
                     )
                 except MailConnectException as exc:  # lost before the server took the data
                     lease.discard()
@@ -315,7 +322,7 @@ class SmtpReceiver:
             **target.log_fields(),
             recipients=len(result.accepted),
             refused=len(result.refused),
-            size=len(mail.data),
+            size=len(message_of(mail)),
             reply=result.data_reply,
         )
         if result.refused:
@@ -328,7 +335,7 @@ class SmtpReceiver:
             accepted=result.accepted,
             replies=result.replies,
             data_reply=result.data_reply,
-            size=len(mail.data),
+            size=len(message_of(mail)),
             attempts=attempts,
             reused_connection=reused,
         )
@@ -437,7 +444,11 @@ class _Envelope:
     def __init__(self, mail: ComposedMail, recipients: list[str]) -> None:
         self.sender = mail.sender
         self.recipients = recipients
-        self.data = mail.data
+        self.message = message_of(mail)
+
+    @property
+    def data(self) -> bytes:
+        return message_bytes(self.message)
 
 
 def _default_composer(receiver: Receiver, resources: SmtpResources) -> Composer:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from aiosmtplib import SMTPResponse, SMTPResponseException, SMTPStatus
 from aiosmtplib.email import quote_address
 
-from flowrt.adapters.mail.smtp.data import send_data
+from flowrt.adapters.mail.smtp.data import Message, send_data
 from flowrt.adapters.mail.smtp.errors import (
     all_recipients_refused,
     connection_dropped_cause,
@@ -68,7 +68,7 @@ class TransactionResult:
 
 
 async def send_transaction(
-    session: SmtpSession, sender: str, recipients: Sequence[str], data: bytes
+    session: SmtpSession, sender: str, recipients: Sequence[str], data: Message
 ) -> TransactionResult:
     """Send ``data`` (already serialized, CRLF line ends) from ``sender`` to ``recipients``."""
     smtp = session.smtp
@@ -140,7 +140,7 @@ async def _pipelined(
     session: SmtpSession,
     sender: str,
     recipients: Sequence[str],
-    data: bytes,
+    data: Message,
     mail_options: Sequence[str],
     encoding: str,
 ) -> TransactionResult:
@@ -226,7 +226,7 @@ def _size_limit(session: SmtpSession) -> int:
 
 
 def _mail_options(
-    session: SmtpSession, sender: str, recipients: Sequence[str], data: bytes
+    session: SmtpSession, sender: str, recipients: Sequence[str], data: Message
 ) -> list[str]:
     options: list[str] = []
     if session.supports("size"):
