@@ -134,6 +134,7 @@ def flowrt_run(tenant: Path, sink: SmtpSink, mails: int) -> dict[str, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    profiler = _profile(proc.pid)
     first = last = 0.0
     deadline = started + 600
     while time.perf_counter() < deadline:
@@ -150,6 +151,8 @@ def flowrt_run(tenant: Path, sink: SmtpSink, mails: int) -> dict[str, float]:
     proc.send_signal(signal.SIGTERM)
     _pid, _status, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0  # reaped by wait4
+    if profiler is not None:
+        profiler.wait(timeout=60)
     if not last:
         raise SystemExit(f"only {sink.message_count() - base} of {mails} mails arrived")
     return {
@@ -158,6 +161,19 @@ def flowrt_run(tenant: Path, sink: SmtpSink, mails: int) -> dict[str, float]:
         "cpu_per_1000": (usage.ru_utime + usage.ru_stime) / mails * 1000,
         "rss_mb": usage.ru_maxrss / 1024,
     }
+
+
+def _profile(pid: int) -> subprocess.Popen[bytes] | None:
+    """With FLOWRT_E2E_PROFILE=<file>: py-spy samples the runtime (collapsed stacks, for
+    finding the costs per mail; the figures of a profiled run are not comparable)."""
+    out = os.environ.get("FLOWRT_E2E_PROFILE")
+    if not out:
+        return None
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "-o", out, "-f", "raw", "-r", "500"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def plain_script(dovecot: DovecotServer, user: MailboxUser, ca: TestCA, sink: SmtpSink) -> float:

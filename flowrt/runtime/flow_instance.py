@@ -26,6 +26,7 @@ from flowrt.errors import FlowError, FlowrtError, find_hint, summary
 from flowrt.mpl.model import MplStatus
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.recipients import LEDGER, RecipientLedger
+from flowrt.runtime.deliveries import DeliveryWriter
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.ending import (
     SOURCE_PROPERTY,
@@ -66,6 +67,7 @@ class FlowInstance:
         self._security = security
         self._recorder = recorder
         self._state = state
+        self._deliveries = DeliveryWriter(state)
         self._adapters = adapters
         self._on_change = on_change
         self._receivers: dict[str, Delivery] = {}
@@ -188,6 +190,8 @@ class FlowInstance:
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        with contextlib.suppress(FlowrtError):  # already logged by the loop's turn
+            self._deliveries.flush()
         if self._poller is not None:
             with contextlib.suppress(Exception):
                 await self._poller.aclose()  # the connection kept between polls
@@ -215,9 +219,7 @@ class FlowInstance:
             rows = self._state.deliveries(scope, key)
             if rows and unreadable is None and self._completed_before(scope, key):
                 return Verdict(True)
-            ledger = RecipientLedger(
-                rows, save=lambda rows: self._state.save_deliveries(scope, key, rows)
-            )
+            ledger = RecipientLedger(rows, save=self._deliveries.saver(scope, key))
             exchange.properties[LEDGER] = ledger
         original = exchange.copy() if self._policy.dead_letter.kind == "receiver" else exchange
         self._in_flight += 1
@@ -335,11 +337,14 @@ class FlowInstance:
 
     def _durable(self) -> None:
         """The MPL entry is written before the source records the mail as done and changes
-        the mailbox: a crash after that finds the entry, never a mail without one."""
+        the mailbox: a crash after that finds the entry, never a mail without one. So are
+        the recipients' rows (usually written a loop turn after their SMTP reply already):
+        raises when they cannot be, so that no record is written without them."""
         try:
             self._recorder.flush()
         except FlowrtError as exc:  # the mail is handled all the same; the writes retry
             self._log.warning("MPL write failed; retried in the background", error=summary(exc))
+        self._deliveries.flush()
 
     def _log_result(self, result: Result, seconds: float) -> None:
         fields = {

@@ -55,3 +55,24 @@ async def test_no_record_is_written_when_the_flush_fails(tmp_path: Path) -> None
         with pytest.raises(OSError, match="disk gone"):
             await commits.write(lambda: state.record_done("box", "a"))
         assert state.records("box", ["a"]) == {}
+
+
+async def test_records_wait_until_the_group_is_due(tmp_path: Path) -> None:
+    events: list[str] = []
+    with StateDB(tmp_path / "state.sqlite") as state:
+        expected = {"waiting": 3}
+        commits = GroupCommit(
+            lambda: lambda: events.append("flush"),
+            state.batch,
+            due=lambda waiting: waiting >= expected["waiting"],
+        )
+        first = asyncio.ensure_future(commits.write(lambda: state.record_done("box", "a")))
+        second = asyncio.ensure_future(commits.write(lambda: state.record_done("box", "b")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert events == [] and state.records("box", ["a", "b"]) == {}
+        expected["waiting"] = 2  # say the third mail ended without a record
+        commits.poke()
+        await asyncio.gather(first, second)
+        assert events == ["flush"]  # one flush for both
+        assert sorted(state.records("box", ["a", "b"])) == ["a", "b"]

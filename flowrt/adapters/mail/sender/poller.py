@@ -168,13 +168,22 @@ class MailPoller:
         self._lost = asyncio.Event()  # our lease was taken away: stop at once (set by a lease)
         self._fence: Fence | None = None  # the lease held now: every state write names it
         self._purged = 0.0
+        self._flight: InFlight | None = None  # the running poll's mails
         self._commits = GroupCommit(
-            lambda: getattr(self.handle, "durable", None), getattr(state, "batch", None)
+            lambda: getattr(self.handle, "durable", None),
+            getattr(state, "batch", None),
+            due=self._group_due,
         )
         self._log = _log.bind(poller=self.name)
         # between polls: see keeper.py (an IDLE session holds its own connection)
         self._kept = KeptConnection(self._opener, keep=_keep_seconds(sender), log=self._log)
         self.warning = ""  # e.g. the mailbox cannot be claimed against other runtimes
+
+    def _group_due(self, waiting: int) -> bool:
+        """The mails' records are written together when every mail of the poll waits for
+        its record, or a window's worth does (a slow mail does not hold back the others)."""
+        flight = self._flight
+        return flight is None or waiting >= min(flight.running, flight.limit)
 
     @property
     def schedule(self) -> Poll:
@@ -271,7 +280,7 @@ class MailPoller:
         todo = await self._claim(mailbox, todo, result)
         errors: list[FlowrtError] = []
         dead: list[_Dead] = []
-        flight = InFlight(self.sender.in_flight)
+        flight = self._flight = InFlight(self.sender.in_flight, on_end=self._commits.poke)
 
         async def one(candidate: Candidate, raw: bytes) -> None:
             try:
@@ -476,6 +485,8 @@ class MailPoller:
             return True
         attempt = attempts.get(candidate.key, 0) + 1
         verdict = await self._hand_over(mailbox, candidate, raw, attempt)
+        if self._flight is not None:
+            self._flight.free()  # the next mail starts while this one waits for its record
         if not verdict:
             result.failed += 1
             if verdict.dead_letter:
