@@ -50,6 +50,16 @@ class DeliveryWriter:
             loop.call_soon(self._flush_logged)
         self._waiting.append((scope, key, rows))
 
+    def rows(self, scope: str, key: str) -> list[Row]:
+        """A mail's rows: the state DB's, with those still waiting to be written over them.
+        A write that failed (the store away for a moment) must not make the mail's next
+        attempt forget who has it already and send to them again."""
+        merged = {(r[0], r[1]): r for r in self._state.deliveries(scope, key)}
+        for waiting_scope, waiting_key, rows in self._waiting:
+            if waiting_scope == scope and waiting_key == key:
+                merged.update(((r[0], r[1]), r) for r in rows)
+        return sorted(merged.values())
+
     def flush(self) -> None:
         """Commit the waiting rows now; raises FlowrtError when the state DB fails (the
         rows stay waiting for the next flush)."""

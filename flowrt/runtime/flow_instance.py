@@ -216,7 +216,7 @@ class FlowInstance:
         ledger: RecipientLedger | None = None
         unreadable = exchange.properties.pop(UNREADABLE, None)
         if scope:
-            rows = self._state.deliveries(scope, key)
+            rows = self._deliveries.rows(scope, key)
             if rows and unreadable is None and self._completed_before(scope, key):
                 return Verdict(True)
             ledger = RecipientLedger(rows, save=self._deliveries.saver(scope, key))

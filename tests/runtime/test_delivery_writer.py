@@ -53,6 +53,9 @@ def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> Non
     asyncio.run(record())  # the loop's own write failed and was logged
     with pytest.raises(TenantError):
         writer.flush()  # what the group commit calls before the record: it fails too
+    # the mail's next attempt, while the store still refuses the write, knows who has it
+    assert writer.rows("mb", "1") == [("out", "x@e.com", "sent", "")]
+    assert RecipientLedger(writer.rows("mb", "1")).finished("out", "x@e.com")
     failing["on"] = False
     writer.flush()
     assert state.deliveries("mb", "1") == [("out", "x@e.com", "sent", "")]
