@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeAlias
 
 from aiosmtplib import (
@@ -37,6 +37,7 @@ __all__ = [
     "send_data",
     "streams",
     "wire_pieces",
+    "write_pieces",
 ]
 
 STREAM_ABOVE = 1024 * 1024  # smaller messages: one copy more does not matter
@@ -128,15 +129,7 @@ async def send_data(smtp: SMTP, message: Message, *, timeout: float | None) -> S
             start = await _ask(protocol, b"DATA\r\n", timeout)
             if start.code != _START_INPUT:
                 raise SMTPDataError(start.code, start.message)
-            try:
-                async with asyncio.timeout(timeout):
-                    for piece in wire_pieces(message):
-                        protocol.write(piece)
-                        await protocol._drain_helper()
-            except TimeoutError as exc:
-                raise SMTPTimeoutError("Timed out writing the message") from exc
-            except ConnectionError as exc:
-                raise SMTPServerDisconnected("Connection lost") from exc
+            await write_pieces(protocol.write, protocol._drain_helper, message, timeout)
             response = await _ask(protocol, end_line(message), timeout)
             if response.code != _COMPLETED:
                 raise SMTPDataError(response.code, response.message)
@@ -144,6 +137,27 @@ async def send_data(smtp: SMTP, message: Message, *, timeout: float | None) -> S
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()
         raise
+
+
+async def write_pieces(
+    write: Callable[[bytes], None],
+    drain: Callable[[], Awaitable[None]] | None,
+    message: Message,
+    timeout: float | None,
+) -> None:
+    """The message's DATA pieces (not its end line), each written once ``drain`` says the
+    transport has room; raises SMTPTimeoutError or SMTPServerDisconnected as SMTP.data
+    would. Both the one-command path and a pipelined group write through it."""
+    try:
+        async with asyncio.timeout(timeout):
+            for piece in wire_pieces(message):
+                write(piece)
+                if drain is not None:
+                    await drain()
+    except TimeoutError as exc:
+        raise SMTPTimeoutError("Timed out writing the message") from exc
+    except ConnectionError as exc:
+        raise SMTPServerDisconnected("Connection lost") from exc
 
 
 async def _ask(protocol: Any, line: bytes, timeout: float | None) -> SMTPResponse:

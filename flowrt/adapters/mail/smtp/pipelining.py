@@ -29,10 +29,15 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPStatus,
-    SMTPTimeoutError,
 )
 
-from flowrt.adapters.mail.smtp.data import STREAM_ABOVE, Message, end_line, wire_pieces
+from flowrt.adapters.mail.smtp.data import (
+    STREAM_ABOVE,
+    Message,
+    end_line,
+    wire_pieces,
+    write_pieces,
+)
 
 __all__ = ["Replies", "pipelined"]
 
@@ -68,16 +73,7 @@ class Replies(asyncio.Protocol):
             self.write(b"".join(wire_pieces(message, len(message) + 1)) + end_line(message))
             return
         drain = getattr(self._previous, "_drain_helper", None)  # aiosmtplib's flow control
-        try:
-            async with asyncio.timeout(timeout):
-                for piece in wire_pieces(message):
-                    self.write(piece)
-                    if drain is not None:
-                        await drain()
-        except TimeoutError as exc:
-            raise SMTPTimeoutError("Timed out writing the message") from exc
-        except ConnectionError as exc:
-            raise SMTPServerDisconnected("Connection lost") from exc
+        await write_pieces(self.write, drain, message, timeout)
         self.write(end_line(message))
 
     async def reply(self, timeout: float | None) -> SMTPResponse:
