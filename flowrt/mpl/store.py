@@ -58,6 +58,20 @@ MIN_PREFIX = 8
 _RETENTION_KEY = "retention_seconds"
 _UNFINISHED = (MplStatus.PROCESSING.value, MplStatus.RETRY.value)
 ABANDONED_HINT = "the mail stayed in its mailbox and is processed again (a later entry)"
+
+
+def abandoned_fields(reason: str, now: float | None = None) -> tuple[str, float, str, str, str]:
+    """What an abandoned entry's row is set to, in either backend: (status, log end if it
+    has none, error chain, error levels, hint)."""
+    return (
+        MplStatus.ABANDONED.value,
+        time.time() if now is None else now,
+        f"ABANDONED: {reason}",
+        json.dumps([["ABANDONED", reason]]),
+        ABANDONED_HINT,
+    )
+
+
 _SUMMARY_COLUMNS = (
     "id, message_id, correlation_id, application_id, flow, flow_version, status, "
     "log_start, log_end, simulation, failed_step, subject, mail_from, node"
@@ -448,7 +462,6 @@ class MplStore:
         """Close the entries a crashed runtime left PROCESSING or in RETRY as ABANDONED,
         with ``reason`` as their error; simulations are not the runtime's. ``nodes``: only
         the entries those runtime nodes wrote. Returns how many."""
-        levels = json.dumps([["ABANDONED", reason]])
         where = "status IN (?, ?) AND simulation = 0"
         args: list[Any] = [*_UNFINISHED]
         if nodes is not None:
@@ -460,14 +473,7 @@ class MplStore:
             cursor = conn.execute(
                 "UPDATE entries SET status = ?, log_end = coalesce(log_end, ?), "
                 f"error_chain = ?, error_levels = ?, error_hint = ? WHERE {where}",
-                (
-                    MplStatus.ABANDONED.value,
-                    time.time() if now is None else now,
-                    f"ABANDONED: {reason}",
-                    levels,
-                    ABANDONED_HINT,
-                    *args,
-                ),
+                (*abandoned_fields(reason, now), *args),
             )
             return cursor.rowcount
 

@@ -9,8 +9,6 @@ no writer holds (``SKIP LOCKED``), so recording never waits for a purge.
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,9 +21,9 @@ from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
 from flowrt.mpl.store import _TEXT_COLUMNS as TEXT_COLUMNS
 from flowrt.mpl.store import (
-    ABANDONED_HINT,
     DEFAULT_LIMIT,
     DEFAULT_RETENTION,
+    abandoned_fields,
     build_entry,
     get_by_id_or_prefix,
 )
@@ -299,7 +297,6 @@ class PgMplStore:
         """As :meth:`MplStore.abandon_unfinished`. With several nodes, what is unfinished
         may be another node's mail in hand: a node passes ``nodes``, the ones it knows are
         gone (itself at start), and only their entries are closed."""
-        levels = json.dumps([["ABANDONED", reason]])
         where = "status = ANY(%s) AND simulation = 0"
         args: list[Any] = [_UNFINISHED]
         if nodes is not None:
@@ -311,14 +308,7 @@ class PgMplStore:
             cursor = conn.execute(
                 "UPDATE mpl_entries SET status = %s, log_end = coalesce(log_end, %s), "
                 f"error_chain = %s, error_levels = %s, error_hint = %s WHERE {where}".encode(),
-                (
-                    MplStatus.ABANDONED.value,
-                    time.time() if now is None else now,
-                    f"ABANDONED: {reason}",
-                    levels,
-                    ABANDONED_HINT,
-                    *args,
-                ),
+                (*abandoned_fields(reason, now), *args),
             )
             return cursor.rowcount
 
