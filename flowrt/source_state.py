@@ -20,6 +20,7 @@ from typing import Protocol
 from flowrt.errors import HandedBack, TenantError
 
 __all__ = [
+    "SOURCE_DELIVERED",
     "SOURCE_KEY",
     "SOURCE_RAW",
     "SOURCE_SCOPE",
@@ -66,6 +67,9 @@ SOURCE_SCOPE = "source.scope"
 SOURCE_KEY = "source.key"
 SOURCE_RAW = "source.raw"
 """The scope and key of the idempotency record, and the raw bytes, of a handed-over item."""
+SOURCE_DELIVERED = "source.delivered"
+"""False when the source knows that no receiver has sent the item yet (the state store has
+no recipients' rows for it; looked up once per poll): the flow then reads none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +190,13 @@ class SourceState(Protocol):
     """The state store a source is given: idempotency records, health, leases."""
 
     def records(self, mailbox: str, keys: Iterable[str]) -> dict[str, MailRecord]: ...
-    def find_by_message_id(
-        self, mailbox: str, message_id: str, *, other_generation_than: str
-    ) -> MailRecord | None: ...
+    def find_by_message_ids(
+        self, mailbox: str, message_ids: Iterable[str], *, other_generation_than: str
+    ) -> set[str]: ...
+    def delivered(self, mailbox: str, keys: Iterable[str]) -> set[str]:
+        """Keys of mails that have recipients' rows (a receiver sent or tried them)."""
+        ...
+
     def record_done(
         self,
         mailbox: str,

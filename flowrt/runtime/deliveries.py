@@ -50,11 +50,13 @@ class DeliveryWriter:
             loop.call_soon(self._flush_logged)
         self._waiting.append((scope, key, rows))
 
-    def rows(self, scope: str, key: str) -> list[Row]:
+    def rows(self, scope: str, key: str, *, stored: bool = True) -> list[Row]:
         """A mail's rows: the state DB's, with those still waiting to be written over them.
         A write that failed (the store away for a moment) must not make the mail's next
-        attempt forget who has it already and send to them again."""
-        merged = {(r[0], r[1]): r for r in self._state.deliveries(scope, key)}
+        attempt forget who has it already and send to them again. ``stored=False``: the
+        source looked it up already, the state DB has none."""
+        found = self._state.deliveries(scope, key) if stored else []
+        merged = {(r[0], r[1]): r for r in found}
         for waiting_scope, waiting_key, rows in self._waiting:
             if waiting_scope == scope and waiting_key == key:
                 merged.update(((r[0], r[1]), r) for r in rows)

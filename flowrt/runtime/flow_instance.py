@@ -43,7 +43,7 @@ from flowrt.runtime.schedule import is_due, run_on_schedule
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
 from flowrt.security import TenantSecurity
-from flowrt.source_state import UNREADABLE, Verdict
+from flowrt.source_state import SOURCE_DELIVERED, UNREADABLE, Verdict
 from flowrt.store.api import StateBackend
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -216,7 +216,8 @@ class FlowInstance:
         ledger: RecipientLedger | None = None
         unreadable = exchange.properties.pop(UNREADABLE, None)
         if scope:
-            rows = self._deliveries.rows(scope, key)
+            stored = exchange.properties.pop(SOURCE_DELIVERED, True) is not False
+            rows = self._deliveries.rows(scope, key, stored=stored)
             if rows and unreadable is None and self._completed_before(scope, key):
                 return Verdict(True)
             ledger = RecipientLedger(rows, save=self._deliveries.saver(scope, key))

@@ -20,7 +20,7 @@ Three tables::
 A *mailbox* is a scope string such as ``imap:user@host/INBOX``; a *key* identifies a mail in
 it (``uid:UIDVALIDITY:UID``, ``uidl:UIDL``, ``message-id:ID``). A *generation* is the scope's
 UID epoch (the UIDVALIDITY for IMAP): a record from another generation is only found through
-its Message-ID (:meth:`StateDB.find_by_message_id`).
+its Message-ID (:meth:`StateDB.find_by_message_ids`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX poll_failures_by_flow ON poll_failures (flow, at);
     CREATE INDEX poll_failures_by_poller ON poll_failures (poller, id);
     """,
-    # 4: find_by_message_id looks a Message-ID up for every mail handed over. SQLite (with
+    # 4: find_by_message_ids looks the Message-IDs of every fetched batch up. SQLite (with
     # no statistics) preferred the primary key's mailbox prefix to the (mailbox, message_id)
     # index, scanning all of the mailbox's records; an index led by message_id is taken.
     """
@@ -297,23 +297,28 @@ class StateDB:
                     found[record.key] = record
         return found
 
-    def find_by_message_id(
-        self, mailbox: str, message_id: str, *, other_generation_than: str
-    ) -> MailRecord | None:
-        """A ``done`` record of the same mail from another generation (say, before the
-        mailbox was rebuilt and UIDVALIDITY changed), found through its Message-ID."""
-        if not message_id:
-            return None
+    def find_by_message_ids(
+        self, mailbox: str, message_ids: Iterable[str], *, other_generation_than: str
+    ) -> set[str]:
+        """Which of ``message_ids`` have a ``done`` record from another generation (say,
+        before the mailbox was rebuilt and UIDVALIDITY changed): the same mails, done.
+        One query for a whole batch of fetched mails."""
+        wanted = [m for m in dict.fromkeys(message_ids) if m]
+        found: set[str] = set()
         with self._guard("read mail records") as conn:
-            # "message_id != ''" lets the partial index serve (the planner cannot know that
-            # the bound value is not empty)
-            row = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM mail_records WHERE message_id = ? AND "
-                "message_id != '' AND mailbox = ? AND generation != ? AND status = 'done' "
-                "LIMIT 1",
-                (message_id, mailbox, other_generation_than),
-            ).fetchone()
-        return None if row is None else _record(row)
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                # "message_id != ''" lets the partial index serve (the planner cannot know
+                # that the bound values are not empty)
+                rows = conn.execute(
+                    "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = ? AND "
+                    f"message_id IN ({marks}) AND message_id != '' AND generation != ? AND "
+                    "status = 'done'",
+                    (mailbox, *chunk, other_generation_than),
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
 
     def record_done(
         self,
@@ -456,6 +461,22 @@ class StateDB:
                 (mailbox, key),
             ).fetchall()
         return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def delivered(self, mailbox: str, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` have recipients' rows: mails a receiver sent (or tried to send)
+        before. One query for a poll's mails; the others need no lookup of their rows."""
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        with self._guard("read deliveries") as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT DISTINCT key FROM deliveries WHERE mailbox = ? AND key IN ({marks})",
+                    (mailbox, *chunk),
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
 
     def save_deliveries(
         self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]

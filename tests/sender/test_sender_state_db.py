@@ -37,10 +37,10 @@ def test_failures_are_counted_and_never_undo_done(state: StateDB) -> None:
 
 def test_message_id_fallback_only_across_generations(state: StateDB) -> None:
     state.record_done(BOX, "uid:1:5", generation="1", message_id="m@x")
-    assert state.find_by_message_id(BOX, "m@x", other_generation_than="1") is None
-    found = state.find_by_message_id(BOX, "m@x", other_generation_than="2")
-    assert found is not None and found.key == "uid:1:5"
-    assert state.find_by_message_id(BOX, "", other_generation_than="2") is None
+    state.record_failure(BOX, "uid:1:6", error="E", generation="1", message_id="f@x")
+    assert state.find_by_message_ids(BOX, ["m@x"], other_generation_than="1") == set()
+    found = state.find_by_message_ids(BOX, ["m@x", "f@x", "n@x", ""], other_generation_than="2")
+    assert found == {"m@x"}  # only a done mail counts; an empty Message-ID never matches
 
 
 def test_message_id_lookup_uses_an_index_also_after_upgrading(tmp_path: Path) -> None:
@@ -60,9 +60,9 @@ def test_message_id_lookup_uses_an_index_also_after_upgrading(tmp_path: Path) ->
     with StateDB(path) as state:
         statements: list[str] = []
         state._conn.set_trace_callback(statements.append)
-        found = state.find_by_message_id(BOX, "m7@x", other_generation_than="2")
+        found = state.find_by_message_ids(BOX, ["m7@x", "m8@x"], other_generation_than="2")
         state._conn.set_trace_callback(None)
-        assert found is not None and found.key == "uid:1:7"
+        assert found == {"m7@x", "m8@x"}
         [lookup] = [s for s in statements if s.startswith("SELECT")]
         plan = " ".join(str(row[-1]) for row in state._conn.execute(f"EXPLAIN QUERY PLAN {lookup}"))
         # not a walk through every record of the mailbox, which each mail handed over paid

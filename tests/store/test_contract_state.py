@@ -39,8 +39,9 @@ def test_records_count_attempts_and_never_turn_back(state: StateBackend) -> None
     assert record.done and record.attempts == 3 and not record.post_processed
     state.mark_post_processed("mb", ["k1"])
     assert state.records("mb", ["k1"])["k1"].post_processed
-    assert state.find_by_message_id("mb", "<a@x>", other_generation_than="8") is not None
-    assert state.find_by_message_id("mb", "<a@x>", other_generation_than="7") is None
+    found = state.find_by_message_ids("mb", ["<a@x>", "<b@x>"], other_generation_than="8")
+    assert found == {"<a@x>"}
+    assert state.find_by_message_ids("mb", ["<a@x>"], other_generation_than="7") == set()
     assert state.keys("mb") == ["k1"]
     assert state.forget("mb", ["k1"]) == 1
     assert state.records("mb", ["k1"]) == {}
@@ -176,6 +177,8 @@ def test_attempts_deliveries_and_replays(state: StateBackend) -> None:
         "mb", "k", [("out", "a@x", "sent", "250 ok"), ("out", "b@x", "pending", "452")]
     )
     state.save_deliveries("mb", "k", [("out", "b@x", "refused", "550 no")])
+    assert state.delivered("mb", ["k", "k2", "k"]) == {"k"}
+    assert state.delivered("other", ["k"]) == set()
     assert state.deliveries("mb", "k") == [
         ("out", "a@x", "sent", "250 ok"),
         ("out", "b@x", "refused", "550 no"),

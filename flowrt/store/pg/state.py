@@ -139,21 +139,23 @@ class PgStateDB:
                     found[record.key] = record
         return found
 
-    def find_by_message_id(
-        self, mailbox: str, message_id: str, *, other_generation_than: str
-    ) -> MailRecord | None:
-        if not message_id:
-            return None
+    def find_by_message_ids(
+        self, mailbox: str, message_ids: Iterable[str], *, other_generation_than: str
+    ) -> set[str]:
+        wanted = [m for m in dict.fromkeys(message_ids) if m]
+        found: set[str] = set()
         with self._guard("read mail records") as conn:
-            # "message_id <> ''" lets the partial index serve a generic plan (a prepared
-            # statement's), which cannot know that the bound value is not empty
-            row = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM mail_records WHERE mailbox = %s AND "
-                "message_id = %s AND message_id <> '' AND generation <> %s AND "
-                "status = 'done' LIMIT 1".encode(),
-                (mailbox, message_id, other_generation_than),
-            ).fetchone()
-        return None if row is None else _record(row)
+            for start in range(0, len(wanted), 1000):
+                # "message_id <> ''" lets the partial index serve a generic plan (a prepared
+                # statement's), which cannot know that the bound values are not empty
+                rows = conn.execute(
+                    "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = %s AND "
+                    "message_id = ANY(%s) AND message_id <> '' AND generation <> %s AND "
+                    "status = 'done'",
+                    (mailbox, wanted[start : start + 1000], other_generation_than),
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
 
     def record_done(
         self,
@@ -277,6 +279,18 @@ class PgStateDB:
                 (mailbox, key),
             ).fetchall()
         return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    def delivered(self, mailbox: str, keys: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        with self._guard("read deliveries") as conn:
+            for start in range(0, len(wanted), 1000):
+                rows = conn.execute(
+                    "SELECT DISTINCT key FROM deliveries WHERE mailbox = %s AND key = ANY(%s)",
+                    (mailbox, wanted[start : start + 1000]),
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
 
     def save_deliveries(
         self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]

@@ -49,7 +49,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 
@@ -66,6 +66,7 @@ from flowrt.engine.exchange import Exchange
 from flowrt.errors import FlowrtError, find_hint, library_cause, render_chain, summary
 from flowrt.poll_failures import from_exception
 from flowrt.source_state import (
+    SOURCE_DELIVERED,
     SOURCE_KEY,
     SOURCE_RAW,
     SOURCE_SCOPE,
@@ -114,6 +115,15 @@ class PollResult:
     waiting: int = 0  # failed before, not handed over: their next attempt is not due yet
     dead_lettered: int = 0  # attempts over: put in their dead-letter place
     claimed_elsewhere: int = 0  # another runtime (another state store) claimed them first
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    """A fetched mail as the state store knows it (see MailPoller._fetched)."""
+
+    message_id: str
+    done_elsewhere: bool  # done under another generation (UIDVALIDITY) of the mailbox
+    delivered: bool  # may have recipients' rows (False: surely none)
 
 
 @dataclasses.dataclass
@@ -282,9 +292,12 @@ class MailPoller:
         dead: list[_Dead] = []
         flight = self._flight = InFlight(self.sender.in_flight, on_end=self._commits.poke)
 
-        async def one(candidate: Candidate, raw: bytes) -> None:
+        # looked up once for the poll (and once per fetched batch below) instead of per mail
+        delivered = self.state.delivered(mailbox.scope, [c.key for c in todo if c.key])
+
+        async def one(candidate: Candidate, raw: bytes, mail: _Fetched) -> None:
             try:
-                if await self._process(mailbox, candidate, raw, attempts, result, dead):
+                if await self._process(mailbox, candidate, raw, mail, attempts, result, dead):
                     finish.append(candidate)
             except _RecordFailed as failed:  # see _process
                 finish.append(candidate)
@@ -293,12 +306,13 @@ class MailPoller:
         try:
             async with contextlib.aclosing(mailbox.batches(todo)) as batches:
                 async for batch in batches:
-                    for candidate, raw in batch:
+                    fetched = self._fetched(mailbox, batch, delivered)
+                    for (candidate, raw), mail in zip(batch, fetched, strict=True):
                         await flight.slot()  # backpressure: a slow flow holds back the fetching
                         if self._lost.is_set() or self._stopping():
                             flight.release()
                             break
-                        flight.spawn(one(candidate, raw))
+                        flight.spawn(one(candidate, raw, mail))
                     if self._lost.is_set():
                         result.lock_lost = True
                         self._log.warning(
@@ -443,11 +457,26 @@ class MailPoller:
         result.dead_lettered += 1
         self._log.warning("mail dead-lettered", key=item.candidate.key, place=place)
 
+    def _fetched(
+        self, mailbox: Mailbox, batch: Sequence[tuple[Candidate, bytes]], delivered: set[str]
+    ) -> list[_Fetched]:
+        """What the state store knows of a fetched batch, in one query for all its mails."""
+        ids = [message_id_of(raw) for _candidate, raw in batch]
+        done = self.state.find_by_message_ids(
+            mailbox.scope, ids, other_generation_than=mailbox.generation
+        )
+        return [
+            # a key known only from the content (POP3 without UIDL) is looked up per mail
+            _Fetched(message_id, message_id in done, not c.key or c.key in delivered)
+            for (c, _raw), message_id in zip(batch, ids, strict=True)
+        ]
+
     async def _process(
         self,
         mailbox: Mailbox,
         candidate: Candidate,
         raw: bytes,
+        mail: _Fetched,
         attempts: dict[str, int],
         result: PollResult,
         dead: list[_Dead],
@@ -457,7 +486,7 @@ class MailPoller:
         When the record cannot be written after the flow finished, _RecordFailed says so:
         the mail is post-processed all the same (leaving it would hand it over a second
         time), and the poll then fails with the state DB's error."""
-        message_id = message_id_of(raw)
+        message_id = mail.message_id
         if not candidate.key:  # POP3 without UIDL: known only now
             candidate.key = content_key(raw)
             found = self.state.records(mailbox.scope, [candidate.key]).get(candidate.key)
@@ -468,10 +497,7 @@ class MailPoller:
                 result.skipped += 1
                 return self.sender.post_process.action != "keep"  # a delete that did not stick
             attempts[candidate.key] = found.attempts if found else 0
-        earlier = self.state.find_by_message_id(
-            mailbox.scope, message_id, other_generation_than=mailbox.generation
-        )
-        if earlier is not None:
+        if mail.done_elsewhere:
             # the same mail, done under another UIDVALIDITY: record it under its new key
             self.state.record_done(
                 mailbox.scope,
@@ -484,7 +510,7 @@ class MailPoller:
             result.recovered += 1
             return True
         attempt = attempts.get(candidate.key, 0) + 1
-        verdict = await self._hand_over(mailbox, candidate, raw, attempt)
+        verdict = await self._hand_over(mailbox, candidate, raw, attempt, mail.delivered)
         if self._flight is not None:
             self._flight.free()  # the next mail starts while this one waits for its record
         if not verdict:
@@ -536,7 +562,7 @@ class MailPoller:
         return True
 
     async def _hand_over(
-        self, mailbox: Mailbox, candidate: Candidate, raw: bytes, attempt: int
+        self, mailbox: Mailbox, candidate: Candidate, raw: bytes, attempt: int, delivered: bool
     ) -> Verdict:
         sender = self.sender
         source = {
@@ -545,6 +571,7 @@ class MailPoller:
             SOURCE_SCOPE: mailbox.scope,
             SOURCE_KEY: candidate.key,
             SOURCE_RAW: raw,
+            SOURCE_DELIVERED: delivered,
         }
         unreadable = ""
         refused: Handle | None = None
