@@ -74,7 +74,24 @@ def message_bytes(message: Message) -> bytes:
 def wire_pieces(message: Message, size: int = PIECE) -> Iterator[bytes]:
     """The message as DATA carries it, in pieces of about ``size`` (then :func:`end_line`)."""
     for piece in _line_pieces(message, size):
-        yield _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", piece))
+        yield (
+            piece
+            if _wire_ready(piece)
+            else _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", piece))
+        )
+
+
+def _wire_ready(piece: bytes) -> bool:
+    """Nothing for the two rules to change: every line break a CRLF, no line starting with
+    a dot. True for most pieces (the composer writes CRLF); a few scans in C find out faster
+    than the rules' regular expressions would rewrite them."""
+    crlf = piece.count(b"\r\n")
+    return (
+        piece.count(b"\n") == crlf
+        and piece.count(b"\r") == crlf
+        and not piece.startswith(b".")
+        and b"\n." not in piece
+    )
 
 
 def _line_pieces(message: Message, size: int) -> Iterator[bytes]:

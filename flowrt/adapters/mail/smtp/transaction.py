@@ -22,6 +22,7 @@ same replies kept and the same failures raised.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 
@@ -214,9 +215,16 @@ async def _pipelined(
 
 def _quoted(address: str, encoding: str) -> bytes:
     try:
-        return quote_address(address).encode(encoding)
+        return _quote(address, encoding)
     except ValueError:  # aiosmtplib refuses what could end a command line
         raise _unsendable(address) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _quote(address: str, encoding: str) -> bytes:
+    # a flow sends to the same few addresses again and again; parsing one costs more than
+    # the rest of its command line
+    return quote_address(address).encode(encoding)
 
 
 def _size_limit(session: SmtpSession) -> int:
