@@ -19,6 +19,10 @@ What the server does is set by a ``Script``:
   in order, so a pipelined group is answered reply by reply. ``waiting_at_mail`` records,
   per MAIL FROM, the client's bytes already there behind it (a moment later): the rest of
   the group when the client pipelines, nothing when it waits for each reply;
+* ``chunking``: offer CHUNKING (RFC 3030) too: ``BDAT n [LAST]`` chunks, counted, read
+  whole whatever the replies before them were (a refused sender or no recipient: 503/554
+  after the chunk, as Postfix does); ``data_reply``, ``drop_during_data`` and the
+  ``"DATA"`` delay apply to the last chunk; ``bdat_commands`` records each BDAT line;
 * ``credentials``: ``{user: password}`` enables AUTH PLAIN, LOGIN and CRAM-MD5
   (``auth_required`` to insist; ``auth_require_tls`` defaults to "only if TLS is set").
 
@@ -67,6 +71,7 @@ class Script:
     auth_required: bool = False
     auth_require_tls: bool | None = None
     pipelining: bool = False
+    chunking: bool = False
     hostname: str = "scripted.test.example"
     data_size_limit: int = 64 * 1024 * 1024
     timeout: float = 60.0
@@ -101,6 +106,8 @@ class _Handler:
         session.host_name = hostname
         if self.script.pipelining:
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if self.script.chunking:
+            responses.insert(len(responses) - 1, "250-CHUNKING")
         return responses
 
     async def handle_HELO(
@@ -199,12 +206,43 @@ class _Handler:
 class _ScriptedSMTP(SMTP):
     def __init__(self, owner: ScriptedSMTPServer, handler: _Handler, **kwargs: Any) -> None:
         self.owner = owner
+        self._chunks: list[bytes] = []  # BDAT chunks of the transaction so far
         super().__init__(handler, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # not the STARTTLS re-entry
             self.owner._connection_made(transport)
         super().connection_made(transport)
+
+    async def smtp_BDAT(self, arg: str) -> None:
+        """RFC 3030: the chunk is read whole (it is counted) before any reply."""
+        if not self.owner.script.chunking:
+            await self.push("502 5.5.1 Error: command not implemented")
+            return
+        words = arg.split()
+        if not words or not words[0].isdigit() or words[1:] not in ([], ["LAST"]):
+            await self.push("501 5.5.4 Syntax: BDAT count [LAST]")
+            return
+        self.owner.bdat_commands.append(f"BDAT {arg}")
+        chunk = await self._reader.readexactly(int(words[0]))
+        self._chunks.append(chunk)
+        envelope = self.envelope
+        if envelope is None or not envelope.mail_from:
+            self._chunks = []
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not envelope.rcpt_tos:
+            self._chunks = []
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        if not words[1:]:
+            await self.push(f"250 2.0.0 {len(chunk)} bytes received")
+            return
+        envelope.original_content = envelope.content = b"".join(self._chunks)
+        self._chunks = []
+        status = await self._call_handler_hook("DATA")
+        await self.push(status)
+        self._set_post_data_state()
 
     async def _handle_client(self) -> None:
         script = self.owner.script
@@ -237,6 +275,7 @@ class ScriptedSMTPServer:
         self.connections = 0
         self.held_saw: list[int] = []  # messages arrived when a held RCPT was answered
         self.waiting_at_mail: list[bytes] = []  # see Script.pipelining
+        self.bdat_commands: list[str] = []  # see Script.chunking
         self.in_data = 0  # transactions between their data and its reply
         self.most_in_data = 0
         self._cond = threading.Condition()

@@ -28,15 +28,20 @@ from tests.smtp.conftest import TestTenant, drop_once_server, make_receiver
 Start = Callable[..., ScriptedSMTPServer]
 
 
-@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+@pytest.fixture(params=["one-by-one", "pipelining", "chunking"])
 def scripted(request: pytest.FixtureRequest, scripted: Start) -> Start:
-    """Every scripted server here twice: without PIPELINING (a command, its reply) and with
-    it (MAIL, RCPT and DATA in one write): the same replies kept, the same failures."""
+    """Every scripted server here three times: without PIPELINING (a command, its reply),
+    with it (MAIL, RCPT and DATA in one write), and with CHUNKING as well (MAIL, RCPT and
+    the message as one BDAT chunk in one write): the same replies kept, the same failures."""
 
     def start(server: ScriptedSMTPServer | None = None, **fields: Any) -> ScriptedSMTPServer:
         if server is None:
             server = ScriptedSMTPServer(**fields)
-        server.script = dataclasses.replace(server.script, pipelining=request.param)
+        server.script = dataclasses.replace(
+            server.script,
+            pipelining=request.param != "one-by-one",
+            chunking=request.param == "chunking",
+        )
         return scripted(server)
 
     return start
@@ -124,7 +129,8 @@ async def test_slow_reply_to_the_data_times_out(tenant: TestTenant, scripted: St
         f"MessagingException: Exception reading response from SMTP host: 127.0.0.1, port: "
         f"{server.port}\n"
         "  nested exception is:\n"
-        "\tSocketTimeoutException: Read timed out after 1s waiting for the reply to DATA"
+        "\tSocketTimeoutException: Read timed out after 1s waiting for the reply to "
+        + ("BDAT" if server.script.chunking else "DATA")
     )
     assert isinstance(info.value.__cause__, SocketTimeoutException)
     assert is_retryable(info.value)
@@ -181,10 +187,15 @@ async def test_the_envelope_goes_in_one_write_when_the_server_pipelines(
         assert set(report.replies.values()) == {"250 2.1.5 OK"}
         assert report.data_reply == "250 2.0.0 OK queued"
     assert second.reused_connection
-    if server.script.pipelining:  # the RCPTs and DATA were there before MAIL's reply
-        group = b"RCPT TO:<accounting@example.com>\r\nRCPT TO:<audit@example.com>\r\nDATA\r\n"
-        assert server.waiting_at_mail == [group, group]
+    rcpts = b"RCPT TO:<accounting@example.com>\r\nRCPT TO:<audit@example.com>\r\n"
     received = server.wait_for_messages(2)
+    if server.script.chunking:  # the RCPTs and the message itself were there before MAIL's reply
+        assert server.bdat_commands == [f"BDAT {len(m.data)} LAST" for m in received]
+        assert server.waiting_at_mail == [
+            rcpts + f"BDAT {len(m.data)} LAST\r\n".encode() + m.data for m in received
+        ]
+    elif server.script.pipelining:  # the RCPTs and DATA were there before MAIL's reply
+        assert server.waiting_at_mail == [rcpts + b"DATA\r\n"] * 2
     assert [m.rcpt_tos for m in received] == [("accounting@example.com", "audit@example.com")] * 2
     assert received[1].data.endswith(b"\r\n\r\n.one dot\r\n..two dots\r\n")  # dots kept
 
@@ -264,9 +275,10 @@ async def test_drop_during_data_twice_is_a_retryable_mail_connect_exception(
     async with receiver_for(tenant, server.port) as smtp:
         with pytest.raises(MailConnectException) as info:
             await smtp.deliver(mail())
+    during = "BDAT" if server.script.chunking else "DATA"
     assert render_chain(info.value) == (
         f"MailConnectException: Connection to SMTP host: 127.0.0.1, port: {server.port} closed "
-        "during DATA; the mail was not sent (tried 2 times, the last on a fresh connection)\n"
+        f"during {during}; the mail was not sent (tried 2 times, the last on a fresh connection)\n"
         "  nested exception is:\n"
         "\tIOException: Connection dropped by server?"
     )

@@ -110,7 +110,7 @@ async def test_postfix_submission_one_tls_session_for_many_mails(
     async with SmtpReceiver(receiver, tenant.security) as smtp:
         for i in range(5):
             await smtp.deliver(mail(i))
-    summary = "ehlo=2 starttls=1 auth=1 mail=5 rcpt=5 data=5 quit=1"
+    summary = "ehlo=2 starttls=1 auth=1 mail=5 rcpt=5 bdat=5 quit=1"
     for _ in range(100):  # Postfix writes the summary just after QUIT; wait for it (bounded)
         log = postfix._log_since(offset)
         if summary in log:

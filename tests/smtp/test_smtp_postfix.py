@@ -74,7 +74,8 @@ async def test_starttls_plain_auth_delivers_byte_for_byte(
         report = await smtp.send(mail, message)
 
     assert report.accepted == (to.address, cc.address)
-    assert report.data_reply.startswith("250 2.0.0 Ok: queued as")
+    # Postfix offers CHUNKING: the message went as one BDAT chunk, whose reply counts it
+    assert report.data_reply.startswith(f"250 2.0.0 Ok: {report.size} bytes queued as")
     assert report.replies[to.address].startswith("250 2.1.5")
     assert report.attempts == 1 and not report.reused_connection
 
@@ -183,6 +184,29 @@ async def test_unknown_recipient_at_postfix_is_a_send_failure(
     assert not failure.retryable
     assert "not retried, since a retry would send it to them again" in failure.message
     dovecot.wait_for_message(to.address)  # the accepted one has it
+
+
+async def test_a_refused_chunk_leaves_the_connection_in_step_for_the_next_mail(
+    postfix: PostfixServer, dovecot: DovecotServer, tenant: TestTenant, new_mailbox_user: NewUser
+) -> None:
+    # Postfix offers CHUNKING: the message goes in the same write as MAIL and RCPT, as one
+    # counted BDAT chunk, before the client knows that no recipient was taken
+    to = new_mailbox_user()
+    receiver = make_receiver(
+        address=f'"127.0.0.1:{postfix.submission_port}"', to='"${property.rcpt}"'
+    )
+    async with SmtpReceiver(receiver, tenant.security) as smtp:
+        with pytest.raises(SendFailedException) as info:
+            await smtp.deliver(
+                exchange(unique("nobody"), properties={"rcpt": "nobody@example.com"})
+            )
+        assert info.value.invalid == ["nobody@example.com"] and not info.value.valid_sent
+        subject = unique("next on the same connection")
+        report = await smtp.deliver(exchange(subject, properties={"rcpt": to.address}))
+    assert report.reused_connection and report.accepted == (to.address,)
+    assert report.data_reply.startswith(f"250 2.0.0 Ok: {report.size} bytes queued as")
+    _, _, raw = dovecot.wait_for_message(to.address)
+    assert email.message_from_bytes(raw)["Subject"] == f"Invoice {subject}"
 
 
 async def test_plain_port_with_plain_auth_is_refused_before_any_password(

@@ -32,6 +32,7 @@ __all__ = [
     "STREAM_ABOVE",
     "Message",
     "Pieces",
+    "chunk_bytes",
     "end_line",
     "message_bytes",
     "send_data",
@@ -116,6 +117,17 @@ def _line_pieces(message: Message, size: int) -> Iterator[bytes]:
             pos = cut + 1
     if carry:
         yield bytes(carry)
+
+
+def chunk_bytes(message: Message) -> bytes:
+    """The message as one BDAT chunk carries it (RFC 3030 CHUNKING): counted, so no dot is
+    doubled and no end line follows; line breaks made CRLF, and one added at the end when
+    missing, so that the server stores what DATA would have given it."""
+    data = message_bytes(message)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDINGS.sub(b"\r\n", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def end_line(message: Message) -> bytes:

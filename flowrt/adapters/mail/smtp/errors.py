@@ -276,11 +276,11 @@ def sender_refused(
 
 
 def data_refused(
-    accepted: list[str], refused: dict[str, str], code: int, message: str
+    accepted: list[str], refused: dict[str, str], code: int, message: str, command: str = "DATA"
 ) -> SendFailedException:
     reply = reply_text(code, message)
     return SendFailedException(
-        f"{reply} (the message was refused after DATA; not sent to {', '.join(accepted)})",
+        f"{reply} (the message was refused after {command}; not sent to {', '.join(accepted)})",
         invalid=list(refused),
         valid_unsent=accepted,
         replies=refused,

@@ -56,9 +56,9 @@ class Replies(asyncio.Protocol):
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def send(self, commands: Sequence[bytes]) -> None:
-        """Every command line (without its CRLF) in one write."""
-        self.write(b"".join(command + b"\r\n" for command in commands))
+    def send(self, commands: Sequence[bytes], then: bytes = b"") -> None:
+        """Every command line (without its CRLF), and ``then`` (a BDAT chunk), in one write."""
+        self.write(b"".join([*(command + b"\r\n" for command in commands), then]))
 
     def write(self, data: bytes) -> None:
         if self._error is not None or self._transport.is_closing():
