@@ -43,6 +43,8 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # a line in one write: print() writes the line and its newline apart, two system
+        # calls on a stderr that writes through (a pipe to journald, a container's log)
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
