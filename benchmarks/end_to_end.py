@@ -15,12 +15,17 @@ is watched every 2 ms:
 References in the same run, on the same servers:
 
 - ``imap_only_rate``: flowrt's poller alone (``benchmarks/imap_poll.py``'s ``flowrt_rate``:
-  fetch, three steps, record, mark read; STARTTLS off);
+  fetch, three steps, record, mark read), over the same protection as the flow it is
+  compared with (STARTTLS, or IMAPS);
 - ``smtp_only_rate``: flowrt's receiver alone (``benchmarks/smtp_send.py``'s ``flowrt_rate``,
   4 sessions);
 - ``plain_script_rate``: what a user would write: imaplib fetch + smtplib send + mark,
   one mail after another, on one connection each (STARTTLS);
-- ``vs_slower_part``: ``rate_first_to_last`` / min(imap_only, smtp_only) (goal 0.6).
+- ``vs_slower_part``: ``rate_first_to_last`` / min(imap_only, smtp_only) (goal 0.6);
+- ``imap_only_cpu_s_per_1000`` / ``smtp_only_cpu_s_per_1000``: CPU seconds the two parts
+  take per 1,000 mails; ``one_core_bound``: 1,000 / their sum, the rate that one process
+  doing both parts on one core cannot pass (the parts keep their core busy; a whole flow
+  adds its MPL, state and log on top); ``vs_one_core_bound``: the flow's rate against it.
 
 Each figure is the median over ``--rounds``. The machine may be shared and loaded: compare
 the ratios of one run, not absolute figures across runs. Nothing is asserted.
@@ -33,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import imaplib
 import json
 import logging
 import os
+import resource
 import signal
 import smtplib
 import ssl
@@ -170,7 +177,19 @@ def _profile(pid: int) -> subprocess.Popen[bytes] | None:
     if not out:
         return None
     return subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "-o", out, "-f", "raw", "-r", "500"],
+        [
+            "py-spy",
+            "record",
+            "--nonblocking",
+            "--pid",
+            str(pid),
+            "-o",
+            out,
+            "-f",
+            "raw",
+            "-r",
+            "1000",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -197,24 +216,40 @@ def plain_script(dovecot: DovecotServer, user: MailboxUser, ca: TestCA, sink: Sm
     return len(uids) / (time.perf_counter() - started)
 
 
-async def smtp_only(sink: SmtpSink, mails: int) -> float:
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def smtp_only(sink: SmtpSink, mails: int) -> tuple[float, float]:
+    """mails/s, and CPU seconds per 1,000 mails, of flowrt's receiver alone."""
     with tempfile.TemporaryDirectory(prefix="flowrt-bench-") as folder:
         init_tenant(Path(folder) / "tenant", environ={})
         security = TenantSecurity.open(Tenant(Path(folder) / "tenant"))
         receiver = SmtpReceiver(smtp_send.receiver_block(sink.port, 4), security, per_target=4)
         try:
             await smtp_send.flowrt_round(receiver, 50, 4)  # sessions open, as in a flow
+            cpu = _cpu()
             seconds = await smtp_send.flowrt_round(receiver, mails, 4)
+            cpu = _cpu() - cpu
         finally:
             await receiver.aclose()
-    return mails / seconds
+    return mails / seconds, cpu / mails * 1000
 
 
-async def imap_only(dovecot: DovecotServer, user: MailboxUser, mails: int) -> float:
+async def imap_only(
+    dovecot: DovecotServer, user: MailboxUser, mails: int, protection: str, ca: TestCA
+) -> tuple[float, float]:
+    """mails/s, and CPU seconds per 1,000 mails, of flowrt's poller alone, over the same
+    protection as the flow it is compared with."""
+    port = dovecot.imaps_port if protection == "imaps" else dovecot.imap_port
+    mode = "imaps" if protection == "imaps" else "starttls-mandatory"
+    tls = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    cpu = _cpu()
     seconds, done = await imap_poll.timed(
-        lambda: imap_poll.run_flowrt(dovecot.imap_port, user, mails)
+        lambda: imap_poll.run_flowrt(port, user, mails, protection=mode, tls=tls)
     )
-    return done / seconds
+    return done / seconds, (_cpu() - cpu) / done * 1000
 
 
 def main() -> None:
@@ -238,8 +273,16 @@ def main() -> None:
         figures: dict[str, list[float]] = {}
         for _ in range(opts.rounds):
             imap_poll.reset_seen(dovecot, user)
-            figures.setdefault("imap_only", []).append(asyncio.run(imap_only(dovecot, user, n)))
-            figures.setdefault("smtp_only", []).append(asyncio.run(smtp_only(sink, n)))
+            parts = {"smtp_only": lambda: smtp_only(sink, n)}
+            for protection in protections:
+                parts[f"imap_only/{protection}"] = functools.partial(
+                    imap_only, dovecot, user, n, protection, ca
+                )
+            for part, measure in parts.items():
+                imap_poll.reset_seen(dovecot, user)
+                rate, cpu = asyncio.run(measure())
+                figures.setdefault(part, []).append(rate)
+                figures.setdefault(f"{part}/cpu_per_1000", []).append(cpu)
             imap_poll.reset_seen(dovecot, user)
             figures.setdefault("plain", []).append(plain_script(dovecot, user, ca, sink))
             for protection in protections:
@@ -256,10 +299,27 @@ def main() -> None:
                     for name, value in got.items():
                         figures.setdefault(f"{protection}/{limit}/{name}", []).append(value)
         med = {name: statistics.median(values) for name, values in figures.items()}
-        emit("imap_only_rate", round(med["imap_only"]), "mails/s", **common)
         emit("smtp_only_rate", round(med["smtp_only"]), "mails/s", **common)
+        emit("smtp_only_cpu_s_per_1000", round(med["smtp_only/cpu_per_1000"], 3), "s", **common)
         emit("plain_script_rate", round(med["plain"]), "mails/s", **common)
-        slower = min(med["imap_only"], med["smtp_only"])
+        slower: dict[str, float] = {}
+        one_core: dict[str, float] = {}
+        for protection in protections:
+            part = f"imap_only/{protection}"
+            extra = {**common, "protection": protection}
+            emit("imap_only_rate", round(med[part]), "mails/s", **extra)
+            emit("imap_only_cpu_s_per_1000", round(med[f"{part}/cpu_per_1000"], 3), "s", **extra)
+            slower[protection] = min(med[part], med["smtp_only"])
+            # both parts keep one core busy: one process doing both cannot pass this rate
+            cpu = med[f"{part}/cpu_per_1000"] + med["smtp_only/cpu_per_1000"]
+            one_core[protection] = 1000 / cpu
+            emit("one_core_bound", round(one_core[protection]), "mails/s", **extra)
+            emit(
+                "one_core_bound_vs_slower_part",
+                round(one_core[protection] / slower[protection], 2),
+                "ratio",
+                **extra,
+            )
         for protection in protections:
             for limit in in_flight:
                 key = f"{protection}/{limit}"
@@ -267,7 +327,14 @@ def main() -> None:
                 emit("rate_start_to_last", round(med[f"{key}/start_to_last"]), "mails/s", **extra)
                 rate = med[f"{key}/first_to_last"]
                 emit("rate_first_to_last", round(rate), "mails/s", **extra)
-                emit("vs_slower_part", round(rate / slower, 2), "ratio", goal=0.6, **extra)
+                emit(
+                    "vs_slower_part",
+                    round(rate / slower[protection], 2),
+                    "ratio",
+                    goal=0.6,
+                    **extra,
+                )
+                emit("vs_one_core_bound", round(rate / one_core[protection], 2), "ratio", **extra)
                 emit("vs_plain_script", round(rate / med["plain"], 2), "ratio", **extra)
                 emit("cpu_s_per_1000", round(med[f"{key}/cpu_per_1000"], 2), "s", **extra)
                 emit("peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)

@@ -37,6 +37,7 @@ import email
 import imaplib
 import json
 import logging
+import ssl
 import statistics
 import sys
 import tempfile
@@ -130,14 +131,14 @@ def transform_message(message: email.message.Message) -> None:
     assert customer
 
 
-def sender(port: int, count: int, poll: Any) -> Sender:
+def sender(port: int, count: int, poll: Any, protection: str = "off") -> Sender:
     return Sender(
         adapter="mail",
         protocol="imap",
         connection=Connection(
             address=Address("127.0.0.1", port, True),
             proxy=Proxy("internet"),
-            protection="off",
+            protection=protection,
             auth=Auth("plain", "bench"),
             timeout=dt.timedelta(seconds=30),
             allow_plaintext_auth=True,
@@ -155,12 +156,22 @@ def sender(port: int, count: int, poll: Any) -> Sender:
     )
 
 
-def endpoint(s: Sender, user: MailboxUser) -> MailEndpoint:
+def endpoint(s: Sender, user: MailboxUser, tls: ssl.SSLContext | None = None) -> MailEndpoint:
     login = MailLogin(user.address, Secret(user.password), None, "bench")
-    return MailEndpoint.for_sender(s, login=login, tls=None)
+    return MailEndpoint.for_sender(s, login=login, tls=tls)
 
 
-async def run_flowrt(port: int, user: MailboxUser, count: int) -> int:
+async def run_flowrt(
+    port: int,
+    user: MailboxUser,
+    count: int,
+    *,
+    protection: str = "off",
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    """Poll ``count`` mails once; ``protection`` (with ``tls`` trusting the server) as a
+    flow's ``protection`` setting: ``starttls-mandatory`` or ``imaps`` (then ``port`` is the
+    IMAPS port)."""
     handled = 0
 
     async def handle(exchange: Exchange) -> bool:
@@ -169,12 +180,12 @@ async def run_flowrt(port: int, user: MailboxUser, count: int) -> int:
         handled += 1
         return True
 
-    s = sender(port, count, PollEvery(dt.timedelta(minutes=1)))
+    s = sender(port, count, PollEvery(dt.timedelta(minutes=1)), protection)
     with (
         tempfile.TemporaryDirectory(prefix="flowrt-bench-") as folder,
         StateDB(Path(folder) / "state.sqlite") as state,
     ):
-        await MailPoller(s, endpoint(s, user), handle, state).poll_once()
+        await MailPoller(s, endpoint(s, user, tls), handle, state).poll_once()
     return handled
 
 
