@@ -75,7 +75,7 @@ def body_text(i: int) -> str:
     return (line * (SIZE // len(line) + 1))[: SIZE - 400]  # about 2 KB with the headers
 
 
-def receiver_block(port: int, concurrency: int) -> Receiver:
+def receiver_block(port: int, concurrency: int, recipient: str = "") -> Receiver:
     text = f"""flow bench {{
   sender mail {{
     protocol imap
@@ -87,7 +87,7 @@ def receiver_block(port: int, concurrency: int) -> Receiver:
     protection off
     auth none
     from "{SENDER}"
-    to "{RECIPIENT}"
+    to "{recipient or RECIPIENT}"
     subject "Fwd: ${{header.Subject}}"
   }}
 }}
