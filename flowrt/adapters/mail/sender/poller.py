@@ -124,6 +124,13 @@ class _Fetched:
     message_id: str
     done_elsewhere: bool  # done under another generation (UIDVALIDITY) of the mailbox
     delivered: bool  # may have recipients' rows (False: surely none)
+    looked_up: float  # time.monotonic() of the answers
+
+
+# How long what a batch's lookup said holds for its mails: a third of the shortest lease
+# (1 s). The lookup ran under a lease renewed at most a third of its time before, so for this
+# long no other node can have taken the mailbox over (and sent or recorded its mails).
+FRESH_FOR = 0.3
 
 
 @dataclasses.dataclass
@@ -292,9 +299,6 @@ class MailPoller:
         dead: list[_Dead] = []
         flight = self._flight = InFlight(self.sender.in_flight, on_end=self._commits.poke)
 
-        # looked up once for the poll (and once per fetched batch below) instead of per mail
-        delivered = self.state.delivered(mailbox.scope, [c.key for c in todo if c.key])
-
         async def one(candidate: Candidate, raw: bytes, mail: _Fetched) -> None:
             try:
                 if await self._process(mailbox, candidate, raw, mail, attempts, result, dead):
@@ -306,7 +310,7 @@ class MailPoller:
         try:
             async with contextlib.aclosing(mailbox.batches(todo)) as batches:
                 async for batch in batches:
-                    fetched = self._fetched(mailbox, batch, delivered)
+                    fetched = self._fetched(mailbox, batch)
                     for (candidate, raw), mail in zip(batch, fetched, strict=True):
                         await flight.slot()  # backpressure: a slow flow holds back the fetching
                         if self._lost.is_set() or self._stopping():
@@ -458,16 +462,19 @@ class MailPoller:
         self._log.warning("mail dead-lettered", key=item.candidate.key, place=place)
 
     def _fetched(
-        self, mailbox: Mailbox, batch: Sequence[tuple[Candidate, bytes]], delivered: set[str]
+        self, mailbox: Mailbox, batch: Sequence[tuple[Candidate, bytes]]
     ) -> list[_Fetched]:
-        """What the state store knows of a fetched batch, in one query for all its mails."""
+        """What the state store knows of a fetched batch: two queries for all its mails,
+        instead of two per mail."""
         ids = [message_id_of(raw) for _candidate, raw in batch]
         done = self.state.find_by_message_ids(
             mailbox.scope, ids, other_generation_than=mailbox.generation
         )
+        delivered = self.state.delivered(mailbox.scope, [c.key for c, _raw in batch if c.key])
+        now = time.monotonic()
         return [
             # a key known only from the content (POP3 without UIDL) is looked up per mail
-            _Fetched(message_id, message_id in done, not c.key or c.key in delivered)
+            _Fetched(message_id, message_id in done, not c.key or c.key in delivered, now)
             for (c, _raw), message_id in zip(batch, ids, strict=True)
         ]
 
@@ -486,6 +493,10 @@ class MailPoller:
         When the record cannot be written after the flow finished, _RecordFailed says so:
         the mail is post-processed all the same (leaving it would hand it over a second
         time), and the poll then fails with the state DB's error."""
+        if time.monotonic() - mail.looked_up > FRESH_FOR:
+            # the batch's answers are old (a slow flow ahead of this mail, or the process
+            # was paused): another node may have taken the mailbox and sent it since
+            [mail] = self._fetched(mailbox, [(candidate, raw)])
         message_id = mail.message_id
         if not candidate.key:  # POP3 without UIDL: known only now
             candidate.key = content_key(raw)
