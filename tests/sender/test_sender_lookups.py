@@ -45,7 +45,7 @@ async def test_a_batch_asks_the_state_store_once_not_once_per_mail(
     told = {e.properties[SOURCE_KEY]: e.properties[SOURCE_DELIVERED] for e in second.seen}
     assert told == {key: key == keys[4] for key in keys}
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len([s for s in reads if "FROM deliveries" in s]) == 1  # 12 small mails: one batch
+    assert len([s for s in reads if "FROM deliveries" in s]) == 1  # 12 mails: one lookup
     assert len([s for s in reads if "message_id IN" in s]) == 1
 
 

@@ -49,7 +49,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import structlog
 
@@ -131,6 +131,7 @@ class _Fetched:
 # (1 s). The lookup ran under a lease renewed at most a third of its time before, so for this
 # long no other node can have taken the mailbox over (and sent or recorded its mails).
 FRESH_FOR = 0.3
+LOOKUP_EVERY = 32  # mails of a fetched batch looked up together (a batch holds up to 250)
 
 
 @dataclasses.dataclass
@@ -310,8 +311,7 @@ class MailPoller:
         try:
             async with contextlib.aclosing(mailbox.batches(todo)) as batches:
                 async for batch in batches:
-                    fetched = self._fetched(mailbox, batch)
-                    for (candidate, raw), mail in zip(batch, fetched, strict=True):
+                    for candidate, raw, mail in self._looked_up(mailbox, batch):
                         await flight.slot()  # backpressure: a slow flow holds back the fetching
                         if self._lost.is_set() or self._stopping():
                             flight.release()
@@ -460,6 +460,16 @@ class MailPoller:
         self.state.mark_post_processed(mailbox.scope, [item.candidate.key])
         result.dead_lettered += 1
         self._log.warning("mail dead-lettered", key=item.candidate.key, place=place)
+
+    def _looked_up(
+        self, mailbox: Mailbox, batch: Sequence[tuple[Candidate, bytes]]
+    ) -> Iterator[tuple[Candidate, bytes, _Fetched]]:
+        """The batch's mails with what the state store knows of them, asked LOOKUP_EVERY
+        mails at a time: soon before their turn, so that the answers are rarely too old."""
+        for start in range(0, len(batch), LOOKUP_EVERY):
+            part = batch[start : start + LOOKUP_EVERY]
+            for (candidate, raw), mail in zip(part, self._fetched(mailbox, part), strict=True):
+                yield candidate, raw, mail
 
     def _fetched(
         self, mailbox: Mailbox, batch: Sequence[tuple[Candidate, bytes]]
