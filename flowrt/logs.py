@@ -3,6 +3,7 @@ colour output on a terminal. Keys that look like secrets are masked in every lin
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -15,10 +16,15 @@ _SECRET_KEY = re.compile(r"pass(word)?|secret|token|authorization|credential_val
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if _SECRET_KEY.search(key):
-            event[key] = "********"
+    for key in [key for key in event if _secret(key)]:
+        event[key] = "********"
     return event
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret(key: str) -> bool:
+    # the same few field names come by in every line: look each one up once
+    return _SECRET_KEY.search(key) is not None
 
 
 def configure(

@@ -236,7 +236,16 @@ class StateDB:
             conn.execute("COMMIT")
 
     @contextlib.contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, action: str, *, one_statement: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """A transaction of its own, or inside :meth:`batch` a savepoint, so that a write
+        that fails takes back only itself. ``one_statement``: a single statement needs no
+        savepoint (SQLite takes back a failed statement by itself)."""
+        if self._batching and one_statement:
+            with self._guard(action) as conn:
+                yield conn
+            return
         if self._batching:
             with self._guard(action) as conn:
                 conn.execute("SAVEPOINT one")
@@ -334,7 +343,8 @@ class StateDB:
         :meth:`batch`: with the batch, still before the mailbox changes): this is what stops
         a resend when the process dies before the mailbox was changed."""
         now = time.time()
-        with self._transaction("write a mail record") as conn:
+        # one statement (the fence check reads nothing in SQLite; see _check_fence)
+        with self._transaction("write a mail record", one_statement=True) as conn:
             _check_fence(conn, fence, now)
             conn.execute(
                 "INSERT INTO mail_records (mailbox, key, generation, message_id, status, "
