@@ -218,8 +218,8 @@ class StateDB:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """The writes inside are committed together, in one transaction (the records of
-        mails that ended together); each write is a savepoint, so one that fails takes
-        only itself back."""
+        mails that ended together); each write is a savepoint (or a single statement), so
+        one that fails takes only itself back."""
         with self._guard("write mail records") as conn:
             if self._batching:
                 yield
