@@ -598,19 +598,24 @@ class ImapClient:
             )
             self._check(await self.execute(command, "UID STORE"), "UID STORE")
 
-    async def claim(self, uids: Sequence[int], unchanged_since: int, keyword: str) -> set[int]:
-        """UID STORE (UNCHANGEDSINCE n) +FLAGS.SILENT (keyword) (CONDSTORE, RFC 7162): set
-        ``keyword`` on the mails not changed since ``n``; returns the UIDs it was set on.
-        Those a server names in ``[MODIFIED ...]`` were changed meanwhile (another runtime
-        claimed them first) and are left alone."""
-        claimed: set[int] = set()
+    async def claim(
+        self, uids: Sequence[int], unchanged_since: int, keyword: str
+    ) -> dict[int, tuple[str, ...]]:
+        """UID STORE (UNCHANGEDSINCE n) +FLAGS (keyword) (CONDSTORE, RFC 7162): set
+        ``keyword`` on the mails not changed since ``n``; returns the UIDs it was set on,
+        each with its flags as the server holds them after the store (empty when the
+        server did not say). Those a server names in ``[MODIFIED ...]`` were changed
+        meanwhile (another runtime claimed them first) and are left alone. Not silent: the
+        flags after the store are what tells a claim that came second (see
+        ``ImapMailbox.claim``)."""
+        claimed: dict[int, tuple[str, ...]] = {}
         for chunk in chunks(uids, 500):
             command = Command(
                 "STORE",
                 self._tag(),
                 uid_set(chunk),
                 f"(UNCHANGEDSINCE {unchanged_since})",
-                "+FLAGS.SILENT",
+                "+FLAGS",
                 f"({keyword})",
                 prefix="UID",
                 untagged_resp_name="FETCH",
@@ -621,7 +626,11 @@ class ImapClient:
             if response_code(response) == "MODIFIED":
                 text = response_text(response)
                 modified = parse_uid_set(text.split("]", 1)[0].split()[-1])
-            claimed.update(uid for uid in chunk if uid not in modified)
+            flags: dict[int, tuple[str, ...]] = {}
+            for item in parse_fetch(response):
+                if isinstance(item.get("uid"), int) and "flags" in item:
+                    flags[item["uid"]] = tuple(item["flags"])
+            claimed.update((uid, flags.get(uid, ())) for uid in chunk if uid not in modified)
         return claimed
 
     async def uid_expunge(self, uids: Sequence[int]) -> None:

@@ -199,9 +199,12 @@ class ImapMailbox:
         exactly one gets it, with no shared store between them. The claim is released at
         the end of the poll (:meth:`release_claims`), after the mail was marked read, moved
         or deleted, so a mail's flags end as without claiming; a mail another runtime read
-        meanwhile (now \\Seen, or \\Deleted) is no candidate any more. A claim left by a
-        crash is this runtime's own after a restart; a mail claimed by another runtime is
-        left to it. Without CONDSTORE nothing is claimed (the poller warns)."""
+        meanwhile (now \\Seen, or \\Deleted) is no candidate any more. The STORE is not
+        silent: should both STOREs get through (a MODSEQ read newer than the flags read with
+        it), the second finds the first's keyword in its reply and steps back. A claim left
+        by a crash is this runtime's own after a restart, unless another runtime's keyword
+        is on the mail too (then it steps back); a mail claimed by another runtime is left
+        to it. Without CONDSTORE nothing is claimed (the poller warns)."""
         if not todo or not self.claim_owner or not self.can_claim:
             return list(todo)
         mine = f"{CLAIM_PREFIX}{self.claim_owner}"
@@ -210,13 +213,19 @@ class ImapMailbox:
         items = await self.client.uid_fetch(list(by_uid), "(UID FLAGS MODSEQ)")
         ours: set[int] = set()
         free: dict[int, int] = {}
+        back: list[int] = []  # ours and another's: see below
         for item in items:
             uid = item.get("uid")
             if uid not in by_uid:
                 continue
             flags = item.get("flags", ())
-            claims = [f for f in flags if f.lower().startswith(CLAIM_PREFIX)]
-            if mine.lower() in (f.lower() for f in claims):
+            claims = {f.lower() for f in flags if f.lower().startswith(CLAIM_PREFIX)}
+            if mine.lower() in claims and len(claims) > 1:
+                # a claim that came second, and a crash before it stepped back: the other
+                # runtime may be working on the mail; if it crashed too, the mail is free
+                # again once both stepped back
+                back.append(uid)
+            elif mine.lower() in claims:
                 ours.add(uid)
             elif claims or "\\Deleted" in flags:
                 continue
@@ -225,7 +234,16 @@ class ImapMailbox:
             else:
                 free[uid] = int(item.get("modseq", 0))
         if free:
-            ours |= await self.client.claim(sorted(free), max(free.values()), mine)
+            stored = await self.client.claim(sorted(free), max(free.values()), mine)
+            # The server holds flags per message, so of two claims on one mail the second
+            # finds the first's keyword in its own STORE's reply, whatever the MODSEQs it
+            # read before (a view that saw a newer MODSEQ than the flags it showed let both
+            # STOREs through): that one steps back, exactly one runtime keeps the mail.
+            second = [uid for uid, flags in stored.items() if _claimed_by_another(flags, mine)]
+            back += second
+            ours |= set(stored) - set(second)
+        if back:
+            await self.client.uid_store(sorted(back), "-", mine)
         return [c for c in todo if c.ref in ours]
 
     async def release_claims(self) -> None:
@@ -360,3 +378,9 @@ def _list_command(endpoint: MailEndpoint) -> str:
 
 def _list_hint(endpoint: MailEndpoint) -> str:
     return f"list the folders with `{_list_command(endpoint)}`"
+
+
+def _claimed_by_another(flags: Sequence[str], mine: str) -> bool:
+    return any(
+        flag.lower().startswith(CLAIM_PREFIX) and flag.lower() != mine.lower() for flag in flags
+    )
