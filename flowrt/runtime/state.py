@@ -290,21 +290,13 @@ class StateDB:
 
     def records(self, mailbox: str, keys: Iterable[str]) -> dict[str, MailRecord]:
         """The records of ``keys`` in ``mailbox`` that exist, by key."""
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, MailRecord] = {}
-        with self._guard("read mail records") as conn:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM mail_records "
-                    f"WHERE mailbox = ? AND key IN ({marks})",
-                    (mailbox, *chunk),
-                )
-                for row in rows:
-                    record = _record(row)
-                    found[record.key] = record
-        return found
+        rows = self._select_in(
+            "read mail records",
+            f"SELECT {_RECORD_COLUMNS} FROM mail_records WHERE mailbox = ? AND key IN ({{}})",
+            (mailbox,),
+            list(dict.fromkeys(keys)),
+        )
+        return {record.key: record for record in map(_record, rows)}
 
     def find_by_message_ids(
         self, mailbox: str, message_ids: Iterable[str], *, other_generation_than: str
@@ -312,21 +304,34 @@ class StateDB:
         """Which of ``message_ids`` have a ``done`` record from another generation (say,
         before the mailbox was rebuilt and UIDVALIDITY changed): the same mails, done.
         One query for a whole batch of fetched mails."""
-        wanted = [m for m in dict.fromkeys(message_ids) if m]
-        found: set[str] = set()
-        with self._guard("read mail records") as conn:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
+        rows = self._select_in(
+            "read mail records",
+            # "message_id != ''" lets the partial index serve (the planner cannot know that
+            # the bound values are not empty)
+            "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = ? AND "
+            "message_id IN ({}) AND message_id != '' AND generation != ? AND status = 'done'",
+            (mailbox,),
+            [m for m in dict.fromkeys(message_ids) if m],
+            (other_generation_than,),
+        )
+        return {str(row[0]) for row in rows}
+
+    def _select_in(
+        self,
+        action: str,
+        sql: str,
+        before: tuple[Any, ...],
+        values: list[str],
+        after: tuple[Any, ...] = (),
+    ) -> list[Any]:
+        """The rows of ``sql`` (``{}`` where its IN list goes) for all ``values``, asked
+        _CHUNK at a time; ``before`` and ``after`` are the parameters around the list."""
+        found: list[Any] = []
+        with self._guard(action) as conn:
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                # "message_id != ''" lets the partial index serve (the planner cannot know
-                # that the bound values are not empty)
-                rows = conn.execute(
-                    "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = ? AND "
-                    f"message_id IN ({marks}) AND message_id != '' AND generation != ? AND "
-                    "status = 'done'",
-                    (mailbox, *chunk, other_generation_than),
-                )
-                found.update(str(row[0]) for row in rows)
+                found += conn.execute(sql.format(marks), (*before, *chunk, *after))
         return found
 
     def record_done(
@@ -474,19 +479,14 @@ class StateDB:
 
     def delivered(self, mailbox: str, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` have recipients' rows: mails a receiver sent (or tried to send)
-        before. One query for a poll's mails; the others need no lookup of their rows."""
-        wanted = list(dict.fromkeys(keys))
-        found: set[str] = set()
-        with self._guard("read deliveries") as conn:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT DISTINCT key FROM deliveries WHERE mailbox = ? AND key IN ({marks})",
-                    (mailbox, *chunk),
-                )
-                found.update(str(row[0]) for row in rows)
-        return found
+        before. One query for a batch of mails; the others need no lookup of their rows."""
+        rows = self._select_in(
+            "read deliveries",
+            "SELECT DISTINCT key FROM deliveries WHERE mailbox = ? AND key IN ({})",
+            (mailbox,),
+            list(dict.fromkeys(keys)),
+        )
+        return {str(row[0]) for row in rows}
 
     def save_deliveries(
         self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]

@@ -12,6 +12,7 @@ import pytest
 
 from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.sender import poller as poller_module
+from flowrt.adapters.mail.sender.poller import MailPoller
 from flowrt.engine.exchange import Exchange
 from flowrt.runtime.deliveries import DeliveryWriter
 from flowrt.runtime.state import StateDB
@@ -20,17 +21,24 @@ from tests.sender.conftest import Recorder, endpoint_for, fill, make_mail, make_
 from tests.servers import DovecotServer, MailboxUser
 
 
+async def failed_once(
+    dovecot: DovecotServer, user: MailboxUser, state: StateDB, count: int
+) -> tuple[MailPoller, str, list[str]]:
+    """``count`` mails whose first poll failed them all (their keys are then known, and
+    nothing was sent): the poller (one mail at a time), the mailbox's scope, the keys."""
+    fill(dovecot, user, [make_mail() for _ in range(count)])
+    sender = make_sender(port=dovecot.imap_port, post_process=PostProcess("keep"))
+    first = Recorder(verdict=False)
+    p = poller(sender, endpoint_for(sender, user), first, state)
+    await p.poll_once()
+    keys = [exchange.properties[SOURCE_KEY] for exchange in first.seen]
+    return p, first.seen[0].properties[SOURCE_SCOPE], keys
+
+
 async def test_a_batch_asks_the_state_store_once_not_once_per_mail(
     dovecot: DovecotServer, mailbox_user: MailboxUser, state: StateDB
 ) -> None:
-    fill(dovecot, mailbox_user, [make_mail(f"mail {i}") for i in range(12)])
-    sender = make_sender(port=dovecot.imap_port, post_process=PostProcess("keep"))
-    # the first poll fails every mail: their keys are then known, and nothing was sent
-    first = Recorder(verdict=False)
-    p = poller(sender, endpoint_for(sender, mailbox_user), first, state)
-    await p.poll_once()
-    scope = first.seen[0].properties[SOURCE_SCOPE]
-    keys = [exchange.properties[SOURCE_KEY] for exchange in first.seen]
+    p, scope, keys = await failed_once(dovecot, mailbox_user, state, 12)
     # a receiver had sent the 5th mail to someone before its attempt failed
     state.save_deliveries(scope, keys[4], [("out", "a@example.com", "sent", "250 ok")])
 
@@ -55,13 +63,8 @@ async def test_a_mail_whose_turn_comes_late_is_looked_up_again(
     state: StateDB,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fill(dovecot, mailbox_user, [make_mail(f"late {i}") for i in range(3)])
-    sender = make_sender(port=dovecot.imap_port, post_process=PostProcess("keep"))
-    first = Recorder(verdict=False)
-    p = poller(sender, endpoint_for(sender, mailbox_user), first, state)
-    await p.poll_once()
-    scope = first.seen[0].properties[SOURCE_SCOPE]
-    last = first.seen[2].properties[SOURCE_KEY]
+    p, scope, keys = await failed_once(dovecot, mailbox_user, state, 3)
+    last = keys[2]
 
     monkeypatch.setattr(poller_module, "FRESH_FOR", 0.05)
 
