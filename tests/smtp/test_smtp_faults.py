@@ -441,3 +441,18 @@ async def test_failures_are_logged_with_where_and_whether_retryable(
     assert event["host"] == "127.0.0.1" and event["port"] == server.port
     assert event["receiver"] == "out" and event["retryable"] is True
     assert event["error"].startswith("MailConnectException: Could not connect to SMTP host")
+
+
+async def test_chunking_off_sends_data_to_a_server_that_offers_chunking(
+    tenant: TestTenant,
+) -> None:
+    # for a server that offers CHUNKING and mishandles BDAT: the receiver's way out
+    with ScriptedSMTPServer(pipelining=True, chunking=True) as server:
+        async with receiver_for(tenant, server.port) as smtp:
+            await smtp.deliver(mail("chunked"))
+        async with receiver_for(tenant, server.port, chunking="off") as smtp:
+            report = await smtp.deliver(mail("as data"))
+        received = server.wait_for_messages(2)
+    assert report.data_reply == "250 2.0.0 OK queued"
+    assert server.bdat_commands == [f"BDAT {len(received[0].data)} LAST"]  # the first only
+    assert received[1].data.endswith(b"\r\n\r\nhello\r\n")

@@ -158,6 +158,7 @@ class Receiver:
     positions: Mapping[str, Pos]
     html: Template | None = None  # None: the mail's HTML alternative (see mime/content.py)
     attach_original: bool = False
+    chunking: bool = True  # BDAT when the server offers CHUNKING (smtp/transaction.py)
 
     def describe(self) -> str:
         return f"{self.adapter} smtp {self.name} {self.connection.address}"

@@ -269,7 +269,11 @@ class SmtpReceiver:
             async with self.pool.lease(key, opener, fresh=attempt > 1) as lease:
                 try:
                     result = await send_transaction(
-                        lease.session, mail.sender, recipients, message_of(mail)
+                        lease.session,
+                        mail.sender,
+                        recipients,
+                        message_of(mail),
+                        chunking=self.receiver.chunking,
                     )
                 except MailConnectException as exc:  # lost before the server took the data
                     lease.discard()

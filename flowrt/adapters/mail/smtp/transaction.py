@@ -70,9 +70,16 @@ class TransactionResult:
 
 
 async def send_transaction(
-    session: SmtpSession, sender: str, recipients: Sequence[str], data: Message
+    session: SmtpSession,
+    sender: str,
+    recipients: Sequence[str],
+    data: Message,
+    *,
+    chunking: bool = True,
 ) -> TransactionResult:
-    """Send ``data`` (already serialized, CRLF line ends) from ``sender`` to ``recipients``."""
+    """Send ``data`` (already serialized, CRLF line ends) from ``sender`` to ``recipients``;
+    ``chunking=False``: DATA even where the server offers CHUNKING (the receiver's
+    ``chunking off``)."""
     smtp = session.smtp
     target = session.target
     for address in (sender, *recipients):
@@ -84,7 +91,10 @@ async def send_transaction(
     mail_options = _mail_options(session, sender, recipients, data)
     encoding = "utf-8" if "SMTPUTF8" in mail_options else "ascii"
     if session.supports("pipelining"):
-        return await _pipelined(session, sender, recipients, data, mail_options, encoding)
+        chunked = chunking and _chunks(session, data)
+        return await _pipelined(
+            session, sender, recipients, data, mail_options, encoding, chunked=chunked
+        )
     try:
         with wire_errors(target, "MAIL FROM"):
             await smtp.mail(sender, options=mail_options, encoding=encoding)
@@ -145,6 +155,8 @@ async def _pipelined(
     data: Message,
     mail_options: Sequence[str],
     encoding: str,
+    *,
+    chunked: bool,
 ) -> TransactionResult:
     """The transaction as one group (MAIL, RCPTs, DATA), then the data after a 354. Every
     reply of the group is read before anything is decided, so that the connection stays in
@@ -157,7 +169,7 @@ async def _pipelined(
     STREAM_ABOVE go in pieces after DATA, as before."""
     target = session.target
     options = b"".join(b" " + option.encode("ascii") for option in mail_options)
-    chunk = chunk_bytes(data) if _chunks(session, data) else None
+    chunk = chunk_bytes(data) if chunked else None
     command = "DATA" if chunk is None else "BDAT"
     commands = [
         b"MAIL FROM:" + _quoted(sender, encoding) + options,

@@ -161,6 +161,15 @@ SETTINGS = (
         example='attach "report.csv" type text/csv from property "report"',
     ),
     SettingSpec(
+        "chunking",
+        "auto | off",
+        "auto: when the server offers CHUNKING (RFC 3030), a message up to 1 MB goes as one "
+        "BDAT chunk in the same write as MAIL FROM and RCPT TO (one round trip a mail); off: "
+        "always DATA, for a server that offers CHUNKING but mishandles it.",
+        lambda r: r.choice(["auto", "off"]) == "auto",
+        default="auto",
+    ),
+    SettingSpec(
         "sign",
         f'alias "ALIAS" [algorithm {"|".join(SIGN_ALGORITHMS)}]',
         "S/MIME-sign with a key pair from the tenant keystore.",
@@ -212,6 +221,7 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Receiver | None
         positions=dict(s.positions),
         html=s.get("html"),
         attach_original="original" in s.get("attachments", frozenset()),
+        chunking=s.get("chunking", True),
     )
 
 
