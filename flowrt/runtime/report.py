@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from flowrt.errors import NotFoundError
@@ -217,31 +218,30 @@ def _latest_report(
     nodes: list[Any], flow: str, version: int, now: float, ttl: float
 ) -> dict[str, Any] | None:
     """The freshest report of ``flow`` at ``version`` among the running nodes."""
-    best: dict[str, Any] | None = None
-    for node in nodes:
-        if not node.alive(now, ttl):
-            continue
-        report = node.status.get("flows", {}).get(flow)
-        if not isinstance(report, dict) or report.get("version") != version:
-            continue
-        if best is None or str(report.get("updated", "")) > str(best.get("updated", "")):
-            best = report
-    return best
+    reports = [report for _node, report in _reports(nodes, flow, version, now, ttl)]
+    return max(reports, key=lambda report: str(report.get("updated", "")), default=None)
 
 
 def _last_poller(nodes: list[Any], flow: str, version: int, now: float, ttl: float) -> str:
     """The running node whose report of ``flow`` at ``version`` has the latest poll."""
     best, name = "", ""
-    for node in nodes:
-        if not node.alive(now, ttl):
-            continue
-        report = node.status.get("flows", {}).get(flow)
-        if not isinstance(report, dict) or report.get("version") != version:
-            continue
+    for node, report in _reports(nodes, flow, version, now, ttl):
         polled = str(report.get("last_poll") or "")
         if polled > best:
             best, name = polled, node.name
     return name
+
+
+def _reports(
+    nodes: list[Any], flow: str, version: int, now: float, ttl: float
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Each running node with its report of ``flow`` at ``version``."""
+    for node in nodes:
+        if not node.alive(now, ttl):
+            continue
+        report = node.status.get("flows", {}).get(flow)
+        if isinstance(report, dict) and report.get("version") == version:
+            yield node, report
 
 
 def poll_failures_report(
