@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from flowrt.errors import StoreError
+from flowrt.errors import FlowrtError, StoreError
 from flowrt.store.config import StoreConfig
 from flowrt.store.pg import schema
 
@@ -30,7 +30,7 @@ def connect_error(config_url: str, exc: BaseException, tenant_dir: str | None = 
     """A StoreError for a failed connection, naming the database (never the password)."""
     from flowrt.store.config import display_url
 
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _first_line(exc)
     where = f"--tenant {tenant_dir} " if tenant_dir else ""
     if "password" in text.lower() or "authentication" in text.lower():
         hint = (
@@ -107,5 +107,28 @@ class PgDatabase:
         except PoolTimeout as exc:
             raise connect_error(self.url, exc, self._tenant_dir) from exc
 
+    @contextlib.contextmanager
+    def guarded(
+        self, what: str, action: str, *, hint: str, error: type[FlowrtError] = StoreError
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection whose database errors raise ``error`` ("WHAT: ACTION failed:
+        the first line of the error", with ``hint``); a pool that gives none raises the same
+        class, with its own words. Every store of the tenant guards its work this way."""
+        try:
+            with self.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise error(f"{what}: {action} failed: {_first_line(exc)}", hint=hint) from exc
+        except StoreError as exc:
+            if error is StoreError:
+                raise
+            raise error(exc.args[0] if exc.args else str(exc), hint=exc.hint) from exc
+
     def close(self) -> None:
         self.pool.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a database error (libpq's detail lines stay in the log)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,14 +17,14 @@ import datetime as dt
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from flowrt.dsl import Flow
-from flowrt.errors import FlowError, StoreError
+from flowrt.errors import FlowError
 from flowrt.runtime.bundle import Bundle, ScriptRef, write_bundle
 from flowrt.runtime.deployments import NAME_PATTERN, Deployment, DeployOutcome, deploy_digest
 from flowrt.store.pg.connect import PgDatabase
@@ -47,17 +47,10 @@ class PgDeployments:
     def close(self) -> None:
         self.db.close()
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self.db.connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(
-                f"deployments in {self.db.shown}: {action} failed: {text}",
-                hint="is PostgreSQL running and reachable?",
-            ) from exc
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return self.db.guarded(
+            f"deployments in {self.db.shown}", action, hint="is PostgreSQL running and reachable?"
+        )
 
     def generation(self) -> int:
         with self._guard("read the generation") as conn:

@@ -9,13 +9,13 @@ no writer holds (``SKIP LOCKED``), so recording never waits for a purge.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from flowrt.errors import MplError, StoreError
+from flowrt.errors import MplError
 from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, to_epoch
 from flowrt.mpl.model import MplEntry, MplStatus, MplSummary
@@ -86,18 +86,14 @@ class PgMplStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self.db.connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise MplError(
-                f"MPL database {self.path}: {action} failed: {_first_line(exc)}",
-                hint="is PostgreSQL running and reachable? Recording goes on once it is back",
-            ) from exc
-        except StoreError as exc:  # from the pool: the recorder retries MplErrors
-            raise MplError(exc.args[0] if exc.args else str(exc), hint=exc.hint) from exc
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        # a pool that gives no connection raises an MplError too: the recorder retries those
+        return self.db.guarded(
+            f"MPL database {self.path}",
+            action,
+            hint="is PostgreSQL running and reachable? Recording goes on once it is back",
+            error=MplError,
+        )
 
     @property
     def schema_version(self) -> int:
@@ -456,8 +452,3 @@ def _filters(
     where, args = sqlite_filters(flow, status, since, until, message_id, properties)
     terms = [t.replace("?", "%s").replace("FROM properties", "FROM mpl_properties") for t in where]
     return terms, args
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from flowrt.errors import StoreError, TenantError
+from flowrt.errors import TenantError
 from flowrt.notify.store import (
     _COLUMNS,
     FAILED,
@@ -56,19 +56,13 @@ class PgNotifyStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self.db.connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TenantError(
-                f"notification log in {self.path}: {action} failed: {text}",
-                hint="is PostgreSQL running and reachable? The notifier tries again",
-            ) from exc
-        except StoreError as exc:  # from the pool
-            raise TenantError(exc.args[0] if exc.args else str(exc), hint=exc.hint) from exc
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return self.db.guarded(
+            f"notification log in {self.path}",
+            action,
+            hint="is PostgreSQL running and reachable? The notifier tries again",
+            error=TenantError,
+        )
 
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[psycopg.Connection[Any]]:

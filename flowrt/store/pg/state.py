@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from flowrt import poll_failures
-from flowrt.errors import StoreError, TenantError
+from flowrt.errors import TenantError
 from flowrt.poll_failures import PollFailure
 from flowrt.runtime.leases import HeldLease
 from flowrt.runtime.state import dead_holder
@@ -78,17 +78,12 @@ class PgStateDB:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self.db.connection() as conn:
-                yield conn
-        except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(
-                f"runtime state in {self.path}: {action} failed: {text}",
-                hint="is PostgreSQL running and reachable? The poller tries again",
-            ) from exc
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return self.db.guarded(
+            f"runtime state in {self.path}",
+            action,
+            hint="is PostgreSQL running and reachable? The poller tries again",
+        )
 
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[tuple[psycopg.Connection[Any], float]]:
