@@ -364,55 +364,12 @@ GREETINGS = {
 }
 
 
-@pytest.mark.parametrize(("protocol", "case"), list(GREETINGS))
-def test_a_greeting_that_refuses_or_is_not_mail_reads_the_same_in_a_flow_and_in_flowrt_test(
-    flowrt: Run, tmp_path: Path, protocol: str, case: str
-) -> None:
-    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(GREETINGS[protocol, case])
-        await writer.drain()
-        with contextlib.suppress(OSError):
-            await asyncio.wait_for(reader.readline(), 2)
-        writer.close()
+def greet_and_close(
+    flowrt: Run, tmp_path: Path, protocol: str, greeting: bytes
+) -> tuple[dict[str, object], int]:
+    """A flow, and `flowrt test`, against a server that sends ``greeting``, reads the
+    client's first line and closes: the failure both report alike, and the server's port."""
 
-    server = LineServer(talk).start()
-    try:
-        deploy(flowrt, tmp_path, protocol, server.port, "off")
-        failure = flow_and_test_alike(
-            flowrt, f"poll-{protocol}", protocol, f"127.0.0.1:{server.port}",
-            "--protection", "off", "--auth", "encrypted", "--credential", "box",
-        )  # fmt: skip
-    finally:
-        server.stop()
-    greeting = GREETINGS[protocol, case].decode().strip()
-    name = protocol.upper()
-    (level,) = json_levels(failure)  # the greeting says it all: no level below
-    connect = f"Could not connect to {name} host: 127.0.0.1, port: {server.port};"
-    hint = str(failure["hint"])
-    if case == "refused":
-        assert level == (
-            "MessagingException",
-            f"{connect} the server refused the session: {greeting}",
-        )
-        assert "takes no session now" in hint
-    else:  # a wrong port: say what answered, and which ports the protocol uses
-        article = "an" if protocol == "imap" else "a"
-        assert level == (
-            "MessagingException",
-            f"{connect} not {article} {name} greeting: {greeting}",
-        )
-        assert hint.startswith(f"is 127.0.0.1:{server.port} {article} {name} port? ({name} ")
-
-
-@pytest.mark.parametrize("protocol", ["imap", "pop3"])
-def test_a_server_that_closes_after_its_greeting_reads_the_same_in_a_flow_and_in_flowrt_test(
-    flowrt: Run, tmp_path: Path, protocol: str
-) -> None:
-    greeting = b"* OK ready\r\n" if protocol == "imap" else b"+OK ready\r\n"
-
-    # It closes at the client's first command, which it reads first: the client sees an
-    # orderly close there. (Closing before the client said anything races with the client's
-    # first command; that case is worded by greeting_not_ok, tested below.)
     async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(greeting)
         await writer.drain()
@@ -429,10 +386,48 @@ def test_a_server_that_closes_after_its_greeting_reads_the_same_in_a_flow_and_in
         )  # fmt: skip
     finally:
         server.stop()
+    return failure, server.port
+
+
+@pytest.mark.parametrize(("protocol", "case"), list(GREETINGS))
+def test_a_greeting_that_refuses_or_is_not_mail_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, protocol: str, case: str
+) -> None:
+    failure, port = greet_and_close(flowrt, tmp_path, protocol, GREETINGS[protocol, case])
+    greeting = GREETINGS[protocol, case].decode().strip()
+    name = protocol.upper()
+    (level,) = json_levels(failure)  # the greeting says it all: no level below
+    connect = f"Could not connect to {name} host: 127.0.0.1, port: {port};"
+    hint = str(failure["hint"])
+    if case == "refused":
+        assert level == (
+            "MessagingException",
+            f"{connect} the server refused the session: {greeting}",
+        )
+        assert "takes no session now" in hint
+    else:  # a wrong port: say what answered, and which ports the protocol uses
+        article = "an" if protocol == "imap" else "a"
+        assert level == (
+            "MessagingException",
+            f"{connect} not {article} {name} greeting: {greeting}",
+        )
+        assert hint.startswith(f"is 127.0.0.1:{port} {article} {name} port? ({name} ")
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_a_server_that_closes_after_its_greeting_reads_the_same_in_a_flow_and_in_flowrt_test(
+    flowrt: Run, tmp_path: Path, protocol: str
+) -> None:
+    greeting = b"* OK ready\r\n" if protocol == "imap" else b"+OK ready\r\n"
+
+    # It closes at the client's first command, which it reads first: the client sees an
+    # orderly close there. (Closing before the client said anything races with the client's
+    # first command; that case is worded by greeting_not_ok, tested below.)
+    failure, port = greet_and_close(flowrt, tmp_path, protocol, greeting)
     levels = json_levels(failure)
     assert levels[0] == (
         "MessagingException",
-        f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {server.port};",
+        f"Could not connect to {protocol.upper()} host: 127.0.0.1, port: {port};",
     )
     assert levels[1][0] == "StoreClosedException"  # it greeted: not "not an IMAP greeting"
     assert failure["kind"] == "connect"
