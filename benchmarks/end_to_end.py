@@ -26,18 +26,28 @@ References in the same run, on the same servers:
   take per 1,000 mails; ``one_core_bound``: 1,000 / their sum, the rate that one process
   doing both parts on one core cannot pass (the parts keep their core busy; a whole flow
   adds its MPL, state and log on top); ``vs_one_core_bound``: the flow's rate against it.
+- ``machine_cores_busy`` / ``runtime_cores_busy`` / ``others_cores_busy``: from the first
+  arrival to the last, the cores busy on the whole machine (``/proc/stat``), in ``flowrt
+  run``, and in everything else but this benchmark's watcher (Dovecot, smtp-sink): whether
+  the runtime or the machine is the limit.
+- ``two_runtimes_*`` (``--two-runtimes IN_FLIGHT``, 8 unless 0): the same mails split into
+  two folders, each forwarded by its own ``flowrt run`` of its own tenant, started together:
+  what two processes sharing the work with no coordination at all reach on this machine,
+  the upper bound of any design that works one mailbox from several processes.
 
 Each figure is the median over ``--rounds``. The machine may be shared and loaded: compare
 the ratios of one run, not absolute figures across runs. Nothing is asserted.
 
 Usage: ``python benchmarks/end_to_end.py [--mails 1000|5000] [--in-flight 1,4,8,16]
-[--rounds 3] [--protection starttls,imaps]``. Needs dovecot-imapd and postfix.
+[--rounds 3] [--protection starttls,imaps] [--two-runtimes 8]``. Needs dovecot-imapd and postfix.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import imaplib
 import json
@@ -72,6 +82,7 @@ FLOW = """flow e2e {{
     sender mail {{
         protocol      imap
         address       "127.0.0.1:{port}"
+        folder        "{folder}"
         protection    {protection}
         auth          plain credential "source"
         post-process  mark-read
@@ -94,6 +105,24 @@ FLOW = """flow e2e {{
     }}
 }}
 """
+
+
+HALVES = ("INBOX", "Half")
+
+
+def fill_halves(dovecot: DovecotServer, user: MailboxUser, mails: int) -> None:
+    """The same mails, every other one in a second folder: two runtimes get half each."""
+    with dovecot.imap(user.address, password=user.password) as client:
+        client.create(HALVES[1])
+        for i in range(mails):
+            client.append(HALVES[i % 2], None, None, imap_poll.mail(i))
+
+
+def reset_halves(dovecot: DovecotServer, user: MailboxUser) -> None:
+    with dovecot.imap(user.address, password=user.password) as client:
+        for folder in HALVES:
+            client.select(folder)
+            client.store("1:*", "-FLAGS.SILENT", "(\\Seen)")
 
 
 def emit(figure: str, value: float, unit: str, **extra: object) -> None:
@@ -133,41 +162,89 @@ def make_tenant(folder: Path, ca: TestCA, user: MailboxUser, flow: str) -> Path:
     return tenant
 
 
-def flowrt_run(tenant: Path, sink: SmtpSink, mails: int) -> dict[str, float]:
+def flowrt_run(tenants: list[Path], sink: SmtpSink, mails: int) -> dict[str, float]:
+    """Start ``flowrt run`` on each tenant at once; the figures until ``mails`` arrived."""
     base = sink.message_count()
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        ["flowrt", "--tenant", str(tenant), "run", "--log-format", "json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    profiler = _profile(proc.pid)
+    procs = [
+        subprocess.Popen(
+            ["flowrt", "--tenant", str(tenant), "run", "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for tenant in tenants
+    ]
+    pids = [proc.pid for proc in procs]
+    profiler = _profile(pids[0])
     first = last = 0.0
+    at_first = at_last = CpuSnapshot.take(pids)
     deadline = started + 600
     while time.perf_counter() < deadline:
         count = sink.message_count() - base
         now = time.perf_counter()
         if count >= 1 and not first:
             first = now
+            at_first = CpuSnapshot.take(pids)
         if count >= mails:
             last = now
+            at_last = CpuSnapshot.take(pids)
             break
-        if proc.poll() is not None:
+        if any(proc.poll() is not None for proc in procs):
             raise SystemExit("flowrt run ended early")
         time.sleep(0.002)
-    proc.send_signal(signal.SIGTERM)
-    _pid, _status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0  # reaped by wait4
+    cpu = rss = 0.0
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        _pid, _status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = 0  # reaped by wait4
+        cpu += usage.ru_utime + usage.ru_stime
+        rss = max(rss, usage.ru_maxrss / 1024)
     if profiler is not None:
         profiler.wait(timeout=60)
     if not last:
         raise SystemExit(f"only {sink.message_count() - base} of {mails} mails arrived")
+    window = last - first if last > first else float("nan")
+    used = at_last.minus(at_first)
     return {
         "start_to_last": mails / (last - started),
-        "first_to_last": (mails - 1) / (last - first) if last > first else 0.0,
-        "cpu_per_1000": (usage.ru_utime + usage.ru_stime) / mails * 1000,
-        "rss_mb": usage.ru_maxrss / 1024,
+        "first_to_last": (mails - 1) / window,
+        "cpu_per_1000": cpu / mails * 1000,
+        "rss_mb": rss,
+        "machine_cores_busy": used.machine / window,
+        "runtime_cores_busy": used.runtime / window,
+        "others_cores_busy": (used.machine - used.runtime - used.watcher) / window,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far: by the whole machine (all cores, from /proc/stat), by the
+    ``flowrt run`` processes, and by this benchmark (its arrival watcher)."""
+
+    machine: float
+    runtime: float
+    watcher: float
+
+    @classmethod
+    def take(cls, pids: list[int]) -> CpuSnapshot:
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        busy = sum(int(value) for i, value in enumerate(fields[:8]) if i not in (3, 4))
+        runtime = 0
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                runtime += int(stat[11]) + int(stat[12])  # utime, stime
+        return cls(busy / ticks, runtime / ticks, _cpu())
+
+    def minus(self, other: CpuSnapshot) -> CpuSnapshot:
+        return CpuSnapshot(
+            self.machine - other.machine,
+            self.runtime - other.runtime,
+            self.watcher - other.watcher,
+        )
 
 
 def _profile(pid: int) -> subprocess.Popen[bytes] | None:
@@ -258,6 +335,13 @@ def main() -> None:
     args.add_argument("--in-flight", default="1,4,8,16")
     args.add_argument("--rounds", type=int, default=3)
     args.add_argument("--protection", default="starttls,imaps")
+    args.add_argument(
+        "--two-runtimes",
+        type=int,
+        default=8,
+        metavar="IN_FLIGHT",
+        help="also run two runtimes on half the mails each, with this in-flight (0: not)",
+    )
     opts = args.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.getLogger("aioimaplib").setLevel(logging.WARNING)
@@ -270,6 +354,9 @@ def main() -> None:
     with DovecotServer(ca=ca.new_intermediate(), users={}) as dovecot, SmtpSink() as sink:
         user = dovecot.new_user("e2e")
         imap_poll.fill(dovecot, user, n)
+        split = dovecot.new_user("e2e-split")
+        if opts.two_runtimes:
+            fill_halves(dovecot, split, n)
         figures: dict[str, list[float]] = {}
         for _ in range(opts.rounds):
             imap_poll.reset_seen(dovecot, user)
@@ -291,13 +378,36 @@ def main() -> None:
                 for limit in in_flight:
                     imap_poll.reset_seen(dovecot, user)
                     flow = FLOW.format(
-                        port=port, protection=mode, mails=n, in_flight=limit, sink=sink.port
+                        port=port,
+                        folder="INBOX",
+                        protection=mode,
+                        mails=n,
+                        in_flight=limit,
+                        sink=sink.port,
                     )
                     with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
                         tenant = make_tenant(Path(folder), ca, user, flow)
-                        got = flowrt_run(tenant, sink, n)
+                        got = flowrt_run([tenant], sink, n)
                     for name, value in got.items():
                         figures.setdefault(f"{protection}/{limit}/{name}", []).append(value)
+                if opts.two_runtimes:
+                    reset_halves(dovecot, split)
+                    with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
+                        tenants = []
+                        for half in HALVES:
+                            flow = FLOW.format(
+                                port=port,
+                                folder=half,
+                                protection=mode,
+                                mails=n,
+                                in_flight=opts.two_runtimes,
+                                sink=sink.port,
+                            )
+                            (Path(folder) / half).mkdir()
+                            tenants.append(make_tenant(Path(folder) / half, ca, split, flow))
+                        got = flowrt_run(tenants, sink, n)
+                    for name, value in got.items():
+                        figures.setdefault(f"{protection}/two/{name}", []).append(value)
         med = {name: statistics.median(values) for name, values in figures.items()}
         emit("smtp_only_rate", round(med["smtp_only"]), "mails/s", **common)
         emit("smtp_only_cpu_s_per_1000", round(med["smtp_only/cpu_per_1000"], 3), "s", **common)
@@ -338,6 +448,25 @@ def main() -> None:
                 emit("vs_plain_script", round(rate / med["plain"], 2), "ratio", **extra)
                 emit("cpu_s_per_1000", round(med[f"{key}/cpu_per_1000"], 2), "s", **extra)
                 emit("peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)
+                for share in ("machine", "runtime", "others"):
+                    busy = med[f"{key}/{share}_cores_busy"]
+                    emit(f"{share}_cores_busy", round(busy, 2), "cores", **extra)
+            if opts.two_runtimes:
+                key = f"{protection}/two"
+                extra = {**common, "protection": protection, "in_flight": opts.two_runtimes}
+                rate = med[f"{key}/first_to_last"]
+                emit("two_runtimes_rate_first_to_last", round(rate), "mails/s", **extra)
+                emit(
+                    "two_runtimes_vs_slower_part",
+                    round(rate / slower[protection], 2),
+                    "ratio",
+                    goal=0.6,
+                    **extra,
+                )
+                cpu = med[f"{key}/cpu_per_1000"]
+                emit("two_runtimes_cpu_s_per_1000", round(cpu, 2), "s", **extra)
+                busy = med[f"{key}/machine_cores_busy"]
+                emit("two_runtimes_machine_cores_busy", round(busy, 2), "cores", **extra)
 
 
 if __name__ == "__main__":

@@ -495,9 +495,13 @@ class SmtpSink:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else make_workdir("flowrt-smtp-sink-")
         self.output_path = self.workdir / "smtp-sink.out"
+        self._read_to = 0  # message_count: how far the output was read, and what it said
+        self._partial = b""
+        self._count = 0
         self._process: ServerProcess | None = None
 
     def start(self) -> SmtpSink:
+        self._read_to, self._partial, self._count = 0, b"", 0  # a new output file
         argv = [self.binary, "-c"]
         if os.geteuid() == 0:  # smtp-sink refuses to run as root without dropping privileges
             argv += ["-u", self.user]
@@ -519,13 +523,26 @@ class SmtpSink:
         return self._process is not None and self._process.alive
 
     def message_count(self) -> int:
-        """Messages received so far (from smtp-sink's ``-c`` counters)."""
+        """Messages received so far (from smtp-sink's ``-c`` counters, one per message).
+
+        Reads only what was written since the last call: a benchmark asks every 2 ms, and
+        reading the whole growing file each time took a fifth of a core from the runtime
+        it measured."""
         try:
-            text = self.output_path.read_bytes().decode(errors="replace")
+            with self.output_path.open("rb") as output:
+                output.seek(self._read_to)
+                new = output.read()
         except OSError:
-            return 0
-        counts = re.findall(r"mesg=(\d+)", text)
-        return int(counts[-1]) if counts else 0
+            return self._count
+        self._read_to += len(new)
+        # a counter cut by the last read is read whole now: keep the tail after its last \r
+        text = self._partial + new
+        cut = max(text.rfind(b"\r"), text.rfind(b"\n")) + 1
+        self._partial = text[cut:]
+        counts = re.findall(rb"mesg=(\d+)", text[:cut])
+        if counts:
+            self._count = int(counts[-1])
+        return self._count
 
     def wait_messages(self, count: int, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
