@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import imaplib
 import json
@@ -63,6 +62,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -217,8 +217,7 @@ def flowrt_run(tenants: list[Path], sink: SmtpSink, mails: int) -> dict[str, flo
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class CpuSnapshot:
+class CpuSnapshot(NamedTuple):
     """CPU seconds used so far: by the whole machine (all cores, from /proc/stat), by the
     ``flowrt run`` processes, and by this benchmark (its arrival watcher)."""
 

@@ -12,15 +12,17 @@ The public API is what a ``script "module:function"`` step needs::
 Everything else is internal and may change between versions.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from flowrt.engine.exchange import Attachment, Exchange, Headers
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from flowrt.errors import MessagingException, ProcessingError, StepException
 
-try:
-    __version__ = version("flowrt")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+if TYPE_CHECKING:
+    from flowrt.engine.exchange import Attachment, Exchange, Headers
+
+    __version__: str
 
 __all__ = [
     "Attachment",
@@ -31,3 +33,27 @@ __all__ = [
     "StepException",
     "__version__",
 ]
+
+# Loaded when first asked for: every `flowrt` command imports this package, and most of them
+# (status, mpl, deploy ...) need neither the engine nor the installed version's metadata.
+_LAZY = {"Attachment", "Exchange", "Headers"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: Any = version("flowrt")
+        except PackageNotFoundError:  # running from a source tree that was not installed
+            value = "0.0.0+unknown"
+    elif name in _LAZY:
+        value = getattr(importlib.import_module("flowrt.engine.exchange"), name)
+    else:
+        raise AttributeError(f"module 'flowrt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

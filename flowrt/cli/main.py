@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-from flowrt import __version__
 from flowrt.cli._complete import TENANT_META
 from flowrt.cli._context import CliContext
 from flowrt.errors import (
@@ -19,8 +19,47 @@ from flowrt.errors import (
 from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
 
 
+# Each command lives in a module of its own, imported only when the command runs (or help
+# lists it): `flowrt status` need not load the flow tests, the simulator and the connector.
+COMMAND_MODULES = {
+    "check": "check",
+    "connector": "connector",
+    "credentials": "credentials",
+    "deadletter": "deadletter",
+    "deploy": "deploy",
+    "init": "init",
+    "keystore": "keystore",
+    "locations": "locations",
+    "locks": "locks",
+    "monitor": "monitor",
+    "mpl": "mpl",
+    "notify": "notify",
+    "params": "params",
+    "run": "run",
+    "simulate": "simulate",
+    "status": "run",
+    "store": "store",
+    "test": "test",
+    "undeploy": "deploy",
+    "upgrade": "store",
+    "validate": "validate",
+}
+
+
 class FlowrtGroup(click.Group):
-    """Turns every expected failure into a message, a hint and an exit code: no traceback."""
+    """Turns every expected failure into a message, a hint and an exit code: no traceback.
+    Loads a command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"flowrt.cli.{COMMAND_MODULES[cmd_name]}")
+            for command in module.COMMANDS:
+                _accept_tenant_anywhere(command)
+                self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -52,7 +91,7 @@ def render_error(exc: FlowrtError) -> None:
 
 
 @click.group(cls=FlowrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="flowrt")
+@click.version_option(None, "--version", package_name="flowrt", prog_name="flowrt")
 @click.option(
     "--tenant",
     "tenant_dir",
@@ -64,55 +103,6 @@ def render_error(exc: FlowrtError) -> None:
 def cli(ctx: click.Context, tenant_dir: str | None) -> None:
     """flowrt: run mail integration flows (IMAP/POP3 in, SMTP out) written in a small DSL."""
     ctx.obj = CliContext(tenant_dir=resolve_tenant_dir(tenant_dir))
-
-
-def _register() -> None:
-    # Each command group lives in its own module; the import order is the help order.
-    from flowrt.cli import (
-        check,
-        connector,
-        credentials,
-        deadletter,
-        deploy,
-        init,
-        keystore,
-        locations,
-        locks,
-        monitor,
-        mpl,
-        notify,
-        params,
-        run,
-        simulate,
-        store,
-        test,
-        validate,
-    )
-
-    for module in (
-        init,
-        store,
-        validate,
-        simulate,
-        check,
-        test,
-        deploy,
-        params,
-        run,
-        keystore,
-        credentials,
-        locations,
-        connector,
-        locks,
-        mpl,
-        deadletter,
-        monitor,
-        notify,
-    ):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    for command in cli.commands.values():
-        _accept_tenant_anywhere(command)
 
 
 def _tenant_after_verb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -139,9 +129,6 @@ def _accept_tenant_anywhere(command: click.Command) -> None:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _accept_tenant_anywhere(sub)
-
-
-_register()
 
 
 def main() -> None:

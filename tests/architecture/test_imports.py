@@ -127,3 +127,38 @@ def test_validate_loads_no_protocol_library(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout.strip().splitlines()[-1] == "LOADED [] EXIT 0", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "own"),
+    [(["--version"], set()), (["mpl", "list", "--help"], {"mpl"}), (["status"], {"run"})],
+)
+def test_a_command_loads_only_its_own_module(
+    tmp_path: Path, argv: list[str], own: set[str]
+) -> None:
+    """Every command pays for its own imports only: `flowrt status` at 3 a.m. does not load
+    the flow tests, the simulator, the connector or the notification CLI."""
+    script = (
+        "import sys\n"
+        "from flowrt.cli.main import cli\n"
+        "try:\n"
+        f"    cli({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "commands = sorted(m.split('.')[2] for m in sys.modules\n"
+        "                  if m.startswith('flowrt.cli.') and not m.split('.')[2].startswith('_')\n"
+        "                  and m != 'flowrt.cli.main')\n"
+        "heavy = sorted(m for m in ('flowrt.flowtest', 'flowrt.runtime.simulation',\n"
+        "               'flowrt.connector', 'flowrt.notify') if m in sys.modules)\n"
+        "print('COMMANDS', commands, 'HEAVY', heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "FLOWRT_HOME": str(tmp_path / "none")},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == f"COMMANDS {sorted(own)!r} HEAVY []", done.stdout + done.stderr
