@@ -30,6 +30,9 @@ References in the same run, on the same servers:
   arrival to the last, the cores busy on the whole machine (``/proc/stat``), in ``flowrt
   run``, and in everything else but this benchmark's watcher (Dovecot, smtp-sink): whether
   the runtime or the machine is the limit.
+- ``workers_*`` (``--workers N``, 2 unless 0): the flow with ``workers N`` (in-flight 8):
+  the runtime and N - 1 worker processes, each the mails of its UID partition; peak RSS
+  is the largest process's.
 - ``two_runtimes_*`` (``--two-runtimes IN_FLIGHT``, 8 unless 0): the same mails split into
   two folders, each forwarded by its own ``flowrt run`` of its own tenant, started together:
   what two processes sharing the work with no coordination at all reach on this machine,
@@ -39,7 +42,8 @@ Each figure is the median over ``--rounds``. The machine may be shared and loade
 the ratios of one run, not absolute figures across runs. Nothing is asserted.
 
 Usage: ``python benchmarks/end_to_end.py [--mails 1000|5000] [--in-flight 1,4,8,16]
-[--rounds 3] [--protection starttls,imaps] [--two-runtimes 8]``. Needs dovecot-imapd and postfix.
+[--rounds 3] [--protection starttls,imaps] [--workers 2] [--two-runtimes 8]``. Needs
+dovecot-imapd and postfix.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ FLOW = """flow e2e {{
         poll          every 1s
         max-messages  {mails}
         in-flight     {in_flight}
+        workers       {workers}
         timeout       30s
     }}
     pipeline {{
@@ -232,9 +237,8 @@ class CpuSnapshot(NamedTuple):
         # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
         busy = sum(int(value) for i, value in enumerate(fields[:8]) if i not in (3, 4))
         runtime = 0
-        for pid in pids:
-            with contextlib.suppress(OSError, IndexError):
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        for stat in _stats():  # the runtimes and their worker processes
+            if int(stat[1]) in pids or int(stat[0]) in pids:  # ppid (after the name), pid
                 runtime += int(stat[11]) + int(stat[12])  # utime, stime
         return cls(busy / ticks, runtime / ticks, _cpu())
 
@@ -269,6 +273,17 @@ def _profile(pid: int) -> subprocess.Popen[bytes] | None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _stats() -> list[list[str]]:
+    """Every process's /proc/PID/stat fields from the state on (pid put in front)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                text = (entry / "stat").read_text()
+                found.append([entry.name, *text.rsplit(")", 1)[1].split()[1:]])
+    return found
 
 
 def plain_script(dovecot: DovecotServer, user: MailboxUser, ca: TestCA, sink: SmtpSink) -> float:
@@ -335,6 +350,12 @@ def main() -> None:
     args.add_argument("--rounds", type=int, default=3)
     args.add_argument("--protection", default="starttls,imaps")
     args.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also run the flow with this `workers N` (and in-flight 8); 0 or 1: not",
+    )
+    args.add_argument(
         "--two-runtimes",
         type=int,
         default=8,
@@ -382,6 +403,7 @@ def main() -> None:
                         protection=mode,
                         mails=n,
                         in_flight=limit,
+                        workers=1,
                         sink=sink.port,
                     )
                     with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
@@ -400,6 +422,7 @@ def main() -> None:
                                 protection=mode,
                                 mails=n,
                                 in_flight=opts.two_runtimes,
+                                workers=1,
                                 sink=sink.port,
                             )
                             (Path(folder) / half).mkdir()
@@ -407,6 +430,22 @@ def main() -> None:
                         got = flowrt_run(tenants, sink, n)
                     for name, value in got.items():
                         figures.setdefault(f"{protection}/two/{name}", []).append(value)
+                if opts.workers > 1:
+                    imap_poll.reset_seen(dovecot, user)
+                    flow = FLOW.format(
+                        port=port,
+                        folder="INBOX",
+                        protection=mode,
+                        mails=n,
+                        in_flight=8,
+                        workers=opts.workers,
+                        sink=sink.port,
+                    )
+                    with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
+                        tenant = make_tenant(Path(folder), ca, user, flow)
+                        got = flowrt_run([tenant], sink, n)
+                    for name, value in got.items():
+                        figures.setdefault(f"{protection}/workers/{name}", []).append(value)
         med = {name: statistics.median(values) for name, values in figures.items()}
         emit("smtp_only_rate", round(med["smtp_only"]), "mails/s", **common)
         emit("smtp_only_cpu_s_per_1000", round(med["smtp_only/cpu_per_1000"], 3), "s", **common)
@@ -450,6 +489,30 @@ def main() -> None:
                 for share in ("machine", "runtime", "others"):
                     busy = med[f"{key}/{share}_cores_busy"]
                     emit(f"{share}_cores_busy", round(busy, 2), "cores", **extra)
+            if opts.workers > 1:
+                key = f"{protection}/workers"
+                extra = {**common, "protection": protection, "in_flight": 8}
+                extra["workers"] = opts.workers
+                rate = med[f"{key}/first_to_last"]
+                emit("workers_rate_first_to_last", round(rate), "mails/s", **extra)
+                emit(
+                    "workers_rate_start_to_last",
+                    round(med[f"{key}/start_to_last"]),
+                    "mails/s",
+                    **extra,
+                )
+                emit(
+                    "workers_vs_slower_part",
+                    round(rate / slower[protection], 2),
+                    "ratio",
+                    goal=0.6,
+                    **extra,
+                )
+                cpu = med[f"{key}/cpu_per_1000"]
+                emit("workers_cpu_s_per_1000", round(cpu, 2), "s", **extra)
+                busy = med[f"{key}/machine_cores_busy"]
+                emit("workers_machine_cores_busy", round(busy, 2), "cores", **extra)
+                emit("workers_peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)
             if opts.two_runtimes:
                 key = f"{protection}/two"
                 extra = {**common, "protection": protection, "in_flight": opts.two_runtimes}

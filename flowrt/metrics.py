@@ -22,6 +22,8 @@ from flowrt.errors import (
 
 __all__ = [
     "REGISTRY",
+    "add_counts",
+    "counter_totals",
     "dead_letter",
     "message_done",
     "poll_done",
@@ -88,6 +90,46 @@ def send_done(flow: str, receiver: str, error: BaseException | None = None) -> N
 
 def dead_letter() -> None:
     DEAD_LETTERS.inc()
+
+
+_COUNTERS = {  # by family name (without _total)
+    "flowrt_messages": MESSAGES,
+    "flowrt_polls": POLLS,
+    "flowrt_poll_failures": POLL_FAILURES,
+    "flowrt_receiver_sends": SENDS,
+    "flowrt_receiver_send_failures": SEND_FAILURES,
+    "flowrt_dead_letters": DEAD_LETTERS,
+}
+
+Totals = dict[str, float]  # "name{label=value,...}" -> total
+
+
+def counter_totals() -> list[tuple[str, dict[str, str], float]]:
+    """Every counter's totals in this process: (family, labels, total). A worker process of
+    a flow (``workers N``) reports them, and the runtime adds them with :func:`add_counts`
+    to its own, so that ``/metrics`` counts the whole flow."""
+    found = []
+    for family in REGISTRY.collect():
+        if family.name in _COUNTERS:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    found.append((family.name, dict(sample.labels), sample.value))
+    return found
+
+
+def add_counts(totals: list[tuple[str, dict[str, str], float]], seen: Totals) -> None:
+    """Add what ``totals`` counted since ``seen`` (the same process's last totals, updated
+    here) to this process's counters. A process that started over counts from 0 again."""
+    for name, labels, total in totals:
+        counter = _COUNTERS.get(name)
+        if counter is None:
+            continue
+        key = name + repr(sorted(labels.items()))
+        before = seen.get(key, 0.0)
+        added = total - before if total >= before else total
+        seen[key] = total
+        if added > 0:
+            (counter.labels(**labels) if labels else counter).inc(added)
 
 
 def reply_class(error: BaseException) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "LeaseLost",
     "LockInfo",
     "MailRecord",
+    "Partition",
     "PollerHealth",
     "SourceState",
     "Verdict",
@@ -135,6 +136,23 @@ class PollerHealth:
     @property
     def healthy(self) -> bool:
         return self.consecutive_failures == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One of the ``count`` workers of a mailbox (``workers N``): it takes the mails whose
+    UID leaves ``index`` when divided by ``count``, under a lease of its own. UIDs are the
+    server's, so every worker process agrees on the split without asking the others."""
+
+    index: int
+    count: int
+
+    def holds(self, uid: int) -> bool:
+        return uid % self.count == self.index
+
+    def describe(self) -> str:
+        """``2/4``: the second of four workers (as lock keys and logs show it)."""
+        return f"{self.index + 1}/{self.count}"
 
 
 def default_owner() -> str:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from flowrt.dsl.model import ReceiverBlock, SenderBlock
     from flowrt.engine.exchange import Exchange
     from flowrt.security import TenantSecurity
-    from flowrt.source_state import Verdict
+    from flowrt.source_state import Partition, Verdict
 
 __all__ = [
     "BUILTIN",
@@ -190,7 +190,12 @@ class AdapterRuntime(Protocol):
         state: Any,
         *,
         name: str,
+        partition: Partition | None = None,
     ) -> Source: ...
+
+    def workers(self, block: SenderBlock) -> int:
+        """How many processes work the sender's source together (``Partition.count``)."""
+        ...
 
     def delivery(self, block: ReceiverBlock, security: TenantSecurity) -> Delivery: ...
 

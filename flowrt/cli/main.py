@@ -18,7 +18,6 @@ from flowrt.errors import (
 )
 from flowrt.tenant import TENANT_ENV, resolve_tenant_dir
 
-
 # Each command lives in a module of its own, imported only when the command runs (or help
 # lists it): `flowrt status` need not load the flow tests, the simulator and the connector.
 COMMAND_MODULES = {

@@ -118,6 +118,7 @@ def run(
         tls_alias=tls_alias or settings.tls_alias,
         node=node,
         lease=lease_time,
+        log_json=None if log_format == "auto" else log_format == "json",
     )
     code = asyncio.run(runtime.run(once=once, due=due))
     raise SystemExit(code)

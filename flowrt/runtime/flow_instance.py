@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -42,8 +43,9 @@ from flowrt.runtime.leases import check_current_lease
 from flowrt.runtime.schedule import is_due, run_on_schedule
 from flowrt.runtime.status import ERROR, STARTED, STARTING, STOPPED, FlowStatus, now_iso
 from flowrt.runtime.wiring import wire
+from flowrt.runtime.workers import WorkerGroup
 from flowrt.security import TenantSecurity
-from flowrt.source_state import SOURCE_DELIVERED, UNREADABLE, Verdict
+from flowrt.source_state import SOURCE_DELIVERED, UNREADABLE, Partition, Verdict
 from flowrt.store.api import StateBackend
 
 _log = structlog.get_logger("flowrt.runtime")
@@ -61,7 +63,12 @@ class FlowInstance:
         state: StateBackend,
         adapters: Adapters,
         on_change: Callable[[], None] = lambda: None,
+        partition: Partition | None = None,
+        workers: Callable[[int, float], WorkerGroup] | None = None,
     ) -> None:
+        """``partition``: in a worker process, its share of the mailbox. ``workers``: in the
+        runtime, makes the worker processes of a flow with ``workers N`` (from N and the
+        hard cap of a stop); None polls the whole mailbox here (``run --once``)."""
         self.deployment = deployment
         self.status = FlowStatus(deployment.name, deployment.version)
         self._security = security
@@ -72,6 +79,9 @@ class FlowInstance:
         self._on_change = on_change
         self._receivers: dict[str, Delivery] = {}
         self._poller: Source | None = None
+        self._partition = partition
+        self._make_workers = workers
+        self._workers: WorkerGroup | None = None
         self._runner: Runner | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -129,8 +139,18 @@ class FlowInstance:
             self._adapters[r.adapter].timeout_seconds(r) for r in flow.receivers
         ]
         self._hard_cap = 2 * max(timeouts) + 5
+        partition = self._partition
+        count = sender.workers(flow.sender)
+        if partition is None and count > 1 and self._make_workers is not None:
+            self._workers = self._make_workers(count, self._hard_cap)
+            partition = Partition(0, count)
         self._poller = sender.source(
-            flow.sender, self._security, _Handler(self), self._state, name=flow.name
+            flow.sender,
+            self._security,
+            _Handler(self),
+            self._state,
+            name=flow.name,
+            partition=partition,
         )
         if hasattr(self._poller, "on_health"):
             # a failure or a recovery makes the runtime write the status soon (refreshing
@@ -143,9 +163,14 @@ class FlowInstance:
         session after ``start_after`` seconds."""
         if self._poller is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(
-            run_on_schedule(self._poller, self._stop, start_after=start_after)
-        )
+        self._task = asyncio.ensure_future(self._run(start_after))
+
+    async def _run(self, start_after: float) -> None:
+        assert self._poller is not None
+        if self._workers is not None:
+            self._workers.start()
+            await self._workers.started()
+        await run_on_schedule(self._poller, self._stop, start_after=start_after)
 
     def due(self, now: dt.datetime) -> bool:
         """Whether the flow's schedule has a run due since its last recorded poll."""
@@ -176,6 +201,9 @@ class FlowInstance:
         twice after a restart, so it gets its receivers' timeouts to finish first.
         """
         self._stop.set()
+        workers = None
+        if self._workers is not None:  # they stop beside this process's own partition
+            workers = asyncio.ensure_future(self._workers.stop(grace))
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done and self._in_flight:
@@ -198,6 +226,8 @@ class FlowInstance:
         for receiver in self._receivers.values():
             with contextlib.suppress(Exception):
                 await receiver.aclose()
+        if workers is not None:
+            await workers
         if self.status.state != ERROR:
             self._set(STOPPED)
 
@@ -368,6 +398,15 @@ class FlowInstance:
             )
 
     # ------------------------------------------------------------------ status
+
+    def reported(self) -> FlowStatus:
+        """The flow's status as the runtime reports it: with ``workers N``, this process's
+        partition and what its worker processes report, added up."""
+        if self._workers is None:
+            return self.status
+        merged = dataclasses.replace(self.status)
+        self._workers.merge(merged)
+        return merged
 
     def refresh(self) -> None:
         """Take the poller's health into the status (and tell the runtime it changed)."""

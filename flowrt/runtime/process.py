@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from flowrt.adapters.registry import Adapters
-from flowrt.errors import FlowrtError
+from flowrt.errors import FlowError, FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.net.tls_buffers import use_small_tls_buffers
@@ -50,6 +51,7 @@ from flowrt.runtime.status import (
     now_iso,
     write_status,
 )
+from flowrt.runtime.workers import WorkerGroup
 from flowrt.security import TenantSecurity
 from flowrt.store import MplBackend, StateBackend, is_shared, open_deployments, open_mpl, open_state
 from flowrt.store.pg.state import NODE_TTL, PgStateDB
@@ -82,8 +84,10 @@ class Runtime:
         tls_alias: str | None = None,
         node: str | None = None,
         lease: float | None = None,
+        log_json: bool | None = None,
     ) -> None:
         self.tenant = tenant
+        self.log_json = log_json  # for the worker processes of flows with `workers N`
         self.grace = grace
         self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
         self.shared = is_shared(tenant)
@@ -165,7 +169,7 @@ class Runtime:
         failures = 0
         now = dt.datetime.now(dt.UTC)
         for deployment in self.deployments.all():
-            instance = self._instance(deployment)
+            instance = self._instance(deployment, once=True)
             if not instance.start():
                 failures += 1
                 continue
@@ -287,7 +291,7 @@ class Runtime:
                 starting += 1
         self._dirty = True
 
-    def _instance(self, deployment: Deployment) -> FlowInstance:
+    def _instance(self, deployment: Deployment, *, once: bool = False) -> FlowInstance:
         instance = FlowInstance(
             deployment,
             security=self.security,
@@ -295,6 +299,8 @@ class Runtime:
             state=self.state,
             adapters=self.adapters,
             on_change=self._changed,
+            # one poll now (`--once`) polls the whole mailbox in this process
+            workers=None if once else functools.partial(self._workers, deployment),
         )
         self.instances[deployment.name] = instance
         self._status.flows[deployment.name] = instance.status
@@ -302,6 +308,27 @@ class Runtime:
 
     def _changed(self) -> None:
         self._dirty = True
+
+    def _workers(self, deployment: Deployment, count: int, hard_cap: float) -> WorkerGroup:
+        """The worker processes of a flow with ``workers N`` (see workers.py)."""
+        if self.shared:
+            raise FlowError(
+                f"workers {count}: the worker processes of a mailbox share the tenant's "
+                "SQLite files; on a shared PostgreSQL store every node runs one process",
+                hint="use workers 1 here, or a tenant with the embedded store",
+            )
+        return WorkerGroup(
+            tenant=self.tenant.root,
+            flow=deployment.name,
+            version=deployment.version,
+            count=count,
+            grace=self.grace,
+            hard_cap=hard_cap,
+            lease=self.lease,
+            log_json=self.log_json,
+            abandon=lambda reason, nodes: self.store.abandon_unfinished(reason, nodes=nodes),
+            on_change=self._changed,
+        )
 
     def _sweep(self) -> None:
         """Close ABANDONED the MPL entries that nodes which are gone left PROCESSING: gone
@@ -338,6 +365,8 @@ class Runtime:
 
     def _write_status(self) -> None:
         self._dirty = False
+        for name, instance in self.instances.items():  # with workers: their counts added
+            self._status.flows[name] = instance.reported()
         if self.node is not None and isinstance(self.state, PgStateDB):
             try:
                 self.state.node_heartbeat(
@@ -352,7 +381,7 @@ class Runtime:
             _log.warning("could not write the runtime status", error=str(exc))
 
     def _live_states(self) -> dict[str, str]:
-        return {name: i.status.state for name, i in self.instances.items()}
+        return {name: i.reported().state for name, i in self.instances.items()}
 
     async def _shutdown(self) -> None:
         self._status.stopping = True

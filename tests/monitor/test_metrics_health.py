@@ -142,3 +142,30 @@ def test_healthz_and_readyz(tenant: Path, tmp_path: Path) -> None:
         assert "ready-flow" in flows and "STARTED" in flows
         for url in ("/flows", "/keystore", "/api/flows", "/api/keystore", "/metrics"):
             assert "secret-password-1" not in client.get(url).text
+
+
+def test_worker_counts_add_into_the_runtime_counters() -> None:
+    """A flow's worker processes report their totals; the runtime adds what is new, and a
+    worker that started over (counting from 0) adds its new counts, never a negative."""
+
+    def messages() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "flowrt_messages_total", {"flow": "w-flow", "status": "COMPLETED"}
+        )
+        return value or 0.0
+
+    def dead() -> float:
+        return metrics.REGISTRY.get_sample_value("flowrt_dead_letters_total") or 0.0
+
+    start, start_dead = messages(), dead()
+    seen: metrics.Totals = {}
+    labels = {"flow": "w-flow", "status": "COMPLETED"}
+    metrics.add_counts([("flowrt_messages", labels, 3.0), ("flowrt_dead_letters", {}, 1.0)], seen)
+    assert (messages() - start, dead() - start_dead) == (3.0, 1.0)
+    metrics.add_counts([("flowrt_messages", labels, 5.0), ("flowrt_dead_letters", {}, 1.0)], seen)
+    assert (messages() - start, dead() - start_dead) == (5.0, 1.0)
+    metrics.add_counts([("flowrt_messages", labels, 2.0)], seen)  # the worker started over
+    assert messages() - start == 7.0
+    metrics.add_counts([("flowrt_unknown", {}, 9.0)], seen)  # a name this runtime lacks
+    names = {total[0] for total in metrics.counter_totals()}
+    assert {"flowrt_messages", "flowrt_dead_letters"} <= names

@@ -56,6 +56,7 @@ FLOW = """flow {name} {{
         post-process  mark-read
         max-messages  50
         in-flight     {in_flight}
+        workers       {workers}
         poll          every 1s
         timeout       10s
     }}
@@ -180,7 +181,9 @@ def cluster(
         wait_for(lambda: running(tenant, name), 20, f"node {name} to start")
         return node
 
-    def deploy(name: str, to: str = "", on_error: str = "", in_flight: int = 8) -> MailboxUser:
+    def deploy(
+        name: str, to: str = "", on_error: str = "", in_flight: int = 8, workers: int = 1
+    ) -> MailboxUser:
         source = new_mailbox_user(prefix="src")
         add_credential(tenant, f"src-{name}", source)
         path = flows / f"{name}.flow"
@@ -193,6 +196,7 @@ def cluster(
                 target=to or target.address,
                 on_error=on_error,
                 in_flight=in_flight,
+                workers=workers,
             )
         )
         result = flowrt(tenant, "deploy", str(path), "--wait", "0s")
@@ -574,3 +578,21 @@ def test_two_nodes_send_each_dead_letter_alert_once_across_a_kill_9(
         assert sorted(a["mpl_id"] for a in log if a["status"] == "sent") == sorted(got)
         counters = json.loads(flowrt(home, "notify", "counters", "--format", "json").output)
         assert [(c["recipient"], c["sent_24h"]) for c in counters] == [(ops.address, len(got))]
+
+
+def test_workers_on_a_shared_store_put_the_flow_in_error_with_the_reason(
+    cluster: dict[str, Any],
+) -> None:
+    """Worker processes share the tenant's SQLite files; on PostgreSQL a flow with workers
+    is refused where it would start, and says what to do instead."""
+    tenant = cluster["tenant"]
+    cluster["start"]("node-w")
+    cluster["deploy"]("split", workers=2)
+
+    def state() -> dict[str, Any]:
+        rows = [row for row in status(tenant)["flows"] if row["flow"] == "split"]
+        return rows[0] if rows else {}
+
+    wait_for(lambda: state().get("state") == "ERROR", 20, "the flow in ERROR")
+    shown = json.dumps(state())
+    assert "workers 2" in shown and "PostgreSQL" in shown, shown

@@ -129,6 +129,9 @@ class Sender:
     # IMAP: how long the connection stays open between polls; None: log out after each poll
     keep_connection: dt.timedelta | None = dt.timedelta(minutes=25)
     in_flight: int = 8  # mails handed over at once; 1: one after another, in mailbox order
+    # IMAP: processes working the folder together, each the mails whose UID % workers is its
+    # own (the runtime starts them; see flowrt/runtime/workers.py)
+    workers: int = 1
 
     def describe(self) -> str:
         where = f"{self.connection.address}"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flowrt.adapters.registry import Composer, Delivery, Handler, Source
     from flowrt.dsl.model import ReceiverBlock, SenderBlock
     from flowrt.security import TenantSecurity
+    from flowrt.source_state import Partition
 
 
 def _sender(block: SenderBlock) -> Sender:
@@ -62,6 +63,7 @@ class MailRuntime:
         state: Any,
         *,
         name: str,
+        partition: Partition | None = None,
     ) -> Source:
         from flowrt.adapters.mail.sender.endpoint import endpoint_from_tenant
         from flowrt.adapters.mail.sender.poller import MailPoller
@@ -71,8 +73,17 @@ class MailRuntime:
             sender, security, tokens=self.tokens, oauth2_user=sender.connection.auth.user
         )
         return MailPoller(
-            sender, endpoint, handler, state, name=f"{name}:{sender.protocol}", flow=name
+            sender,
+            endpoint,
+            handler,
+            state,
+            name=f"{name}:{sender.protocol}",
+            flow=name,
+            partition=partition,
         )
+
+    def workers(self, block: SenderBlock) -> int:
+        return _sender(block).workers
 
     def delivery(self, block: ReceiverBlock, security: TenantSecurity) -> Delivery:
         from flowrt.adapters.mail.smtp.receiver import SmtpReceiver

@@ -23,6 +23,7 @@ from flowrt.adapters.mail.model import PostProcess
 from flowrt.adapters.mail.sender.endpoint import MailEndpoint
 from flowrt.adapters.mail.sender.mailbox import Candidate, plan_batches
 from flowrt.errors import FlowrtError, FolderNotFoundException
+from flowrt.source_state import Partition
 
 __all__ = ["CLAIM_PREFIX", "DEAD_KEYWORD", "ImapMailbox"]
 
@@ -50,9 +51,11 @@ class ImapMailbox:
         selection: str,
         post_process: PostProcess,
         claim_owner: str = "",
+        partition: Partition | None = None,
     ) -> None:
         self.client = client
         self.claim_owner = claim_owner  # names this runtime's claim keyword; "" claims nothing
+        self.partition = partition  # workers N: only the mails of this worker
         self.endpoint = endpoint
         self.folder = folder
         self.selection = selection
@@ -76,6 +79,7 @@ class ImapMailbox:
         selection: str,
         post_process: PostProcess,
         claim_owner: str = "",
+        partition: Partition | None = None,
     ) -> ImapMailbox:
         client = await open_imap(endpoint)
         try:
@@ -92,7 +96,14 @@ class ImapMailbox:
             selection=selection,
             post_process=post_process,
             claim_owner=claim_owner,
+            partition=partition,
         )
+
+    def _mine(self, uids: Sequence[int]) -> list[int]:
+        """The UIDs of this worker's partition (all of them without workers)."""
+        if self.partition is None:
+            return list(uids)
+        return [uid for uid in uids if self.partition.holds(uid)]
 
     # -- listing and fetching
 
@@ -107,7 +118,7 @@ class ImapMailbox:
         uids = await self.client.uid_search(*criteria, "UNKEYWORD", DEAD_KEYWORD)
         self._empty_at = None if uids else changes
         prefix = f"uid:{self.uidvalidity}:"
-        return [Candidate(uid, f"{prefix}{uid}") for uid in uids]
+        return [Candidate(uid, f"{prefix}{uid}") for uid in self._mine(uids)]
 
     async def batches(
         self, todo: Sequence[Candidate]
@@ -252,7 +263,9 @@ class ImapMailbox:
         if not self.claim_owner or not self.can_claim or self._claims_released:
             return  # (a kept connection's polls that claimed nothing: nothing to search)
         mine = f"{CLAIM_PREFIX}{self.claim_owner}"
-        uids = await self.client.uid_search("KEYWORD", mine)
+        # the workers of a mailbox share the runtime's keyword: each takes off its own only,
+        # not the claims of another worker's mails in flight
+        uids = self._mine(await self.client.uid_search("KEYWORD", mine))
         if uids:
             await self.client.uid_store(uids, "-", mine)
         self._claims_released = True

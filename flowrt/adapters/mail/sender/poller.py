@@ -76,6 +76,7 @@ from flowrt.source_state import (
     LeaseBusy,
     LeaseLost,
     LockInfo,
+    Partition,
     PollerHealth,
     SourceState,
     Verdict,
@@ -163,14 +164,19 @@ class MailPoller:
         idle_refresh: float = IDLE_REFRESH,
         opener: MailboxOpener | None = None,
         flow: str = "",
+        partition: Partition | None = None,
     ) -> None:
         self.sender = sender
         self.endpoint = endpoint
         self.handle = handle
         self.state = state
+        self.partition = partition  # workers N: this process's share of the mailbox
         folder = sender.folder if sender.protocol == "imap" else "INBOX"
-        self.lock_key = f"{endpoint.login.user}@{endpoint.host}/{folder}"
-        self.name = name or f"{sender.protocol}:{self.lock_key}"
+        part = f"#{partition.describe()}" if partition else ""
+        self.lock_key = f"{endpoint.login.user}@{endpoint.host}/{folder}{part}"
+        self.name = (
+            name or f"{sender.protocol}:{endpoint.login.user}@{endpoint.host}/{folder}"
+        ) + part
         self.owner = owner or default_owner()
         self.lock_ttl = lock_ttl
         self.idle_refresh = idle_refresh
@@ -267,6 +273,7 @@ class MailPoller:
             selection=self.sender.selection,
             post_process=self.sender.post_process,
             claim_owner=self.state.claim_id if self.sender.claim else "",
+            partition=self.partition,
         )
 
     async def _poll(self, mailbox: Mailbox) -> PollResult:

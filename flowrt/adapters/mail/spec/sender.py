@@ -20,6 +20,7 @@ from flowrt.dsl.values import SpecError, ValueReader
 
 DEFAULT_MAX_MESSAGES = 100
 DEFAULT_IN_FLIGHT = 8  # measured: see the README's "Mails in flight"
+MAX_WORKERS = 16
 DEFAULT_POLL = PollEvery(dt.timedelta(minutes=1))
 # servers log out a connection idle for 30 minutes (RFC 9051 puts the autologout timer at
 # 30 minutes or more; Dovecot's is 30): a kept connection is closed before that
@@ -51,6 +52,12 @@ def _max_messages(r: ValueReader) -> int:
 
 def _in_flight(r: ValueReader) -> int:
     value = r.integer("a whole number of mails", minimum=1)
+    r.end()
+    return value
+
+
+def _workers(r: ValueReader) -> int:
+    value = r.integer("a whole number of processes", minimum=1, maximum=MAX_WORKERS)
     r.end()
     return value
 
@@ -162,6 +169,15 @@ SETTINGS = (
         default=str(DEFAULT_IN_FLIGHT),
     ),
     SettingSpec(
+        "workers",
+        "N",
+        "IMAP: processes that work the folder together, each taking the mails whose UID "
+        "leaves its own remainder by N (its own lease, connection and in-flight mails): "
+        "one process keeps one core busy; 1 to 16, on the embedded store.",
+        _workers,
+        default="1",
+    ),
+    SettingSpec(
         "post-process",
         'mark-read | delete | archive "FOLDER" [mark-read] | keep',
         "What happens to a mail after the flow finished with it; a failed mail is left as "
@@ -266,6 +282,19 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
             "selection all with post-process mark-read processes every mail again on every "
             "poll; use selection unread, or post-process delete or archive",
         )
+    workers = s.get("workers", 1)
+    if workers > 1 and protocol != "imap":
+        report.error(
+            s.where("workers"),
+            "conflict",
+            "workers is IMAP only; a POP3 maildrop is locked by one session at a time",
+        )
+    if workers > 1 and s.written("in-flight") and s.get("in-flight", DEFAULT_IN_FLIGHT) == 1:
+        report.error(
+            s.where("workers"),
+            "conflict",
+            "in-flight 1 keeps the mailbox order, which several workers cannot: use workers 1",
+        )
     poll: Poll = s.get("poll", DEFAULT_POLL)
     if isinstance(poll, PollIdle) and protocol != "imap":
         report.error(s.where("poll"), "conflict", "poll idle is IMAP push; POP3 cannot push")
@@ -279,6 +308,7 @@ def build(s: Settings, args: tuple[str, ...], report: Report) -> Sender | None:
         selection=selection,
         max_messages=s.get("max-messages", DEFAULT_MAX_MESSAGES),
         in_flight=s.get("in-flight", DEFAULT_IN_FLIGHT),
+        workers=workers,
         post_process=post,
         poll=poll,
         attachments=s.get("attachments", "keep"),

@@ -1,0 +1,137 @@
+"""One worker process of a flow with ``workers N``: partition K of its mailbox.
+
+Started by the runtime (:mod:`flowrt.runtime.workers`), never by hand::
+
+    python -m flowrt.runtime.worker TENANT FLOW VERSION INDEX COUNT GRACE LOG
+
+It runs the deployed flow like the runtime does (same :class:`FlowInstance`, same state and
+MPL files, which SQLite lets several processes share), but polls only the mails of its
+partition, under that partition's lease; its MPL entries name it as their node. Every second
+it writes its flow status as one JSON line to stdout, which the runtime merges into the
+flow's status. It stops (handing back what it has not started, as the runtime does) on
+SIGTERM, or when its stdin closes: the runtime is gone. The kernel kills it when the runtime
+dies (``PR_SET_PDEATHSIG``), so a kill -9 of the runtime is a kill -9 of its workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import sys
+
+import structlog
+
+from flowrt import logs, metrics
+from flowrt.adapters.registry import Adapters
+from flowrt.errors import FlowrtError, summary
+from flowrt.mpl.model import LogLevel
+from flowrt.mpl.recorder import MplRecorder
+from flowrt.runtime.flow_instance import FlowInstance
+from flowrt.runtime.status import ERROR
+from flowrt.runtime.workers import EXIT_START_FAILED, EXIT_SUPERSEDED, WorkerArgs, node_name
+from flowrt.security import TenantSecurity
+from flowrt.store import open_deployments, open_mpl, open_state
+from flowrt.tenant import Tenant
+
+REPORT_EVERY = 1.0
+
+_log = structlog.get_logger("flowrt.runtime")
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGKILL when the runtime that started us dies (Linux)."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
+
+
+def report(instance: FlowInstance) -> None:
+    """One line for the runtime: the flow's status here and what this process counted."""
+    instance.refresh()
+    line = json.dumps(
+        {"status": dataclasses.asdict(instance.status), "counters": metrics.counter_totals()}
+    )
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def serve(args: WorkerArgs) -> int:
+    tenant = Tenant(args.tenant)
+    deployments = open_deployments(tenant)
+    deployment = deployments.get(args.flow)
+    deployments.close()
+    if deployment is None or deployment.version != args.version:
+        return EXIT_SUPERSEDED
+    security = TenantSecurity.open(tenant)
+    state = open_state(tenant)
+    store = open_mpl(tenant)
+    assert state is not None and store is not None  # create=True opens or raises
+    state.lease_ttl = args.lease
+    recorder = MplRecorder(store, level=LogLevel.INFO, node=node_name(args.flow, args.partition))
+    adapters = Adapters()
+    instance = FlowInstance(
+        deployment,
+        security=security,
+        recorder=recorder,
+        state=state,
+        adapters=adapters,
+        partition=args.partition,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.ensure_future(_until_stdin_closes(stop))
+    try:
+        if not instance.start():
+            report(instance)
+            return EXIT_START_FAILED
+        instance.run()
+        while not stop.is_set():
+            report(instance)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY)
+        await instance.stop(args.grace)
+        report(instance)
+        return 1 if instance.status.state == ERROR else 0
+    finally:
+        watch.cancel()
+        with contextlib.suppress(Exception):
+            await adapters.aclose()
+        recorder.close()
+        store.close()
+        state.close()
+
+
+async def _until_stdin_closes(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.read()  # the runtime writes nothing: this returns at EOF
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = WorkerArgs.parse(sys.argv[1:] if argv is None else argv)
+    _die_with_parent()
+    logs.configure(json=args.log_json)
+    structlog.contextvars.bind_contextvars(worker=args.partition.describe())
+    try:
+        return asyncio.run(serve(args))
+    except FlowrtError as exc:  # the tenant cannot be opened: the runtime logs the exit
+        _log.error("worker could not start", flow=args.flow, error=summary(exc))
+        return EXIT_START_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

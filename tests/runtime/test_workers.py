@@ -1,0 +1,258 @@
+"""``workers N``: several processes work one mailbox, each the mails of its UID partition,
+and every guarantee of one process holds.
+
+Real Dovecot holds the source mailbox; a scripted SMTP server (aiosmtpd) receives, so that
+copies can be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from flowrt.mpl.store import MplStore
+from flowrt.tenant import Tenant
+from tests.runtime.test_in_flight import _logging_restored, entry_statuses, fill, received, seen
+from tests.runtime.test_runtime_e2e import Runtime, add_user_credential, flowrt, tenant, wait_for
+from tests.servers import DovecotServer, MailboxUser
+from tests.servers.scripted_smtp import ScriptedSMTPServer
+
+__all__ = ["_logging_restored", "tenant"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.servers
+
+FLOW = """flow split {{
+    sender mail {{
+        protocol      imap
+        address       "127.0.0.1:{imap}"
+        protection    starttls-mandatory
+        auth          plain credential "source"
+        post-process  mark-read
+        poll          every 1s
+        in-flight     4
+        workers       {workers}
+        timeout       10s
+    }}
+    receiver mail out {{
+        address       "127.0.0.1:{smtp}"
+        protection    off
+        auth          none
+        from          "flowrt@example.com"
+        to            "${{header.To}}"
+        subject       "${{header.Subject}}"
+        timeout       10s
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def source(
+    tenant: Path, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
+) -> MailboxUser:
+    user = new_mailbox_user(prefix="split")
+    add_user_credential(tenant, "source", user)
+    return user
+
+
+def deploy(tenant: Path, dovecot: DovecotServer, smtp: ScriptedSMTPServer, workers: int) -> None:
+    path = tenant.parent / "split.flow"
+    path.write_text(FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, workers=workers))
+    result = flowrt(tenant, "deploy", str(path))
+    assert result.exit_code == 0, result.output
+
+
+def nodes(tenant: Path) -> Counter[str]:
+    with MplStore(Tenant(tenant).mpl_path) as store:
+        return Counter(e.node for e in store.list_entries(limit=None))
+
+
+def worker_pids(runtime: Runtime) -> list[int]:
+    """The runtime's child processes (its workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == runtime.proc.pid:
+                found.append(int(entry.name))
+    return found
+
+
+def completed(tenant: Path) -> int:
+    status = json.loads((tenant / "runtime" / "status.json").read_text())
+    return int(status["flows"]["split"]["completed"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_three_workers_share_the_mailbox_and_send_each_mail_once(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    deploy(tenant, dovecot, smtp, workers=3)
+    fill(dovecot, source, 60)
+    runtime = Runtime(tenant)
+    try:
+        wait_for(lambda: len(smtp.received) >= 60, timeout=60, what="every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        assert len(worker_pids(runtime)) == 2  # the runtime polls the first partition itself
+        wait_for(
+            lambda: completed(tenant) == 60, timeout=10, what="the workers' counts in the status"
+        )
+        status = json.loads((tenant / "runtime" / "status.json").read_text())
+        assert status["flows"]["split"]["state"] == "STARTED"
+        # each partition polls under its own lease and keeps its own health
+        with sqlite3.connect(Tenant(tenant).state_path) as db:
+            pollers = {row[0] for row in db.execute("SELECT poller FROM poller_health")}
+        assert pollers == {f"split:imap#{k}/3" for k in (1, 2, 3)}
+    finally:
+        assert runtime.stop() == 0
+    assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(60)})
+    assert entry_statuses(tenant) == Counter({"COMPLETED": 60})
+    # each partition's entries name their process; UIDs 1..60 split 20 / 20 / 20
+    assert nodes(tenant) == Counter({"": 20, "split worker 2/3": 20, "split worker 3/3": 20})
+
+
+def test_a_killed_worker_is_started_again_and_its_mails_end(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.05})
+    deploy(tenant, dovecot, smtp, workers=2)
+    fill(dovecot, source, 80)
+    runtime = Runtime(tenant)
+    try:
+        wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
+        (worker,) = worker_pids(runtime)
+        wait_for(lambda: len(smtp.received) >= 10, timeout=30, what="mails in flight")
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(80)}, 60, "every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        restarted = worker_pids(runtime)
+        assert len(restarted) == 1 and restarted != [worker]
+        log = runtime.log.read_text()
+        assert "worker process exited; starting it again" in log
+    finally:
+        assert runtime.stop() == 0
+    copies = Counter(received(smtp))
+    assert len(copies) == 80  # nothing lost
+    assert sum(n - 1 for n in copies.values()) <= 4  # at most its transactions in flight
+    statuses = entry_statuses(tenant)
+    assert set(statuses) <= {"COMPLETED", "ABANDONED"}, statuses  # every entry ended
+    assert statuses["COMPLETED"] >= 80
+
+
+def test_sigterm_stops_the_workers_and_hands_back_what_they_did_not_start(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.2})
+    deploy(tenant, dovecot, smtp, workers=2)
+    fill(dovecot, source, 40)
+    runtime = Runtime(tenant)
+    wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
+    (worker,) = worker_pids(runtime)
+    wait_for(lambda: len(smtp.received) >= 6, timeout=30, what="the first mails")
+    assert runtime.stop() == 0
+    assert not alive(worker)
+    sent = Counter(received(smtp))
+    marks = seen(dovecot, source)
+    assert all(n == 1 for n in sent.values())
+    assert {s for s, read in marks.items() if read} == set(sent)
+    assert any(not read for read in marks.values()), "everything was sent; proves nothing"
+    assert entry_statuses(tenant) == Counter({"COMPLETED": len(sent)})
+    assert nodes(tenant)["split worker 2/2"] > 0  # the worker did its share before the stop
+
+
+def test_kill_9_of_the_runtime_takes_its_workers_and_the_next_start_finishes(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.05})
+    deploy(tenant, dovecot, smtp, workers=2)
+    fill(dovecot, source, 60)
+    runtime = Runtime(tenant)
+    wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
+    (worker,) = worker_pids(runtime)
+    wait_for(lambda: len(smtp.received) >= 10, timeout=30, what="mails in flight")
+    runtime.proc.send_signal(signal.SIGKILL)
+    runtime.proc.wait(timeout=10)
+    runtime._log_file.close()
+    wait_for(lambda: not alive(worker), timeout=10, what="the worker to die with the runtime")
+    runtime = Runtime(tenant)
+    try:
+        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(60)}, 60, "every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+    finally:
+        assert runtime.stop() == 0
+    copies = Counter(received(smtp))
+    assert len(copies) == 60
+    assert sum(n - 1 for n in copies.values()) <= 8  # both processes' transactions in flight
+    assert set(entry_statuses(tenant)) <= {"COMPLETED", "ABANDONED"}
+
+
+def test_run_once_polls_the_whole_mailbox_in_one_process(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    deploy(tenant, dovecot, smtp, workers=2)
+    fill(dovecot, source, 9)
+    started = time.monotonic()
+    result = flowrt(tenant, "run", "--once")
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 30
+    assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(9)})
+    assert nodes(tenant) == Counter({"": 9})
+
+
+def test_idle_workers_each_take_new_mail_of_their_partition_once(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    path = tenant.parent / "split.flow"
+    text = FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, workers=2)
+    path.write_text(text.replace("poll          every 1s", "poll          idle"))
+    assert flowrt(tenant, "deploy", str(path)).exit_code == 0
+    runtime = Runtime(tenant)
+    try:
+        wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
+        time.sleep(1.0)  # both IDLE sessions are up: what comes now is pushed
+        fill(dovecot, source, 12)
+        wait_for(lambda: len(smtp.received) >= 12, timeout=30, what="the pushed mails")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+    finally:
+        assert runtime.stop() == 0
+    assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(12)})
+    assert nodes(tenant) == Counter({"": 6, "split worker 2/2": 6})
