@@ -128,7 +128,7 @@ class WorkerGroup:
         # dead-lettered): the flow's counts do not go back when a worker starts over
         self._carried: dict[int, tuple[int, int, int]] = {}
         self.problems: dict[int, str] = {}  # a worker that exited, and why
-        self.changes = 0
+        self._last_error: dict[int, str] = {}  # what its last report said was wrong
         self._log = _log.bind(flow=flow, version=version)
 
     def start(self) -> None:
@@ -192,13 +192,20 @@ class WorkerGroup:
     async def _keep_running(self, args: WorkerArgs) -> None:
         index = args.partition.index
         wait = RESTART_FIRST
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            began = loop.time()
             code = await self._run_once(args)
+            if loop.time() - began > RESTART_MAX:  # it ran well for a while: no backoff left
+                wait = RESTART_FIRST
             if self._stopping.is_set() or code == EXIT_SUPERSEDED:
                 return
             closed = self._abandon(ABANDONED_REASON, [node_name(args.flow, args.partition)])
-            self.problems[index] = f"exited with code {code}; started again in {wait:g} s"
-            self._changed()
+            said = self._last_error.pop(index, "")  # e.g. why the flow could not start there
+            self.problems[index] = (
+                f"{said + '; ' if said else ''}exited with code {code}; started again in {wait:g} s"
+            )
+            self._on_change()
             self._log.error(
                 "worker process exited; starting it again",
                 worker=args.partition.describe(),
@@ -230,7 +237,7 @@ class WorkerGroup:
                     self._log.warning("unreadable worker report", line=line[:200].decode("replace"))
                     continue
                 self.problems.pop(index, None)
-                self._changed()
+                self._on_change()
             return await proc.wait()
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
@@ -240,13 +247,10 @@ class WorkerGroup:
             self._procs.pop(index, None)
             last = self.reports.pop(index, None)
             if last is not None:
+                self._last_error[index] = last.reason if last.state == ERROR else ""
                 before = self._carried.get(index, (0, 0, 0))
                 self._carried[index] = (
                     before[0] + last.completed,
                     before[1] + last.failed,
                     before[2] + last.dead_lettered,
                 )
-
-    def _changed(self) -> None:
-        self.changes += 1
-        self._on_change()

@@ -30,6 +30,8 @@ The rules it keeps (design: "at-least-once without loss, and no duplicates"):
    renewed) while the poll or the IDLE session runs and released at its end. A second
    poller skips and says who holds the lock; a lease that is not renewed expires, so a
    dead runtime does not block the mailbox for good (`flowrt locks release` ends it now).
+   With ``workers N`` a poller has a :class:`Partition`: only the mails whose UID is its
+   own, under a lease of its own (the lock key ends in ``#k/N``).
 5. Mails are claimed on the IMAP server (CONDSTORE) before they are handed over, so that
    pollers with other state stores (another tenant) cannot take them too; see
    :meth:`ImapMailbox.claim`. Where that is impossible, the poller warns (``warning``).
