@@ -2,7 +2,7 @@
 
 Started by the runtime (:mod:`flowrt.runtime.workers`), never by hand::
 
-    python -m flowrt.runtime.worker TENANT FLOW VERSION INDEX COUNT GRACE LOG
+    python -m flowrt.runtime.worker TENANT FLOW VERSION INDEX COUNT GRACE LEASE LOG
 
 It runs the deployed flow like the runtime does (same :class:`FlowInstance`, same state and
 MPL files, which SQLite lets several processes share), but polls only the mails of its
