@@ -395,57 +395,36 @@ def main() -> None:
             for protection in protections:
                 port = dovecot.imaps_port if protection == "imaps" else dovecot.imap_port
                 mode = "imaps" if protection == "imaps" else "starttls-mandatory"
-                for limit in in_flight:
-                    imap_poll.reset_seen(dovecot, user)
-                    flow = FLOW.format(
-                        port=port,
-                        folder="INBOX",
-                        protection=mode,
-                        mails=n,
-                        in_flight=limit,
-                        workers=1,
-                        sink=sink.port,
-                    )
-                    with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
-                        tenant = make_tenant(Path(folder), ca, user, flow)
-                        got = flowrt_run([tenant], sink, n)
-                    for name, value in got.items():
-                        figures.setdefault(f"{protection}/{limit}/{name}", []).append(value)
-                if opts.two_runtimes:
-                    reset_halves(dovecot, split)
+                flow = functools.partial(
+                    FLOW.format, port=port, protection=mode, mails=n, sink=sink.port
+                )
+
+                def measure(key: str, flows: list[tuple[MailboxUser, str]]) -> None:
+                    """Each flow on a tenant of its own, their runtimes started together."""
                     with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
                         tenants = []
-                        for half in HALVES:
-                            flow = FLOW.format(
-                                port=port,
-                                folder=half,
-                                protection=mode,
-                                mails=n,
-                                in_flight=opts.two_runtimes,
-                                workers=1,
-                                sink=sink.port,
-                            )
-                            (Path(folder) / half).mkdir()
-                            tenants.append(make_tenant(Path(folder) / half, ca, split, flow))
+                        for index, (owner, text) in enumerate(flows):
+                            (Path(folder) / str(index)).mkdir()
+                            tenants.append(make_tenant(Path(folder) / str(index), ca, owner, text))
                         got = flowrt_run(tenants, sink, n)
                     for name, value in got.items():
-                        figures.setdefault(f"{protection}/two/{name}", []).append(value)
+                        figures.setdefault(f"{key}/{name}", []).append(value)
+
+                for limit in in_flight:
+                    imap_poll.reset_seen(dovecot, user)
+                    text = flow(folder="INBOX", in_flight=limit, workers=1)
+                    measure(f"{protection}/{limit}", [(user, text)])
+                if opts.two_runtimes:
+                    reset_halves(dovecot, split)
+                    halves = [
+                        (split, flow(folder=half, in_flight=opts.two_runtimes, workers=1))
+                        for half in HALVES
+                    ]
+                    measure(f"{protection}/two", halves)
                 if opts.workers > 1:
                     imap_poll.reset_seen(dovecot, user)
-                    flow = FLOW.format(
-                        port=port,
-                        folder="INBOX",
-                        protection=mode,
-                        mails=n,
-                        in_flight=8,
-                        workers=opts.workers,
-                        sink=sink.port,
-                    )
-                    with tempfile.TemporaryDirectory(prefix="flowrt-e2e-") as folder:
-                        tenant = make_tenant(Path(folder), ca, user, flow)
-                        got = flowrt_run([tenant], sink, n)
-                    for name, value in got.items():
-                        figures.setdefault(f"{protection}/workers/{name}", []).append(value)
+                    text = flow(folder="INBOX", in_flight=8, workers=opts.workers)
+                    measure(f"{protection}/workers", [(user, text)])
         med = {name: statistics.median(values) for name, values in figures.items()}
         emit("smtp_only_rate", round(med["smtp_only"]), "mails/s", **common)
         emit("smtp_only_cpu_s_per_1000", round(med["smtp_only/cpu_per_1000"], 3), "s", **common)
@@ -490,45 +469,26 @@ def main() -> None:
                     busy = med[f"{key}/{share}_cores_busy"]
                     emit(f"{share}_cores_busy", round(busy, 2), "cores", **extra)
             if opts.workers > 1:
-                key = f"{protection}/workers"
                 extra = {**common, "protection": protection, "in_flight": 8}
                 extra["workers"] = opts.workers
-                rate = med[f"{key}/first_to_last"]
-                emit("workers_rate_first_to_last", round(rate), "mails/s", **extra)
-                emit(
-                    "workers_rate_start_to_last",
-                    round(med[f"{key}/start_to_last"]),
-                    "mails/s",
-                    **extra,
-                )
-                emit(
-                    "workers_vs_slower_part",
-                    round(rate / slower[protection], 2),
-                    "ratio",
-                    goal=0.6,
-                    **extra,
-                )
-                cpu = med[f"{key}/cpu_per_1000"]
-                emit("workers_cpu_s_per_1000", round(cpu, 2), "s", **extra)
-                busy = med[f"{key}/machine_cores_busy"]
-                emit("workers_machine_cores_busy", round(busy, 2), "cores", **extra)
-                emit("workers_peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)
+                emit_run("workers", med, f"{protection}/workers", slower[protection], extra)
             if opts.two_runtimes:
-                key = f"{protection}/two"
                 extra = {**common, "protection": protection, "in_flight": opts.two_runtimes}
-                rate = med[f"{key}/first_to_last"]
-                emit("two_runtimes_rate_first_to_last", round(rate), "mails/s", **extra)
-                emit(
-                    "two_runtimes_vs_slower_part",
-                    round(rate / slower[protection], 2),
-                    "ratio",
-                    goal=0.6,
-                    **extra,
-                )
-                cpu = med[f"{key}/cpu_per_1000"]
-                emit("two_runtimes_cpu_s_per_1000", round(cpu, 2), "s", **extra)
-                busy = med[f"{key}/machine_cores_busy"]
-                emit("two_runtimes_machine_cores_busy", round(busy, 2), "cores", **extra)
+                emit_run("two_runtimes", med, f"{protection}/two", slower[protection], extra)
+
+
+def emit_run(
+    prefix: str, med: dict[str, float], key: str, slower: float, extra: dict[str, object]
+) -> None:
+    """The figures of one kind of extra run (``workers_*``, ``two_runtimes_*``)."""
+    rate = med[f"{key}/first_to_last"]
+    emit(f"{prefix}_rate_first_to_last", round(rate), "mails/s", **extra)
+    emit(f"{prefix}_rate_start_to_last", round(med[f"{key}/start_to_last"]), "mails/s", **extra)
+    emit(f"{prefix}_vs_slower_part", round(rate / slower, 2), "ratio", goal=0.6, **extra)
+    emit(f"{prefix}_cpu_s_per_1000", round(med[f"{key}/cpu_per_1000"], 2), "s", **extra)
+    busy = med[f"{key}/machine_cores_busy"]
+    emit(f"{prefix}_machine_cores_busy", round(busy, 2), "cores", **extra)
+    emit(f"{prefix}_peak_rss_mb", round(med[f"{key}/rss_mb"], 1), "MB", **extra)
 
 
 if __name__ == "__main__":

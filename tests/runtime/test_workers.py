@@ -20,47 +20,27 @@ import pytest
 
 from flowrt.mpl.store import MplStore
 from flowrt.tenant import Tenant
-from tests.runtime.test_in_flight import _logging_restored, entry_statuses, fill, received, seen
-from tests.runtime.test_runtime_e2e import Runtime, add_user_credential, flowrt, tenant, wait_for
+from tests.runtime.test_in_flight import FLOW as IN_FLIGHT_FLOW
+from tests.runtime.test_in_flight import (
+    _logging_restored,
+    entry_statuses,
+    fill,
+    received,
+    seen,
+    source,
+)
+from tests.runtime.test_runtime_e2e import Runtime, flowrt, tenant, wait_for
 from tests.servers import DovecotServer, MailboxUser
 from tests.servers.scripted_smtp import ScriptedSMTPServer
 
-__all__ = ["_logging_restored", "tenant"]  # fixtures, imported for pytest
+__all__ = ["_logging_restored", "source", "tenant"]  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.servers
 
-FLOW = """flow split {{
-    sender mail {{
-        protocol      imap
-        address       "127.0.0.1:{imap}"
-        protection    starttls-mandatory
-        auth          plain credential "source"
-        post-process  mark-read
-        poll          every 1s
-        in-flight     4
-        workers       {workers}
-        timeout       10s
-    }}
-    receiver mail out {{
-        address       "127.0.0.1:{smtp}"
-        protection    off
-        auth          none
-        from          "flowrt@example.com"
-        to            "${{header.To}}"
-        subject       "${{header.Subject}}"
-        timeout       10s
-    }}
-}}
-"""
-
-
-@pytest.fixture
-def source(
-    tenant: Path, dovecot: DovecotServer, new_mailbox_user: Callable[..., MailboxUser]
-) -> MailboxUser:
-    user = new_mailbox_user(prefix="split")
-    add_user_credential(tenant, "source", user)
-    return user
+# the flow of test_in_flight.py, with several workers
+FLOW = IN_FLIGHT_FLOW.replace("flow inflight", "flow split").replace(
+    "in-flight     {in_flight}", "in-flight     4\n        workers       {workers}"
+)
 
 
 def deploy(tenant: Path, dovecot: DovecotServer, smtp: ScriptedSMTPServer, workers: int) -> None:
@@ -102,6 +82,26 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def started_with_worker(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    smtp: ScriptedSMTPServer,
+    *,
+    mails: int,
+    first: int,
+) -> tuple[Runtime, int]:
+    """`workers 2` deployed, ``mails`` in the mailbox, the runtime started: its worker's
+    pid once ``first`` mails arrived (both processes are at work then)."""
+    deploy(tenant, dovecot, smtp, workers=2)
+    fill(dovecot, source, mails)
+    runtime = Runtime(tenant)
+    wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
+    (worker,) = worker_pids(runtime)
+    wait_for(lambda: len(smtp.received) >= first, timeout=30, what="the first mails")
+    return runtime, worker
+
+
 def test_three_workers_share_the_mailbox_and_send_each_mail_once(
     tenant: Path,
     dovecot: DovecotServer,
@@ -140,13 +140,8 @@ def test_a_killed_worker_is_started_again_and_its_mails_end(
     scripted_smtp: Callable[..., ScriptedSMTPServer],
 ) -> None:
     smtp = scripted_smtp(delays={"DATA": 0.05})
-    deploy(tenant, dovecot, smtp, workers=2)
-    fill(dovecot, source, 80)
-    runtime = Runtime(tenant)
+    runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=80, first=10)
     try:
-        wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
-        (worker,) = worker_pids(runtime)
-        wait_for(lambda: len(smtp.received) >= 10, timeout=30, what="mails in flight")
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(80)}, 60, "every mail")
         wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
@@ -171,12 +166,7 @@ def test_sigterm_stops_the_workers_and_hands_back_what_they_did_not_start(
     scripted_smtp: Callable[..., ScriptedSMTPServer],
 ) -> None:
     smtp = scripted_smtp(delays={"DATA": 0.2})
-    deploy(tenant, dovecot, smtp, workers=2)
-    fill(dovecot, source, 40)
-    runtime = Runtime(tenant)
-    wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
-    (worker,) = worker_pids(runtime)
-    wait_for(lambda: len(smtp.received) >= 6, timeout=30, what="the first mails")
+    runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=40, first=6)
     assert runtime.stop() == 0
     assert not alive(worker)
     sent = Counter(received(smtp))
@@ -195,12 +185,7 @@ def test_kill_9_of_the_runtime_takes_its_workers_and_the_next_start_finishes(
     scripted_smtp: Callable[..., ScriptedSMTPServer],
 ) -> None:
     smtp = scripted_smtp(delays={"DATA": 0.05})
-    deploy(tenant, dovecot, smtp, workers=2)
-    fill(dovecot, source, 60)
-    runtime = Runtime(tenant)
-    wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")
-    (worker,) = worker_pids(runtime)
-    wait_for(lambda: len(smtp.received) >= 10, timeout=30, what="mails in flight")
+    runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=60, first=10)
     runtime.proc.send_signal(signal.SIGKILL)
     runtime.proc.wait(timeout=10)
     runtime._log_file.close()
