@@ -9,6 +9,7 @@ from typing import Any
 
 from flowrt.adapters.mail.imap.mailbox import CLAIM_PREFIX, ImapMailbox
 from flowrt.adapters.mail.model import PostProcess
+from flowrt.source_state import Partition
 from tests.sender.conftest import endpoint_for, fill, flags_by_subject, make_mail, make_sender
 from tests.servers import DovecotServer, MailboxUser
 
@@ -16,7 +17,9 @@ MINE = f"{CLAIM_PREFIX}aaaa"
 OTHER = f"{CLAIM_PREFIX}bbbb"
 
 
-async def open_mailbox(dovecot: DovecotServer, user: MailboxUser) -> ImapMailbox:
+async def open_mailbox(
+    dovecot: DovecotServer, user: MailboxUser, partition: Partition | None = None
+) -> ImapMailbox:
     sender = make_sender(port=dovecot.imap_port, post_process=PostProcess("mark-read"))
     mailbox = await ImapMailbox.open(
         endpoint_for(sender, user),
@@ -24,6 +27,7 @@ async def open_mailbox(dovecot: DovecotServer, user: MailboxUser) -> ImapMailbox
         selection="unread",
         post_process=sender.post_process,
         claim_owner="aaaa",
+        partition=partition,
     )
     assert mailbox.can_claim  # Dovecot offers CONDSTORE
     return mailbox
@@ -75,3 +79,24 @@ async def test_a_mail_a_crash_left_with_both_claims_is_stepped_back_from(
         await mailbox.close()
     assert [c.ref for c in claimed] == [uids[1]]
     assert flags_by_subject(dovecot, mailbox_user)["a"] == (OTHER,)
+
+
+async def test_a_worker_lists_claims_and_releases_only_the_mails_of_its_partition(
+    dovecot: DovecotServer, mailbox_user: MailboxUser
+) -> None:
+    """The workers of a mailbox (``workers N``) share the runtime's claim keyword: a worker
+    that ends its poll must not take the claims off another worker's mails in flight."""
+    uids = fill(dovecot, mailbox_user, [make_mail(s) for s in ("a", "b", "c", "d")])
+    mailbox = await open_mailbox(dovecot, mailbox_user, Partition(0, 2))
+    try:
+        todo = await mailbox.candidates()
+        assert [c.ref for c in todo] == [u for u in uids if u % 2 == 0]
+        for uid in uids:  # every mail claimed: its own by this worker, the others by the other
+            keyword(dovecot, mailbox_user, uid, MINE)
+        await mailbox.claim(todo)
+        await mailbox.release_claims()
+    finally:
+        await mailbox.close()
+    flags = flags_by_subject(dovecot, mailbox_user)
+    for subject, uid in zip("abcd", uids, strict=True):
+        assert flags[subject] == (() if uid % 2 == 0 else (MINE,)), (subject, uid, flags)
