@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flowrt._sqlite import open_wal
+from flowrt._sqlite import begin_immediate, open_wal
 from flowrt.errors import ChainLevel, MplError
 from flowrt.mpl import _schema
 from flowrt.mpl._time import format_duration, from_epoch, from_epoch_us, to_epoch
@@ -182,7 +182,7 @@ class MplStore:
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._guard(action) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self._timeout)
             try:
                 yield conn
             except BaseException:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from flowrt._sqlite import expect_other_writers
 from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowError, FlowrtError
 from flowrt.mpl.model import LogLevel
@@ -317,6 +318,7 @@ class Runtime:
                 "SQLite files; on a shared PostgreSQL store every node runs one process",
                 hint="use workers 1 here, or a tenant with the embedded store",
             )
+        expect_other_writers()  # the workers write the tenant's files beside this process
         return WorkerGroup(
             tenant=self.tenant.root,
             flow=deployment.name,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrt import poll_failures
-from flowrt._sqlite import open_wal
+from flowrt._sqlite import begin_immediate, open_wal
 from flowrt.errors import TenantError
 from flowrt.poll_failures import PollFailure
 from flowrt.runtime.leases import HeldLease
@@ -163,6 +163,7 @@ class StateDB:
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, create: bool = True) -> None:
         self.path = Path(path)
+        self._timeout = timeout
         self.lease_ttl: float | None = None
         self._lock = threading.RLock()
         self._batching = False  # inside batch(): writes are savepoints of its transaction
@@ -224,7 +225,7 @@ class StateDB:
             if self._batching:
                 yield
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self._timeout)
             self._batching = True
             try:
                 yield
@@ -258,7 +259,7 @@ class StateDB:
                 conn.execute("RELEASE one")
             return
         with self._guard(action) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self._timeout)
             try:
                 yield conn
             except BaseException:

@@ -27,6 +27,7 @@ import sys
 import structlog
 
 from flowrt import logs, metrics
+from flowrt._sqlite import expect_other_writers
 from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowrtError, summary
 from flowrt.mpl.model import LogLevel
@@ -122,6 +123,7 @@ async def _until_stdin_closes(stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = WorkerArgs.parse(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
+    expect_other_writers()  # the runtime and the other workers write the same files
     logs.configure(json=args.log_json)
     structlog.contextvars.bind_contextvars(worker=args.partition.describe())
     try:
