@@ -225,6 +225,8 @@ class WorkerGroup:
             stdout=asyncio.subprocess.PIPE,
         )
         self._procs[index] = proc
+        if self._stopping.is_set():  # the stop came while it was being started
+            proc.send_signal(signal.SIGTERM)
         counted: metrics.Totals = {}  # this run's totals, added to the runtime's metrics
         assert proc.stdout is not None
         try:

@@ -241,3 +241,25 @@ def test_idle_workers_each_take_new_mail_of_their_partition_once(
         assert runtime.stop() == 0
     assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(12)})
     assert nodes(tenant) == Counter({"": 6, "split worker 2/2": 6})
+
+
+def test_a_new_version_with_more_workers_replaces_the_old_processes(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    runtime, old = started_with_worker(tenant, dovecot, source, smtp, mails=20, first=20)
+    try:
+        deploy(tenant, dovecot, smtp, workers=3)  # picked up by the running runtime
+        wait_for(lambda: not alive(old), timeout=30, what="the old version's worker to stop")
+        wait_for(lambda: len(worker_pids(runtime)) == 2, timeout=30, what="the new workers")
+        fill(dovecot, source, 30, prefix="later")
+        wait_for(lambda: len(smtp.received) >= 50, timeout=60, what="the later mails")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+    finally:
+        assert runtime.stop() == 0
+    expected = {f"mail {i}": 1 for i in range(20)} | {f"later {i}": 1 for i in range(30)}
+    assert Counter(received(smtp)) == Counter(expected)
+    assert {"split worker 2/3", "split worker 3/3"} <= set(nodes(tenant))
