@@ -168,7 +168,7 @@ def require_own_schema(
 # The processes of a flow with `workers N` write the same files in short transactions (some
 # 50 µs each), so most of their waits are for a lock that is free again long before the first
 # millisecond is over: measured with two workers on 5,000 mails, polling the first 4 ms in
-# steps of 100 µs sends 10% more mails a second. One process alone never waits (and the two
+# steps of 100 µs sends 7-10% more mails a second. One process alone never waits (and the two
 # PRAGMAs a transaction would cost it 1-2%), so the quick way is taken only in a process that
 # said it shares its files with other writers.
 _QUICK_TRIES = 40
