@@ -43,9 +43,16 @@ FLOW = IN_FLIGHT_FLOW.replace("flow inflight", "flow split").replace(
 )
 
 
-def deploy(tenant: Path, dovecot: DovecotServer, smtp: ScriptedSMTPServer, workers: int) -> None:
+def deploy(
+    tenant: Path,
+    dovecot: DovecotServer,
+    smtp: ScriptedSMTPServer,
+    workers: int,
+    poll: str = "every 1s",
+) -> None:
     path = tenant.parent / "split.flow"
-    path.write_text(FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, workers=workers))
+    text = FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, workers=workers)
+    path.write_text(text.replace("poll          every 1s", f"poll          {poll}"))
     result = flowrt(tenant, "deploy", str(path))
     assert result.exit_code == 0, result.output
 
@@ -226,10 +233,7 @@ def test_idle_workers_each_take_new_mail_of_their_partition_once(
     scripted_smtp: Callable[..., ScriptedSMTPServer],
 ) -> None:
     smtp = scripted_smtp()
-    path = tenant.parent / "split.flow"
-    text = FLOW.format(imap=dovecot.imap_port, smtp=smtp.port, workers=2)
-    path.write_text(text.replace("poll          every 1s", "poll          idle"))
-    assert flowrt(tenant, "deploy", str(path)).exit_code == 0
+    deploy(tenant, dovecot, smtp, workers=2, poll="idle")
     runtime = Runtime(tenant)
     try:
         wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=20, what="the worker")

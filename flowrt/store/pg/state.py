@@ -120,36 +120,46 @@ class PgStateDB:
     # ------------------------------------------------------------------ idempotency records
 
     def records(self, mailbox: str, keys: Iterable[str]) -> dict[str, MailRecord]:
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, MailRecord] = {}
-        with self._guard("read mail records") as conn:
-            for start in range(0, len(wanted), 1000):
-                rows = conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM mail_records "
-                    "WHERE mailbox = %s AND key = ANY(%s)".encode(),
-                    (mailbox, wanted[start : start + 1000]),
-                )
-                for row in rows:
-                    record = _record(row)
-                    found[record.key] = record
-        return found
+        rows = self._select_any(
+            "read mail records",
+            f"SELECT {_RECORD_COLUMNS} FROM mail_records "
+            "WHERE mailbox = %s AND key = ANY(%s)".encode(),
+            (mailbox,),
+            list(dict.fromkeys(keys)),
+        )
+        return {record.key: record for record in map(_record, rows)}
 
     def find_by_message_ids(
         self, mailbox: str, message_ids: Iterable[str], *, other_generation_than: str
     ) -> set[str]:
-        wanted = [m for m in dict.fromkeys(message_ids) if m]
-        found: set[str] = set()
-        with self._guard("read mail records") as conn:
-            for start in range(0, len(wanted), 1000):
-                # "message_id <> ''" lets the partial index serve a generic plan (a prepared
-                # statement's), which cannot know that the bound values are not empty
-                rows = conn.execute(
-                    "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = %s AND "
-                    "message_id = ANY(%s) AND message_id <> '' AND generation <> %s AND "
-                    "status = 'done'",
-                    (mailbox, wanted[start : start + 1000], other_generation_than),
-                )
-                found.update(str(row[0]) for row in rows)
+        rows = self._select_any(
+            "read mail records",
+            # "message_id <> ''" lets the partial index serve a generic plan (a prepared
+            # statement's), which cannot know that the bound values are not empty
+            "SELECT DISTINCT message_id FROM mail_records WHERE mailbox = %s AND "
+            "message_id = ANY(%s) AND message_id <> '' AND generation <> %s AND "
+            "status = 'done'",
+            (mailbox,),
+            [m for m in dict.fromkeys(message_ids) if m],
+            (other_generation_than,),
+        )
+        return {str(row[0]) for row in rows}
+
+    def _select_any(
+        self,
+        action: str,
+        sql: str | bytes,
+        before: tuple[Any, ...],
+        values: list[str],
+        after: tuple[Any, ...] = (),
+    ) -> list[Any]:
+        """The rows of ``sql`` (its ``= ANY(%s)`` takes the list) for all ``values``, 1,000
+        at a time; ``before`` and ``after`` are the parameters around the list (the twin of
+        StateDB._select_in)."""
+        found: list[Any] = []
+        with self._guard(action) as conn:
+            for start in range(0, len(values), 1000):
+                found += conn.execute(sql, (*before, values[start : start + 1000], *after))
         return found
 
     def record_done(
@@ -276,16 +286,13 @@ class PgStateDB:
         return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
     def delivered(self, mailbox: str, keys: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(keys))
-        found: set[str] = set()
-        with self._guard("read deliveries") as conn:
-            for start in range(0, len(wanted), 1000):
-                rows = conn.execute(
-                    "SELECT DISTINCT key FROM deliveries WHERE mailbox = %s AND key = ANY(%s)",
-                    (mailbox, wanted[start : start + 1000]),
-                )
-                found.update(str(row[0]) for row in rows)
-        return found
+        rows = self._select_any(
+            "read deliveries",
+            "SELECT DISTINCT key FROM deliveries WHERE mailbox = %s AND key = ANY(%s)",
+            (mailbox,),
+            list(dict.fromkeys(keys)),
+        )
+        return {str(row[0]) for row in rows}
 
     def save_deliveries(
         self, mailbox: str, key: str, rows: Iterable[tuple[str, str, str, str]]

@@ -174,11 +174,10 @@ class MailPoller:
         self.state = state
         self.partition = partition  # workers N: this process's share of the mailbox
         folder = sender.folder if sender.protocol == "imap" else "INBOX"
-        part = f"#{partition.describe()}" if partition else ""
-        self.lock_key = f"{endpoint.login.user}@{endpoint.host}/{folder}{part}"
-        self.name = (
-            name or f"{sender.protocol}:{endpoint.login.user}@{endpoint.host}/{folder}"
-        ) + part
+        mailbox = f"{endpoint.login.user}@{endpoint.host}/{folder}"
+        part = f"#{partition.describe()}" if partition else ""  # each worker its own lease
+        self.lock_key = mailbox + part
+        self.name = (name or f"{sender.protocol}:{mailbox}") + part
         self.owner = owner or default_owner()
         self.lock_ttl = lock_ttl
         self.idle_refresh = idle_refresh

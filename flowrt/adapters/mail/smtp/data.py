@@ -86,13 +86,13 @@ def _wire_ready(piece: bytes) -> bool:
     """Nothing for the two rules to change: every line break a CRLF, no line starting with
     a dot. True for most pieces (the composer writes CRLF); a few scans in C find out faster
     than the rules' regular expressions would rewrite them."""
-    crlf = piece.count(b"\r\n")
-    return (
-        piece.count(b"\n") == crlf
-        and piece.count(b"\r") == crlf
-        and not piece.startswith(b".")
-        and b"\n." not in piece
-    )
+    return _crlf_only(piece) and not piece.startswith(b".") and b"\n." not in piece
+
+
+def _crlf_only(data: bytes) -> bool:
+    """Every CR and every LF in ``data`` is part of a CRLF (counted in C, no regex)."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") == crlf and data.count(b"\r") == crlf
 
 
 def _line_pieces(message: Message, size: int) -> Iterator[bytes]:
@@ -124,8 +124,7 @@ def chunk_bytes(message: Message) -> bytes:
     doubled and no end line follows; line breaks made CRLF, and one added at the end when
     missing, so that the server stores what DATA would have given it."""
     data = message_bytes(message)
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+    if not _crlf_only(data):
         data = _LINE_ENDINGS.sub(b"\r\n", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
