@@ -109,18 +109,27 @@ def run(
         )
     logs.configure(json=None if log_format == "auto" else log_format == "json")
     from flowrt.monitor.server import MonitorSettings
+    from flowrt.runtime.starter import WorkerStarter
 
-    settings = MonitorSettings.load(tenant)
-    runtime = Runtime(
-        tenant,
-        grace=grace_time.total_seconds(),
-        http=None if once else address or settings.http,
-        tls_alias=tls_alias or settings.tls_alias,
-        node=node,
-        lease=lease_time,
-        log_json=None if log_format == "auto" else log_format == "json",
-    )
-    code = asyncio.run(runtime.run(once=once, due=due))
+    # before anything runs or opens: what forks the worker processes of `workers N` flows
+    # (SQLite only: a PostgreSQL node runs one process per flow; --once polls in this one)
+    starter = None if once or is_shared(tenant) else WorkerStarter.for_tenant(tenant)
+    try:
+        settings = MonitorSettings.load(tenant)
+        runtime = Runtime(
+            tenant,
+            grace=grace_time.total_seconds(),
+            http=None if once else address or settings.http,
+            tls_alias=tls_alias or settings.tls_alias,
+            node=node,
+            lease=lease_time,
+            log_json=None if log_format == "auto" else log_format == "json",
+            starter=starter,
+        )
+        code = asyncio.run(runtime.run(once=once, due=due))
+    finally:
+        if starter is not None:
+            starter.close()
     raise SystemExit(code)
 
 

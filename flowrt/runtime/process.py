@@ -44,6 +44,7 @@ from flowrt.net.tls_buffers import use_small_tls_buffers
 from flowrt.runtime.deployments import Deployment
 from flowrt.runtime.flow_instance import FlowInstance
 from flowrt.runtime.monitor import Monitor
+from flowrt.runtime.starter import WorkerStarter
 from flowrt.runtime.status import (
     ERROR,
     HEARTBEAT,
@@ -86,9 +87,11 @@ class Runtime:
         node: str | None = None,
         lease: float | None = None,
         log_json: bool | None = None,
+        starter: WorkerStarter | None = None,
     ) -> None:
         self.tenant = tenant
         self.log_json = log_json  # for the worker processes of flows with `workers N`
+        self.starter = starter  # forks them (see starter.py); None: they start as processes
         self.grace = grace
         self._monitor = Monitor(tenant, http, tls_alias=tls_alias)
         self.shared = is_shared(tenant)
@@ -330,6 +333,7 @@ class Runtime:
             log_json=self.log_json,
             abandon=lambda reason, nodes: self.store.abandon_unfinished(reason, nodes=nodes),
             on_change=self._changed,
+            starter=self.starter,
         )
 
     def _sweep(self) -> None:

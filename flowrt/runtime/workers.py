@@ -28,10 +28,12 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from flowrt import metrics
+from flowrt.runtime.starter import StarterGone, WorkerStarter
 from flowrt.runtime.status import ERROR, STARTED, FlowStatus
 from flowrt.source_state import Partition
 
@@ -66,11 +68,12 @@ class WorkerArgs:
     log_json: bool | None
 
     def argv(self) -> list[str]:
+        """The command line of a worker started as a new process."""
+        return [sys.executable, "-m", "flowrt.runtime.worker", *self.args()]
+
+    def args(self) -> list[str]:
         log = "auto" if self.log_json is None else "json" if self.log_json else "console"
         return [
-            sys.executable,
-            "-m",
-            "flowrt.runtime.worker",
             str(self.tenant),
             self.flow,
             str(self.version),
@@ -95,6 +98,19 @@ class WorkerArgs:
         )
 
 
+class WorkerProcess(Protocol):
+    """What the group uses of a worker: a started process, or one the starter forked."""
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 class WorkerGroup:
     """Worker processes 2..N of one deployed flow version."""
 
@@ -111,8 +127,10 @@ class WorkerGroup:
         log_json: bool | None,
         abandon: Callable[[str, list[str]], int],
         on_change: Callable[[], None] = lambda: None,
+        starter: WorkerStarter | None = None,
     ) -> None:
         self.count = count
+        self._starter = starter
         self._args = [
             WorkerArgs(tenant, flow, version, Partition(index, count), grace, lease, log_json)
             for index in range(1, count)
@@ -122,7 +140,7 @@ class WorkerGroup:
         self._on_change = on_change
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._procs: dict[int, WorkerProcess] = {}
         self.reports: dict[int, FlowStatus] = {}
         # what earlier runs of a worker that was started again counted (completed, failed,
         # dead-lettered): the flow's counts do not go back when a worker starts over
@@ -217,13 +235,24 @@ class WorkerGroup:
                 await asyncio.wait_for(self._stopping.wait(), wait)
             wait = min(wait * 2, RESTART_MAX)
 
-    async def _run_once(self, args: WorkerArgs) -> int:
-        index = args.partition.index
-        proc = await asyncio.create_subprocess_exec(
+    async def _start(self, args: WorkerArgs) -> WorkerProcess:
+        """Fork the worker from the starter (see starter.py), or else start a new process."""
+        if self._starter is not None and not self._starter.gone:
+            try:
+                return await self._starter.start(args.args())
+            except StarterGone as exc:
+                self._log.warning(
+                    "cannot fork workers; starting them as new processes", reason=str(exc)
+                )
+        return await asyncio.create_subprocess_exec(
             *args.argv(),
             stdin=asyncio.subprocess.PIPE,  # never written: its end tells the worker we are gone
             stdout=asyncio.subprocess.PIPE,
         )
+
+    async def _run_once(self, args: WorkerArgs) -> int:
+        index = args.partition.index
+        proc = await self._start(args)
         self._procs[index] = proc
         if self._stopping.is_set():  # the stop came while it was being started
             proc.send_signal(signal.SIGTERM)

@@ -7,10 +7,12 @@ copies can be counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from flowrt.mpl.store import MplStore
+from flowrt.runtime.starter import STARTER
 from flowrt.tenant import Tenant
 from tests.runtime.test_in_flight import FLOW as IN_FLIGHT_FLOW
 from tests.runtime.test_in_flight import (
@@ -62,18 +65,24 @@ def nodes(tenant: Path) -> Counter[str]:
         return Counter(e.node for e in store.list_entries(limit=None))
 
 
-def worker_pids(runtime: Runtime) -> list[int]:
-    """The runtime's child processes (its workers), from /proc."""
-    found = []
+def children(runtime: Runtime) -> dict[int, str]:
+    """The runtime's child processes, pid: name (/proc/PID/comm)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (entry / "comm").read_text().strip()
             except OSError:
                 continue
-            if int(stat[1]) == runtime.proc.pid:
-                found.append(int(entry.name))
+            if int(stat[1]) == runtime.proc.pid and stat[0] != "Z":
+                found[int(entry.name)] = name
     return found
+
+
+def worker_pids(runtime: Runtime) -> list[int]:
+    """The runtime's workers: its children but the starter that forks them."""
+    return [pid for pid, name in children(runtime).items() if name != STARTER]
 
 
 def completed(tenant: Path) -> int:
@@ -122,7 +131,8 @@ def test_three_workers_share_the_mailbox_and_send_each_mail_once(
     try:
         wait_for(lambda: len(smtp.received) >= 60, timeout=60, what="every mail")
         wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
-        assert len(worker_pids(runtime)) == 2  # the runtime polls the first partition itself
+        # the runtime polls the first partition itself; the starter forked the others
+        assert sorted(children(runtime).values()) == [STARTER, "flowrt w2/3", "flowrt w3/3"]
         wait_for(
             lambda: completed(tenant) == 60, timeout=10, what="the workers' counts in the status"
         )
@@ -267,3 +277,96 @@ def test_a_new_version_with_more_workers_replaces_the_old_processes(
     expected = {f"mail {i}": 1 for i in range(20)} | {f"later {i}": 1 for i in range(30)}
     assert Counter(received(smtp)) == Counter(expected)
     assert {"split worker 2/3", "split worker 3/3"} <= set(nodes(tenant))
+
+
+def test_a_flow_given_workers_while_the_runtime_runs_starts_them_as_new_processes(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    deploy(tenant, dovecot, smtp, workers=1)
+    runtime = Runtime(tenant)
+    try:
+        assert children(runtime) == {}  # no flow sets workers: no starter is kept
+        deploy(tenant, dovecot, smtp, workers=2)
+        wait_for(lambda: len(worker_pids(runtime)) == 1, timeout=30, what="the worker")
+        (name,) = children(runtime).values()
+        assert not name.startswith("flowrt w")  # a new Python process, not a fork
+        fill(dovecot, source, 20)
+        wait_for(lambda: len(smtp.received) >= 20, timeout=60, what="every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+    finally:
+        assert runtime.stop() == 0
+    assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(20)})
+    assert nodes(tenant) == Counter({"": 10, "split worker 2/2": 10})
+
+
+def test_a_worker_is_started_as_a_new_process_when_the_starter_is_gone(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.05})
+    runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=60, first=10)
+    try:
+        (starter,) = [pid for pid, name in children(runtime).items() if name == STARTER]
+        os.kill(starter, signal.SIGKILL)
+        wait_for(lambda: STARTER not in children(runtime).values(), 10, "the starter reaped")
+        assert alive(worker)  # the runtime's child, not the starter's
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(60)}, 60, "every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        (name,) = children(runtime).values()
+        assert not name.startswith("flowrt w")
+    finally:
+        assert runtime.stop() == 0
+    copies = Counter(received(smtp))
+    assert len(copies) == 60
+    assert sum(n - 1 for n in copies.values()) <= 4
+    assert set(entry_statuses(tenant)) <= {"COMPLETED", "ABANDONED"}
+
+
+def test_ctrl_c_stops_the_runtime_its_workers_and_the_starter(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.1})
+    deploy(tenant, dovecot, smtp, workers=3)
+    fill(dovecot, source, 60)
+    log = tenant.parent / "ctrl-c.log"
+    with log.open("w") as err:
+        # a terminal's Ctrl-C signals its whole process group
+        proc = subprocess.Popen(
+            ["flowrt", "--tenant", str(tenant), "run", "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: len(smtp.received) >= 10, timeout=30, what="the first mails")
+            group = [int(p.name) for p in Path("/proc").iterdir() if _in_group(p, proc.pid)]
+            assert len(group) == 4  # the runtime, the starter, two workers
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in group), timeout=10, what="every process")
+    assert "Traceback" not in log.read_text()
+    sent = Counter(received(smtp))
+    assert all(n == 1 for n in sent.values())
+    assert entry_statuses(tenant) == Counter({"COMPLETED": len(sent)})
+
+
+def _in_group(entry: Path, group: int) -> bool:
+    if not entry.name.isdigit():
+        return False
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == group
+    except OSError:
+        return False
