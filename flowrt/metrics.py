@@ -10,7 +10,12 @@ dictionary lookup and an addition, so they sit on the message path without a mea
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import bisect
+import itertools
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from flowrt.errors import (
     AuthenticationFailedException,
@@ -23,8 +28,10 @@ from flowrt.errors import (
 __all__ = [
     "REGISTRY",
     "add_counts",
+    "add_durations",
     "counter_totals",
     "dead_letter",
+    "duration_totals",
     "message_done",
     "poll_done",
     "reply_class",
@@ -39,13 +46,46 @@ MESSAGES = Counter(
     ["flow", "status"],
     registry=REGISTRY,
 )
-DURATION = Histogram(
-    "flowrt_message_duration_seconds",
-    "Time from a message's start to its final status.",
-    ["flow"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    registry=REGISTRY,
-)
+
+
+class _Durations:
+    """``flowrt_message_duration_seconds``, by flow: a histogram kept here rather than in
+    prometheus-client's ``Histogram``, so that what a flow's worker processes observed can
+    be added in (:func:`add_durations`)."""
+
+    NAME = "flowrt_message_duration_seconds"
+    HELP = "Time from a message's start to its final status."
+    BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+    LABELS = [repr(float(bound)) for bound in BOUNDS] + ["+Inf"]  # le="1.0", as Prometheus
+
+    def __init__(self) -> None:
+        # flow -> the count in each bucket (not cumulative; the last is above 120 s), the sum
+        self.rows: dict[str, list[float]] = {}
+
+    def row(self, flow: str) -> list[float]:
+        found = self.rows.get(flow)
+        if found is None:
+            found = self.rows[flow] = [0.0] * (len(self.BOUNDS) + 2)
+        return found
+
+    def observe(self, flow: str, seconds: float) -> None:
+        row = self.row(flow)
+        row[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        row[-1] += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.NAME, self.HELP, labels=["flow"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.NAME, self.HELP, labels=["flow"])
+        for flow, row in list(self.rows.items()):
+            counts = itertools.accumulate(row[:-1])
+            family.add_metric([flow], list(zip(self.LABELS, counts, strict=True)), row[-1])
+        yield family
+
+
+DURATION = _Durations()
+REGISTRY.register(DURATION)
 POLLS = Counter("flowrt_polls", "Mailbox polls, by poller.", ["poller"], registry=REGISTRY)
 POLL_FAILURES = Counter(
     "flowrt_poll_failures", "Mailbox polls that failed, by poller.", ["poller"], registry=REGISTRY
@@ -72,7 +112,7 @@ DEAD_LETTERS = Counter(
 
 def message_done(flow: str, status: str, seconds: float) -> None:
     MESSAGES.labels(flow, status).inc()
-    DURATION.labels(flow).observe(seconds)
+    DURATION.observe(flow, seconds)
 
 
 def poll_done(poller: str, *, ok: bool) -> None:
@@ -130,6 +170,27 @@ def add_counts(totals: list[tuple[str, dict[str, str], float]], seen: Totals) ->
         seen[key] = total
         if added > 0:
             (counter.labels(**labels) if labels else counter).inc(added)
+
+
+def duration_totals() -> dict[str, list[float]]:
+    """The duration histogram's rows in this process (flow: bucket counts, then the sum),
+    which a worker process reports beside :func:`counter_totals`."""
+    return {flow: list(row) for flow, row in DURATION.rows.items()}
+
+
+def add_durations(totals: dict[str, list[float]], seen: dict[str, list[float]]) -> None:
+    """Add what a worker's duration rows gained since ``seen`` (its last rows, updated
+    here) into this process's histogram, as :func:`add_counts` does for counters."""
+    for flow, row in totals.items():
+        if len(row) != len(DURATION.BOUNDS) + 2:
+            continue  # another version's buckets: not comparable
+        before = seen.get(flow)
+        if before is None or sum(row[:-1]) < sum(before[:-1]):  # new, or started over
+            before = [0.0] * len(row)
+        seen[flow] = list(row)
+        mine = DURATION.row(flow)
+        for i, (now, then) in enumerate(zip(row, before, strict=True)):
+            mine[i] += now - then
 
 
 def reply_class(error: BaseException) -> str:

@@ -58,7 +58,11 @@ def report(instance: FlowInstance) -> None:
     """One line for the runtime: the flow's status here and what this process counted."""
     instance.refresh()
     line = json.dumps(
-        {"status": dataclasses.asdict(instance.status), "counters": metrics.counter_totals()}
+        {
+            "status": dataclasses.asdict(instance.status),
+            "counters": metrics.counter_totals(),
+            "durations": metrics.duration_totals(),
+        }
     )
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

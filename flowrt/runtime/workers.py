@@ -9,7 +9,8 @@ by UID into N partitions (:class:`flowrt.source_state.Partition`). The runtime's
   after it (``FLOW worker 2/4``); the state and MPL files are shared (SQLite, WAL), so every
   rule of a poller holds per partition;
 - its status comes as JSON lines on its stdout; :meth:`WorkerGroup.merge` adds the counts
-  into the flow's status and shows a worker that failed;
+  into the flow's status and shows a worker that failed, and its counters and message
+  durations are added into the runtime's ``/metrics``;
 - a worker that exits unexpectedly is started again after a backoff (1 s doubling to 60 s),
   its unfinished MPL entries closed ABANDONED first (its mails are in the mailbox still);
 - :meth:`stop` sends SIGTERM (each worker hands back what it has not started and lets the
@@ -257,6 +258,7 @@ class WorkerGroup:
         if self._stopping.is_set():  # the stop came while it was being started
             proc.send_signal(signal.SIGTERM)
         counted: metrics.Totals = {}  # this run's totals, added to the runtime's metrics
+        timed: dict[str, list[float]] = {}  # and its message durations
         assert proc.stdout is not None
         try:
             while line := await proc.stdout.readline():
@@ -264,6 +266,7 @@ class WorkerGroup:
                     fields = json.loads(line)
                     self.reports[index] = FlowStatus(**fields["status"])
                     metrics.add_counts(fields["counters"], counted)
+                    metrics.add_durations(fields.get("durations", {}), timed)
                 except (ValueError, TypeError, KeyError):  # not a report: keep the last one
                     self._log.warning("unreadable worker report", line=line[:200].decode("replace"))
                     continue

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -169,3 +170,29 @@ def test_worker_counts_add_into_the_runtime_counters() -> None:
     metrics.add_counts([("flowrt_unknown", {}, 9.0)], seen)  # a name this runtime lacks
     names = {total[0] for total in metrics.counter_totals()}
     assert {"flowrt_messages", "flowrt_dead_letters"} <= names
+
+
+def test_worker_durations_add_into_the_runtime_histogram() -> None:
+    """The duration histogram counts a flow's mails whichever process handled them."""
+
+    def count(le: str = "") -> float:
+        name = "flowrt_message_duration_seconds_" + ("bucket" if le else "count")
+        labels = {"flow": "d-flow"} | ({"le": le} if le else {})
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    metrics.message_done("d-flow", "COMPLETED", 0.02)  # the runtime's own partition
+    seen: dict[str, list[float]] = {}
+    worker = [0.0] * (len(metrics.DURATION.BOUNDS) + 2)
+    worker[0], worker[3], worker[-1] = 2, 1, 0.06  # two mails of 5 ms or less, one of 50
+    metrics.add_durations({"d-flow": worker}, seen)
+    assert (count(), count("0.005"), count("0.025"), count("0.05")) == (4, 2, 3, 4)
+    worker[0] += 1
+    metrics.add_durations({"d-flow": worker}, seen)  # only what is new is added
+    assert (count(), count("0.005")) == (5, 3)
+    metrics.add_durations({"d-flow": [1.0, 0.0]}, seen)  # rows of other buckets: skipped
+    assert count() == 5
+    sums = metrics.REGISTRY.get_sample_value(
+        "flowrt_message_duration_seconds_sum", {"flow": "d-flow"}
+    )
+    assert sums == pytest.approx(0.08)
+    assert "d-flow" in metrics.duration_totals()

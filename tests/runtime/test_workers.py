@@ -18,11 +18,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flowrt.mpl.store import MplStore
 from flowrt.runtime.starter import STARTER
 from flowrt.tenant import Tenant
+from tests.monitor.test_runtime_monitor import monitor_url, sample
 from tests.runtime.test_in_flight import FLOW as IN_FLIGHT_FLOW
 from tests.runtime.test_in_flight import (
     _logging_restored,
@@ -127,7 +129,7 @@ def test_three_workers_share_the_mailbox_and_send_each_mail_once(
     smtp = scripted_smtp()
     deploy(tenant, dovecot, smtp, workers=3)
     fill(dovecot, source, 60)
-    runtime = Runtime(tenant)
+    runtime = Runtime(tenant, "--http", "127.0.0.1:0")
     try:
         wait_for(lambda: len(smtp.received) >= 60, timeout=60, what="every mail")
         wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
@@ -138,6 +140,10 @@ def test_three_workers_share_the_mailbox_and_send_each_mail_once(
         )
         status = json.loads((tenant / "runtime" / "status.json").read_text())
         assert status["flows"]["split"]["state"] == "STARTED"
+        # /metrics counts every process's mails, and their durations
+        text = httpx.get(monitor_url(runtime) + "/metrics", timeout=10).text
+        assert sample(text, "flowrt_messages_total", flow="split", status="COMPLETED") == 60
+        assert sample(text, "flowrt_message_duration_seconds_count", flow="split") == 60
         # each partition polls under its own lease and keeps its own health
         with sqlite3.connect(Tenant(tenant).state_path) as db:
             pollers = {row[0] for row in db.execute("SELECT poller FROM poller_health")}
