@@ -209,10 +209,12 @@ def test_kill_9_of_the_runtime_takes_its_workers_and_the_next_start_finishes(
 ) -> None:
     smtp = scripted_smtp(delays={"DATA": 0.05})
     runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=60, first=10)
+    (starter,) = [pid for pid, name in children(runtime).items() if name == STARTER]
     runtime.proc.send_signal(signal.SIGKILL)
     runtime.proc.wait(timeout=10)
     runtime._log_file.close()
     wait_for(lambda: not alive(worker), timeout=10, what="the worker to die with the runtime")
+    wait_for(lambda: not alive(starter), timeout=10, what="the starter to die with it")
     runtime = Runtime(tenant)
     try:
         wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(60)}, 60, "every mail")
