@@ -85,7 +85,7 @@ def run(
 ) -> None:
     """Run every deployed flow in the foreground, picking up deploys as they happen."""
     from flowrt import logs
-    from flowrt.runtime.process import Runtime
+    from flowrt.runtime.process import Runtime, allow_open_files
 
     if due and not once:
         raise UsageError("--due needs --once (a running runtime follows every schedule itself)")
@@ -111,6 +111,7 @@ def run(
     from flowrt.monitor.server import MonitorSettings
     from flowrt.runtime.starter import WorkerStarter
 
+    allow_open_files()  # before the fork below: the workers it forks inherit the limit
     # before anything runs or opens: what forks the worker processes of `workers N` flows
     # (SQLite only: a PostgreSQL node runs one process per flow; --once polls in this one)
     starter = None if once or is_shared(tenant) else WorkerStarter.for_tenant(tenant)

@@ -130,7 +130,7 @@ class Runtime:
             self._lock.release()
 
     def _open(self) -> None:
-        _allow_open_files()
+        allow_open_files()
         use_small_tls_buffers()  # a connection per IDLE flow and per polling flow
         self.security = TenantSecurity.open(self.tenant)
         state = open_state(self.tenant)
@@ -411,7 +411,7 @@ class Runtime:
         _log.info("runtime stopped", flows_in_error=errors)
 
 
-def _allow_open_files() -> None:
+def allow_open_files() -> None:
     """Raise the soft limit of open files to the hard one: each IDLE flow and each polling
     flow between polls holds a connection, so a thousand flows need more than the 1,024 a
     login shell usually gets."""

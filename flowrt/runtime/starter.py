@@ -43,8 +43,9 @@ STARTER = "flowrt starter"  # its process name (/proc/PID/comm, what ps -e and t
 ADOPTION_WAIT = 2.0  # the longest a forked worker waits to become the runtime's child
 REAP_TRIES = 200  # 10 ms apart: the longest the runtime waits to adopt one that exited
 REPLY_WAIT = 10.0  # the longest a fork may take the starter; then it is taken for gone
+LATE_REPLY_WAIT = 60.0  # how long a reply that came too late is still waited for
 # a `workers` setting other than 1 (its value may be a parameter: read by the parser later)
-_SETS_WORKERS = re.compile(r"^[ \t]*workers[ \t]+(?!1(\s|$))\S", re.MULTILINE)
+_SETS_WORKERS = re.compile(r"(?<![\w-])workers[ \t]+(?!1(?![\w.]))\S")
 
 
 class StarterGone(Exception):
@@ -104,6 +105,8 @@ class WorkerStarter:
         self.pid = pid
         self.gone = False  # it could not start a worker: the runtime starts new processes
         self._lock = asyncio.Lock()  # one request, one reply, at a time
+        self._pidfd: int | None = None  # watches it for its exit once the loop runs
+        self._drainer: asyncio.Future[None] | None = None  # see _drain
 
     @classmethod
     def for_tenant(cls, tenant: Tenant) -> WorkerStarter | None:
@@ -112,12 +115,12 @@ class WorkerStarter:
         ``workers`` while it runs starts its workers as new processes)."""
         try:
             deployments = open_deployments(tenant)
-        except FlowrtError:  # the runtime says what is wrong with the tenant
+            try:
+                sources = [deployment.source for deployment in deployments.all()]
+            finally:
+                deployments.close()
+        except FlowrtError:  # the runtime says what is wrong (and serves what it can)
             return None
-        try:
-            sources = [deployment.source for deployment in deployments.all()]
-        finally:
-            deployments.close()
         if not any(_SETS_WORKERS.search(source) for source in sources):
             return None
         return cls.fork()
@@ -129,11 +132,11 @@ class WorkerStarter:
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
             return None
         try:
+            probe = os.pidfd_open(os.getpid())  # a kernel without pidfds (before 5.3)
+            os.close(probe)
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:
                 return None
-            probe = os.pidfd_open(os.getpid())  # a kernel without pidfds (before 5.3)
-            os.close(probe)
         except (OSError, AttributeError):
             return None
         from flowrt.runtime import worker  # noqa: F401  (imported once, here, for every worker)
@@ -141,12 +144,14 @@ class WorkerStarter:
         parse_text("")  # builds the flow grammar (0.1 s) that the runtime and workers parse with
 
         runtime_end, starter_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        runtime = os.getpid()
         pid = os.fork()
         if pid == 0:  # the starter
             runtime_end.close()
-            _serve(starter_end, runtime=os.getppid())
+            _serve(starter_end, runtime=runtime)
         starter_end.close()
         runtime_end.setblocking(False)
         return cls(runtime_end, pid)
@@ -154,44 +159,114 @@ class WorkerStarter:
     async def start(self, args: list[str]) -> ForkedWorker:
         """A forked worker with these arguments (:meth:`WorkerArgs.args`)."""
         loop = asyncio.get_running_loop()
+        self._watch()
         stdin_read, stdin_write = os.pipe()
         stdout_read, stdout_write = os.pipe()
         try:
             async with self._lock:
+                if self.gone:  # while this request waited for the one before
+                    raise StarterGone("the starter is gone")
                 try:
                     message = json.dumps(args).encode()
                     socket.send_fds(self._sock, [message], [stdin_read, stdout_write])
                     reply = await asyncio.wait_for(loop.sock_recv(self._sock, 64), REPLY_WAIT)
                 except BaseException as exc:
                     # (also when cancelled) a reply that came later would answer the next
-                    # request: this starter is not asked again
+                    # request: this starter is not asked again, and the worker it may
+                    # still fork is stopped
                     self.gone = True
+                    self._drainer = asyncio.ensure_future(self._drain())
                     if isinstance(exc, OSError | TimeoutError):
                         raise StarterGone(str(exc) or "the starter did not answer") from exc
                     raise
+                if not reply:
+                    self._give_up()
+                    raise StarterGone("the starter exited")
         except BaseException:
-            for fd in (stdin_write, stdout_read):
-                os.close(fd)
+            os.close(stdin_write)
+            os.close(stdout_read)
             raise
         finally:
             os.close(stdin_read)
             os.close(stdout_write)
-        if not reply.isdigit():
+        if not reply.isdigit():  # a fork that failed (may work next time)
             os.close(stdin_write)
             os.close(stdout_read)
-            self.gone = not reply  # it exited; a fork that failed may work next time
-            raise StarterGone(reply.decode("utf-8", "replace") or "the starter exited")
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(stdout_read, "rb", 0)
-        )
-        return ForkedWorker(int(reply), stdin_write, reader)
+            raise StarterGone(reply.decode("utf-8", "replace"))
+        pid = int(reply)
+        try:
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(stdout_read, "rb", 0)
+            )
+            return ForkedWorker(pid, stdin_write, reader)
+        except OSError as exc:  # no file descriptors left, say: this worker is not ours
+            os.close(stdin_write)
+            _kill_and_reap(pid)
+            raise StarterGone(f"cannot watch the forked worker: {exc}") from exc
+
+    def _watch(self) -> None:
+        """Reap the starter whenever it exits (it may die by itself, or be killed)."""
+        if self._pidfd is not None:
+            return
+        with contextlib.suppress(OSError):
+            self._pidfd = os.pidfd_open(self.pid)
+            asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        # (a request waiting for its reply reads the socket's end and gives up itself)
+        self.gone = True
+        if self._pidfd is not None and self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1  # watched once: not again
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, os.WNOHANG)
+
+    def _give_up(self) -> None:
+        self.gone = True
+        self._sock.close()  # a starter still alive ends at this
+
+    async def _drain(self) -> None:
+        """Wait a while for the reply to a request given up on: a worker forked that late
+        has no runtime watching it, so it is killed and reaped."""
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await asyncio.wait_for(loop.sock_recv(self._sock, 64), LATE_REPLY_WAIT)
+        except (OSError, TimeoutError):
+            reply = b""
+        finally:
+            self._give_up()
+        if reply.isdigit():
+            _kill_and_reap(int(reply))
 
     def close(self) -> None:
         """End the starter (it exits when its socket closes) and reap it."""
         self._sock.close()
-        with contextlib.suppress(ChildProcessError):
+        if self._pidfd is not None and self._pidfd >= 0:
+            os.close(self._pidfd)  # (its loop has ended)
+            self._pidfd = -1
+        try:
+            for _ in range(100):  # it exits at once; one that does not (stopped) is killed
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    return
+                time.sleep(0.01)
+            os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass  # reaped already
+
+
+def _kill_and_reap(pid: int) -> None:
+    """A forked worker the runtime cannot watch: it must not run unwatched."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):  # until its middle process has exited and the runtime adopted it
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            time.sleep(0.001)
 
 
 def _prctl(option: int, value: int | bytes) -> None:
@@ -250,6 +325,9 @@ def _become_worker(sock: socket.socket, args: list[str], fds: list[int], runtime
         os.dup2(fds[1], 1)
         for fd in fds:
             os.close(fd)
+        # fresh objects over the pipes (the runtime's may be None, or hold buffered text)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
         signal.signal(signal.SIGINT, signal.default_int_handler)
         deadline = time.monotonic() + ADOPTION_WAIT
         while os.getppid() != runtime:  # the middle process is exiting
@@ -262,6 +340,10 @@ def _become_worker(sock: socket.socket, args: list[str], fds: list[int], runtime
         parsed = WorkerArgs.parse(args)
         _prctl(_PR_SET_NAME, f"flowrt w{parsed.partition.describe()}".encode()[:15])
         code = worker.main(args)
+    except KeyboardInterrupt:  # Ctrl-C before the worker was up: as quiet as after
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # as a started process would: its traceback in the runtime's log
         traceback.print_exc()
     finally:

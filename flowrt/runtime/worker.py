@@ -54,8 +54,9 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def report(instance: FlowInstance) -> None:
-    """One line for the runtime: the flow's status here and what this process counted."""
+def report(instance: FlowInstance) -> bool:
+    """One line for the runtime: the flow's status here and what this process counted.
+    False when nobody reads them any more (the runtime closed its end)."""
     instance.refresh()
     line = json.dumps(
         {
@@ -64,8 +65,17 @@ def report(instance: FlowInstance) -> None:
             "durations": metrics.duration_totals(),
         }
     )
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        # and no second complaint when Python flushes stdout at exit
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        return False
+    return True
 
 
 async def serve(args: WorkerArgs) -> int:
@@ -101,7 +111,8 @@ async def serve(args: WorkerArgs) -> int:
             return EXIT_START_FAILED
         instance.run()
         while not stop.is_set():
-            report(instance)
+            if not report(instance):  # the runtime is not listening: it is gone
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_EVERY)
         await instance.stop(args.grace)

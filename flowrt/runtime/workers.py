@@ -253,7 +253,11 @@ class WorkerGroup:
 
     async def _run_once(self, args: WorkerArgs) -> int:
         index = args.partition.index
-        proc = await self._start(args)
+        try:
+            proc = await self._start(args)
+        except OSError as exc:  # no processes or files left, say: tried again after a backoff
+            self._last_error[index] = f"cannot start its process: {exc}"
+            return EXIT_START_FAILED
         self._procs[index] = proc
         if self._stopping.is_set():  # the stop came while it was being started
             proc.send_signal(signal.SIGTERM)

@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from flowrt.runtime.process import _allow_open_files
+from flowrt.runtime.process import allow_open_files
 
 
 def test_the_soft_limit_of_open_files_is_raised_to_the_hard_one() -> None:
@@ -16,7 +16,7 @@ def test_the_soft_limit_of_open_files_is_raised_to_the_hard_one() -> None:
         pytest.skip("needs a finite hard limit above 256")
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
     try:
-        _allow_open_files()
+        allow_open_files()
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

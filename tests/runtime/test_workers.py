@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -82,6 +83,14 @@ def children(runtime: Runtime) -> dict[int, str]:
     return found
 
 
+def open_files(pid: int) -> str:
+    """A process's limits of open files (soft and hard), from /proc."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return line
+    raise AssertionError("no open-files limit")
+
+
 def worker_pids(runtime: Runtime) -> list[int]:
     """The runtime's workers: its children but the starter that forks them."""
     return [pid for pid, name in children(runtime).items() if name != STARTER]
@@ -129,12 +138,19 @@ def test_three_workers_share_the_mailbox_and_send_each_mail_once(
     smtp = scripted_smtp()
     deploy(tenant, dovecot, smtp, workers=3)
     fill(dovecot, source, 60)
-    runtime = Runtime(tenant, "--http", "127.0.0.1:0")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))  # a login shell's
+    try:
+        runtime = Runtime(tenant, "--http", "127.0.0.1:0")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:
         wait_for(lambda: len(smtp.received) >= 60, timeout=60, what="every mail")
         wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
         # the runtime polls the first partition itself; the starter forked the others
         assert sorted(children(runtime).values()) == [STARTER, "flowrt w2/3", "flowrt w3/3"]
+        # with the runtime's raised limit of open files (a connection per flow)
+        assert {open_files(pid) for pid in worker_pids(runtime)} == {open_files(runtime.proc.pid)}
         wait_for(
             lambda: completed(tenant) == 60, timeout=10, what="the workers' counts in the status"
         )
@@ -378,3 +394,20 @@ def _in_group(entry: Path, group: int) -> bool:
         return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == group
     except OSError:
         return False
+
+
+def test_a_damaged_deployment_does_not_keep_a_runtime_with_workers_from_starting(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp()
+    deploy(tenant, dovecot, smtp, workers=2)
+    (tenant / "deployed" / "split.json").write_text("{ not json")
+    runtime = Runtime(tenant)  # it starts: status written with its pid
+    try:
+        assert STARTER not in children(runtime).values()
+        wait_for(lambda: "cannot read the deployments" in runtime.log.read_text(), 20, "the log")
+    finally:
+        assert runtime.stop() == 0
