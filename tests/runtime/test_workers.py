@@ -411,3 +411,23 @@ def test_a_damaged_deployment_does_not_keep_a_runtime_with_workers_from_starting
         wait_for(lambda: "cannot read the deployments" in runtime.log.read_text(), 20, "the log")
     finally:
         assert runtime.stop() == 0
+
+
+def test_sessions_cut_by_the_server_mid_run_lose_and_repeat_nothing(
+    tenant: Path,
+    dovecot: DovecotServer,
+    source: MailboxUser,
+    scripted_smtp: Callable[..., ScriptedSMTPServer],
+) -> None:
+    smtp = scripted_smtp(delays={"DATA": 0.05})
+    runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=80, first=10)
+    try:
+        dovecot.kick(source.address)  # both processes' IMAP sessions end mid-batch
+        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(80)}, 60, "every mail")
+        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        assert worker_pids(runtime) == [worker]  # the worker came through it, not restarted
+    finally:
+        assert runtime.stop() == 0
+    assert Counter(received(smtp)) == Counter({f"mail {i}": 1 for i in range(80)})
+    assert entry_statuses(tenant) == Counter({"COMPLETED": 80})
+    assert dovecot.logins(source.address) >= 4  # each process logged in again
