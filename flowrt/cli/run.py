@@ -15,6 +15,7 @@ from flowrt.dsl.values import parse_duration
 from flowrt.errors import UsageError
 from flowrt.runtime.report import (
     FLOW_COLUMNS,
+    PROCESS_COLUMNS,
     StatusReport,
     poll_failures_report,
     status_report,
@@ -189,6 +190,9 @@ def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: s
                 click.echo(f"hint: {row['hint']}")
         if row["warning"]:
             click.echo(f"warning: flow {row['flow']}: {row['warning']}")
+        if row["processes"]:
+            click.echo(f"\n{row['flow']}: {len(row['processes'])} processes (workers)")
+            print_table(row["processes"], PROCESS_COLUMNS)
     if any(row["dead_letters"] for row in rows):
         click.echo("dead letters: see `flowrt deadletter list`")
     if locks:

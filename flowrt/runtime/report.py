@@ -29,6 +29,17 @@ FLOW_COLUMNS = [
     "dead_letters",
     "last_error",
 ]
+# the processes of a flow with `workers N`, the runtime's own partition first
+PROCESS_COLUMNS = [
+    "worker",
+    "pid",
+    "state",
+    "completed",
+    "failed",
+    "last_poll",
+    "restarts",
+    "last_error",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +110,7 @@ def status_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "hint": flow.last_hint if flow and flow.last_error else "",
                 "chain": "",
                 "warning": flow.warning if flow else "",
+                "processes": flow.processes if flow and alive else [],
             }
         )
     state_db = open_state(tenant, create=False)
@@ -188,6 +200,7 @@ def shared_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "hint": (report.get("last_hint", "") if report and error else ""),
                 "chain": "",
                 "warning": report.get("warning", "") if report else "",
+                "processes": [],  # `workers N` runs on the embedded store only
             }
         )
     alive_nodes = any(row["state"] == "running" for row in node_rows)

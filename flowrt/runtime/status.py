@@ -52,6 +52,9 @@ class FlowStatus:
     dead_lettered: int = 0
     warning: str = ""  # e.g. the mailbox cannot be claimed against other runtimes
     updated: str = dataclasses.field(default_factory=now_iso)
+    # with `workers N`: one row per process (its partition, pid, state, counts, last poll
+    # and error, restarts), the runtime's own first; empty for a flow of one process
+    processes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

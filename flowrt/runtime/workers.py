@@ -25,17 +25,18 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from flowrt import metrics
 from flowrt.runtime.starter import StarterGone, WorkerStarter
-from flowrt.runtime.status import ERROR, STARTED, FlowStatus
+from flowrt.runtime.status import ERROR, STARTED, STARTING, FlowStatus
 from flowrt.source_state import Partition
 
 STARTING_TIME = 10.0  # the longest the runtime's own partition waits for its workers
@@ -147,6 +148,7 @@ class WorkerGroup:
         # dead-lettered): the flow's counts do not go back when a worker starts over
         self._carried: dict[int, tuple[int, int, int]] = {}
         self.problems: dict[int, str] = {}  # a worker that exited, and why
+        self._restarts: dict[int, int] = {}  # how often each worker was started again
         self._last_error: dict[int, str] = {}  # what its last report said was wrong
         self._log = _log.bind(flow=flow, version=version)
 
@@ -180,7 +182,9 @@ class WorkerGroup:
                 await asyncio.wait(pending, timeout=5)
 
     def merge(self, status: FlowStatus) -> None:
-        """Add what the workers report into ``status`` (the runtime's own partition's)."""
+        """Add what the workers report into ``status`` (the runtime's own partition's), and
+        list each process in ``status.processes``."""
+        status.processes = self._processes(status)
         for completed, failed, dead in self._carried.values():
             status.completed += completed
             status.failed += failed
@@ -208,6 +212,23 @@ class WorkerGroup:
                 status.state = ERROR
                 status.reason = f"worker {Partition(index, self.count).describe()}: {problem}"
 
+    def _processes(self, own: FlowStatus) -> list[dict[str, Any]]:
+        """A row per process: the runtime's own partition (``own``), then each worker's."""
+        rows = [_process_row(Partition(0, self.count), own, os.getpid(), 0, "", (0, 0, 0))]
+        for index in range(1, self.count):
+            proc = self._procs.get(index)
+            rows.append(
+                _process_row(
+                    Partition(index, self.count),
+                    self.reports.get(index),
+                    getattr(proc, "pid", None),
+                    self._restarts.get(index, 0),
+                    self.problems.get(index, ""),
+                    self._carried.get(index, (0, 0, 0)),
+                )
+            )
+        return rows
+
     async def _keep_running(self, args: WorkerArgs) -> None:
         index = args.partition.index
         wait = RESTART_FIRST
@@ -219,6 +240,7 @@ class WorkerGroup:
                 wait = RESTART_FIRST
             if self._stopping.is_set() or code == EXIT_SUPERSEDED:
                 return
+            self._restarts[index] = self._restarts.get(index, 0) + 1
             closed = self._abandon(ABANDONED_REASON, [node_name(args.flow, args.partition)])
             said = self._last_error.pop(index, "")  # e.g. why the flow could not start there
             self.problems[index] = (
@@ -292,3 +314,28 @@ class WorkerGroup:
                     before[1] + last.failed,
                     before[2] + last.dead_lettered,
                 )
+
+
+def _process_row(
+    partition: Partition,
+    report: FlowStatus | None,
+    pid: int | None,
+    restarts: int,
+    problem: str,
+    carried: tuple[int, int, int],
+) -> dict[str, Any]:
+    """What ``flowrt status`` shows of one process of a flow with ``workers N``."""
+    if report is None:
+        state, error = (ERROR if problem else STARTING), problem
+    else:
+        state, error = report.state, problem or report.reason or report.last_error
+    return {
+        "worker": partition.describe(),
+        "pid": pid,
+        "state": state,
+        "completed": carried[0] + (report.completed if report else 0),
+        "failed": carried[1] + (report.failed if report else 0),
+        "last_poll": report.last_poll if report else "",
+        "restarts": restarts,
+        "last_error": error,
+    }

@@ -91,9 +91,21 @@ def open_files(pid: int) -> str:
     raise AssertionError("no open-files limit")
 
 
+def sorted_workers(runtime: Runtime) -> list[int]:
+    """The workers' pids in partition order (2/N, 3/N, ...), by their process names."""
+    named = {name: pid for pid, name in children(runtime).items() if name != STARTER}
+    return [named[name] for name in sorted(named)]
+
+
 def worker_pids(runtime: Runtime) -> list[int]:
     """The runtime's workers: its children but the starter that forks them."""
     return [pid for pid, name in children(runtime).items() if name != STARTER]
+
+
+def process_rows(tenant: Path) -> list[dict[str, object]]:
+    """What `flowrt status split --format json` says of each process of the flow."""
+    shown = json.loads(flowrt(tenant, "status", "split", "--format", "json").output)
+    return list(shown["flows"][0]["processes"])
 
 
 def completed(tenant: Path) -> int:
@@ -156,6 +168,15 @@ def test_three_workers_share_the_mailbox_and_send_each_mail_once(
         )
         status = json.loads((tenant / "runtime" / "status.json").read_text())
         assert status["flows"]["split"]["state"] == "STARTED"
+        # `flowrt status` shows each process: its partition, pid, state and counts
+        shown = json.loads(flowrt(tenant, "status", "split", "--format", "json").output)
+        processes = shown["flows"][0]["processes"]
+        assert [p["worker"] for p in processes] == ["1/3", "2/3", "3/3"]
+        assert [p["pid"] for p in processes] == [runtime.proc.pid, *sorted_workers(runtime)]
+        assert {p["state"] for p in processes} == {"STARTED"}
+        assert [p["completed"] for p in processes] == [20, 20, 20]
+        text = flowrt(tenant, "status", "split").output
+        assert "split: 3 processes (workers)" in text and "WORKER" in text, text
         # /metrics counts every process's mails, and their durations
         text = httpx.get(monitor_url(runtime) + "/metrics", timeout=10).text
         assert sample(text, "flowrt_messages_total", flow="split", status="COMPLETED") == 60
@@ -186,6 +207,8 @@ def test_a_killed_worker_is_started_again_and_its_mails_end(
         wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
         restarted = worker_pids(runtime)
         assert len(restarted) == 1 and restarted != [worker]
+        wait_for(lambda: process_rows(tenant)[1]["pid"] == restarted[0], 10, "the new pid")
+        assert process_rows(tenant)[1]["restarts"] == 1
         log = runtime.log.read_text()
         assert "worker process exited; starting it again" in log
     finally:
