@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+from typing import Any
 
 import click
 
@@ -114,7 +115,8 @@ def run(
 
     allow_open_files()  # before the fork below: the workers it forks inherit the limit
     # before anything runs or opens: what forks the worker processes of `workers N` flows
-    # (SQLite only: a PostgreSQL node runs one process per flow; --once polls in this one)
+    # (--once polls in this process; on PostgreSQL, reading the deployments would start the
+    # pool's threads before the fork, so a node starts its workers as new processes)
     starter = None if once or is_shared(tenant) else WorkerStarter.for_tenant(tenant)
     try:
         settings = MonitorSettings.load(tenant)
@@ -190,9 +192,7 @@ def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: s
                 click.echo(f"hint: {row['hint']}")
         if row["warning"]:
             click.echo(f"warning: flow {row['flow']}: {row['warning']}")
-        if row["processes"]:
-            click.echo(f"\n{row['flow']}: {len(row['processes'])} processes (workers)")
-            print_table(row["processes"], PROCESS_COLUMNS)
+    _processes(rows)
     if any(row["dead_letters"] for row in rows):
         click.echo("dead letters: see `flowrt deadletter list`")
     if locks:
@@ -200,6 +200,14 @@ def status(cli: CliContext, name: str | None, failures: bool, limit: int, fmt: s
         print_table(
             [{"lock": lock.key, "holder": lock.describe()} for lock in locks], ["lock", "holder"]
         )
+
+
+def _processes(rows: list[dict[str, Any]]) -> None:
+    """Each process of the flows with ``workers N``, below the flows."""
+    for row in rows:
+        if row["processes"]:
+            click.echo(f"\n{row['flow']}: {len(row['processes'])} processes (workers)")
+            print_table(row["processes"], PROCESS_COLUMNS)
 
 
 def _failures(cli: CliContext, name: str | None, limit: int, fmt: str) -> None:
@@ -237,6 +245,7 @@ def _shared_status(report: StatusReport, fmt: str) -> None:
         rows,
         ["flow", "version", "state", "node", "held_since", "last_poll", "completed", "failed"],
     )
+    _processes(rows)
     if lock_rows:
         click.echo()
         print_table(lock_rows, ["lock", "node", "since", "expires", "epoch"])

@@ -461,14 +461,19 @@ class MplStore:
     ) -> int:
         """Close the entries a crashed runtime left PROCESSING or in RETRY as ABANDONED,
         with ``reason`` as their error; simulations are not the runtime's. ``nodes``: only
-        the entries those runtime nodes wrote. Returns how many."""
+        the entries those runtime nodes wrote, and their worker processes (``NODE/...``).
+        Returns how many."""
         where = "status IN (?, ?) AND simulation = 0"
         args: list[Any] = [*_UNFINISHED]
         if nodes is not None:
             if not nodes:
                 return 0
-            where += f" AND node IN ({', '.join('?' * len(nodes))})"
-            args += list(nodes)
+            marks = ", ".join("?" * len(nodes))
+            # a node name has no "/": what comes before one is the node of a worker process
+            where += (
+                f" AND (node IN ({marks}) OR substr(node, 1, instr(node, '/') - 1) IN ({marks}))"
+            )
+            args += [*nodes, *nodes]
         with self._transaction("close abandoned entries") as conn:
             cursor = conn.execute(
                 "UPDATE entries SET status = ?, log_end = coalesce(log_end, ?), "

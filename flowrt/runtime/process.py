@@ -37,7 +37,7 @@ import structlog
 
 from flowrt._sqlite import expect_other_writers
 from flowrt.adapters.registry import Adapters
-from flowrt.errors import FlowError, FlowrtError
+from flowrt.errors import FlowrtError
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
 from flowrt.net.tls_buffers import use_small_tls_buffers
@@ -315,13 +315,8 @@ class Runtime:
 
     def _workers(self, deployment: Deployment, count: int, hard_cap: float) -> WorkerGroup:
         """The worker processes of a flow with ``workers N`` (see workers.py)."""
-        if self.shared:
-            raise FlowError(
-                f"workers {count}: the worker processes of a mailbox share the tenant's "
-                "SQLite files; on a shared PostgreSQL store every node runs one process",
-                hint="use workers 1 here, or a tenant with the embedded store",
-            )
-        expect_other_writers()  # the workers write the tenant's files beside this process
+        if not self.shared:
+            expect_other_writers()  # the workers write the tenant's files beside this process
         return WorkerGroup(
             tenant=self.tenant.root,
             flow=deployment.name,
@@ -334,6 +329,7 @@ class Runtime:
             abandon=lambda reason, nodes: self.store.abandon_unfinished(reason, nodes=nodes),
             on_change=self._changed,
             starter=self.starter,
+            node=self.node if self.shared else None,
         )
 
     def _sweep(self) -> None:

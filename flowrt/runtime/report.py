@@ -200,7 +200,7 @@ def shared_report(tenant: Tenant, name: str | None = None) -> StatusReport:
                 "hint": (report.get("last_hint", "") if report and error else ""),
                 "chain": "",
                 "warning": report.get("warning", "") if report else "",
-                "processes": [],  # `workers N` runs on the embedded store only
+                "processes": report.get("processes", []) if report else [],
             }
         )
     alive_nodes = any(row["state"] == "running" for row in node_rows)

@@ -2,11 +2,12 @@
 
 Started by the runtime (:mod:`flowrt.runtime.workers`), never by hand::
 
-    python -m flowrt.runtime.worker TENANT FLOW VERSION INDEX COUNT GRACE LEASE LOG
+    python -m flowrt.runtime.worker TENANT FLOW VERSION INDEX COUNT GRACE LEASE LOG NODE
 
 It runs the deployed flow like the runtime does (same :class:`FlowInstance`, same state and
-MPL files, which SQLite lets several processes share), but polls only the mails of its
-partition, under that partition's lease; its MPL entries name it as their node. Every second
+MPL: the tenant's SQLite files, which SQLite lets several processes share, or its
+PostgreSQL store), but polls only the mails of its partition, under that partition's lease;
+its MPL entries name it as their node (after the runtime node's name on PostgreSQL). Every second
 it writes its flow status as one JSON line to stdout, which the runtime merges into the
 flow's status. It stops (handing back what it has not started, as the runtime does) on
 SIGTERM, or when its stdin closes: the runtime is gone. The kernel kills it when the runtime
@@ -37,6 +38,7 @@ from flowrt.runtime.status import ERROR
 from flowrt.runtime.workers import EXIT_START_FAILED, EXIT_SUPERSEDED, WorkerArgs, node_name
 from flowrt.security import TenantSecurity
 from flowrt.store import open_deployments, open_mpl, open_state
+from flowrt.store.pg.state import PgStateDB
 from flowrt.tenant import Tenant
 
 REPORT_EVERY = 1.0
@@ -90,7 +92,10 @@ async def serve(args: WorkerArgs) -> int:
     store = open_mpl(tenant)
     assert state is not None and store is not None  # create=True opens or raises
     state.lease_ttl = args.lease
-    recorder = MplRecorder(store, level=LogLevel.INFO, node=node_name(args.flow, args.partition))
+    if args.node is not None and isinstance(state, PgStateDB):
+        state.node = args.node  # its leases' owners start with the node's name, as its runtime's
+    node = node_name(args.flow, args.partition, args.node)
+    recorder = MplRecorder(store, level=LogLevel.INFO, node=node)
     adapters = Adapters()
     instance = FlowInstance(
         deployment,

@@ -52,9 +52,12 @@ EXIT_START_FAILED = 3  # the flow could not start here: the runtime shows why an
 EXIT_SUPERSEDED = 4  # another version is deployed now: the runtime is replacing this one
 
 
-def node_name(flow: str, partition: Partition) -> str:
-    """What a worker's MPL entries name as their node (unique per flow and partition)."""
-    return f"{flow} worker {partition.describe()}"
+def node_name(flow: str, partition: Partition, node: str | None = None) -> str:
+    """What a worker's MPL entries name as their node (unique per flow and partition); on
+    a shared store, after the runtime node's name (``NODE/FLOW worker 2/3``), so that the
+    nodes that sweep a gone node's entries close its workers' too."""
+    own = f"{flow} worker {partition.describe()}"
+    return own if node is None else f"{node}/{own}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class WorkerArgs:
     grace: float
     lease: float | None  # `flowrt run --lease`
     log_json: bool | None
+    node: str | None = None  # the runtime node's name, on a shared store
 
     def argv(self) -> list[str]:
         """The command line of a worker started as a new process."""
@@ -84,11 +88,12 @@ class WorkerArgs:
             str(self.grace),
             "-" if self.lease is None else str(self.lease),
             log,
+            self.node or "-",
         ]
 
     @classmethod
     def parse(cls, argv: list[str]) -> WorkerArgs:
-        tenant, flow, version, index, count, grace, lease, log = argv
+        tenant, flow, version, index, count, grace, lease, log, node = argv
         return cls(
             Path(tenant),
             flow,
@@ -97,6 +102,7 @@ class WorkerArgs:
             float(grace),
             None if lease == "-" else float(lease),
             None if log == "auto" else log == "json",
+            None if node == "-" else node,
         )
 
 
@@ -130,11 +136,12 @@ class WorkerGroup:
         abandon: Callable[[str, list[str]], int],
         on_change: Callable[[], None] = lambda: None,
         starter: WorkerStarter | None = None,
+        node: str | None = None,
     ) -> None:
         self.count = count
         self._starter = starter
         self._args = [
-            WorkerArgs(tenant, flow, version, Partition(index, count), grace, lease, log_json)
+            WorkerArgs(tenant, flow, version, Partition(index, count), grace, lease, log_json, node)
             for index in range(1, count)
         ]
         self._hard_cap = hard_cap
@@ -241,7 +248,8 @@ class WorkerGroup:
             if self._stopping.is_set() or code == EXIT_SUPERSEDED:
                 return
             self._restarts[index] = self._restarts.get(index, 0) + 1
-            closed = self._abandon(ABANDONED_REASON, [node_name(args.flow, args.partition)])
+            mine = node_name(args.flow, args.partition, args.node)
+            closed = self._abandon(ABANDONED_REASON, [mine])
             said = self._last_error.pop(index, "")  # e.g. why the flow could not start there
             self.problems[index] = (
                 f"{said + '; ' if said else ''}exited with code {code}; started again in {wait:g} s"

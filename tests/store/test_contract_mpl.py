@@ -126,11 +126,18 @@ def test_entries_carry_their_node_and_only_a_gone_nodes_are_abandoned(store: Mpl
     for node in ("node-a", "node-b"):
         with MplRecorder(store, node=node) as recorder:
             recorder.begin(f"open-{node}-xxxxxxxx", "c", "flow-a", 1, "imap", ["smtp"])
+    # worker processes (`workers N`) name their node after it: NODE/FLOW worker k/N
+    for node in ("node-a", "node-ab"):
+        with MplRecorder(store, node=f"{node}/flow-a worker 2/2") as recorder:
+            recorder.begin(f"open-{node}-w2-xxxxxxxx", "c", "flow-a", 1, "imap", ["smtp"])
     with MplRecorder(store) as recorder:  # a tenant of one runtime: no node
         recorder.begin("open-solo-xxxxxxxx", "c", "flow-a", 1, "imap", ["smtp"])
 
     assert store.abandon_unfinished("gone", nodes=[]) == 0
-    assert store.abandon_unfinished("node-a died", nodes=["node-a"]) == 1
+    assert store.abandon_unfinished("node-a died", nodes=["node-a"]) == 2  # and its worker's
+    assert store.get("open-node-a-w2-xxxxxxxx").status is MplStatus.ABANDONED
+    assert store.get("open-node-ab-w2-xxxxxxxx").status is MplStatus.PROCESSING
+    assert store.abandon_unfinished("a worker died", nodes=["node-ab/flow-a worker 2/2"]) == 1
     gone = store.get("open-node-a-xxxxxxxx")
     assert (gone.status, gone.node) == (MplStatus.ABANDONED, "node-a")
     assert gone.error is not None and gone.error.chain == "ABANDONED: node-a died"
@@ -140,6 +147,8 @@ def test_entries_carry_their_node_and_only_a_gone_nodes_are_abandoned(store: Mpl
     assert {s.message_id: s.node for s in store.list_entries()} == {
         "open-node-a-xxxxxxxx": "node-a",
         "open-node-b-xxxxxxxx": "node-b",
+        "open-node-a-w2-xxxxxxxx": "node-a/flow-a worker 2/2",
+        "open-node-ab-w2-xxxxxxxx": "node-ab/flow-a worker 2/2",
         "open-solo-xxxxxxxx": "",
     }
     # without nodes (one runtime per tenant, at its start): everything unfinished

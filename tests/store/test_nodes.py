@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 
 from flowrt.cli.main import cli
 from flowrt.monitor.app import MonitorConfig, create_app
+from flowrt.store import open_mpl
 from flowrt.tenant import Tenant
 from tests.servers import DovecotServer, MailboxUser, PostfixServer
 from tests.servers.postgres import PostgresServer
@@ -580,19 +581,78 @@ def test_two_nodes_send_each_dead_letter_alert_once_across_a_kill_9(
         assert [(c["recipient"], c["sent_24h"]) for c in counters] == [(ops.address, len(got))]
 
 
-def test_workers_on_a_shared_store_put_the_flow_in_error_with_the_reason(
-    cluster: dict[str, Any],
+def test_workers_on_a_shared_store_split_the_mailbox_under_the_node(
+    cluster: dict[str, Any], dovecot: DovecotServer
 ) -> None:
-    """Worker processes share the tenant's SQLite files; on PostgreSQL a flow with workers
-    is refused where it would start, and says what to do instead."""
-    tenant = cluster["tenant"]
-    cluster["start"]("node-w")
-    cluster["deploy"]("split", workers=2)
+    """A node runs a flow with workers as a runtime on the embedded store does: its worker
+    takes its partition, each mail is sent once, and the worker's MPL entries name it after
+    the node (what the nodes that sweep a gone node's entries match)."""
+    tenant, target = cluster["tenant"], cluster["target"]
+    source = cluster["deploy"]("split", workers=2)
+    subjects = [f"mail w-{j}" for j in range(30)]
+    for subject in subjects:
+        dovecot.append(source.address, "INBOX", mail(subject))
+    node = cluster["start"]("node-w")
+    wait_for(lambda: sum(arrived(dovecot, target).values()) >= 30, 60, "every mail")
+    wait_for(lambda: all_seen(dovecot, source), 30, "every mark")
+    assert arrived(dovecot, target) == collections.Counter(subjects)
+    senders = collections.Counter(pid for _subject, pid in delivered(dovecot, target))
+    assert len(senders) == 2 and node.proc.pid in senders  # the node and its worker
+    store = open_mpl(Tenant(tenant))
+    assert store is not None
+    try:
+        names = collections.Counter(e.node for e in store.list_entries(limit=None))
+    finally:
+        store.close()
+    assert names == collections.Counter({"node-w": 15, "node-w/split worker 2/2": 15})
 
-    def state() -> dict[str, Any]:
+    def processes() -> list[dict[str, Any]]:
         rows = [row for row in status(tenant)["flows"] if row["flow"] == "split"]
-        return rows[0] if rows else {}
+        return list(rows[0]["processes"]) if rows else []
 
-    wait_for(lambda: state().get("state") == "ERROR", 20, "the flow in ERROR")
-    shown = json.dumps(state())
-    assert "workers 2" in shown and "PostgreSQL" in shown, shown
+    wait_for(lambda: sum(p["completed"] for p in processes()) == 30, 20, "the counts")
+    assert [(p["worker"], p["state"]) for p in processes()] == [
+        ("1/2", "STARTED"),
+        ("2/2", "STARTED"),
+    ]
+
+
+def test_a_gone_nodes_worker_entries_are_closed_by_the_node_that_takes_over(
+    cluster: dict[str, Any], dovecot: DovecotServer
+) -> None:
+    """kill -9 of a node whose worker is in the middle of a mail: the worker dies with it,
+    another node takes the mailbox over and closes the worker's entry ABANDONED, naming
+    it; nothing is lost."""
+    tenant, target, flows = cluster["tenant"], cluster["target"], cluster["flows"]
+    source = cluster["deploy"]("split", workers=2)
+    # UID 1 is the worker's (process 2 of 2 takes the odd UIDs): the slow mail is in its hands
+    subjects = ["slow w-0"] + [f"mail w-{j}" for j in range(1, 12)]
+    for subject in subjects:
+        dovecot.append(source.address, "INBOX", mail(subject))
+    a = cluster["start"]("node-w", lease="3s", SLOW_SECONDS="60")
+    wait_for(lambda: marker_pid(flows) is not None, 30, "the worker in the slow mail")
+    worker = marker_pid(flows)
+    assert worker != a.proc.pid
+
+    def in_hand() -> set[str]:
+        return {e["subject"] for e in listed(tenant, "PROCESSING")}
+
+    wait_for(lambda: "slow w-0" in in_hand(), 10, "the worker's entry written")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    wait_for(lambda: not Path(f"/proc/{worker}").exists() or _zombie(worker), 10, "its worker")
+    cluster["start"]("node-b", lease="3s", SLOW_SECONDS="0")
+    wait_for(lambda: set(arrived(dovecot, target)) >= set(subjects), 60, "every mail")
+    wait_for(lambda: not listed(tenant, "PROCESSING"), 20, "the gone node's entries closed")
+    abandoned = {e["subject"]: e["message_id"] for e in listed(tenant, "ABANDONED")}
+    assert "slow w-0" in abandoned
+    shown = flowrt(tenant, "mpl", "show", abandoned["slow w-0"], "--format", "json")
+    assert json.loads(shown.output)["node"] == "node-w/split worker 2/2"
+    assert max(arrived(dovecot, target).values()) <= 2  # at most a transaction in flight
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

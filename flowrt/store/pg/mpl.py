@@ -298,8 +298,9 @@ class PgMplStore:
         if nodes is not None:
             if not nodes:
                 return 0
-            where += " AND node = ANY(%s)"
-            args.append(list(nodes))
+            # and their worker processes' (NODE/...: a node name has no "/")
+            where += " AND (node = ANY(%s) OR split_part(node, '/', 1) = ANY(%s))"
+            args += [list(nodes), list(nodes)]
         with self._guard("close abandoned entries") as conn:
             cursor = conn.execute(
                 "UPDATE mpl_entries SET status = %s, log_end = coalesce(log_end, %s), "

@@ -173,7 +173,7 @@ SETTINGS = (
         "N",
         "IMAP: processes that work the folder together, each taking the mails whose UID "
         "leaves its own remainder by N (its own lease, connection and in-flight mails): "
-        "one process keeps one core busy; 1 to 16, on the embedded store.",
+        "one process keeps one core busy; 1 to 16.",
         _workers,
         default="1",
     ),
