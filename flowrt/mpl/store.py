@@ -471,7 +471,8 @@ class MplStore:
             marks = ", ".join("?" * len(nodes))
             # a node name has no "/": what comes before one is the node of a worker process
             where += (
-                f" AND (node IN ({marks}) OR substr(node, 1, instr(node, '/') - 1) IN ({marks}))"
+                f" AND (node IN ({marks}) OR (instr(node, '/') > 0"
+                f" AND substr(node, 1, instr(node, '/') - 1) IN ({marks})))"
             )
             args += [*nodes, *nodes]
         with self._transaction("close abandoned entries") as conn:

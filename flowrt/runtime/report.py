@@ -157,7 +157,8 @@ def shared_report(tenant: Tenant, name: str | None = None) -> StatusReport:
         locks = state.locks()
     finally:
         state.close()
-    held = {lock.info.split(":")[0]: lock for lock in locks if not lock.expired(now)}
+    # by flow (a flow with workers N holds a lease per partition: FLOW#k/N)
+    held = {lock.info.split(":")[0].split("#")[0]: lock for lock in locks if not lock.expired(now)}
     node_rows = []
     for node in nodes:
         alive = node.alive(now, NODE_TTL)

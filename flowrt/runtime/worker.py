@@ -42,6 +42,7 @@ from flowrt.store.pg.state import PgStateDB
 from flowrt.tenant import Tenant
 
 REPORT_EVERY = 1.0
+WORKER_POOL = 2  # connections of each of a worker's PostgreSQL pools, at most
 
 _log = structlog.get_logger("flowrt.runtime")
 
@@ -88,8 +89,10 @@ async def serve(args: WorkerArgs) -> int:
     if deployment is None or deployment.version != args.version:
         return EXIT_SUPERSEDED
     security = TenantSecurity.open(tenant)
-    state = open_state(tenant)
-    store = open_mpl(tenant)
+    # one flow's partition: two connections a pool (PostgreSQL) are plenty, and a node runs
+    # up to 15 workers a flow against the server's connection limit
+    state = open_state(tenant, max_size=WORKER_POOL)
+    store = open_mpl(tenant, max_size=WORKER_POOL)
     assert state is not None and store is not None  # create=True opens or raises
     state.lease_ttl = args.lease
     if args.node is not None and isinstance(state, PgStateDB):

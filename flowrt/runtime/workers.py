@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import structlog
 
 from flowrt import metrics
+from flowrt.errors import FlowrtError
 from flowrt.runtime.starter import StarterGone, WorkerStarter
 from flowrt.runtime.status import ERROR, STARTED, STARTING, FlowStatus
 from flowrt.source_state import Partition
@@ -93,7 +94,8 @@ class WorkerArgs:
 
     @classmethod
     def parse(cls, argv: list[str]) -> WorkerArgs:
-        tenant, flow, version, index, count, grace, lease, log, node = argv
+        # (a runtime of the version before, under an upgrade in place: no node)
+        tenant, flow, version, index, count, grace, lease, log, node = [*argv, "-"][:9]
         return cls(
             Path(tenant),
             flow,
@@ -249,7 +251,11 @@ class WorkerGroup:
                 return
             self._restarts[index] = self._restarts.get(index, 0) + 1
             mine = node_name(args.flow, args.partition, args.node)
-            closed = self._abandon(ABANDONED_REASON, [mine])
+            try:  # in a thread: a PostgreSQL store that is away must not stall every flow
+                closed = await asyncio.to_thread(self._abandon, ABANDONED_REASON, [mine])
+            except FlowrtError as exc:  # the runtime's next start or its node's sweep does it
+                closed = 0
+                self._log.warning("cannot close the stopped worker's entries", error=str(exc))
             said = self._last_error.pop(index, "")  # e.g. why the flow could not start there
             self.problems[index] = (
                 f"{said + '; ' if said else ''}exited with code {code}; started again in {wait:g} s"

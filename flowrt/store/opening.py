@@ -54,8 +54,9 @@ def open_database(
     )
 
 
-def open_mpl(tenant: Tenant, *, create: bool = True) -> MplBackend | None:
-    """The tenant's MPL; None when ``create`` is False and there is none yet (SQLite)."""
+def open_mpl(tenant: Tenant, *, create: bool = True, max_size: int = 4) -> MplBackend | None:
+    """The tenant's MPL; None when ``create`` is False and there is none yet (SQLite).
+    ``max_size``: its PostgreSQL pool's connections at most."""
     config = store_config(tenant)
     if config is None:
         from flowrt.mpl.store import MplStore
@@ -65,11 +66,12 @@ def open_mpl(tenant: Tenant, *, create: bool = True) -> MplBackend | None:
         return MplStore(tenant.mpl_path, create=create)
     from flowrt.store.pg.mpl import PgMplStore
 
-    return PgMplStore(open_database(tenant, config))
+    return PgMplStore(open_database(tenant, config, max_size=max_size))
 
 
-def open_state(tenant: Tenant, *, create: bool = True) -> StateBackend | None:
-    """The tenant's runtime state; None when ``create`` is False and there is none yet."""
+def open_state(tenant: Tenant, *, create: bool = True, max_size: int = 4) -> StateBackend | None:
+    """The tenant's runtime state; None when ``create`` is False and there is none yet.
+    ``max_size``: its PostgreSQL pool's connections at most."""
     config = store_config(tenant)
     if config is None:
         from flowrt.runtime.state import StateDB
@@ -79,7 +81,7 @@ def open_state(tenant: Tenant, *, create: bool = True) -> StateBackend | None:
         return StateDB(tenant.state_path, create=create)
     from flowrt.store.pg.state import PgStateDB
 
-    return PgStateDB(open_database(tenant, config))
+    return PgStateDB(open_database(tenant, config, max_size=max_size))
 
 
 def open_deployments(tenant: Tenant) -> DeploymentStore:

@@ -611,6 +611,8 @@ def test_workers_on_a_shared_store_split_the_mailbox_under_the_node(
         return list(rows[0]["processes"]) if rows else []
 
     wait_for(lambda: sum(p["completed"] for p in processes()) == 30, 20, "the counts")
+    (row,) = [row for row in status(tenant)["flows"] if row["flow"] == "split"]
+    assert row["node"] == "node-w"  # the node that holds (or last polled) its partitions
     assert [(p["worker"], p["state"]) for p in processes()] == [
         ("1/2", "STARTED"),
         ("2/2", "STARTED"),
