@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -33,12 +32,10 @@ import traceback
 
 from flowrt.dsl import parse_text
 from flowrt.errors import FlowrtError
+from flowrt.runtime._linux import become_subreaper, die_with, set_name
 from flowrt.store import open_deployments
 from flowrt.tenant import Tenant
 
-_PR_SET_NAME = 15
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 STARTER = "flowrt starter"  # its process name (/proc/PID/comm, what ps -e and top show)
 ADOPTION_WAIT = 2.0  # the longest a forked worker waits to become the runtime's child
 REAP_TRIES = 200  # 10 ms apart: the longest the runtime waits to adopt one that exited
@@ -134,10 +131,9 @@ class WorkerStarter:
         try:
             probe = os.pidfd_open(os.getpid())  # a kernel without pidfds (before 5.3)
             os.close(probe)
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:
-                return None
-        except (OSError, AttributeError):
+        except OSError:
+            return None
+        if not become_subreaper():
             return None
         from flowrt.runtime import worker  # noqa: F401  (imported once, here, for every worker)
 
@@ -269,18 +265,11 @@ def _kill_and_reap(pid: int) -> None:
             time.sleep(0.001)
 
 
-def _prctl(option: int, value: int | bytes) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(option, value)
-
-
 def _serve(sock: socket.socket, *, runtime: int) -> None:
     """The starter: fork a worker for each request until the runtime is gone."""
     try:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != runtime:
-            os._exit(0)
-        _prctl(_PR_SET_NAME, STARTER.encode())
+        die_with(runtime, code=0)
+        set_name(STARTER)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the runtime, which ends us
         _close_other_files(keep=sock.fileno())
         while True:
@@ -338,7 +327,7 @@ def _become_worker(sock: socket.socket, args: list[str], fds: list[int], runtime
         from flowrt.runtime.workers import WorkerArgs
 
         parsed = WorkerArgs.parse(args)
-        _prctl(_PR_SET_NAME, f"flowrt w{parsed.partition.describe()}".encode()[:15])
+        set_name(f"flowrt w{parsed.partition.describe()}")
         code = worker.main(args)
     except KeyboardInterrupt:  # Ctrl-C before the worker was up: as quiet as after
         code = 130

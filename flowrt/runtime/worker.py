@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -33,6 +32,7 @@ from flowrt.adapters.registry import Adapters
 from flowrt.errors import FlowrtError, summary
 from flowrt.mpl.model import LogLevel
 from flowrt.mpl.recorder import MplRecorder
+from flowrt.runtime._linux import die_with
 from flowrt.runtime.flow_instance import FlowInstance
 from flowrt.runtime.status import ERROR
 from flowrt.runtime.workers import EXIT_START_FAILED, EXIT_SUPERSEDED, WorkerArgs, node_name
@@ -45,16 +45,6 @@ REPORT_EVERY = 1.0
 WORKER_POOL = 2  # connections of each of a worker's PostgreSQL pools, at most
 
 _log = structlog.get_logger("flowrt.runtime")
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGKILL when the runtime that started us dies (Linux)."""
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before we asked
-        os._exit(1)
 
 
 def report(instance: FlowInstance) -> bool:
@@ -145,7 +135,7 @@ async def _until_stdin_closes(stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = WorkerArgs.parse(sys.argv[1:] if argv is None else argv)
-    _die_with_parent()
+    die_with(os.getppid(), code=1)  # the runtime that started us
     expect_other_writers()  # the runtime and the other workers write the same files
     logs.configure(json=args.log_json)
     structlog.contextvars.bind_contextvars(worker=args.partition.describe())
