@@ -26,6 +26,7 @@ from flowrt.mpl.store import MplStore
 from flowrt.runtime.starter import STARTER
 from flowrt.tenant import Tenant
 from tests.monitor.test_runtime_monitor import monitor_url, sample
+from tests.proc import alive, stat_fields
 from tests.runtime.test_in_flight import FLOW as IN_FLIGHT_FLOW
 from tests.runtime.test_in_flight import (
     _logging_restored,
@@ -73,13 +74,11 @@ def children(runtime: Runtime) -> dict[int, str]:
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                name = (entry / "comm").read_text().strip()
-            except OSError:
+            stat = stat_fields(int(entry.name))
+            if stat is None or int(stat[1]) != runtime.proc.pid or stat[0] == "Z":
                 continue
-            if int(stat[1]) == runtime.proc.pid and stat[0] != "Z":
-                found[int(entry.name)] = name
+            with contextlib.suppress(OSError):
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
     return found
 
 
@@ -113,12 +112,13 @@ def completed(tenant: Path) -> int:
     return int(status["flows"]["split"]["completed"])
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+def every_mail_sent_and_marked(
+    smtp: ScriptedSMTPServer, dovecot: DovecotServer, source: MailboxUser, mails: int
+) -> None:
+    """Until mails 0 .. ``mails`` - 1 arrived (at least once) and all are marked read."""
+    expected = {f"mail {i}" for i in range(mails)}
+    wait_for(lambda: set(received(smtp)) >= expected, timeout=60, what="every mail")
+    wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
 
 
 def started_with_worker(
@@ -203,8 +203,7 @@ def test_a_killed_worker_is_started_again_and_its_mails_end(
     runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=80, first=10)
     try:
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(80)}, 60, "every mail")
-        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        every_mail_sent_and_marked(smtp, dovecot, source, 80)
         restarted = worker_pids(runtime)
         assert len(restarted) == 1 and restarted != [worker]
         wait_for(lambda: process_rows(tenant)[1]["pid"] == restarted[0], 10, "the new pid")
@@ -256,8 +255,7 @@ def test_kill_9_of_the_runtime_takes_its_workers_and_the_next_start_finishes(
     wait_for(lambda: not alive(starter), timeout=10, what="the starter to die with it")
     runtime = Runtime(tenant)
     try:
-        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(60)}, 60, "every mail")
-        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        every_mail_sent_and_marked(smtp, dovecot, source, 60)
     finally:
         assert runtime.stop() == 0
     copies = Counter(received(smtp))
@@ -364,8 +362,7 @@ def test_a_worker_is_started_as_a_new_process_when_the_starter_is_gone(
         wait_for(lambda: STARTER not in children(runtime).values(), 10, "the starter reaped")
         assert alive(worker)  # the runtime's child, not the starter's
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(60)}, 60, "every mail")
-        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        every_mail_sent_and_marked(smtp, dovecot, source, 60)
         (name,) = children(runtime).values()
         assert not name.startswith("flowrt w")
     finally:
@@ -411,12 +408,8 @@ def test_ctrl_c_stops_the_runtime_its_workers_and_the_starter(
 
 
 def _in_group(entry: Path, group: int) -> bool:
-    if not entry.name.isdigit():
-        return False
-    try:
-        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == group
-    except OSError:
-        return False
+    stat = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+    return stat is not None and int(stat[3]) == group
 
 
 def test_a_damaged_deployment_does_not_keep_a_runtime_with_workers_from_starting(
@@ -446,8 +439,7 @@ def test_sessions_cut_by_the_server_mid_run_lose_and_repeat_nothing(
     runtime, worker = started_with_worker(tenant, dovecot, source, smtp, mails=80, first=10)
     try:
         dovecot.kick(source.address)  # both processes' IMAP sessions end mid-batch
-        wait_for(lambda: set(received(smtp)) >= {f"mail {i}" for i in range(80)}, 60, "every mail")
-        wait_for(lambda: all(seen(dovecot, source).values()), timeout=30, what="every mark")
+        every_mail_sent_and_marked(smtp, dovecot, source, 80)
         assert worker_pids(runtime) == [worker]  # the worker came through it, not restarted
     finally:
         assert runtime.stop() == 0

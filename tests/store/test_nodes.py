@@ -31,6 +31,7 @@ from flowrt.cli.main import cli
 from flowrt.monitor.app import MonitorConfig, create_app
 from flowrt.store import open_mpl
 from flowrt.tenant import Tenant
+from tests.proc import alive
 from tests.servers import DovecotServer, MailboxUser, PostfixServer
 from tests.servers.postgres import PostgresServer
 
@@ -642,7 +643,7 @@ def test_a_gone_nodes_worker_entries_are_closed_by_the_node_that_takes_over(
     wait_for(lambda: "slow w-0" in in_hand(), 10, "the worker's entry written")
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
-    wait_for(lambda: not Path(f"/proc/{worker}").exists() or _zombie(worker), 10, "its worker")
+    wait_for(lambda: not alive(worker), 10, "its worker to die with it")
     cluster["start"]("node-b", lease="3s", SLOW_SECONDS="0")
     wait_for(lambda: set(arrived(dovecot, target)) >= set(subjects), 60, "every mail")
     wait_for(lambda: not listed(tenant, "PROCESSING"), 20, "the gone node's entries closed")
@@ -651,10 +652,3 @@ def test_a_gone_nodes_worker_entries_are_closed_by_the_node_that_takes_over(
     shown = flowrt(tenant, "mpl", "show", abandoned["slow w-0"], "--format", "json")
     assert json.loads(shown.output)["node"] == "node-w/split worker 2/2"
     assert max(arrived(dovecot, target).values()) <= 2  # at most a transaction in flight
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
